@@ -1,0 +1,114 @@
+//! Command-line surface: argument types and one function per subcommand.
+
+mod config_cmd;
+mod info;
+mod publish_cmd;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tessera: a content-delivery cache appliance serving verified pieces.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hash a file into pieces, write its hash file and manifest, and import its pieces into the store.
+    Publish(publish_cmd::PublishArgs),
+    /// Run the appliance: the piece server (data plane) on the embedded default config.
+    Serve(serve::ServeArgs),
+    /// Print or check the configuration.
+    Config(config_cmd::ConfigArgs),
+    /// Show the build, the hashing backend and the I/O backends this machine supports.
+    Info(info::InfoArgs),
+}
+
+/// A failure the binary reports to a person (or as JSON) and turns into an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    /// Exit status: 2 for bad input on the command line, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let json = match &cli.command {
+        Command::Publish(args) => args.json,
+        Command::Info(args) => args.json,
+        _ => false,
+    };
+    let result = match cli.command {
+        Command::Publish(args) => publish_cmd::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Config(args) => config_cmd::run(args),
+        Command::Info(args) => info::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": error.to_string(), "exit_code": error.exit_code() }));
+            } else {
+                eprintln!("tessera: error: {error}");
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Options shared by commands that use the data directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArgs {
+    /// Configuration file (TOML); without it the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (catalog, store, TLS material); overrides the config's `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The configuration with command-line overrides applied.
+    pub fn load(&self) -> Result<crate::config::Config, CliError> {
+        let mut config = crate::config::Config::load(self.config.as_deref())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Sets up logging to stderr; `RUST_LOG` overrides the level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

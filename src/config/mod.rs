@@ -1,0 +1,99 @@
+//! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
+
+mod store;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use store::StoreConfig;
+
+/// The embedded default configuration, as shipped in `appliance/tessera.toml`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../appliance/tessera.toml");
+
+/// Why a config file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the catalog, the store and TLS material live.
+    pub data_dir: PathBuf,
+    /// Piece store limits.
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { data_dir: PathBuf::from("tessera-data"), store: StoreConfig::default() }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Loads a file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Self::parse(DEFAULT_CONFIG_TOML, Path::new("<embedded default>")),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                Self::parse(&text, path)
+            }
+        }
+    }
+
+    /// The defaults as TOML.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).expect("config serializes")
+    }
+
+    /// Directory of the catalog (hash files and manifests).
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.data_dir.join("catalog")
+    }
+
+    /// Directory of the piece store.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_is_the_defaults() {
+        assert_eq!(Config::load(None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn printed_defaults_parse_back() {
+        assert_eq!(Config::parse(&Config::default_toml(), Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = Config::parse("[store]\nsize_bytes_maxx = 1\n", Path::new("my.toml")).unwrap_err().to_string();
+        assert!(error.contains("size_bytes_maxx") && error.contains("my.toml"), "{error}");
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::parse("[store]\nage_s_max = 60\n", Path::new("x")).unwrap();
+        assert_eq!(config.store.age_s_max, 60);
+        assert_eq!(config.store.size_bytes_max, StoreConfig::default().size_bytes_max);
+    }
+}

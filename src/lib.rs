@@ -1,0 +1,11 @@
+//! tessera: a content-delivery cache appliance that serves and consumes verified pieces.
+//!
+//! See `docs/ARCHITECTURE.md` for the module map.
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod content;
+pub mod hash;
+pub mod publish;
+pub mod store;

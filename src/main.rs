@@ -1,0 +1,10 @@
+//! The tessera binary: parses arguments and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tessera::cli::init_logging();
+    tessera::cli::run(tessera::cli::Cli::parse())
+}

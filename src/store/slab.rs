@@ -1,0 +1,120 @@
+//! Slab files: fixed-size slots in one file, mapped read-only and shared by every core.
+//!
+//! Bytes go in with `pwrite` (the page cache keeps the shared mapping coherent) and come out
+//! as slices of the mapping, so serving a piece copies nothing in user space.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
+
+/// Per-slot state that readers touch without a lock.
+#[derive(Debug, Default)]
+pub struct SlotMeta {
+    /// Readers (guards) currently holding the slot's bytes; a pinned slot is never rewritten.
+    pub pins: AtomicU32,
+    /// Bumped whenever the slot's piece is invalidated or the slot is reassigned.
+    pub generation: AtomicU64,
+    /// Access tick of the last read, for LRU eviction.
+    pub last_access: AtomicU64,
+    /// Whether the bytes were checked against the digest since this process opened the store.
+    pub verified: AtomicBool,
+}
+
+/// One slab file and its mapping.
+#[derive(Debug)]
+pub struct Slab {
+    /// Global slab number (part of the file name and of index records).
+    pub number: u32,
+    /// log2 of the slot size.
+    pub slot_size_log2: u8,
+    /// Lock-free per-slot state.
+    pub slots: Box<[SlotMeta]>,
+    path: PathBuf,
+    file: File,
+    map: Mmap,
+}
+
+impl Slab {
+    /// File name of slab `number` with slots of `2^slot_size_log2` bytes.
+    pub fn file_name(slot_size_log2: u8, number: u32) -> String {
+        format!("slab-{slot_size_log2:02}-{number:06}.dat")
+    }
+
+    /// Parses a slab file name into (slot size log2, number).
+    pub fn parse_file_name(name: &str) -> Option<(u8, u32)> {
+        let rest = name.strip_prefix("slab-")?.strip_suffix(".dat")?;
+        let (log2, number) = rest.split_once('-')?;
+        Some((log2.parse().ok()?, number.parse().ok()?))
+    }
+
+    /// Opens (creating if missing) a slab of `slot_count` slots in `dir`.
+    pub fn open(dir: &Path, slot_size_log2: u8, number: u32, slot_count: u32) -> std::io::Result<Slab> {
+        let path = dir.join(Self::file_name(slot_size_log2, number));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let size_bytes = u64::from(slot_count) << slot_size_log2;
+        if file.metadata()?.len() != size_bytes {
+            file.set_len(size_bytes)?;
+        }
+        // SAFETY: the mapping is read-only and shared. Bytes of a slot change (through pwrite)
+        // only while the slot holds no visible piece and no pin, so no slice handed out by a
+        // guard ever observes a write; other processes do not write tessera's slab files.
+        let map = unsafe { MmapOptions::new().len(size_bytes as usize).map(&file)? };
+        let slots = (0..slot_count).map(|_| SlotMeta::default()).collect();
+        Ok(Slab { number, slot_size_log2, slots, path, file, map })
+    }
+
+    /// Slot size in bytes.
+    pub fn slot_size(&self) -> u64 {
+        1u64 << self.slot_size_log2
+    }
+
+    /// Size of the slab file in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.slot_size() * self.slots.len() as u64
+    }
+
+    fn offset(&self, slot: u32) -> u64 {
+        u64::from(slot) << self.slot_size_log2
+    }
+
+    /// The first `length` bytes of `slot`, straight from the mapping.
+    pub fn bytes(&self, slot: u32, length: u32) -> &[u8] {
+        let start = self.offset(slot) as usize;
+        &self.map[start..start + length as usize]
+    }
+
+    /// Writes a piece into a slot that holds no visible piece and no pin.
+    pub fn write(&self, slot: u32, bytes: &[u8]) -> std::io::Result<()> {
+        assert!(bytes.len() as u64 <= self.slot_size(), "piece larger than slot");
+        self.file.write_all_at(bytes, self.offset(slot))
+    }
+
+    /// Makes written bytes durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The file descriptor and byte offset of `slot`, for senders that splice from the file.
+    pub fn file_range(&self, slot: u32) -> (RawFd, u64) {
+        (self.file.as_raw_fd(), self.offset(slot))
+    }
+
+    /// Drops this process's page-table entries for the slab: resident memory falls, the page
+    /// cache keeps the data, and the next read faults the pages back in.
+    pub fn release_resident(&self) {
+        // SAFETY: MADV_DONTNEED on a shared, file-backed, read-only mapping never discards data:
+        // the file's page cache is the source of truth and later reads refault identical bytes.
+        if let Err(error) = unsafe { self.map.unchecked_advise(UncheckedAdvice::DontNeed) } {
+            tracing::debug!(%error, path = %self.path.display(), "madvise(DONTNEED) failed");
+        }
+    }
+
+    /// Path of the slab file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
