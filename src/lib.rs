@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod hash;
+pub mod http;
 pub mod publish;
 pub mod store;

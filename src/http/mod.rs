@@ -1,0 +1,11 @@
+//! Sans-I/O HTTP/1.1 pieces shared by the data plane, the control plane and the download client:
+//! request-head parsing (httparse inside, with limits), response heads, and byte ranges.
+//! Nothing here touches a socket.
+
+pub mod range;
+pub mod request;
+pub mod response;
+
+pub use range::{parse_range, RangeOutcome};
+pub use request::{parse_request, Method, Parsed, Request, RequestError, RequestLimits, Version};
+pub use response::{reason_phrase, text_response, ResponseHead};
