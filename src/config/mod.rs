@@ -1,11 +1,13 @@
 //! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
 
+mod service;
 mod store;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use service::ServiceConfig;
 pub use store::StoreConfig;
 
 /// The embedded default configuration, as shipped in `appliance/tessera.toml`.
@@ -28,11 +30,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Piece store limits.
     pub store: StoreConfig,
+    /// The control plane: metadata and peer-matching service over TLS.
+    pub service: ServiceConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { data_dir: PathBuf::from("tessera-data"), store: StoreConfig::default() }
+        Config {
+            data_dir: PathBuf::from("tessera-data"),
+            store: StoreConfig::default(),
+            service: ServiceConfig::default(),
+        }
     }
 }
 
@@ -67,6 +75,11 @@ impl Config {
     /// Directory of the piece store.
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+
+    /// Directory of generated TLS material (the development CA and server certificate).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
     }
 }
 

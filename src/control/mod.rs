@@ -1,0 +1,22 @@
+//! The control plane: the metadata and peer-matching service (HTTPS on mio + rustls, no async
+//! runtime) and the blocking client that downloads and cache boxes use to reach it.
+//!
+//! - [`handler`]: routes and answers requests without I/O (catalog, registry, auth, limits).
+//! - [`connection`] and [`service`]: the TLS connections and the event loop around the handler.
+//! - [`registry`]: the [`PeerRegistry`] trait and its in-memory implementation.
+//! - [`client`]: [`MetadataClient`], with a typed error per way a fetch fails.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod connection;
+pub mod handler;
+pub mod rate;
+pub mod registry;
+pub mod service;
+pub mod validate;
+
+pub use api::{AnnounceRequest, AnnouncedContent, PeerInfo, PeersResponse};
+pub use client::{ClientError, MetadataClient};
+pub use registry::{MemoryRegistry, PeerRegistry};
+pub use service::{Service, ServiceError, ServiceHandle};
