@@ -1,9 +1,11 @@
 //! Command-line surface: argument types and one function per subcommand.
 
+mod cert_cmd;
 mod config_cmd;
 mod info;
 mod publish_cmd;
 mod serve;
+mod service_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,10 @@ pub enum Command {
     Publish(publish_cmd::PublishArgs),
     /// Run the appliance: the piece server (data plane) on the embedded default config.
     Serve(serve::ServeArgs),
+    /// Run the metadata and peer-matching service (HTTPS) alone.
+    Service(service_cmd::ServiceArgs),
+    /// Make TLS certificates for the metadata service.
+    Cert(cert_cmd::CertArgs),
     /// Print or check the configuration.
     Config(config_cmd::ConfigArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
@@ -44,6 +50,10 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Service(#[from] crate::control::ServiceError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Other(String),
 }
@@ -68,6 +78,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Publish(args) => publish_cmd::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Service(args) => service_cmd::run(args),
+        Command::Cert(args) => cert_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Info(args) => info::run(args),
     };

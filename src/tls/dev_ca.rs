@@ -78,7 +78,10 @@ impl DevCa {
 
     fn from_key(key: KeyPair) -> Result<DevCa, TlsError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "tessera development CA");
+        // The key's fingerprint in the name keeps two development CAs apart: clients find an issuer
+        // by name, and a shared name turns "unknown CA" into a confusing bad-signature error.
+        let fingerprint = hex::encode(&crate::content::manifest::sha256(&key.public_key_der())[..8]);
+        params.distinguished_name.push(DnType::CommonName, format!("tessera development CA {fingerprint}"));
         params.distinguished_name.push(DnType::OrganizationName, "tessera");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];

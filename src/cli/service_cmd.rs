@@ -1,0 +1,78 @@
+//! `tessera service` (the metadata service alone) and the service flags of `tessera serve`.
+
+use crate::cli::{CliError, DataDirArgs};
+use crate::config::Config;
+use crate::control::{Service, ServiceHandle};
+
+/// Arguments of `tessera service`.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// Address to listen on (HTTPS); overrides the config's `[service] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+/// The flags of `tessera serve` that control the embedded metadata service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbeddedServiceArgs {
+    /// Address of the embedded metadata service (HTTPS); overrides the config's `[service] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub service_listen: Option<String>,
+    /// Do not run the embedded metadata service.
+    #[arg(long)]
+    pub no_service: bool,
+}
+
+impl EmbeddedServiceArgs {
+    /// Starts the embedded service unless `--no-service` or `[service] enabled = false` says not to.
+    pub fn start(&self, config: &Config) -> Result<Option<ServiceHandle>, CliError> {
+        if self.no_service || !config.service.enabled {
+            return Ok(None);
+        }
+        let mut config = config.clone();
+        if let Some(listen) = &self.service_listen {
+            config.service.listen = listen.clone();
+        }
+        start_and_report(&config).map(Some)
+    }
+}
+
+/// Runs `tessera service` until SIGINT or SIGTERM.
+pub fn run(args: ServiceArgs) -> Result<(), CliError> {
+    let mut config = args.data.load()?;
+    if let Some(listen) = args.listen {
+        config.service.listen = listen;
+    }
+    let handle = start_and_report(&config)?;
+    wait_for_shutdown_signal()?;
+    handle.shutdown();
+    Ok(())
+}
+
+/// Starts the service and tells the person how to reach it.
+fn start_and_report(config: &Config) -> Result<ServiceHandle, CliError> {
+    let handle = Service::start(config)?;
+    // One line on stdout with the real address (port 0 picks one), for people and scripts.
+    println!("tessera service: listening on https://{}", handle.local_addr());
+    if let Some(ca) = handle.dev_ca_file() {
+        println!(
+            "tessera service: development certificate; try: curl --cacert {} https://localhost:{}/healthz",
+            ca.display(),
+            handle.local_addr().port()
+        );
+    }
+    Ok(handle)
+}
+
+/// Blocks until SIGINT or SIGTERM arrives.
+pub fn wait_for_shutdown_signal() -> Result<(), CliError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| CliError::Other(format!("cannot install signal handlers: {e}")))?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
+    }
+    Ok(())
+}
