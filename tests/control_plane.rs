@@ -392,3 +392,28 @@ fn new_user_can_curl_healthz_with_the_generated_ca() {
         .expect("curl is installed (scripts/test installs it)");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "200", "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn pipelined_keep_alive_requests_are_answered_in_order() {
+    let fixture = start(CertSpec::default(), |_| {});
+    let (manifest, hashfile) = sample_content("pkg");
+    fixture.catalog().write(&id("pkg"), &hashfile, &manifest).unwrap();
+    let mut requests = b"GET /v1/content/pkg/hashfile HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    requests.extend_from_slice(b"GET /v1/content/nope/manifest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, rest) = raw_exchange(fixture.handle.local_addr(), &fixture.ca_file, &requests);
+    assert_eq!(status, 200);
+    assert!(rest.contains("HTTP/1.1 404"), "second response missing: {rest:?}");
+}
+
+#[test]
+fn a_client_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let fixture = start(CertSpec::default(), |config| config.service.header_timeout_ms = 300);
+    let mut socket = TcpStream::connect(fixture.handle.local_addr()).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 64];
+    // The server closes without a byte: read gives 0 (or a reset), well before the 5 s read timeout.
+    let read = socket.read(&mut buffer);
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250) && started.elapsed() < Duration::from_secs(4));
+}

@@ -47,8 +47,10 @@ pub struct Connection {
     outbound_taken: usize,
     phase: Phase,
     deadline: Instant,
-    /// No more requests: close once the response is out (error, `Connection: close`, or EOF).
+    /// No more requests are answered: close once the response is out (error or `Connection: close`).
     closing: bool,
+    /// The client sent EOF: answer what is complete, then close.
+    peer_closed: bool,
 }
 
 impl Connection {
@@ -63,6 +65,7 @@ impl Connection {
             phase: Phase::Head { idle: false },
             deadline: now + limits.header_timeout,
             closing: false,
+            peer_closed: false,
         }
     }
 
@@ -90,7 +93,7 @@ impl Connection {
             }
         }
         let all_sent = self.outbound.is_empty() && !self.tls.wants_write();
-        if self.closing && all_sent {
+        if (self.closing || self.peer_closed) && all_sent {
             self.tls.send_close_notify();
             let _ = self.tls.write_tls(&mut self.socket);
             return Next::Close;
@@ -103,7 +106,7 @@ impl Connection {
         loop {
             match self.tls.read_tls(&mut self.socket) {
                 Ok(0) => {
-                    self.closing = true;
+                    self.peer_closed = true;
                     return Ok(());
                 }
                 Ok(_) => {}
