@@ -3,6 +3,8 @@
 //! Callers (publish, scrub, ingest, download) hand over many pieces at once so that a
 //! multi-buffer implementation can replace the loop below without touching them.
 
+pub mod speed;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::content::Digest;
