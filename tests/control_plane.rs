@@ -101,6 +101,14 @@ fn sample_content(content_id: &str) -> (Manifest, Vec<u8>) {
     (manifest, hashfile)
 }
 
+/// A CA file for clients that never get as far as checking a certificate.
+fn some_ca_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, DevCa::generate().unwrap().cert_pem()).unwrap();
+    (dir, ca_file)
+}
+
 /// What a download decides when the manifest fetch failed with `error`.
 fn simple_reason_for(error: &ClientError) -> SimpleReason {
     match decide(Err(MetadataFailure::from(error)), Err(MetadataFailure::from(error))) {
@@ -175,9 +183,7 @@ fn plain_http_server_is_not_tls() {
         let _ = socket.read(&mut buffer);
         let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, DevCa::generate().unwrap().cert_pem()).unwrap();
+    let (_dir, ca_file) = some_ca_file();
     let result = client_trusting(&ca_file, None).fetch_manifest(&format!("https://localhost:{port}"), &id("pkg"));
     assert_fails(result, |e| matches!(e, ClientError::NotTls { .. }), "does not speak TLS");
     server.join().unwrap();
@@ -186,9 +192,7 @@ fn plain_http_server_is_not_tls() {
 #[test]
 fn service_down_is_refused() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, DevCa::generate().unwrap().cert_pem()).unwrap();
+    let (_dir, ca_file) = some_ca_file();
     let result = client_trusting(&ca_file, None).fetch_manifest(&format!("https://127.0.0.1:{port}"), &id("pkg"));
     assert_fails(result, |e| matches!(e, ClientError::Refused { .. }), "refused");
 }
@@ -214,9 +218,7 @@ fn pin_mismatch_is_refused_and_the_right_pin_works() {
 fn silent_server_is_a_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, DevCa::generate().unwrap().cert_pem()).unwrap();
+    let (_dir, ca_file) = some_ca_file();
     let client = MetadataClient::new(TlsClientOptions {
         ca_file: Some(ca_file),
         timeout_ms: 300,
