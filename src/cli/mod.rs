@@ -1,6 +1,7 @@
 //! Command-line surface: argument types and one function per subcommand.
 
 mod config_cmd;
+mod get_cmd;
 mod info;
 mod publish_cmd;
 mod serve;
@@ -25,6 +26,8 @@ pub enum Command {
     Publish(publish_cmd::PublishArgs),
     /// Run the appliance: the piece server (data plane) on the embedded default config.
     Serve(serve::ServeArgs),
+    /// Download a content: metadata first, verified pieces from peers, HTTP sources as fallback.
+    Get(get_cmd::GetArgs),
     /// Print or check the configuration.
     Config(config_cmd::ConfigArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
@@ -44,15 +47,22 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Get(#[from] crate::download::GetError),
     #[error("{0}")]
     Other(String),
 }
 
 impl CliError {
-    /// Exit status: 2 for bad input on the command line, 1 for everything else.
+    /// Exit status: 2 for bad input on the command line; for `get`, 3 not found, 4 verification
+    /// failed, 5 sources exhausted; 1 for everything else.
     pub fn exit_code(&self) -> u8 {
+        use crate::download::GetError;
         match self {
-            CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Usage(_) | CliError::Config(_) | CliError::Get(GetError::BadSource(_)) => 2,
+            CliError::Get(GetError::NotFound { .. }) => 3,
+            CliError::Get(GetError::Verification(_)) => 4,
+            CliError::Get(GetError::Exhausted { .. } | GetError::NoHttpSource { .. }) => 5,
             _ => 1,
         }
     }
@@ -63,11 +73,13 @@ pub fn run(cli: Cli) -> ExitCode {
     let json = match &cli.command {
         Command::Publish(args) => args.json,
         Command::Info(args) => args.json,
+        Command::Get(args) => args.json,
         _ => false,
     };
     let result = match cli.command {
         Command::Publish(args) => publish_cmd::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Get(args) => get_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Info(args) => info::run(args),
     };

@@ -63,6 +63,9 @@ pub enum Event {
     TimedOut { source: SourceId, pieces: Vec<u64> },
     /// The connection failed (refused, reset, closed early, unparseable response).
     Failed { source: SourceId, pieces: Vec<u64> },
+    /// The server closed the connection as HTTP allows (after `Connection: close`) with these
+    /// requests unanswered: asked again, without blame.
+    Lost { source: SourceId, pieces: Vec<u64> },
 }
 
 /// Why the download cannot finish.
@@ -197,6 +200,13 @@ impl Scheduler {
                 }
                 self.exclude(source, piece);
                 self.requeue(piece);
+            }
+            Event::Lost { source, pieces } => {
+                for piece in pieces {
+                    if self.settle(source, piece) {
+                        self.requeue(piece);
+                    }
+                }
             }
             Event::TimedOut { source, pieces } | Event::Failed { source, pieces } => {
                 let mut any = false;
@@ -583,6 +593,17 @@ mod tests {
         assert_eq!(requests(&drain(&mut s)), vec![(1, 2)], "the latest retry goes first");
         s.handle(Event::Failed { source: a, pieces: vec![] }, 0);
         assert_eq!(drain(&mut s), vec![], "an empty failure does not count");
+    }
+
+    #[test]
+    fn lost_requests_are_asked_again_without_blame() {
+        let mut s = Scheduler::new(2, SchedulerLimits { source_failures_max: 1, ..limits() });
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (0, 1)]);
+        s.handle(Event::Lost { source: a, pieces: vec![0, 1] }, 0);
+        let mut asked = requests(&drain(&mut s));
+        asked.sort();
+        assert_eq!(asked, vec![(0, 0), (0, 1)]);
     }
 
     #[test]
