@@ -6,7 +6,7 @@ mod fakes;
 use std::path::Path;
 use std::process::Command;
 
-use fakes::{Behavior, Content, Fake, FakeMetadata};
+use fakes::{Behavior, Content, Fake, FakeMetadata, ServiceData, TestCert};
 use tessera::config::DownloadConfig;
 use tessera::content::manifest::sha256;
 use tessera::content::MetadataFailure;
@@ -269,4 +269,66 @@ fn binary_exit_statuses_and_json_summary() {
 
     let status = tessera().args(["get", "bad/id", "-o", "z"]).output().unwrap();
     assert_eq!(status.status.code(), Some(2));
+}
+
+#[test]
+fn https_source_is_fetched_over_tls_in_the_event_loop() {
+    let content = Content::new("https-origin", 12 * 65536 + 5);
+    let cert = TestCert::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.write(&dir.path().join("ca.pem"));
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let origin = Fake::start_with(&content, Behavior::Origin, Some(cert.config.clone()), None);
+    let mut request = request(&content, dir.path(), &[&liar], vec![origin.https_url()], config());
+    request.tls = client_config(Some(&ca)).unwrap();
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.banned, vec![liar.address.to_string()]);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
+fn binary_gets_metadata_over_tls_and_a_wrong_ca_gives_simple_mode_without_peers() {
+    let content = Content::new("tls-service", 9 * 65536);
+    let cert = TestCert::new();
+    let other = TestCert::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, wrong_ca) = (cert.write(&dir.path().join("ca.pem")), other.write(&dir.path().join("other.pem")));
+    let matched = Fake::start(&content, Behavior::Honest);
+    let by_hand = Fake::start(&content, Behavior::Honest);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let service_data = ServiceData { manifest: content.manifest(vec![]), peers: vec![matched.address] };
+    let service = Fake::start_with(&content, Behavior::Service, Some(cert.config.clone()), Some(service_data));
+    let service_url = format!("https://127.0.0.1:{}", service.address.port());
+    let peer = by_hand.address.to_string();
+
+    let wrong = tessera()
+        .args(["get", "tls-service", "--service", &service_url, "--peer", &peer, "--source", &origin.url(), "--json"])
+        .arg("--ca")
+        .arg(&wrong_ca)
+        .arg("-o")
+        .arg(dir.path().join("simple.bin"))
+        .output()
+        .unwrap();
+    assert!(wrong.status.success(), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!(summary["mode"], "simple");
+    assert!(summary["mode_reason"].as_str().unwrap().contains("certificate"), "{summary}");
+    assert_eq!(std::fs::read(dir.path().join("simple.bin")).unwrap(), *content.bytes);
+    assert_eq!((matched.connections(), by_hand.connections()), (0, 0), "Simple mode touches no peer");
+
+    let good = tessera()
+        .args(["get", "tls-service", "--service", &service_url, "--peer", &peer, "--json"])
+        .arg("--ca")
+        .arg(&ca)
+        .arg("-o")
+        .arg(dir.path().join("p2p.bin"))
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "{summary}");
+    assert_eq!(std::fs::read(dir.path().join("p2p.bin")).unwrap(), *content.bytes);
+    assert!(matched.good_sent() + by_hand.good_sent() >= content.piece_count(), "end game may ask twice");
+    assert!(matched.good_sent() > 0, "the matched peer from the service was used");
 }

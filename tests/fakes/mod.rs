@@ -91,6 +91,43 @@ pub enum Behavior {
     HasBelow(u64),
     /// HTTP origin: the content at `/content.bin`, with Range.
     Origin,
+    /// Metadata service: manifest, hash file and peer list at the control plane's paths.
+    Service,
+}
+
+/// What a fake metadata service answers.
+#[derive(Debug, Clone)]
+pub struct ServiceData {
+    pub manifest: Manifest,
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A self-signed certificate for 127.0.0.1 and its PEM, for TLS fakes and `--ca`.
+pub struct TestCert {
+    pub pem: String,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        TestCert { pem: certified.cert.pem(), config: Arc::new(config) }
+    }
+
+    /// Writes the PEM to `path` and returns it.
+    pub fn write(&self, path: &std::path::Path) -> std::path::PathBuf {
+        std::fs::write(path, &self.pem).unwrap();
+        path.to_path_buf()
+    }
 }
 
 /// What a fake saw and did.
@@ -119,6 +156,16 @@ pub struct Fake {
 
 impl Fake {
     pub fn start(content: &Content, behavior: Behavior) -> Fake {
+        Fake::start_with(content, behavior, None, None)
+    }
+
+    /// A fake behind TLS (`tls`) and/or answering as a metadata service (`service`).
+    pub fn start_with(
+        content: &Content,
+        behavior: Behavior,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        service: Option<ServiceData>,
+    ) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
@@ -127,13 +174,18 @@ impl Fake {
         let content = content.clone();
         let thread = {
             let (counters, stop) = (counters.clone(), stop.clone());
-            std::thread::spawn(move || accept_loop(listener, content, behavior, counters, stop))
+            let setup = Setup { content, behavior, tls, service: service.map(Arc::new) };
+            std::thread::spawn(move || accept_loop(listener, setup, counters, stop))
         };
         Fake { address, counters, stop, thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/content.bin", self.address)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}/content.bin", self.address)
     }
 
     pub fn connections(&self) -> u64 {
@@ -162,13 +214,18 @@ impl Drop for Fake {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
+#[derive(Clone)]
+struct Setup {
     content: Content,
     behavior: Behavior,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    service: Option<Arc<ServiceData>>,
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn accept_loop(listener: TcpListener, setup: Setup, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
     let born = Instant::now();
     let served = Arc::new(Mutex::new(0u64));
     let mut handlers = Vec::new();
@@ -176,9 +233,8 @@ fn accept_loop(
         match listener.accept() {
             Ok((stream, _)) => {
                 counters.connections.fetch_add(1, Ordering::SeqCst);
-                let (content, counters, stop, served) =
-                    (content.clone(), counters.clone(), stop.clone(), served.clone());
-                handlers.push(std::thread::spawn(move || serve(stream, content, behavior, counters, stop, served)));
+                let (setup, counters, stop, served) = (setup.clone(), counters.clone(), stop.clone(), served.clone());
+                handlers.push(std::thread::spawn(move || serve(stream, setup, counters, stop, served)));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
@@ -189,16 +245,15 @@ fn accept_loop(
     }
 }
 
-fn serve(
-    mut stream: TcpStream,
-    content: Content,
-    behavior: Behavior,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    served: Arc<Mutex<u64>>,
-) {
-    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let _ = stream.set_nodelay(true);
+fn serve(tcp: TcpStream, setup: Setup, counters: Arc<Counters>, stop: Arc<AtomicBool>, served: Arc<Mutex<u64>>) {
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn ReadWrite> = match &setup.tls {
+        Some(config) => Box::new(rustls::StreamOwned::new(rustls::ServerConnection::new(config.clone()).unwrap(), tcp)),
+        None => Box::new(tcp),
+    };
+    let (content, behavior) = (&setup.content, setup.behavior);
     let born = Instant::now();
     let mut input = Vec::new();
     let mut buffer = vec![0u8; 65536];
@@ -219,7 +274,10 @@ fn serve(
                 Err(_) => return,
             };
             input.drain(..head_length);
-            let response = respond(&request, &content, behavior, &counters, &served);
+            let response = match &setup.service {
+                Some(service) => Some(answer_service(&request, content, service, &counters)),
+                None => respond(&request, content, behavior, &counters, &served),
+            };
             if let Some(response) = response {
                 if stream.write_all(&response).is_err() {
                     return;
@@ -286,7 +344,7 @@ fn respond(
     };
     let piece = content.piece(index).to_vec();
     let lie = match behavior {
-        Behavior::Honest | Behavior::Origin => false,
+        Behavior::Honest | Behavior::Origin | Behavior::Service => false,
         Behavior::Stall => return None,
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
@@ -315,6 +373,35 @@ fn respond(
     let mut out = head(200, body.len(), "");
     out.extend_from_slice(&body);
     Some(out)
+}
+
+fn answer_service(
+    request: &tessera::http::Request,
+    content: &Content,
+    service: &ServiceData,
+    counters: &Counters,
+) -> Vec<u8> {
+    counters.requests.fetch_add(1, Ordering::SeqCst);
+    let prefix = format!("/v1/content/{}/", content.id);
+    let body = match request.path().strip_prefix(&prefix) {
+        Some("manifest") => service.manifest.to_json().into_bytes(),
+        Some("hashfile") => content.hashfile.clone(),
+        Some("peers") => {
+            let peers: Vec<serde_json::Value> = service
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(index, address)| serde_json::json!({"peer_id": format!("p{index}"), "address": address.to_string()}))
+                .collect();
+            serde_json::json!({"content_id": content.id.as_str(), "group": "default", "peers": peers})
+                .to_string()
+                .into_bytes()
+        }
+        _ => return head(404, 0, ""),
+    };
+    let mut out = head(200, body.len(), "");
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A metadata source with canned answers; counts calls.
