@@ -87,7 +87,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if json {
-                println!("{}", serde_json::json!({ "error": error.to_string(), "exit_code": error.exit_code() }));
+                let mut report = serde_json::json!({ "error": error.to_string(), "exit_code": error.exit_code() });
+                if let CliError::Get(crate::download::GetError::Exhausted { summary, .. }) = &error {
+                    // What each source did is the useful part of an exhausted download.
+                    report["summary"] = serde_json::to_value(summary).expect("summary serializes");
+                }
+                println!("{report}");
             } else {
                 eprintln!("tessera: error: {error}");
             }

@@ -59,6 +59,12 @@ pub struct Output {
     save_every: u32,
 }
 
+/// Maps an I/O error on `path` to [`OutputError::Io`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
+    let path = path.to_path_buf();
+    move |source| OutputError::Io { path, source }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -79,10 +85,6 @@ impl Output {
     ) -> Result<Output, OutputError> {
         let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
         let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OutputError::Io { path, source }
-        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -157,9 +159,7 @@ impl Output {
 
     /// Writes a verified piece's bytes at `offset`.
     pub fn write_piece(&mut self, piece: u64, offset: u64, bytes: &[u8]) -> Result<(), OutputError> {
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|source| OutputError::Io { path: self.partial_path.clone(), source })?;
+        self.file.write_all_at(bytes, offset).map_err(io(&self.partial_path))?;
         self.verified[piece as usize] = true;
         self.unsaved += 1;
         if self.unsaved >= self.save_every {
@@ -172,10 +172,6 @@ impl Output {
     pub fn save(&mut self) -> Result<(), OutputError> {
         self.unsaved = 0;
         let Some(identity) = &self.identity else { return Ok(()) };
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OutputError::Io { path, source }
-        };
         self.file.sync_data().map_err(io(&self.partial_path))?;
         let sidecar = Sidecar { version: 1, identity: identity.clone(), verified: self.verified_pieces().collect() };
         let temporary = with_suffix(&self.progress_path, ".tmp");
@@ -187,10 +183,6 @@ impl Output {
     /// Checks the whole file against `expected` (if any) and renames it into place; on mismatch
     /// the partial file and sidecar are removed and nothing appears under the final name.
     pub fn finish(self, expected: Option<Digest>) -> Result<Option<Digest>, OutputError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OutputError::Io { path, source }
-        };
         self.file.sync_all().map_err(io(&self.partial_path))?;
         let mut actual = None;
         if let Some(expected) = expected {

@@ -174,13 +174,7 @@ fn parse_head(input: &[u8], limits: &ResponseLimits) -> Result<Option<(ResponseH
                 return Err(ResponseError::Chunked);
             }
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    head.keep_alive = true;
-                }
-            }
+            head.keep_alive = crate::http::request::keep_alive_after(value, head.keep_alive);
         } else if name.eq_ignore_ascii_case("content-range") {
             if value.strip_prefix("bytes").is_some_and(|rest| rest.trim_start().starts_with('*')) {
                 // `bytes */N` (with 416) carries no range.
