@@ -2,6 +2,7 @@
 
 mod cert_cmd;
 mod config_cmd;
+mod get_cmd;
 mod info;
 mod publish_cmd;
 mod serve;
@@ -31,6 +32,8 @@ pub enum Command {
     Service(service_cmd::ServiceArgs),
     /// Make TLS certificates for the metadata service.
     Cert(cert_cmd::CertArgs),
+    /// Download a content: metadata first, verified pieces from peers, HTTP sources as fallback.
+    Get(get_cmd::GetArgs),
     /// Print or check the configuration.
     Config(config_cmd::ConfigArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
@@ -54,15 +57,22 @@ pub enum CliError {
     Service(#[from] crate::control::ServiceError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Get(#[from] crate::download::GetError),
     #[error("{0}")]
     Other(String),
 }
 
 impl CliError {
-    /// Exit status: 2 for bad input on the command line, 1 for everything else.
+    /// Exit status: 2 for bad input on the command line; for `get`, 3 not found, 4 verification
+    /// failed, 5 sources exhausted; 1 for everything else.
     pub fn exit_code(&self) -> u8 {
+        use crate::download::GetError;
         match self {
-            CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Usage(_) | CliError::Config(_) | CliError::Get(GetError::BadSource(_)) => 2,
+            CliError::Get(GetError::NotFound { .. }) => 3,
+            CliError::Get(GetError::Verification(_)) => 4,
+            CliError::Get(GetError::Exhausted { .. } | GetError::NoHttpSource { .. }) => 5,
             _ => 1,
         }
     }
@@ -73,6 +83,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let json = match &cli.command {
         Command::Publish(args) => args.json,
         Command::Info(args) => args.json,
+        Command::Get(args) => args.json,
         _ => false,
     };
     let result = match cli.command {
@@ -80,6 +91,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Service(args) => service_cmd::run(args),
         Command::Cert(args) => cert_cmd::run(args),
+        Command::Get(args) => get_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Info(args) => info::run(args),
     };
@@ -87,7 +99,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if json {
-                println!("{}", serde_json::json!({ "error": error.to_string(), "exit_code": error.exit_code() }));
+                let mut report = serde_json::json!({ "error": error.to_string(), "exit_code": error.exit_code() });
+                if let CliError::Get(crate::download::GetError::Exhausted { summary, .. }) = &error {
+                    // What each source did is the useful part of an exhausted download.
+                    report["summary"] = serde_json::to_value(summary).expect("summary serializes");
+                }
+                println!("{report}");
             } else {
                 eprintln!("tessera: error: {error}");
             }

@@ -1,5 +1,6 @@
 //! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
 
+mod download;
 mod service;
 mod store;
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use download::DownloadConfig;
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
 
@@ -32,6 +34,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The control plane: metadata and peer-matching service over TLS.
     pub service: ServiceConfig,
+    /// Download engine limits (`tessera get`).
+    pub download: DownloadConfig,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             data_dir: PathBuf::from("tessera-data"),
             store: StoreConfig::default(),
             service: ServiceConfig::default(),
+            download: DownloadConfig::default(),
         }
     }
 }

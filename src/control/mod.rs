@@ -17,6 +17,6 @@ pub mod service;
 pub mod validate;
 
 pub use api::{AnnounceRequest, AnnouncedContent, PeerInfo, PeersResponse};
-pub use client::{ClientError, MetadataClient};
+pub use client::{ClientError, MetadataClient, ServiceUrl};
 pub use registry::{MemoryRegistry, PeerRegistry};
 pub use service::{Service, ServiceError, ServiceHandle};

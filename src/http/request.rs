@@ -170,13 +170,7 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
             .trim();
         let name = header.name;
         if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    request.keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    request.keep_alive = true;
-                }
-            }
+            request.keep_alive = keep_alive_after(value, request.keep_alive);
         } else if name.eq_ignore_ascii_case("content-length") {
             let length: u64 = value
                 .parse()
@@ -199,6 +193,20 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
         }
     }
     Ok(Parsed::Complete { request, head_length })
+}
+
+/// Whether the connection stays open given a `Connection:` header `value` and the version's default
+/// (shared by request and response parsing).
+pub fn keep_alive_after(value: &str, default: bool) -> bool {
+    let mut keep_alive = default;
+    for token in value.split(',').map(str::trim) {
+        if token.eq_ignore_ascii_case("close") {
+            keep_alive = false;
+        } else if token.eq_ignore_ascii_case("keep-alive") {
+            keep_alive = true;
+        }
+    }
+    keep_alive
 }
 
 /// `Some(TargetTooLong)` when the request line's target already exceeds the limit.

@@ -46,6 +46,12 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error>
     Ok(crate::content::manifest::sha256(parsed.subject_public_key_info().as_ref()))
 }
 
+/// A client config trusting the CA certificates in `ca_file` (PEM), or the web roots without it:
+/// what https content sources and peers are checked against.
+pub fn ca_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config(&TlsClientOptions { ca_file: ca_file.map(PathBuf::from), ..TlsClientOptions::default() })
+}
+
 /// A client config for `options` (roots and pin; timeouts are the caller's).
 pub fn client_config(options: &TlsClientOptions) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();

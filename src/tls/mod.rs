@@ -11,7 +11,7 @@ pub mod server;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use client::{client_config, spki_sha256, TlsClientOptions};
+pub use client::{ca_client_config, client_config, spki_sha256, TlsClientOptions};
 pub use dev_ca::{ensure_dev_tls, host_names, DevCa, DevTlsFiles, IssuedCert};
 pub use pem::{load_certs, load_private_key};
 pub use server::{server_config, ServerTlsFiles};

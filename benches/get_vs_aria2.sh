@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# tessera get from two seeds vs aria2c from one nginx origin, same 256 MiB file, same SHA-256
+# piece hashes (aria2 gets them in a Metalink and verifies every piece too). Prints the time ratio.
+#
+# Uses the intended CLI of the data plane and control plane branches:
+#   tessera publish FILE --id ID --data-dir D          (main)
+#   tessera serve --data-dir D --listen ADDR --workers 1 --no-service   (branch dataplane)
+#   tessera cert init DIR ; tessera service --listen ADDR --data-dir D  (branch control; certs in D/tls)
+# Written before those branches merged into `download`: not run yet; run it after the merge.
+#
+# Usage: benches/get_vs_aria2.sh [SIZE_MIB]   (default 256)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE_MIB=${1:-256}
+ID=bench-content
+WORK=$(mktemp -d /tmp/tessera-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need aria2c || ! need nginx; then
+    echo "installing aria2 and nginx" >&2
+    (apt-get update -qq && apt-get install -y -qq aria2 nginx) >/dev/null
+fi
+
+cargo build --release --quiet
+TESSERA=target/release/tessera
+
+# One file, published into two seed data directories and served by nginx.
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/content.bin"
+SHA=$(sha256sum "$WORK/content.bin" | cut -d' ' -f1)
+ORIGIN_PORT=18080
+for seed in 1 2; do
+    $TESSERA publish "$WORK/content.bin" --id "$ID" --data-dir "$WORK/seed$seed" \
+        --source "http://127.0.0.1:$ORIGIN_PORT/content.bin" --with-sha256 >/dev/null
+done
+
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        root $WORK;
+    }
+}
+CONF
+nginx -c "$WORK/nginx.conf"
+
+# Seeds (data plane) and the metadata service (control plane, TLS with a dev CA).
+$TESSERA serve --data-dir "$WORK/seed1" --listen 127.0.0.1:17681 --workers 1 --no-service >"$WORK/seed1.log" 2>&1 &
+PIDS+=($!)
+$TESSERA serve --data-dir "$WORK/seed2" --listen 127.0.0.1:17682 --workers 1 --no-service >"$WORK/seed2.log" 2>&1 &
+PIDS+=($!)
+$TESSERA cert init "$WORK/seed1/tls" >/dev/null
+$TESSERA service --listen 127.0.0.1:17443 --data-dir "$WORK/seed1" >"$WORK/service.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:17681/healthz" >/dev/null && curl -sf "http://127.0.0.1:17682/healthz" >/dev/null && break
+    sleep 0.1
+done
+
+# A Metalink with the same SHA-256 piece hashes, read back from the published hash file.
+python3 - "$WORK/seed1/catalog/$ID.hashfile" "$WORK/content.meta4" "$SHA" "$ORIGIN_PORT" <<'PY'
+import struct, sys
+hashfile, out, sha, port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+data = open(hashfile, "rb").read()
+piece_size, length, count = struct.unpack_from("<IQQ", data, 12)
+pieces = "\n".join(f"        <hash>{data[32 + 32 * i:64 + 32 * i].hex()}</hash>" for i in range(count))
+open(out, "w").write(f"""<?xml version="1.0" encoding="UTF-8"?>
+<metalink xmlns="urn:ietf:params:xml:ns:metalink">
+  <file name="content.bin">
+    <size>{length}</size>
+    <hash type="sha-256">{sha}</hash>
+    <pieces length="{piece_size}" type="sha-256">
+{pieces}
+    </pieces>
+    <url>http://127.0.0.1:{port}/content.bin</url>
+  </file>
+</metalink>
+""")
+PY
+
+now() { date +%s.%N; }
+
+rm -f "$WORK/out-tessera"
+start=$(now)
+$TESSERA get "$ID" --service https://127.0.0.1:17443 --ca "$WORK/seed1/tls/ca.pem" \
+    --peer 127.0.0.1:17681 --peer 127.0.0.1:17682 --sha256 "$SHA" --json -o "$WORK/out-tessera" >"$WORK/tessera.json"
+tessera_s=$(echo "$(now) - $start" | bc -l)
+grep -q '"mode":"p2p"' "$WORK/tessera.json" || { echo "tessera get did not run in P2P mode:" >&2; cat "$WORK/tessera.json" >&2; exit 1; }
+
+mkdir -p "$WORK/aria2"
+start=$(now)
+aria2c --quiet=true --dir "$WORK/aria2" --check-integrity=true --max-connection-per-server=4 --split=4 \
+    --file-allocation=none "$WORK/content.meta4"
+aria2_s=$(echo "$(now) - $start" | bc -l)
+
+cmp "$WORK/out-tessera" "$WORK/content.bin"
+cmp "$WORK/aria2/content.bin" "$WORK/content.bin"
+printf 'tessera get (2 seeds): %.3f s\naria2c (nginx, metalink): %.3f s\nratio tessera/aria2: %.3f\n' \
+    "$tessera_s" "$aria2_s" "$(echo "$tessera_s / $aria2_s" | bc -l)"

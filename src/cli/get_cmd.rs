@@ -1,0 +1,163 @@
+//! `tessera get`: download one content under the Delivery Optimization rules.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::CliError;
+use crate::content::manifest::parse_digest;
+use crate::content::ContentId;
+use crate::download::{get, GetRequest, MetadataSource, NoService, ServiceMetadata, Status, Summary};
+use crate::tls::{ca_client_config, TlsClientOptions};
+
+/// Arguments of `tessera get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Content id: [A-Za-z0-9._-]{1,128}.
+    pub id: String,
+    /// Metadata service, `https://HOST:PORT`; without it the download runs in Simple mode.
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// CA certificate(s) (PEM) that sign the service's and https sources' certificates.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Pin the service's key: SHA-256 of its SubjectPublicKeyInfo (64 hex digits, as `cert init` prints).
+    #[arg(long, value_name = "HEX")]
+    pub pin_sha256: Option<String>,
+    /// Peer-matching group.
+    #[arg(long, value_name = "G", default_value = "default")]
+    pub group: String,
+    /// A peer to use besides the matched ones (repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// An HTTP(S) URL of the content: the Simple-mode source, and a fallback in P2P mode (repeatable).
+    #[arg(long = "source", value_name = "URL")]
+    pub sources: Vec<String>,
+    /// Where to write the content.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Expected SHA-256 of the whole file (64 hex digits); checked before the file appears.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Bad pieces after which a peer is banned (overrides the config).
+    #[arg(long, value_name = "N")]
+    pub ban_after: Option<u32>,
+    /// Configuration file (TOML) for the `[download]` limits.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print a JSON summary at the end instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tessera get`.
+pub fn run(args: GetArgs) -> Result<(), CliError> {
+    let id = ContentId::parse(&args.id).map_err(|e| CliError::Usage(format!("ID: {e}")))?;
+    let mut config = crate::config::Config::load(args.config.as_deref())?.download;
+    if let Some(count) = args.ban_after {
+        if count == 0 {
+            return Err(CliError::Usage("--ban-after: must be at least 1".into()));
+        }
+        config.ban_after_bad_pieces = count;
+    }
+    let sha256 = match &args.sha256 {
+        Some(hex) => Some(parse_digest("--sha256", hex).map_err(|e| CliError::Usage(e.to_string()))?),
+        None => None,
+    };
+    let peers = args.peers.iter().map(|peer| resolve_peer(peer)).collect::<Result<Vec<_>, _>>()?;
+    let tls = ca_client_config(args.ca.as_deref()).map_err(|e| CliError::Usage(format!("--ca: {e}")))?;
+    let metadata: Box<dyn MetadataSource> = match &args.service {
+        Some(url) => {
+            let options = TlsClientOptions {
+                ca_file: args.ca.clone(),
+                pin_spki_sha256: args.pin_sha256.clone(),
+                timeout_ms: config.metadata_timeout_ms,
+                response_bytes_max: config.metadata_bytes_max,
+            };
+            Box::new(ServiceMetadata::new(url, options).map_err(|e| CliError::Usage(format!("--service: {e}")))?)
+        }
+        None => Box::new(NoService),
+    };
+    let request = GetRequest {
+        id,
+        group: args.group.clone(),
+        peers,
+        sources: args.sources.clone(),
+        output: args.output.clone(),
+        sha256,
+        config,
+        tls,
+    };
+    let show_bar = !args.json && std::io::stderr().is_terminal();
+    let bar = ProgressBar::hidden();
+    if show_bar {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {prefix}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+    let mut mode_name = "";
+    let mut observe = |status: &Status| match status {
+        Status::Mode { mode, reason } => {
+            mode_name = mode;
+            if let Some(reason) = reason {
+                if !args.json {
+                    eprintln!("tessera: Simple mode: {reason}");
+                }
+            }
+            bar.set_message(format!("{} ({mode})", request.id));
+        }
+        Status::Progress(progress) => {
+            bar.set_length(progress.bytes_total);
+            bar.set_position(progress.bytes_done);
+            bar.set_prefix(format!("peers {} banned {}", progress.peers_in_use, progress.peers_banned));
+        }
+    };
+    let result = get(&request, &*metadata, &mut observe);
+    bar.finish_and_clear();
+    let summary = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
+    text.to_socket_addrs()
+        .map_err(|e| CliError::Usage(format!("--peer {text:?}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::Usage(format!("--peer {text:?}: no address")))
+}
+
+fn print_summary(summary: &Summary) {
+    println!(
+        "got {} ({} bytes) in {} ms, {} mode{}",
+        summary.content_id,
+        summary.content_length,
+        summary.duration_ms,
+        summary.mode,
+        summary.mode_reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    for source in &summary.sources {
+        println!(
+            "  {:<5} {:<40} {:>12} bytes {:>6} pieces {:>4} bad{}",
+            source.kind,
+            source.source,
+            source.bytes,
+            source.pieces,
+            source.bad_pieces,
+            if source.banned { "  BANNED" } else { "" }
+        );
+    }
+    if let Some(digest) = &summary.sha256 {
+        println!("  sha256 {digest} verified");
+    }
+}

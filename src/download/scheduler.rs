@@ -1,0 +1,658 @@
+//! The download scheduler: which piece to ask of which source, as a plain state machine.
+//!
+//! Events in ([`Event`], plus [`Scheduler::add_source`]), actions out ([`Action`]), time as
+//! milliseconds on the caller's clock. No sockets, no files: the mio driver feeds it, and the
+//! tests below drive every rule (fallback, bans, retries, end game) by hand.
+//!
+//! Rules:
+//! - Peers are preferred; HTTP sources are asked for a piece only when no usable peer is left for
+//!   it (every peer banned, dropped, or known not to have it or to have failed it).
+//! - A source has a fixed number of request slots (connections × pipeline depth).
+//! - A bad, missing or timed-out piece is re-queued and never asked of that source again.
+//! - Bad pieces go to the [`BanPolicy`]; a banned source gets no further request and its
+//!   outstanding requests are forgotten (the driver closes its connections).
+//! - Each piece and each source has a failure budget; past it the download is exhausted or the
+//!   source dropped.
+//! - End game: when few pieces are missing and every one of them is in flight, each is also asked
+//!   of a second source; the first good copy wins and the other is ignored when it lands.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::download::ban::{BanLimits, BanPolicy, Verdict};
+
+/// Index of a source, in the order they were added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u32);
+
+/// What a source is: peers are preferred, HTTP sources are the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A peer speaking the piece API.
+    Peer,
+    /// An HTTP(S) URL of the whole content, asked for byte ranges.
+    Http,
+}
+
+/// Scheduler limits (from `[download]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Requests in flight to one source at most (connections × pipeline depth); at least 1.
+    pub slots_per_source: u32,
+    /// Failures of one piece before the download is exhausted.
+    pub retries_per_piece_max: u32,
+    /// Failures (timeouts, lost connections) of one source before it is dropped.
+    pub source_failures_max: u32,
+    /// End game starts when this many pieces or fewer are missing.
+    pub endgame_pieces: u32,
+    /// Sources accepted at most.
+    pub sources_max: u32,
+    /// Ban policy.
+    pub ban: BanLimits,
+}
+
+/// Something that happened to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The piece arrived and matched its hash.
+    Verified { source: SourceId, piece: u64 },
+    /// The piece arrived and did not match (wrong bytes, wrong length, wrong piece).
+    Bad { source: SourceId, piece: u64 },
+    /// The source does not have the piece (404, 416).
+    Missing { source: SourceId, piece: u64 },
+    /// No response in time; the driver closed the connection and these requests with it.
+    TimedOut { source: SourceId, pieces: Vec<u64> },
+    /// The connection failed (refused, reset, closed early, unparseable response).
+    Failed { source: SourceId, pieces: Vec<u64> },
+    /// The server closed the connection as HTTP allows (after `Connection: close`) with these
+    /// requests unanswered: asked again, without blame.
+    Lost { source: SourceId, pieces: Vec<u64> },
+}
+
+/// Why the download cannot finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhaustion {
+    /// No usable source is left for the piece.
+    NoSource,
+    /// The piece failed more often than `retries_per_piece_max`.
+    TooManyFailures,
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Ask `source` for `piece`.
+    Request { source: SourceId, piece: u64 },
+    /// `source` is banned: close its connections, log it, count it.
+    Ban { source: SourceId },
+    /// `source` failed too often: close its connections.
+    Drop { source: SourceId },
+    /// Every piece is verified.
+    Done,
+    /// The download cannot finish: `piece` has no source left.
+    Exhausted { piece: u64, why: Exhaustion },
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    kind: SourceKind,
+    in_flight: u32,
+    failures: u32,
+    dropped: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Piece {
+    done: bool,
+    failures: u32,
+    /// Sources asked right now (two in the end game).
+    asked: Vec<SourceId>,
+    /// Sources never to ask again for this piece.
+    excluded: Vec<SourceId>,
+}
+
+enum Pick {
+    Source(SourceId),
+    Busy,
+    Nobody,
+}
+
+/// The scheduler state machine.
+#[derive(Debug)]
+pub struct Scheduler {
+    limits: SchedulerLimits,
+    sources: Vec<Source>,
+    pieces: Vec<Piece>,
+    /// Pieces not done and not asked of anyone, in the order to ask for them.
+    queue: VecDeque<u64>,
+    /// Pieces not done.
+    missing: BTreeSet<u64>,
+    bans: BanPolicy<SourceId>,
+    actions: VecDeque<Action>,
+    finished: bool,
+}
+
+impl Scheduler {
+    /// A scheduler for `piece_count` pieces, none verified yet.
+    pub fn new(piece_count: u64, limits: SchedulerLimits) -> Scheduler {
+        assert!(limits.slots_per_source >= 1, "a source needs at least one request slot");
+        let count = usize::try_from(piece_count).expect("piece count fits in memory");
+        Scheduler {
+            limits,
+            sources: Vec::new(),
+            pieces: vec![Piece::default(); count],
+            queue: (0..piece_count).collect(),
+            missing: (0..piece_count).collect(),
+            bans: BanPolicy::new(limits.ban),
+            actions: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// Marks a piece verified before the download starts (resume).
+    pub fn mark_verified(&mut self, piece: u64) {
+        let slot = &mut self.pieces[piece as usize];
+        assert!(slot.asked.is_empty(), "resume marks pieces before any request");
+        slot.done = true;
+        self.missing.remove(&piece);
+        self.queue.retain(|&queued| queued != piece);
+    }
+
+    /// Adds a source; `None` when `sources_max` is reached.
+    pub fn add_source(&mut self, kind: SourceKind) -> Option<SourceId> {
+        if self.sources.len() >= self.limits.sources_max as usize {
+            return None;
+        }
+        let id = SourceId(self.sources.len() as u32);
+        self.sources.push(Source { kind, in_flight: 0, failures: 0, dropped: false });
+        Some(id)
+    }
+
+    /// Applies one event at `now_ms`.
+    pub fn handle(&mut self, event: Event, now_ms: u64) {
+        if self.finished {
+            return;
+        }
+        match event {
+            Event::Verified { source, piece } => {
+                if !self.settle(source, piece) {
+                    return;
+                }
+                let slot = &mut self.pieces[piece as usize];
+                if !slot.done {
+                    slot.done = true;
+                    self.missing.remove(&piece);
+                }
+            }
+            Event::Bad { source, piece } => {
+                if !self.settle(source, piece) {
+                    return;
+                }
+                self.exclude(source, piece);
+                self.piece_failed(piece);
+                match self.bans.record_bad(&source, now_ms) {
+                    Verdict::Banned => self.ban(source),
+                    Verdict::Counted { .. } | Verdict::AlreadyBanned => {}
+                }
+            }
+            Event::Missing { source, piece } => {
+                if !self.settle(source, piece) {
+                    return;
+                }
+                self.exclude(source, piece);
+                self.requeue(piece);
+            }
+            Event::Lost { source, pieces } => {
+                for piece in pieces {
+                    if self.settle(source, piece) {
+                        self.requeue(piece);
+                    }
+                }
+            }
+            Event::TimedOut { source, pieces } | Event::Failed { source, pieces } => {
+                let mut any = false;
+                for piece in pieces {
+                    if self.settle(source, piece) {
+                        any = true;
+                        self.exclude(source, piece);
+                        self.piece_failed(piece);
+                    }
+                }
+                if any {
+                    self.source_failed(source);
+                }
+            }
+        }
+    }
+
+    /// Plans requests for `now_ms` and returns the next action, if any.
+    pub fn poll(&mut self, now_ms: u64) -> Option<Action> {
+        if self.actions.is_empty() && !self.finished {
+            self.plan(now_ms);
+        }
+        self.actions.pop_front()
+    }
+
+    /// Whether `piece` is verified.
+    pub fn is_verified(&self, piece: u64) -> bool {
+        self.pieces.get(piece as usize).is_some_and(|slot| slot.done)
+    }
+
+    /// Pieces not verified yet.
+    pub fn missing_count(&self) -> u64 {
+        self.missing.len() as u64
+    }
+
+    /// Requests in flight to `source`.
+    pub fn in_flight(&self, source: SourceId) -> u32 {
+        self.sources[source.0 as usize].in_flight
+    }
+
+    /// Whether `source` is banned at `now_ms`.
+    pub fn is_banned(&mut self, source: SourceId, now_ms: u64) -> bool {
+        self.bans.is_banned(&source, now_ms)
+    }
+
+    /// Times `source` was banned.
+    pub fn bans(&self, source: SourceId) -> u32 {
+        self.bans.bans(&source)
+    }
+
+    /// Whether the scheduler gave `Done` or `Exhausted`.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Removes the (source, piece) request; false if it was not outstanding (stale or forgotten).
+    fn settle(&mut self, source: SourceId, piece: u64) -> bool {
+        let Some(slot) = self.pieces.get_mut(piece as usize) else { return false };
+        let Some(position) = slot.asked.iter().position(|&asked| asked == source) else { return false };
+        slot.asked.swap_remove(position);
+        let record = &mut self.sources[source.0 as usize];
+        record.in_flight -= 1;
+        true
+    }
+
+    fn exclude(&mut self, source: SourceId, piece: u64) {
+        let slot = &mut self.pieces[piece as usize];
+        if !slot.excluded.contains(&source) {
+            slot.excluded.push(source);
+        }
+    }
+
+    fn requeue(&mut self, piece: u64) {
+        let slot = &self.pieces[piece as usize];
+        if !slot.done && slot.asked.is_empty() {
+            // Retries go first: the end of the file should not wait behind them.
+            self.queue.push_front(piece);
+        }
+    }
+
+    fn piece_failed(&mut self, piece: u64) {
+        let slot = &mut self.pieces[piece as usize];
+        if slot.done {
+            return;
+        }
+        slot.failures += 1;
+        if slot.failures > self.limits.retries_per_piece_max {
+            self.finish(Action::Exhausted { piece, why: Exhaustion::TooManyFailures });
+            return;
+        }
+        self.requeue(piece);
+    }
+
+    fn source_failed(&mut self, source: SourceId) {
+        let record = &mut self.sources[source.0 as usize];
+        record.failures += 1;
+        if record.failures >= self.limits.source_failures_max && !record.dropped {
+            record.dropped = true;
+            self.forget(source);
+            self.actions.push_back(Action::Drop { source });
+        }
+    }
+
+    fn ban(&mut self, source: SourceId) {
+        self.forget(source);
+        self.actions.push_back(Action::Ban { source });
+    }
+
+    /// Forgets every outstanding request of `source` and re-queues those pieces.
+    fn forget(&mut self, source: SourceId) {
+        let asked: Vec<u64> =
+            self.missing.iter().copied().filter(|&p| self.pieces[p as usize].asked.contains(&source)).collect();
+        for piece in asked {
+            self.settle(source, piece);
+            self.requeue(piece);
+        }
+    }
+
+    fn finish(&mut self, action: Action) {
+        if !self.finished {
+            self.finished = true;
+            self.actions.push_back(action);
+        }
+    }
+
+    fn usable(&mut self, source: SourceId, now_ms: u64) -> bool {
+        !self.sources[source.0 as usize].dropped && !self.bans.is_banned(&source, now_ms)
+    }
+
+    /// The least-loaded usable source for `piece`: peers first, HTTP only when no peer is left.
+    fn pick(&mut self, piece: u64, now_ms: u64) -> Pick {
+        for kind in [SourceKind::Peer, SourceKind::Http] {
+            let mut eligible = false;
+            let mut best: Option<SourceId> = None;
+            for index in 0..self.sources.len() {
+                let id = SourceId(index as u32);
+                let slot = &self.pieces[piece as usize];
+                if self.sources[index].kind != kind || slot.excluded.contains(&id) || slot.asked.contains(&id) {
+                    continue;
+                }
+                if !self.usable(id, now_ms) {
+                    continue;
+                }
+                eligible = true;
+                let load = self.sources[index].in_flight;
+                if load < self.limits.slots_per_source
+                    && best.map_or(true, |b| load < self.sources[b.0 as usize].in_flight)
+                {
+                    best = Some(id);
+                }
+            }
+            if let Some(id) = best {
+                return Pick::Source(id);
+            }
+            if eligible {
+                return Pick::Busy;
+            }
+        }
+        Pick::Nobody
+    }
+
+    fn ask(&mut self, source: SourceId, piece: u64) {
+        self.pieces[piece as usize].asked.push(source);
+        self.sources[source.0 as usize].in_flight += 1;
+        self.actions.push_back(Action::Request { source, piece });
+    }
+
+    fn plan(&mut self, now_ms: u64) {
+        if self.missing.is_empty() {
+            self.finish(Action::Done);
+            return;
+        }
+        let mut busy = Vec::new();
+        for _ in 0..self.queue.len() {
+            let free = self.sources.iter().any(|s| !s.dropped && s.in_flight < self.limits.slots_per_source);
+            if !free {
+                break;
+            }
+            let Some(piece) = self.queue.pop_front() else { break };
+            let slot = &self.pieces[piece as usize];
+            if slot.done || !slot.asked.is_empty() {
+                continue;
+            }
+            match self.pick(piece, now_ms) {
+                Pick::Source(source) => self.ask(source, piece),
+                Pick::Busy => busy.push(piece),
+                Pick::Nobody => {
+                    self.finish(Action::Exhausted { piece, why: Exhaustion::NoSource });
+                    return;
+                }
+            }
+        }
+        for piece in busy.into_iter().rev() {
+            self.queue.push_front(piece);
+        }
+        self.plan_endgame(now_ms);
+        if self.actions.is_empty() && self.sources.iter().all(|s| s.in_flight == 0) {
+            // Nothing asked, nothing outstanding: no source can make progress.
+            if let Some(&piece) = self.missing.iter().next() {
+                self.finish(Action::Exhausted { piece, why: Exhaustion::NoSource });
+            }
+        }
+    }
+
+    fn plan_endgame(&mut self, now_ms: u64) {
+        if self.missing.len() as u64 > u64::from(self.limits.endgame_pieces) || !self.queue.is_empty() {
+            return;
+        }
+        let pieces: Vec<u64> =
+            self.missing.iter().copied().filter(|&p| self.pieces[p as usize].asked.len() == 1).collect();
+        for piece in pieces {
+            if let Pick::Source(source) = self.pick(piece, now_ms) {
+                self.ask(source, piece);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> SchedulerLimits {
+        SchedulerLimits {
+            slots_per_source: 2,
+            retries_per_piece_max: 3,
+            source_failures_max: 2,
+            endgame_pieces: 0,
+            sources_max: 8,
+            ban: BanLimits { bad_pieces_max: 2, duration_ms: 1_000_000 },
+        }
+    }
+
+    fn drain(scheduler: &mut Scheduler) -> Vec<Action> {
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            match scheduler.poll(0) {
+                Some(action) => out.push(action),
+                None => return out,
+            }
+        }
+        panic!("scheduler kept producing actions");
+    }
+
+    fn requests(actions: &[Action]) -> Vec<(u32, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Request { source, piece } => Some((source.0, *piece)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spreads_pieces_over_peers_within_their_slots() {
+        let mut s = Scheduler::new(10, limits());
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        let b = s.add_source(SourceKind::Peer).unwrap();
+        let asked = requests(&drain(&mut s));
+        assert_eq!(asked, vec![(0, 0), (1, 1), (0, 2), (1, 3)]);
+        assert_eq!((s.in_flight(a), s.in_flight(b)), (2, 2));
+        s.handle(Event::Verified { source: a, piece: 0 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 4)]);
+    }
+
+    #[test]
+    fn finishes_when_every_piece_is_verified() {
+        let mut s = Scheduler::new(2, limits());
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        drain(&mut s);
+        s.handle(Event::Verified { source: a, piece: 0 }, 0);
+        s.handle(Event::Verified { source: a, piece: 1 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Done]);
+        assert!(s.is_finished());
+        assert_eq!(drain(&mut s), vec![]);
+    }
+
+    #[test]
+    fn bad_piece_goes_to_another_source_and_two_get_a_ban() {
+        let mut s = Scheduler::new(4, limits());
+        let liar = s.add_source(SourceKind::Peer).unwrap();
+        let honest = s.add_source(SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (1, 1), (0, 2), (1, 3)]);
+        s.handle(Event::Bad { source: liar, piece: 0 }, 0);
+        // Piece 0 may not go back to the liar; the honest peer is full, so nothing yet.
+        assert_eq!(requests(&drain(&mut s)), vec![]);
+        s.handle(Event::Verified { source: honest, piece: 1 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(1, 0)]);
+        s.handle(Event::Bad { source: liar, piece: 2 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Ban { source: liar }]);
+        assert!(s.is_banned(liar, 0));
+        assert_eq!(s.in_flight(liar), 0);
+        for piece in [0, 3] {
+            s.handle(Event::Verified { source: honest, piece }, 0);
+        }
+        assert_eq!(requests(&drain(&mut s)), vec![(1, 2)]);
+        s.handle(Event::Verified { source: honest, piece: 2 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Done]);
+    }
+
+    #[test]
+    fn banned_source_outstanding_requests_are_forgotten_and_reassigned() {
+        let mut s = Scheduler::new(3, SchedulerLimits { slots_per_source: 3, ..limits() });
+        let liar = s.add_source(SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (0, 1), (0, 2)]);
+        s.handle(Event::Bad { source: liar, piece: 0 }, 0);
+        s.handle(Event::Bad { source: liar, piece: 1 }, 0);
+        let honest = s.add_source(SourceKind::Peer).unwrap();
+        let actions = drain(&mut s);
+        assert_eq!(actions[0], Action::Ban { source: liar });
+        let mut asked = requests(&actions);
+        asked.sort();
+        assert_eq!(asked, vec![(1, 0), (1, 1), (1, 2)]);
+        // A late response for the forgotten request changes nothing.
+        s.handle(Event::Verified { source: liar, piece: 2 }, 0);
+        assert!(!s.is_verified(2));
+        assert_eq!(s.in_flight(honest), 3);
+    }
+
+    #[test]
+    fn http_sources_are_used_only_when_no_peer_is_left() {
+        let mut s = Scheduler::new(2, SchedulerLimits { slots_per_source: 1, ..limits() });
+        let peer = s.add_source(SourceKind::Peer).unwrap();
+        let http = s.add_source(SourceKind::Http).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0)], "busy peer is waited for, not bypassed");
+        s.handle(Event::Missing { source: peer, piece: 0 }, 0);
+        let asked = requests(&drain(&mut s));
+        assert_eq!(asked, vec![(1, 0), (0, 1)]);
+        s.handle(Event::Verified { source: http, piece: 0 }, 0);
+        s.handle(Event::Verified { source: peer, piece: 1 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Done]);
+    }
+
+    #[test]
+    fn every_peer_banned_falls_back_to_http() {
+        let mut s = Scheduler::new(3, SchedulerLimits { slots_per_source: 3, ..limits() });
+        let peer = s.add_source(SourceKind::Peer).unwrap();
+        let http = s.add_source(SourceKind::Http).unwrap();
+        drain(&mut s);
+        s.handle(Event::Bad { source: peer, piece: 0 }, 0);
+        s.handle(Event::Bad { source: peer, piece: 1 }, 0);
+        let actions = drain(&mut s);
+        assert!(actions.contains(&Action::Ban { source: peer }));
+        let mut asked = requests(&actions);
+        asked.sort();
+        assert_eq!(asked, vec![(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(s.in_flight(http), 3);
+    }
+
+    #[test]
+    fn no_source_left_is_exhaustion() {
+        let mut s = Scheduler::new(1, limits());
+        let a = s.add_source(SourceKind::Http).unwrap();
+        drain(&mut s);
+        s.handle(Event::Missing { source: a, piece: 0 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Exhausted { piece: 0, why: Exhaustion::NoSource }]);
+        let mut empty = Scheduler::new(1, limits());
+        assert_eq!(drain(&mut empty), vec![Action::Exhausted { piece: 0, why: Exhaustion::NoSource }]);
+    }
+
+    #[test]
+    fn failing_sources_are_dropped_and_piece_retries_are_bounded() {
+        let budget = SchedulerLimits { source_failures_max: 100, retries_per_piece_max: 2, ..limits() };
+        let mut s = Scheduler::new(1, budget);
+        for _ in 0..5 {
+            s.add_source(SourceKind::Peer).unwrap();
+        }
+        for round in 0..3u32 {
+            assert_eq!(requests(&drain(&mut s)), vec![(round, 0)], "each retry goes to a source not yet failed");
+            s.handle(Event::TimedOut { source: SourceId(round), pieces: vec![0] }, 0);
+        }
+        assert_eq!(drain(&mut s), vec![Action::Exhausted { piece: 0, why: Exhaustion::TooManyFailures }]);
+
+        let mut s = Scheduler::new(4, limits());
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        let b = s.add_source(SourceKind::Peer).unwrap();
+        drain(&mut s);
+        s.handle(Event::Failed { source: a, pieces: vec![0, 2] }, 0);
+        assert_eq!(s.in_flight(a), 0);
+        let asked = requests(&drain(&mut s));
+        assert!(asked.is_empty(), "b is full and a may not retry pieces it failed: {asked:?}");
+        s.handle(Event::Verified { source: b, piece: 1 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(1, 2)], "the latest retry goes first");
+        s.handle(Event::Failed { source: a, pieces: vec![] }, 0);
+        assert_eq!(drain(&mut s), vec![], "an empty failure does not count");
+    }
+
+    #[test]
+    fn lost_requests_are_asked_again_without_blame() {
+        let mut s = Scheduler::new(2, SchedulerLimits { source_failures_max: 1, ..limits() });
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (0, 1)]);
+        s.handle(Event::Lost { source: a, pieces: vec![0, 1] }, 0);
+        let mut asked = requests(&drain(&mut s));
+        asked.sort();
+        assert_eq!(asked, vec![(0, 0), (0, 1)]);
+    }
+
+    #[test]
+    fn source_is_dropped_after_its_failure_budget() {
+        let mut s = Scheduler::new(4, limits());
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        let _b = s.add_source(SourceKind::Peer).unwrap();
+        drain(&mut s);
+        s.handle(Event::TimedOut { source: a, pieces: vec![0] }, 0);
+        s.handle(Event::TimedOut { source: a, pieces: vec![2] }, 0);
+        let actions = drain(&mut s);
+        assert_eq!(actions[0], Action::Drop { source: a });
+        assert!(requests(&actions).iter().all(|&(source, _)| source != 0));
+    }
+
+    #[test]
+    fn end_game_asks_a_second_source_and_ignores_the_late_copy() {
+        let mut s = Scheduler::new(2, SchedulerLimits { endgame_pieces: 2, slots_per_source: 1, ..limits() });
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        let b = s.add_source(SourceKind::Peer).unwrap();
+        let c = s.add_source(SourceKind::Peer).unwrap();
+        let asked = requests(&drain(&mut s));
+        assert_eq!(asked, vec![(0, 0), (1, 1), (2, 0)], "c duplicates piece 0");
+        s.handle(Event::Verified { source: c, piece: 0 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(2, 1)], "c duplicates piece 1");
+        s.handle(Event::Verified { source: a, piece: 0 }, 0);
+        assert_eq!(s.in_flight(a), 0);
+        s.handle(Event::Verified { source: b, piece: 1 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Done]);
+    }
+
+    #[test]
+    fn resumed_pieces_are_never_asked() {
+        let mut s = Scheduler::new(3, limits());
+        s.mark_verified(0);
+        s.mark_verified(2);
+        let a = s.add_source(SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 1)]);
+        s.handle(Event::Verified { source: a, piece: 1 }, 0);
+        assert_eq!(drain(&mut s), vec![Action::Done]);
+        let mut all = Scheduler::new(1, limits());
+        all.mark_verified(0);
+        assert_eq!(drain(&mut all), vec![Action::Done]);
+    }
+
+    #[test]
+    fn sources_beyond_the_limit_are_refused() {
+        let mut s = Scheduler::new(1, SchedulerLimits { sources_max: 1, ..limits() });
+        assert!(s.add_source(SourceKind::Peer).is_some());
+        assert!(s.add_source(SourceKind::Http).is_none());
+    }
+}

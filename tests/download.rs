@@ -1,0 +1,332 @@
+//! End to end: `tessera::download::get` against in-process fake peers, an HTTP origin and a fake
+//! metadata source on loopback; exit statuses through the real binary.
+
+mod fakes;
+
+use std::path::Path;
+use std::process::Command;
+
+use fakes::{Behavior, Content, Fake, FakeMetadata, ServiceData, TestCert};
+use tessera::config::DownloadConfig;
+use tessera::content::manifest::sha256;
+use tessera::content::MetadataFailure;
+use tessera::download::{get, GetError, GetRequest, MetadataSource, Status, Summary};
+use tessera::tls::ca_client_config as client_config;
+
+/// Limits small enough that every test is quick and every count exact.
+fn config() -> DownloadConfig {
+    DownloadConfig {
+        connections_per_source_max: 1,
+        pipeline_depth: 1,
+        request_timeout_ms: 300,
+        connect_timeout_ms: 1000,
+        endgame_pieces: 0,
+        metadata_timeout_ms: 2000,
+        ..DownloadConfig::default()
+    }
+}
+
+fn request(content: &Content, dir: &Path, peers: &[&Fake], sources: Vec<String>, config: DownloadConfig) -> GetRequest {
+    GetRequest {
+        id: content.id.clone(),
+        group: "default".into(),
+        peers: peers.iter().map(|p| p.address).collect(),
+        sources,
+        output: dir.join("out.bin"),
+        sha256: None,
+        config,
+        tls: client_config(None).unwrap(),
+    }
+}
+
+fn run(request: &GetRequest, metadata: &dyn MetadataSource) -> Result<Summary, GetError> {
+    get(request, metadata, &mut |_: &Status| {})
+}
+
+fn assert_output(request: &GetRequest, content: &Content) {
+    let written = std::fs::read(&request.output).unwrap();
+    assert!(written == *content.bytes, "output differs from the source");
+}
+
+fn stats<'a>(summary: &'a Summary, fake: &Fake) -> &'a tessera::download::SourceStats {
+    let label = fake.address.to_string();
+    summary.sources.iter().find(|s| s.source == label).unwrap_or_else(|| panic!("no stats for {label}"))
+}
+
+#[test]
+fn honest_peers_deliver_byte_identical_output() {
+    let content = Content::new("honest", 40 * 65536 + 123);
+    let peers = [Fake::start(&content, Behavior::Honest), Fake::start(&content, Behavior::Honest)];
+    let dir = tempfile::tempdir().unwrap();
+    let config = DownloadConfig { pipeline_depth: 4, connections_per_source_max: 2, ..config() };
+    let request = request(&content, dir.path(), &[], vec![], config);
+    let metadata = FakeMetadata::new(&content, vec![], peers.iter().map(|p| p.address).collect());
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.mode, "p2p");
+    assert_eq!(summary.sha256.as_deref(), Some(hex::encode(sha256(&content.bytes)).as_str()));
+    let delivered: u64 = summary.sources.iter().map(|s| s.bytes).sum();
+    assert_eq!(delivered, content.bytes.len() as u64);
+    assert!(peers.iter().all(|p| p.good_sent() > 0), "both peers were used");
+    assert!(!dir.path().join("out.bin.tessera-partial").exists());
+    assert!(!dir.path().join("out.bin.tessera-progress").exists());
+}
+
+#[test]
+fn every_lying_peer_is_banned_after_two_bad_pieces_and_asked_nothing_more() {
+    let content = Content::new("liars", 96 * 65536);
+    let honest = Fake::start(&content, Behavior::Honest);
+    let liars = [
+        Fake::start(&content, Behavior::BitFlip),
+        Fake::start(&content, Behavior::WrongPiece),
+        Fake::start(&content, Behavior::Truncate),
+        Fake::start(&content, Behavior::LieAfter(3)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<&Fake> = liars.iter().collect();
+    all.push(&honest);
+    let request = request(&content, dir.path(), &all, vec![], config());
+    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, &content);
+    for liar in &liars {
+        assert_eq!(liar.bad_sent(), 2, "{}: exactly two bad pieces before the ban", liar.address);
+        assert_eq!(liar.requests(), liar.good_sent() + 2, "{}: no request after the ban", liar.address);
+        let stats = stats(&summary, liar);
+        assert!(stats.banned && stats.bad_pieces == 2, "{stats:?}");
+        assert!(summary.banned.contains(&liar.address.to_string()));
+    }
+    assert_eq!(liars[3].good_sent(), 3, "the late liar served three good pieces first");
+    assert!(!stats(&summary, &honest).banned);
+    assert_eq!(summary.banned.len(), 4);
+}
+
+#[test]
+fn a_stalling_peer_does_not_stall_the_download() {
+    let content = Content::new("stall", 24 * 65536);
+    let stall = Fake::start(&content, Behavior::Stall);
+    let honest = Fake::start(&content, Behavior::Honest);
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[&stall, &honest], vec![], config());
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    let stats = stats(&summary, &stall);
+    assert!(stats.timeouts >= 1 && stats.bytes == 0, "{stats:?}");
+    assert!(stall.requests() <= u64::from(config().source_failures_max), "dropped after its failure budget");
+}
+
+#[test]
+fn pieces_fall_back_to_http_when_every_peer_is_banned() {
+    let content = Content::new("fallback", 20 * 65536 + 7);
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[&liar], vec![], config());
+    let metadata = FakeMetadata::new(&content, vec![origin.url()], vec![]);
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.banned, vec![liar.address.to_string()]);
+    assert_eq!(liar.requests(), 2);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
+fn http_source_takes_pieces_no_peer_has() {
+    let content = Content::new("partial-peer", 16 * 65536);
+    let peer = Fake::start(&content, Behavior::HasBelow(8));
+    let origin = Fake::start(&content, Behavior::Origin);
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[&peer], vec![origin.url()], config());
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(stats(&summary, &peer).pieces, 8);
+    assert!(summary.banned.is_empty());
+}
+
+/// Runs a Simple-mode case: peers known by hand and by matching must see no connection at all.
+fn assert_simple_mode_from_origin(metadata: FakeMetadata, content: &Content, reason_has: &str) {
+    let peer = Fake::start(content, Behavior::Honest);
+    let matched = Fake::start(content, Behavior::Honest);
+    let origin = Fake::start(content, Behavior::Origin);
+    let metadata = FakeMetadata { peers: vec![matched.address], ..metadata };
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(content, dir.path(), &[&peer], vec![origin.url()], config());
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, content);
+    assert_eq!(summary.mode, "simple");
+    let reason = summary.mode_reason.clone().unwrap();
+    assert!(reason.contains(reason_has), "{reason}");
+    assert_eq!(peer.connections(), 0, "no connection to a hand-given peer in Simple mode");
+    assert_eq!(matched.connections(), 0, "no connection to a matched peer in Simple mode");
+    assert_eq!(metadata.peer_lookups.load(std::sync::atomic::Ordering::SeqCst), 0, "no peer lookup either");
+    assert!(origin.requests() > 0);
+}
+
+#[test]
+fn tampered_hash_file_gives_simple_mode_without_peers() {
+    let content = Content::new("tampered", 10 * 65536);
+    let mut metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let mut tampered = content.hashfile.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    metadata.hashfile = Ok(tampered);
+    assert_simple_mode_from_origin(metadata, &content, "does not match");
+}
+
+#[test]
+fn tls_failure_gives_simple_mode_without_peers() {
+    let content = Content::new("wrong-ca", 10 * 65536);
+    let mut metadata = FakeMetadata::new(&content, vec![], vec![]);
+    metadata.manifest = Err(MetadataFailure::Fetch("invalid peer certificate: UnknownIssuer".into()));
+    assert_simple_mode_from_origin(metadata, &content, "UnknownIssuer");
+}
+
+#[test]
+fn service_down_gives_simple_mode_without_peers() {
+    let content = Content::new("down", 10 * 65536);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let options = tessera::tls::TlsClientOptions { timeout_ms: 2000, ..Default::default() };
+    let service = tessera::download::ServiceMetadata::new(&format!("https://{closed}"), options).unwrap();
+    let mut metadata = FakeMetadata::new(&content, vec![], vec![]);
+    metadata.manifest = service.manifest(&content.id);
+    assert!(metadata.manifest.is_err());
+    assert_simple_mode_from_origin(metadata, &content, "connect");
+}
+
+#[test]
+fn simple_mode_without_any_http_source_says_so() {
+    let content = Content::new("nosource", 65536);
+    let mut metadata = FakeMetadata::new(&content, vec![], vec![]);
+    metadata.hashfile = Err(MetadataFailure::Fetch("refused".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[], vec![], config());
+    let error = run(&request, &metadata).unwrap_err();
+    assert!(matches!(error, GetError::NoHttpSource { .. }), "{error}");
+    assert!(error.to_string().contains("no HTTP source"), "{error}");
+}
+
+#[test]
+fn a_rerun_skips_pieces_already_verified() {
+    let content = Content::new("resume", 12 * 65536);
+    let dir = tempfile::tempdir().unwrap();
+    let half = Fake::start(&content, Behavior::HasBelow(5));
+    let first = request(&content, dir.path(), &[&half], vec![], config());
+    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let error = run(&first, &metadata).unwrap_err();
+    assert!(matches!(error, GetError::Exhausted { .. }), "{error}");
+    assert!(!first.output.exists());
+    assert!(dir.path().join("out.bin.tessera-progress").exists());
+    let honest = Fake::start(&content, Behavior::Honest);
+    let second = request(&content, dir.path(), &[&honest], vec![], config());
+    let summary = run(&second, &metadata).unwrap();
+    assert_output(&second, &content);
+    assert_eq!(summary.pieces_resumed, 5);
+    assert_eq!(honest.requests(), content.piece_count() - 5, "verified pieces are not asked again");
+}
+
+fn tessera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+#[test]
+fn binary_exit_statuses_and_json_summary() {
+    let content = Content::new("binary", 5 * 65536 + 9);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("file");
+    let good = hex::encode(sha256(&content.bytes));
+
+    let ok = tessera()
+        .args(["get", "binary", "--source", &origin.url(), "--sha256", &good, "--json", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(summary["mode"], "simple");
+    assert!(summary["mode_reason"].as_str().unwrap().contains("no metadata service"));
+    assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
+
+    let wrong = "0".repeat(64);
+    let mismatch = dir.path().join("mismatch");
+    let status = tessera()
+        .args(["get", "binary", "--source", &origin.url(), "--sha256", &wrong, "-o"])
+        .arg(&mismatch)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(4), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(!mismatch.exists(), "no file under the name after a failed check");
+
+    let missing = format!("http://{}/nothing-here", origin.address);
+    let status =
+        tessera().args(["get", "binary", "--source", &missing, "-o"]).arg(dir.path().join("x")).output().unwrap();
+    assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
+
+    let status = tessera().args(["get", "binary", "-o"]).arg(dir.path().join("y")).output().unwrap();
+    assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no HTTP source"));
+
+    let status = tessera().args(["get", "bad/id", "-o", "z"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(2));
+}
+
+#[test]
+fn https_source_is_fetched_over_tls_in_the_event_loop() {
+    let content = Content::new("https-origin", 12 * 65536 + 5);
+    let cert = TestCert::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.write(&dir.path().join("ca.pem"));
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let origin = Fake::start_with(&content, Behavior::Origin, Some(cert.config.clone()), None);
+    let mut request = request(&content, dir.path(), &[&liar], vec![origin.https_url()], config());
+    request.tls = client_config(Some(&ca)).unwrap();
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.banned, vec![liar.address.to_string()]);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
+fn binary_gets_metadata_over_tls_and_a_wrong_ca_gives_simple_mode_without_peers() {
+    let content = Content::new("tls-service", 9 * 65536);
+    let cert = TestCert::new();
+    let other = TestCert::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, wrong_ca) = (cert.write(&dir.path().join("ca.pem")), other.write(&dir.path().join("other.pem")));
+    let matched = Fake::start(&content, Behavior::Honest);
+    let by_hand = Fake::start(&content, Behavior::Honest);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let service_data = ServiceData { manifest: content.manifest(vec![]), peers: vec![matched.address] };
+    let service = Fake::start_with(&content, Behavior::Service, Some(cert.config.clone()), Some(service_data));
+    let service_url = format!("https://127.0.0.1:{}", service.address.port());
+    let peer = by_hand.address.to_string();
+
+    let wrong = tessera()
+        .args(["get", "tls-service", "--service", &service_url, "--peer", &peer, "--source", &origin.url(), "--json"])
+        .arg("--ca")
+        .arg(&wrong_ca)
+        .arg("-o")
+        .arg(dir.path().join("simple.bin"))
+        .output()
+        .unwrap();
+    assert!(wrong.status.success(), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!(summary["mode"], "simple");
+    assert!(summary["mode_reason"].as_str().unwrap().contains("certificate"), "{summary}");
+    assert_eq!(std::fs::read(dir.path().join("simple.bin")).unwrap(), *content.bytes);
+    assert_eq!((matched.connections(), by_hand.connections()), (0, 0), "Simple mode touches no peer");
+
+    let good = tessera()
+        .args(["get", "tls-service", "--service", &service_url, "--peer", &peer, "--json"])
+        .arg("--ca")
+        .arg(&ca)
+        .arg("-o")
+        .arg(dir.path().join("p2p.bin"))
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "{summary}");
+    assert_eq!(std::fs::read(dir.path().join("p2p.bin")).unwrap(), *content.bytes);
+    assert!(matched.good_sent() + by_hand.good_sent() >= content.piece_count(), "end game may ask twice");
+    assert!(matched.good_sent() > 0, "the matched peer from the service was used");
+}
