@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod dataplane;
 pub mod hash;
 pub mod http;
 pub mod publish;

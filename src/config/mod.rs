@@ -1,11 +1,13 @@
 //! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
 
+mod serve;
 mod store;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use serve::{BackendChoice, ServeConfig};
 pub use store::StoreConfig;
 
 /// The embedded default configuration, as shipped in `appliance/tessera.toml`.
@@ -28,11 +30,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Piece store limits.
     pub store: StoreConfig,
+    /// The data plane (`tessera serve`).
+    pub serve: ServeConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { data_dir: PathBuf::from("tessera-data"), store: StoreConfig::default() }
+        Config { data_dir: PathBuf::from("tessera-data"), store: StoreConfig::default(), serve: ServeConfig::default() }
     }
 }
 
