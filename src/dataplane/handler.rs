@@ -82,11 +82,13 @@ impl Handler {
             extra,
         };
         match resource {
-            Route::Health => Outgoing::text(200, "ok\n", keep_alive, head_only),
-            Route::Metrics => {
-                let text = self.shared.metrics.render(&self.shared.store.stats());
+            Route::Health | Route::Metrics => {
+                let (text, content_type) = match resource {
+                    Route::Health => ("ok\n".to_string(), "text/plain; charset=utf-8"),
+                    _ => (self.shared.metrics.render(&self.shared.store.stats()), PROMETHEUS_TEXT),
+                };
                 let mut bytes = Vec::with_capacity(text.len() + 160);
-                head(200, text.len() as u64, PROMETHEUS_TEXT, None).write_to(&mut bytes);
+                head(200, text.len() as u64, content_type, None).write_to(&mut bytes);
                 if !head_only {
                     bytes.extend_from_slice(text.as_bytes());
                 }
