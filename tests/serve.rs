@@ -265,27 +265,36 @@ fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
         // Trickle a header byte every 50 ms and keep a normal client busy meanwhile.
         while started.elapsed() < Duration::from_secs(5) {
             assert_eq!(normal.get("/v1/content/small/piece/1", "").status, 200);
-            if slow.reader.get_mut().write_all(b"X").is_err() {
+            if let Err(error) = slow.reader.get_mut().write_all(b"X") {
+                eprintln!("{backend:?}: slow client write failed after {:?}: {error}", started.elapsed());
                 slow_closed = true;
                 break;
             }
             slow.reader.get_mut().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let mut byte = [0u8; 512];
             match slow.reader.get_mut().read(&mut byte) {
-                Ok(_) => {
+                Ok(read) => {
+                    eprintln!(
+                        "{backend:?}: slow client read {:?} after {:?}",
+                        String::from_utf8_lossy(&byte[..read]),
+                        started.elapsed()
+                    );
                     // A 408 or EOF: the server gave up on the head.
                     slow_closed = true;
                     break;
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => {
+                // EINTR: the io_uring probe's ring teardown may interrupt this thread's read.
+                Err(error)
+                    if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                Err(error) => {
+                    eprintln!("{backend:?}: slow client read failed after {:?}: {error}", started.elapsed());
                     slow_closed = true;
                     break;
                 }
             }
         }
         assert!(slow_closed, "{backend:?}: slowloris connection still open after 5 s");
-        assert!(started.elapsed() >= Duration::from_millis(300), "closed before the header timeout");
+        assert!(started.elapsed() >= Duration::from_millis(300), "{backend:?}: closed before the header timeout");
         assert!(silent.closed_by_server(), "{backend:?}: a connection that sends nothing is closed too");
         assert_eq!(normal.get("/healthz", "").status, 200);
         server.shutdown().unwrap();
@@ -462,4 +471,35 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+#[test]
+fn zero_copy_sends_deliver_the_same_bytes() {
+    let published = published();
+    for backend in backends() {
+        let mut config = config_for(published.dir.path(), backend);
+        config.serve.send_zc_bytes_min = 1;
+        // A tiny pending limit exercises the pause-until-notified path too.
+        config.serve.send_zc_pending_max = 1;
+        let server = Server::start(&config).unwrap();
+        let mut client = Client::connect(server.local_addr());
+        let mut batch = String::new();
+        for index in 0..3 {
+            batch.push_str(&format!("GET /v1/content/big/piece/{index} HTTP/1.1\r\n\r\n"));
+        }
+        batch.push_str("GET /v1/content/big HTTP/1.1\r\nRange: bytes=1000-2100000\r\n\r\n");
+        client.send(&batch);
+        for index in 0..3 {
+            let response = client.read(false);
+            let start = index << 20;
+            let end = (start + (1 << 20)).min(published.big.len());
+            assert!(response.status == 200 && response.body == published.big[start..end], "{backend:?} {index}");
+        }
+        let range = client.read(false);
+        assert!(range.status == 206 && range.body == published.big[1000..=2_100_000], "{backend:?} range");
+        if backend == BackendChoice::Uring && tessera::dataplane::uring::zero_copy_supported() {
+            assert!(server.metrics().zero_copy_sends() > 0, "zero-copy sends were used");
+        }
+        server.shutdown().unwrap();
+    }
 }

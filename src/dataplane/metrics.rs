@@ -83,6 +83,11 @@ impl WorkerMetrics {
         COUNTED_STATUSES.iter().position(|&s| s == status).map_or(0, |at| self.requests[at].load(Ordering::Relaxed))
     }
 
+    /// Zero-copy sends issued so far.
+    pub fn zero_copy_sends(&self) -> u64 {
+        self.zero_copy_sends.load(Ordering::Relaxed)
+    }
+
     /// Connections open now.
     pub fn connections_open(&self) -> u64 {
         self.connections_open.load(Ordering::Relaxed)
@@ -112,6 +117,11 @@ impl Metrics {
     /// Sum over workers of requests answered with `status`.
     pub fn requests_with_status(&self, status: u16) -> u64 {
         self.workers.iter().map(|w| w.requests_with_status(status)).sum()
+    }
+
+    /// Sum over workers of zero-copy sends.
+    pub fn zero_copy_sends(&self) -> u64 {
+        self.workers.iter().map(WorkerMetrics::zero_copy_sends).sum()
     }
 
     /// Prometheus text exposition of every counter, per worker, plus the store's gauges.
