@@ -77,8 +77,13 @@ fn config_for(root: &Path, backend: BackendChoice) -> Config {
     config
 }
 
-fn start(published: &Published, backend: BackendChoice) -> ServerHandle {
-    Server::start(&config_for(published.dir.path(), backend)).unwrap()
+/// Runs `test` against a fresh server on each backend, then checks the server stops cleanly.
+fn each_backend(published: &Published, test: impl Fn(BackendChoice, &ServerHandle)) {
+    for backend in backends() {
+        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
+        test(backend, &server);
+        server.shutdown().unwrap();
+    }
 }
 
 #[derive(Debug)]
@@ -153,8 +158,7 @@ impl Client {
 #[test]
 fn every_piece_is_the_published_bytes() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         for (id, bytes, piece) in [("small", &published.small, SMALL_PIECE), ("big", &published.big, 1 << 20)] {
             for (index, expected) in bytes.chunks(piece).enumerate() {
@@ -166,8 +170,7 @@ fn every_piece_is_the_published_bytes() {
         let whole = client.get("/v1/content/big", "");
         assert_eq!(whole.status, 200);
         assert!(whole.body == published.big, "{backend:?}: whole content differs");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
@@ -176,8 +179,7 @@ fn ranges_at_piece_boundaries_and_across_pieces() {
     let length = published.small.len();
     let p = SMALL_PIECE;
     let ranges = [(0, p - 1), (p - 1, p), (p, 2 * p - 1), (p - 10, 3 * p + 10), (0, length - 1), (3 * p, length - 1)];
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         for (start, end) in ranges {
             let response = client.get("/v1/content/small", &format!("Range: bytes={start}-{end}\r\n"));
@@ -192,15 +194,13 @@ fn ranges_at_piece_boundaries_and_across_pieces() {
         assert_eq!(beyond.header("content-range"), Some(format!("bytes */{length}").as_str()));
         let missing = client.get("/v1/content/meta-only", "Range: bytes=0-99\r\n");
         assert_eq!(missing.status, 503, "{backend:?}: catalog entry without stored pieces");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn head_answers_lengths_without_bodies() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         client.send("HEAD /v1/content/big HTTP/1.1\r\n\r\n");
         let head = client.read(true);
@@ -212,31 +212,27 @@ fn head_answers_lengths_without_bodies() {
         // Had a body followed either HEAD, this would read its bytes instead of a status line.
         let after = client.get("/healthz", "");
         assert_eq!((after.status, after.body.as_slice()), (200, b"ok\n".as_slice()), "{backend:?}");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn unknown_content_and_piece_past_the_end_are_404() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         assert_eq!(client.get("/v1/content/nope", "").status, 404);
         assert_eq!(client.get("/v1/content/nope/piece/0", "").status, 404);
         assert_eq!(client.get("/v1/content/small/piece/4", "").status, 404);
         assert_eq!(client.get("/v1/content/big/piece/3", "").status, 404);
         assert_eq!(client.get("/v1/content/big/hashfile", "").status, 200);
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn bad_ids_are_400_and_the_connection_keeps_working() {
     let published = published();
     let overlong = "x".repeat(200);
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         for id in ["..", "%2e%2e", "%2E%2E", &overlong, "a%2fb"] {
             let response = client.get(&format!("/v1/content/{id}/piece/0"), "");
@@ -247,15 +243,13 @@ fn bad_ids_are_400_and_the_connection_keeps_working() {
         other.send("DELETE /v1/content/small HTTP/1.1\r\n\r\n");
         assert_eq!(other.read(false).status, 405);
         assert_eq!(client.get("/v1/content/small/piece/0", "").status, 200);
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut slow = Client::connect(server.local_addr());
         let mut silent = Client::connect(server.local_addr());
         let mut normal = Client::connect(server.local_addr());
@@ -297,15 +291,13 @@ fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
         assert!(started.elapsed() >= Duration::from_millis(300), "{backend:?}: closed before the header timeout");
         assert!(silent.closed_by_server(), "{backend:?}: a connection that sends nothing is closed too");
         assert_eq!(normal.get("/healthz", "").status, 200);
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         let order = [3usize, 0, 2, 1, 0, 3, 1];
         let mut batch = String::new();
@@ -324,15 +316,13 @@ fn pipelined_requests_are_answered_in_order() {
         let last = client.read(false);
         assert_eq!((last.status, last.header("connection")), (200, Some("close")));
         assert!(client.closed_by_server(), "{backend:?}: Connection: close is honoured");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn http10_closes_unless_kept_alive() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         client.send("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert_eq!(client.read(false).header("connection"), Some("keep-alive"));
@@ -340,15 +330,13 @@ fn http10_closes_unless_kept_alive() {
         let response = client.read(false);
         assert!(response.status == 200 && response.body == published.small[3 * SMALL_PIECE..]);
         assert!(client.closed_by_server(), "{backend:?}");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
 fn metrics_count_requests_and_bytes() {
     let published = published();
-    for backend in backends() {
-        let server = start(&published, backend);
+    each_backend(&published, |backend, server| {
         let mut client = Client::connect(server.local_addr());
         client.get("/v1/content/big/piece/0", "");
         client.get("/v1/content/nope", "");
@@ -364,8 +352,7 @@ fn metrics_count_requests_and_bytes() {
         assert_eq!(total("tessera_connections_open"), 1, "{metrics}");
         assert!(metrics.contains("status=\"404\"} 1"), "{metrics}");
         assert_eq!(server.metrics().requests_with_status(200), 2, "the piece and this scrape");
-        server.shutdown().unwrap();
-    }
+    });
 }
 
 #[test]
@@ -385,7 +372,7 @@ fn starts_on_an_empty_missing_data_dir() {
 fn shutdown_finishes_the_response_in_flight() {
     let published = published();
     for backend in backends() {
-        let server = start(&published, backend);
+        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
         let mut client = Client::connect(server.local_addr());
         client.send("GET /v1/content/big HTTP/1.1\r\n\r\n");
         // Read only the head, so most of the body is still in flight when shutdown starts.

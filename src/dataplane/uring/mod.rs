@@ -356,7 +356,7 @@ impl Worker {
         dirty.sort_unstable_by_key(|k| (k.index, k.generation));
         dirty.dedup();
         for key in dirty.drain(..) {
-            self.advance(key, now);
+            self.advance(key);
         }
         if self.dirty.is_empty() {
             self.dirty = dirty;
@@ -364,7 +364,7 @@ impl Worker {
     }
 
     /// Starts the next send and receive a connection needs, or closes it.
-    fn advance(&mut self, key: SlotKey, now: Instant) {
+    fn advance(&mut self, key: SlotKey) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if !conn.closing {
             if let Some(reason) = conn.state.close_reason() {
@@ -400,7 +400,6 @@ impl Worker {
         if !conn.recv.owns_buffer() && conn.state.wants_read() {
             conn.recv.submit(fd, key, &mut self.queue);
         }
-        let _ = now;
     }
 
     /// Shuts the socket down so in-flight operations complete promptly; the slot is freed when
@@ -431,7 +430,7 @@ impl Worker {
             let now = Instant::now();
             self.advance_dirty(now);
             for key in self.conns.keys() {
-                self.advance(key, now);
+                self.advance(key);
             }
             let listener_closed = self.accept.close_when_idle();
             if (self.conns.is_empty() && listener_closed) || now >= deadline {
