@@ -217,7 +217,7 @@ impl Worker {
                 self.accept_retry_at = None;
                 self.accept.arm(&mut self.queue);
             }
-            self.advance_dirty(now);
+            self.advance_dirty();
             if let Some(deadline) = grace_deadline {
                 let listener_closed = self.accept.close_when_idle();
                 if self.conns.is_empty() && listener_closed {
@@ -351,7 +351,7 @@ impl Worker {
         }
     }
 
-    fn advance_dirty(&mut self, now: Instant) {
+    fn advance_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable_by_key(|k| (k.index, k.generation));
         dirty.dedup();
@@ -428,7 +428,7 @@ impl Worker {
         let mut completions = Vec::new();
         loop {
             let now = Instant::now();
-            self.advance_dirty(now);
+            self.advance_dirty();
             for key in self.conns.keys() {
                 self.advance(key);
             }
