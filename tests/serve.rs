@@ -224,7 +224,9 @@ fn unknown_content_and_piece_past_the_end_are_404() {
         assert_eq!(client.get("/v1/content/nope/piece/0", "").status, 404);
         assert_eq!(client.get("/v1/content/small/piece/4", "").status, 404);
         assert_eq!(client.get("/v1/content/big/piece/3", "").status, 404);
-        assert_eq!(client.get("/v1/content/big/hashfile", "").status, 200);
+        let hashfile = client.get("/v1/content/big/hashfile", "");
+        assert_eq!(hashfile.status, 200, "{backend:?}");
+        assert!(hashfile.body.starts_with(b"TSRHASH\0"), "{backend:?}");
     });
 }
 
@@ -351,7 +353,7 @@ fn metrics_count_requests_and_bytes() {
         assert!(total("tessera_http_sent_bytes_total") >= 1 << 20, "{metrics}");
         assert_eq!(total("tessera_connections_open"), 1, "{metrics}");
         assert!(metrics.contains("status=\"404\"} 1"), "{metrics}");
-        assert_eq!(server.metrics().requests_with_status(200), 2, "the piece and this scrape");
+        assert_eq!(server.metrics().requests_with_status(200), 2, "{backend:?}: the piece and this scrape");
     });
 }
 
