@@ -84,6 +84,24 @@ fn describe_setup_error(error: std::io::Error) -> String {
     }
 }
 
+/// A ring with `submission_entries` and `completion_entries`. Only this thread submits and reaps,
+/// so task work is deferred to our own `io_uring_enter` (6.1+); older kernels get a plain ring.
+fn build_ring(submission_entries: u32, completion_entries: u32) -> std::io::Result<IoUring> {
+    let tuned = IoUring::builder()
+        .setup_cqsize(completion_entries)
+        .setup_clamp()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(submission_entries);
+    match tuned {
+        Ok(ring) => Ok(ring),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(completion_entries).setup_clamp().build(submission_entries)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     state: Connection,
@@ -124,10 +142,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let zero_copy_pending_max = config.send_zc_pending_max.max(1);
     // Per connection: a receive, a send, its zero-copy notifications; plus accepts and cancels.
     let completion_entries = (connections_max * (2 + zero_copy_pending_max) + 256).next_power_of_two();
-    let ring = IoUring::builder()
-        .setup_cqsize(completion_entries.min(u32::MAX as usize) as u32)
-        .setup_clamp()
-        .build(config.ring_entries.max(8));
+    let ring = build_ring(config.ring_entries.max(8), completion_entries.min(u32::MAX as usize) as u32);
     let ring = match ring {
         Ok(ring) => ring,
         Err(error) => {
