@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod control;
+pub mod dataplane;
 pub mod download;
 pub mod hash;
 pub mod http;

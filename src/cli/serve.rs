@@ -1,7 +1,16 @@
-//! `tessera serve` (the data plane lands with its own issue; the metadata service is embedded).
+//! `tessera serve`: runs the data plane, and the embedded metadata service, until SIGINT or SIGTERM.
 
-use crate::cli::service_cmd::{wait_for_shutdown_signal, EmbeddedServiceArgs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::service_cmd::EmbeddedServiceArgs;
 use crate::cli::{CliError, DataDirArgs};
+use crate::config::BackendChoice;
+use crate::dataplane::{ServeError, Server};
+
+/// How often the main thread looks for a signal or a dead worker.
+const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Arguments of `tessera serve`.
 #[derive(Debug, clap::Args)]
@@ -10,20 +19,60 @@ pub struct ServeArgs {
     pub data: DataDirArgs,
     #[command(flatten)]
     pub service: EmbeddedServiceArgs,
+    /// Address to listen on (overrides `[serve] listen`), e.g. 0.0.0.0:7680.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Worker threads, one pinned per core (overrides `[serve] workers`; 0 = one per core).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Event-loop backend: auto, uring or epoll (overrides `[serve] backend`).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
+}
+
+impl From<ServeError> for CliError {
+    fn from(error: ServeError) -> Self {
+        match error {
+            ServeError::BadAddress { .. } => CliError::Usage(error.to_string()),
+            other => CliError::Other(other.to_string()),
+        }
+    }
 }
 
 /// Runs `tessera serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    let config = args.data.load()?;
-    let service = args.service.start(&config)?;
-    if service.is_none() {
-        return Err(CliError::Other(
-            "serve is not built yet: the data-plane piece server lands with the next issue (and --no-service is set)"
-                .into(),
-        ));
+    let mut config = args.data.load()?;
+    if let Some(listen) = args.listen {
+        config.serve.listen = listen;
     }
-    tracing::warn!("the data-plane piece server is not built yet; serving the metadata service only");
-    wait_for_shutdown_signal()?;
+    if let Some(workers) = args.workers {
+        config.serve.workers = workers;
+    }
+    if let Some(backend) = &args.backend {
+        config.serve.backend = BackendChoice::parse(backend)
+            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| CliError::Other(format!("cannot install a handler for signal {signal}: {e}")))?;
+    }
+    let server = Server::start(&config)?;
+    let service = args.service.start(&config)?;
+    while !stop.load(Ordering::Acquire) && !server.any_worker_finished() {
+        std::thread::sleep(SIGNAL_POLL_INTERVAL);
+    }
+    if stop.load(Ordering::Acquire) {
+        tracing::info!("signal received: no new connections; finishing in-flight responses");
+    } else {
+        tracing::error!("a worker stopped unexpectedly; shutting down");
+    }
+    let clean = !server.any_worker_finished();
+    server.shutdown()?;
+    if !clean {
+        return Err(CliError::Other("a data-plane worker stopped unexpectedly".into()));
+    }
+    tracing::info!("data plane stopped");
     drop(service);
     Ok(())
 }

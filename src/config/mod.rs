@@ -1,6 +1,7 @@
 //! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
 
 mod download;
+mod serve;
 mod service;
 mod store;
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use download::DownloadConfig;
+pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
 
@@ -36,6 +38,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Download engine limits (`tessera get`).
     pub download: DownloadConfig,
+    /// The data plane (`tessera serve`).
+    pub serve: ServeConfig,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             service: ServiceConfig::default(),
             download: DownloadConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }

@@ -1,0 +1,106 @@
+//! `[serve]`: the data plane's listener, workers, backend and every per-connection limit.
+
+use serde::{Deserialize, Serialize};
+
+/// Which event-loop backend the data-plane workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// io_uring when the kernel allows it, epoll otherwise (the log says which and why).
+    #[default]
+    Auto,
+    /// io_uring or fail to start.
+    Uring,
+    /// mio/epoll, even where io_uring works.
+    Epoll,
+}
+
+impl BackendChoice {
+    /// Parses `auto`, `uring` or `epoll`.
+    pub fn parse(text: &str) -> Option<BackendChoice> {
+        match text {
+            "auto" => Some(BackendChoice::Auto),
+            "uring" | "io_uring" | "io-uring" => Some(BackendChoice::Uring),
+            "epoll" | "mio" => Some(BackendChoice::Epoll),
+            _ => None,
+        }
+    }
+}
+
+/// Limits and knobs of `tessera serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address the piece server listens on (every worker binds it with `SO_REUSEPORT`).
+    pub listen: String,
+    /// Worker threads, one pinned per core; 0 means one per available core.
+    pub workers: usize,
+    /// `auto`, `uring` or `epoll`.
+    pub backend: BackendChoice,
+    /// Open connections per worker; further connections are accepted and closed at once.
+    pub connections_per_worker_max: usize,
+    /// Largest request head (request line, headers, blank line).
+    pub header_bytes_max: usize,
+    /// Most header fields in one request.
+    pub header_count_max: usize,
+    /// Longest request target.
+    pub target_bytes_max: usize,
+    /// A request head must arrive whole within this time of its first byte (and the first request
+    /// within this time of the connection opening): slowloris connections are closed.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with nothing to send and no request started is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A connection whose peer accepts no response bytes for this long is closed.
+    pub send_timeout_ms: u64,
+    /// Responses queued per connection (pipelined requests answered in order); reading pauses past it.
+    pub pipeline_depth_max: usize,
+    /// Unparsed request bytes buffered per connection; reading pauses past it.
+    pub input_bytes_max: usize,
+    /// Bytes one receive reads at most (the per-connection receive buffer).
+    pub recv_buffer_bytes: usize,
+    /// Slices (iovecs) handed to one send call.
+    pub send_iovecs_max: usize,
+    /// Bodies of at least this many bytes are sent with io_uring `SendMsgZc` (zero-copy); smaller
+    /// ones with plain `SendMsg`. 0 disables zero-copy sends. See docs/performance.md.
+    pub send_zc_bytes_min: u64,
+    /// Zero-copy sends per connection still waiting for their notification; sending pauses past it.
+    pub send_zc_pending_max: usize,
+    /// io_uring submission queue entries per worker (the completion queue is sized from the limits).
+    pub ring_entries: u32,
+    /// Listen backlog per worker socket.
+    pub listen_backlog: u32,
+    /// On shutdown, in-flight responses get this long to finish before connections are cut.
+    pub shutdown_grace_ms: u64,
+    /// Catalog entries (and their piece locations) cached per worker.
+    pub catalog_cache_entries_max: usize,
+    /// An id unknown to the catalog is looked up on disk again after this long.
+    pub catalog_recheck_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:7680".into(),
+            workers: 0,
+            backend: BackendChoice::Auto,
+            connections_per_worker_max: 1024,
+            header_bytes_max: 8192,
+            header_count_max: 64,
+            target_bytes_max: 2048,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
+            pipeline_depth_max: 32,
+            input_bytes_max: 16384,
+            recv_buffer_bytes: 16384,
+            send_iovecs_max: 64,
+            send_zc_bytes_min: 0,
+            send_zc_pending_max: 8,
+            ring_entries: 1024,
+            listen_backlog: 1024,
+            shutdown_grace_ms: 5_000,
+            catalog_cache_entries_max: 4096,
+            catalog_recheck_ms: 1_000,
+        }
+    }
+}

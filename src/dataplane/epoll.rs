@@ -1,0 +1,243 @@
+//! The mio/epoll driver: the fallback where io_uring is unavailable. Readiness in, plain
+//! `read`/`writev` calls, all decisions left to [`Connection`].
+//!
+//! Bodies still leave from the mapping without a user-space copy: `writev` points the kernel at
+//! the pinned piece slices directly.
+
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::time::Instant;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
+use crate::dataplane::handler::Handler;
+use crate::dataplane::slots::{SlotKey, Slots};
+use crate::dataplane::worker::{WorkerContext, WorkerError};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Connections accepted per loop turn, so a flood of connects cannot starve established ones.
+const ACCEPTS_PER_TURN_MAX: usize = 64;
+/// Reads per connection per loop turn (fairness between connections).
+const READS_PER_TURN_MAX: usize = 16;
+/// Readiness events taken per poll.
+const EVENTS_MAX: usize = 1024;
+
+struct Socket {
+    stream: TcpStream,
+    state: Connection,
+    readable: bool,
+    writable: bool,
+}
+
+fn token(key: SlotKey) -> Token {
+    Token(((key.generation as usize) << 24) | key.index as usize)
+}
+
+fn key(token: Token) -> SlotKey {
+    SlotKey { index: (token.0 & 0xff_ffff) as u32, generation: (token.0 >> 24) as u32 }
+}
+
+/// Runs one worker on epoll until the server stops. `ready` is called once, before serving.
+pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -> Result<(), WorkerError> {
+    let index = context.index;
+    let io = |what: &'static str| move |source| WorkerError::Io { index, what, source };
+    let std_listener = context.listener.take().expect("a worker is started with its listener");
+    let setup = move || -> Result<(Poll, TcpListener), std::io::Error> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(std_listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok((poll, listener))
+    };
+    let (mut poll, listener) = match setup() {
+        Ok(parts) => parts,
+        Err(error) => {
+            ready(Err(format!("epoll setup: {error}")));
+            return Err(io("epoll setup")(error));
+        }
+    };
+    ready(Ok(()));
+    let mut worker = Worker {
+        limits: context.limits(),
+        handler: context.handler(),
+        sockets: Slots::new(context.connections_max()),
+        recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
+        iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
+        listener: Some(listener),
+    };
+    let tick = context.tick();
+    let mut events = Events::with_capacity(EVENTS_MAX);
+    let mut accept_ready = true;
+    let mut next_tick = Instant::now() + tick;
+    let mut grace_deadline = None;
+    let mut dirty: Vec<SlotKey> = Vec::new();
+    let mut carry: Vec<SlotKey> = Vec::new();
+    loop {
+        let busy = (accept_ready && worker.listener.is_some()) || !carry.is_empty();
+        let wait = if busy { Some(std::time::Duration::ZERO) } else { Some(tick) };
+        match poll.poll(&mut events, wait) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(io("epoll wait")(error)),
+        }
+        let now = Instant::now();
+        worker.handler.set_now(now);
+        dirty.append(&mut carry);
+        for event in events.iter() {
+            if event.token() == LISTENER {
+                accept_ready = true;
+                continue;
+            }
+            let key = key(event.token());
+            if let Some(socket) = worker.sockets.get_mut(key) {
+                socket.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                socket.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+                dirty.push(key);
+            }
+        }
+        if accept_ready && grace_deadline.is_none() {
+            accept_ready = worker.accept(&poll, now, &mut dirty);
+        }
+        if now >= next_tick {
+            next_tick = now + tick;
+            for key in worker.sockets.keys() {
+                if let Some(socket) = worker.sockets.get_mut(key) {
+                    socket.state.on_tick(now, &mut worker.handler);
+                    dirty.push(key);
+                }
+            }
+        }
+        if grace_deadline.is_none() && context.stopping() {
+            grace_deadline = Some(context.grace_deadline(now));
+            if let Some(mut listener) = worker.listener.take() {
+                let _ = poll.registry().deregister(&mut listener);
+            }
+            for key in worker.sockets.keys() {
+                if let Some(socket) = worker.sockets.get_mut(key) {
+                    socket.state.begin_shutdown();
+                    dirty.push(key);
+                }
+            }
+        }
+        dirty.sort_unstable_by_key(|k| (k.index, k.generation));
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            if worker.drive(&poll, key, now) {
+                carry.push(key);
+            }
+        }
+        if let Some(deadline) = grace_deadline {
+            if worker.sockets.is_empty() {
+                return Ok(());
+            }
+            if now >= deadline {
+                for key in worker.sockets.keys() {
+                    worker.close(&poll, key, CloseReason::Shutdown);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct Worker {
+    limits: ConnectionLimits,
+    handler: Handler,
+    sockets: Slots<Socket>,
+    recv_buffer: Vec<u8>,
+    iovecs_max: usize,
+    listener: Option<TcpListener>,
+}
+
+impl Worker {
+    /// Accepts up to a turn's worth of connections; returns whether more may be waiting.
+    fn accept(&mut self, poll: &Poll, now: Instant, dirty: &mut Vec<SlotKey>) -> bool {
+        let Some(listener) = &self.listener else { return false };
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
+                Err(error) => {
+                    // EMFILE, ECONNABORTED...: the listener stays; try again next turn.
+                    tracing::warn!(%error, "accept failed");
+                    return false;
+                }
+            };
+            if self.sockets.is_full() {
+                self.handler.metrics().refused();
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let limits = self.limits;
+            let mut registered = Ok(());
+            let key = self.sockets.insert_with(|key| {
+                registered = poll.registry().register(&mut stream, token(key), Interest::READABLE | Interest::WRITABLE);
+                Socket { stream, state: Connection::new(limits, now), readable: true, writable: true }
+            });
+            let key = key.expect("checked not full");
+            if let Err(error) = registered {
+                tracing::warn!(%error, "cannot register connection");
+                self.sockets.remove(key);
+                continue;
+            }
+            self.handler.metrics().opened();
+            dirty.push(key);
+        }
+        true
+    }
+
+    /// Moves bytes both ways as far as the socket allows (within a turn's budget), then closes if
+    /// the connection is done. Returns whether the budget ran out with bytes still readable.
+    fn drive(&mut self, poll: &Poll, key: SlotKey, now: Instant) -> bool {
+        let Some(socket) = self.sockets.get_mut(key) else { return false };
+        let handler = &mut self.handler;
+        let mut reads = 0;
+        loop {
+            while socket.writable && socket.state.has_unsent() && !socket.state.should_close() {
+                let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
+                socket.state.fill_send(&mut slices, self.iovecs_max);
+                let iovecs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
+                let written = socket.stream.write_vectored(&iovecs);
+                drop(iovecs);
+                drop(slices);
+                match written {
+                    Ok(bytes) => {
+                        handler.metrics().sent(bytes as u64);
+                        socket.state.sent(bytes as u64, now);
+                        // writev is done with the bytes when it returns.
+                        socket.state.release_through(u64::MAX, now, handler);
+                    }
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => socket.writable = false,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => socket.state.fail(),
+                }
+            }
+            if !(socket.readable && socket.state.wants_read()) || reads >= READS_PER_TURN_MAX {
+                break;
+            }
+            reads += 1;
+            match socket.stream.read(&mut self.recv_buffer) {
+                Ok(0) => {
+                    socket.readable = false;
+                    socket.state.receive_eof(now, handler);
+                }
+                Ok(bytes) => socket.state.receive(&self.recv_buffer[..bytes], now, handler),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => socket.readable = false,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(_) => socket.state.fail(),
+            }
+        }
+        if let Some(reason) = socket.state.close_reason() {
+            self.close(poll, key, reason);
+            return false;
+        }
+        reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read()
+    }
+
+    fn close(&mut self, poll: &Poll, key: SlotKey, reason: CloseReason) {
+        if let Some(mut socket) = self.sockets.remove(key) {
+            let _ = poll.registry().deregister(&mut socket.stream);
+            self.handler.metrics().closed(reason);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! What the data plane may serve, as one worker sees it: catalog entries whose hash file matches
+//! its manifest (DESIGN rule 5: no verified metadata, never offered), and where their pieces are.
+//!
+//! Each worker owns its [`Library`] outright (no lock, no shared reference counts on the hot
+//! path); it starts from the catalog snapshot taken at startup and looks ids it does not know up
+//! on disk again, at most once per `catalog_recheck_ms`.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::content::manifest::sha256;
+use crate::content::{ContentId, HashFile, HashFileError, ManifestError, PieceSize};
+use crate::store::{PieceGuard, PieceRef, Store};
+
+/// Why a catalog entry is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{id}: manifest has no hash file beside it")]
+    NoHashFile { id: ContentId },
+    #[error("{id}: manifest: {source}")]
+    Manifest { id: ContentId, source: ManifestError },
+    #[error("{id}: hash file does not match the SHA-256 its manifest names")]
+    HashFileMismatch { id: ContentId },
+    #[error("{id}: hash file: {source}")]
+    HashFile { id: ContentId, source: HashFileError },
+    #[error("{id}: hash file and manifest disagree on length or piece size")]
+    Disagree { id: ContentId },
+}
+
+/// A servable content: verified metadata from the catalog.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub id: ContentId,
+    /// Length of the content in bytes.
+    pub length: u64,
+    pub piece_size: PieceSize,
+    /// The raw hash file, served on `/hashfile`.
+    pub hashfile: Arc<[u8]>,
+}
+
+impl Content {
+    /// Loads `id` from the catalog; `Ok(None)` when it has no manifest.
+    pub fn load(catalog: &Catalog, id: &ContentId) -> Result<Option<Content>, ContentError> {
+        let Some(manifest) = catalog.read_manifest(id)? else { return Ok(None) };
+        let hashfile = catalog.read_hashfile(id)?.ok_or_else(|| ContentError::NoHashFile { id: id.clone() })?;
+        let expected =
+            manifest.hashfile_digest().map_err(|source| ContentError::Manifest { id: id.clone(), source })?;
+        if sha256(&hashfile) != expected {
+            return Err(ContentError::HashFileMismatch { id: id.clone() });
+        }
+        let parsed = HashFile::parse(&hashfile).map_err(|source| ContentError::HashFile { id: id.clone(), source })?;
+        if parsed.content_length() != manifest.content_length || parsed.piece_size().bytes() != manifest.piece_size {
+            return Err(ContentError::Disagree { id: id.clone() });
+        }
+        Ok(Some(Content {
+            id: id.clone(),
+            length: manifest.content_length,
+            piece_size: parsed.piece_size(),
+            hashfile: hashfile.into(),
+        }))
+    }
+
+    /// Every servable content of the catalog; entries that fail verification are returned apart.
+    pub fn load_all(catalog: &Catalog) -> Result<(Vec<Content>, Vec<ContentError>), CatalogError> {
+        let mut contents = Vec::new();
+        let mut refused = Vec::new();
+        for id in catalog.list()? {
+            match Content::load(catalog, &id) {
+                Ok(Some(content)) => contents.push(content),
+                Ok(None) => {}
+                Err(error) => refused.push(error),
+            }
+        }
+        Ok((contents, refused))
+    }
+
+    /// Number of pieces.
+    pub fn piece_count(&self) -> u64 {
+        self.piece_size.piece_count(self.length)
+    }
+}
+
+struct Cached {
+    content: Option<Rc<Content>>,
+    checked: Instant,
+    pieces: HashMap<u64, PieceRef>,
+}
+
+/// One worker's view of the catalog and the store.
+pub struct Library {
+    catalog: Catalog,
+    store: Arc<Store>,
+    entries: HashMap<ContentId, Cached>,
+    entries_max: usize,
+    pieces_per_content_max: usize,
+    recheck: Duration,
+}
+
+impl Library {
+    /// A library seeded with the contents loaded at startup.
+    pub fn new(
+        catalog: Catalog,
+        store: Arc<Store>,
+        seed: &[Content],
+        entries_max: usize,
+        recheck: Duration,
+        now: Instant,
+    ) -> Library {
+        let mut library = Library {
+            catalog,
+            store,
+            entries: HashMap::with_capacity(seed.len().min(entries_max)),
+            entries_max: entries_max.max(1),
+            pieces_per_content_max: 1 << 16,
+            recheck,
+        };
+        for content in seed.iter().take(library.entries_max) {
+            library.entries.insert(
+                content.id.clone(),
+                Cached { content: Some(Rc::new(content.clone())), checked: now, pieces: HashMap::new() },
+            );
+        }
+        library
+    }
+
+    /// The servable content `id`, if any.
+    pub fn content(&mut self, id: &ContentId, now: Instant) -> Option<Rc<Content>> {
+        if let Some(cached) = self.entries.get(id) {
+            if cached.content.is_some() || now.saturating_duration_since(cached.checked) < self.recheck {
+                return cached.content.clone();
+            }
+        }
+        let content = match Content::load(&self.catalog, id) {
+            Ok(content) => content.map(Rc::new),
+            Err(error) => {
+                tracing::warn!(%error, "catalog entry is not served");
+                None
+            }
+        };
+        if self.entries.len() >= self.entries_max && !self.entries.contains_key(id) {
+            // Rebuilt lazily from disk; a bounded cache beats an unbounded one under id scans.
+            self.entries.clear();
+        }
+        self.entries.insert(id.clone(), Cached { content: content.clone(), checked: now, pieces: HashMap::new() });
+        content
+    }
+
+    /// Pins piece `index` of `content` if the store holds it with the expected length.
+    pub fn pin(&mut self, content: &Content, index: u64) -> Option<PieceGuard> {
+        let expected = content.piece_size.piece_length(content.length, index)?;
+        let id = content.id.as_str();
+        if let Some(piece) = self.cached_piece(&content.id, index) {
+            if let Some(guard) = self.store.pin(id, index, piece) {
+                return (guard.length() == expected).then_some(guard);
+            }
+        }
+        let piece = self.lookup(content, index, expected)?;
+        self.store.pin(id, index, &piece)
+    }
+
+    /// Whether the store holds piece `index` of `content` (without pinning it).
+    pub fn has_piece(&mut self, content: &Content, index: u64) -> bool {
+        let Some(expected) = content.piece_size.piece_length(content.length, index) else { return false };
+        self.cached_piece(&content.id, index).is_some() || self.lookup(content, index, expected).is_some()
+    }
+
+    fn cached_piece(&self, id: &ContentId, index: u64) -> Option<&PieceRef> {
+        self.entries.get(id)?.pieces.get(&index)
+    }
+
+    fn lookup(&mut self, content: &Content, index: u64, expected: u32) -> Option<PieceRef> {
+        let piece = self.store.lookup(content.id.as_str(), index).filter(|p| p.length() == expected);
+        if let Some(cached) = self.entries.get_mut(&content.id) {
+            match &piece {
+                Some(piece) => {
+                    if cached.pieces.len() >= self.pieces_per_content_max {
+                        cached.pieces.clear();
+                    }
+                    cached.pieces.insert(index, piece.clone());
+                }
+                None => {
+                    cached.pieces.remove(&index);
+                }
+            }
+        }
+        piece
+    }
+}

@@ -1,0 +1,214 @@
+//! Data-plane counters: one cache-line-aligned block of atomics per worker, written only by that
+//! worker (relaxed, no lock), summed and formatted in Prometheus text on scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::dataplane::connection::CloseReason;
+use crate::store::StoreStats;
+
+/// Status codes counted individually; anything else is counted as `other`.
+pub const COUNTED_STATUSES: [u16; 16] = [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 503, 505, 0];
+
+const CLOSE_REASONS: [CloseReason; 7] = [
+    CloseReason::PeerClosed,
+    CloseReason::Finished,
+    CloseReason::HeaderTimeout,
+    CloseReason::IdleTimeout,
+    CloseReason::SendTimeout,
+    CloseReason::Shutdown,
+    CloseReason::Error,
+];
+
+/// Counters of one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    requests: [AtomicU64; COUNTED_STATUSES.len()],
+    bytes_sent: AtomicU64,
+    connections_open: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    closed: [AtomicU64; CLOSE_REASONS.len()],
+    zero_copy_sends: AtomicU64,
+    completion_overflows: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl WorkerMetrics {
+    /// Counts one response with `status`.
+    pub fn response(&self, status: u16) {
+        let at = COUNTED_STATUSES.iter().position(|&s| s == status).unwrap_or(COUNTED_STATUSES.len() - 1);
+        bump(&self.requests[at], 1);
+    }
+
+    /// Counts bytes handed to the kernel.
+    pub fn sent(&self, bytes: u64) {
+        bump(&self.bytes_sent, bytes);
+    }
+
+    /// A connection was accepted and is now open.
+    pub fn opened(&self) {
+        bump(&self.connections_accepted, 1);
+        bump(&self.connections_open, 1);
+    }
+
+    /// An open connection was closed.
+    pub fn closed(&self, reason: CloseReason) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let at = CLOSE_REASONS.iter().position(|&r| r == reason).expect("every reason is listed");
+        bump(&self.closed[at], 1);
+    }
+
+    /// A connection was refused because the worker is at its connection limit.
+    pub fn refused(&self) {
+        bump(&self.connections_refused, 1);
+    }
+
+    /// A zero-copy send was issued.
+    pub fn zero_copy_send(&self) {
+        bump(&self.zero_copy_sends, 1);
+    }
+
+    /// The completion queue overflowed into the kernel's backlog.
+    pub fn completion_overflow(&self, count: u64) {
+        bump(&self.completion_overflows, count);
+    }
+
+    /// Requests answered with `status` so far.
+    pub fn requests_with_status(&self, status: u16) -> u64 {
+        COUNTED_STATUSES.iter().position(|&s| s == status).map_or(0, |at| self.requests[at].load(Ordering::Relaxed))
+    }
+
+    /// Zero-copy sends issued so far.
+    pub fn zero_copy_sends(&self) -> u64 {
+        self.zero_copy_sends.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+}
+
+/// Picks one counter out of a worker's block.
+type Field = fn(&WorkerMetrics) -> &AtomicU64;
+
+/// Every worker's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    workers: Box<[WorkerMetrics]>,
+}
+
+impl Metrics {
+    /// Counters for `worker_count` workers.
+    pub fn new(worker_count: usize) -> Metrics {
+        Metrics { workers: (0..worker_count).map(|_| WorkerMetrics::default()).collect() }
+    }
+
+    /// The counters of worker `index`.
+    pub fn worker(&self, index: usize) -> &WorkerMetrics {
+        &self.workers[index]
+    }
+
+    /// Sum over workers of requests answered with `status`.
+    pub fn requests_with_status(&self, status: u16) -> u64 {
+        self.workers.iter().map(|w| w.requests_with_status(status)).sum()
+    }
+
+    /// Sum over workers of zero-copy sends.
+    pub fn zero_copy_sends(&self) -> u64 {
+        self.workers.iter().map(WorkerMetrics::zero_copy_sends).sum()
+    }
+
+    /// Prometheus text exposition of every counter, per worker, plus the store's gauges.
+    pub fn render(&self, store: &StoreStats) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP tessera_http_requests_total Data-plane responses by status code.");
+        let _ = writeln!(out, "# TYPE tessera_http_requests_total counter");
+        for (worker, metrics) in self.workers.iter().enumerate() {
+            for (at, status) in COUNTED_STATUSES.iter().enumerate() {
+                let label = if *status == 0 { "other".to_string() } else { status.to_string() };
+                let _ = writeln!(
+                    out,
+                    "tessera_http_requests_total{{worker=\"{worker}\",status=\"{label}\"}} {}",
+                    load(&metrics.requests[at])
+                );
+            }
+        }
+        let simple: [(&str, &str, &str, Field); 6] = [
+            ("tessera_http_sent_bytes_total", "counter", "Bytes handed to the kernel.", |m| &m.bytes_sent),
+            ("tessera_connections_open", "gauge", "Open data-plane connections.", |m| &m.connections_open),
+            ("tessera_connections_accepted_total", "counter", "Accepted connections.", |m| &m.connections_accepted),
+            (
+                "tessera_connections_refused_total",
+                "counter",
+                "Connections closed at once: the worker was at connections_per_worker_max.",
+                |m| &m.connections_refused,
+            ),
+            ("tessera_zero_copy_sends_total", "counter", "io_uring SendMsgZc operations.", |m| &m.zero_copy_sends),
+            (
+                "tessera_completion_overflows_total",
+                "counter",
+                "io_uring completions that overflowed into the kernel backlog.",
+                |m| &m.completion_overflows,
+            ),
+        ];
+        for (name, kind, help, field) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (worker, metrics) in self.workers.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {}", load(field(metrics)));
+            }
+        }
+        let _ = writeln!(out, "# HELP tessera_connections_closed_total Closed connections by reason.");
+        let _ = writeln!(out, "# TYPE tessera_connections_closed_total counter");
+        for (worker, metrics) in self.workers.iter().enumerate() {
+            for (at, reason) in CLOSE_REASONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tessera_connections_closed_total{{worker=\"{worker}\",reason=\"{}\"}} {}",
+                    reason.name(),
+                    load(&metrics.closed[at])
+                );
+            }
+        }
+        let gauges = [
+            ("tessera_store_pieces", "Pieces in the store.", store.pieces),
+            ("tessera_store_piece_bytes", "Bytes of pieces in the store.", store.piece_bytes),
+            ("tessera_store_slab_bytes", "Bytes of slab files.", store.slab_bytes),
+            ("tessera_store_size_bytes_max", "The store's size limit.", store.size_bytes_max),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_worker_counters() {
+        let metrics = Metrics::new(2);
+        metrics.worker(0).response(200);
+        metrics.worker(1).response(200);
+        metrics.worker(1).response(418);
+        metrics.worker(1).sent(1234);
+        metrics.worker(0).opened();
+        metrics.worker(0).opened();
+        metrics.worker(0).closed(CloseReason::HeaderTimeout);
+        let text = metrics.render(&StoreStats::default());
+        assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"other\"} 1"));
+        assert!(text.contains("tessera_http_sent_bytes_total{worker=\"1\"} 1234"));
+        assert!(text.contains("tessera_connections_open{worker=\"0\"} 1"));
+        assert!(text.contains("tessera_connections_closed_total{worker=\"0\",reason=\"header_timeout\"} 1"));
+        assert_eq!(metrics.requests_with_status(200), 2);
+    }
+}

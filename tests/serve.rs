@@ -1,0 +1,494 @@
+//! The data plane end to end: a real server on loopback, for each backend this machine runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tessera::catalog::Catalog;
+use tessera::config::{BackendChoice, Config};
+use tessera::content::{ContentId, PieceSize};
+use tessera::dataplane::{Server, ServerHandle};
+use tessera::publish::{publish, PublishRequest};
+use tessera::store::Store;
+
+const SMALL_PIECE: usize = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The backends to test: epoll always, io_uring where the kernel allows it.
+fn backends() -> Vec<BackendChoice> {
+    let mut backends = vec![BackendChoice::Epoll];
+    match tessera::dataplane::choose_backend(BackendChoice::Uring) {
+        Ok(_) => backends.push(BackendChoice::Uring),
+        Err(error) => eprintln!("io_uring backend not tested on this machine: {error}"),
+    }
+    backends
+}
+
+struct Published {
+    dir: tempfile::TempDir,
+    /// `small`: 3.5 pieces of 64 KiB. `big`: 2.5 pieces of 1 MiB.
+    small: Vec<u8>,
+    big: Vec<u8>,
+}
+
+fn pattern(length: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    (0..length)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+fn publish_file(dir: &Path, id: &str, bytes: &[u8], piece_size: usize, store: Option<&Store>) {
+    let file = dir.join(format!("{id}.src"));
+    std::fs::write(&file, bytes).unwrap();
+    let request = PublishRequest {
+        file,
+        id: ContentId::parse(id).unwrap(),
+        piece_size: PieceSize::new(piece_size as u32).unwrap(),
+        sources: vec![],
+        hashfile_urls: vec![],
+        whole_sha256: false,
+    };
+    publish(&request, &Catalog::new(dir.join("data/catalog")), store, &mut |_| {}).unwrap();
+}
+
+fn published() -> Published {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path(), BackendChoice::Epoll);
+    let store = Store::open(&config.store_dir(), &config.store).unwrap();
+    let small = pattern(SMALL_PIECE * 7 / 2, 1);
+    let big = pattern((1 << 20) * 5 / 2, 2);
+    publish_file(dir.path(), "small", &small, SMALL_PIECE, Some(&store));
+    publish_file(dir.path(), "big", &big, 1 << 20, Some(&store));
+    publish_file(dir.path(), "meta-only", &small, SMALL_PIECE, None);
+    Published { dir, small, big }
+}
+
+fn config_for(root: &Path, backend: BackendChoice) -> Config {
+    let mut config = Config { data_dir: root.join("data"), ..Config::default() };
+    config.serve.listen = "127.0.0.1:0".into();
+    config.serve.workers = 2;
+    config.serve.backend = backend;
+    config.serve.header_timeout_ms = 400;
+    config
+}
+
+/// Runs `test` against a fresh server on each backend, then checks the server stops cleanly.
+fn each_backend(published: &Published, test: impl Fn(BackendChoice, &ServerHandle)) {
+    for backend in backends() {
+        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
+        test(backend, &server);
+        server.shutdown().unwrap();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(address: SocketAddr) -> Client {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client { reader: BufReader::new(stream) }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.reader.get_mut().write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Reads one response; `head_request` when it answers a HEAD (no body follows).
+    fn read(&mut self, head_request: bool) -> Response {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let read = self.reader.read_line(&mut line).unwrap();
+            assert!(read > 0, "connection closed mid-head: {head:?}");
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut response = Response { status, head, body: Vec::new() };
+        let length: usize = response.header("content-length").unwrap().parse().unwrap();
+        if !head_request {
+            response.body = vec![0; length];
+            self.reader.read_exact(&mut response.body).unwrap();
+        }
+        response
+    }
+
+    fn get(&mut self, path: &str, headers: &str) -> Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"));
+        self.read(false)
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within the read timeout.
+    fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn every_piece_is_the_published_bytes() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        for (id, bytes, piece) in [("small", &published.small, SMALL_PIECE), ("big", &published.big, 1 << 20)] {
+            for (index, expected) in bytes.chunks(piece).enumerate() {
+                let response = client.get(&format!("/v1/content/{id}/piece/{index}"), "");
+                assert_eq!(response.status, 200, "{backend:?} {id} {index}");
+                assert!(response.body == expected, "{backend:?}: piece {index} of {id} differs");
+            }
+        }
+        let whole = client.get("/v1/content/big", "");
+        assert_eq!(whole.status, 200);
+        assert!(whole.body == published.big, "{backend:?}: whole content differs");
+    });
+}
+
+#[test]
+fn ranges_at_piece_boundaries_and_across_pieces() {
+    let published = published();
+    let length = published.small.len();
+    let p = SMALL_PIECE;
+    let ranges = [(0, p - 1), (p - 1, p), (p, 2 * p - 1), (p - 10, 3 * p + 10), (0, length - 1), (3 * p, length - 1)];
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        for (start, end) in ranges {
+            let response = client.get("/v1/content/small", &format!("Range: bytes={start}-{end}\r\n"));
+            assert_eq!(response.status, 206, "{backend:?} {start}-{end}");
+            assert!(response.body == published.small[start..=end], "{backend:?}: bytes {start}-{end} differ");
+            assert_eq!(response.header("content-range"), Some(format!("bytes {start}-{end}/{length}").as_str()));
+        }
+        let suffix = client.get("/v1/content/big", "Range: bytes=-1000\r\n");
+        assert!(suffix.status == 206 && suffix.body == published.big[published.big.len() - 1000..]);
+        let beyond = client.get("/v1/content/small", &format!("Range: bytes={length}-\r\n"));
+        assert_eq!(beyond.status, 416);
+        assert_eq!(beyond.header("content-range"), Some(format!("bytes */{length}").as_str()));
+        let missing = client.get("/v1/content/meta-only", "Range: bytes=0-99\r\n");
+        assert_eq!(missing.status, 503, "{backend:?}: catalog entry without stored pieces");
+    });
+}
+
+#[test]
+fn head_answers_lengths_without_bodies() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        client.send("HEAD /v1/content/big HTTP/1.1\r\n\r\n");
+        let head = client.read(true);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-length"), Some(published.big.len().to_string().as_str()));
+        client.send("HEAD /v1/content/small HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n");
+        let head = client.read(true);
+        assert_eq!((head.status, head.header("content-length")), (206, Some("10")));
+        // Had a body followed either HEAD, this would read its bytes instead of a status line.
+        let after = client.get("/healthz", "");
+        assert_eq!((after.status, after.body.as_slice()), (200, b"ok\n".as_slice()), "{backend:?}");
+    });
+}
+
+#[test]
+fn unknown_content_and_piece_past_the_end_are_404() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        assert_eq!(client.get("/v1/content/nope", "").status, 404);
+        assert_eq!(client.get("/v1/content/nope/piece/0", "").status, 404);
+        assert_eq!(client.get("/v1/content/small/piece/4", "").status, 404);
+        assert_eq!(client.get("/v1/content/big/piece/3", "").status, 404);
+        let hashfile = client.get("/v1/content/big/hashfile", "");
+        assert_eq!(hashfile.status, 200, "{backend:?}");
+        assert!(hashfile.body.starts_with(b"TSRHASH\0"), "{backend:?}");
+    });
+}
+
+#[test]
+fn bad_ids_are_400_and_the_connection_keeps_working() {
+    let published = published();
+    let overlong = "x".repeat(200);
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        for id in ["..", "%2e%2e", "%2E%2E", &overlong, "a%2fb"] {
+            let response = client.get(&format!("/v1/content/{id}/piece/0"), "");
+            assert_eq!(response.status, 400, "{backend:?} {id}");
+        }
+        assert_eq!(client.get("/v1/content/../piece/0", "").status, 400);
+        let mut other = Client::connect(server.local_addr());
+        other.send("DELETE /v1/content/small HTTP/1.1\r\n\r\n");
+        assert_eq!(other.read(false).status, 405);
+        assert_eq!(client.get("/v1/content/small/piece/0", "").status, 200);
+    });
+}
+
+#[test]
+fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut slow = Client::connect(server.local_addr());
+        let mut silent = Client::connect(server.local_addr());
+        let mut normal = Client::connect(server.local_addr());
+        slow.send("GET /v1/content/small/piece/0 HTTP/1.1\r\n");
+        let started = Instant::now();
+        let mut slow_closed = false;
+        // Trickle a header byte every 50 ms and keep a normal client busy meanwhile.
+        while started.elapsed() < Duration::from_secs(5) {
+            assert_eq!(normal.get("/v1/content/small/piece/1", "").status, 200);
+            if let Err(error) = slow.reader.get_mut().write_all(b"X") {
+                eprintln!("{backend:?}: slow client write failed after {:?}: {error}", started.elapsed());
+                slow_closed = true;
+                break;
+            }
+            slow.reader.get_mut().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut byte = [0u8; 512];
+            match slow.reader.get_mut().read(&mut byte) {
+                Ok(read) => {
+                    eprintln!(
+                        "{backend:?}: slow client read {:?} after {:?}",
+                        String::from_utf8_lossy(&byte[..read]),
+                        started.elapsed()
+                    );
+                    // A 408 or EOF: the server gave up on the head.
+                    slow_closed = true;
+                    break;
+                }
+                // EINTR: the io_uring probe's ring teardown may interrupt this thread's read.
+                Err(error)
+                    if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                Err(error) => {
+                    eprintln!("{backend:?}: slow client read failed after {:?}: {error}", started.elapsed());
+                    slow_closed = true;
+                    break;
+                }
+            }
+        }
+        assert!(slow_closed, "{backend:?}: slowloris connection still open after 5 s");
+        assert!(started.elapsed() >= Duration::from_millis(300), "{backend:?}: closed before the header timeout");
+        assert!(silent.closed_by_server(), "{backend:?}: a connection that sends nothing is closed too");
+        assert_eq!(normal.get("/healthz", "").status, 200);
+    });
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        let order = [3usize, 0, 2, 1, 0, 3, 1];
+        let mut batch = String::new();
+        for index in order {
+            batch.push_str(&format!("GET /v1/content/small/piece/{index} HTTP/1.1\r\n\r\n"));
+        }
+        batch.push_str("GET /v1/content/nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+        client.send(&batch);
+        for index in order {
+            let response = client.read(false);
+            let start = index * SMALL_PIECE;
+            let end = (start + SMALL_PIECE).min(published.small.len());
+            assert!(response.status == 200 && response.body == published.small[start..end], "{backend:?} {index}");
+        }
+        assert_eq!(client.read(false).status, 404);
+        let last = client.read(false);
+        assert_eq!((last.status, last.header("connection")), (200, Some("close")));
+        assert!(client.closed_by_server(), "{backend:?}: Connection: close is honoured");
+    });
+}
+
+#[test]
+fn http10_closes_unless_kept_alive() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        client.send("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(client.read(false).header("connection"), Some("keep-alive"));
+        client.send("GET /v1/content/small/piece/3 HTTP/1.0\r\n\r\n");
+        let response = client.read(false);
+        assert!(response.status == 200 && response.body == published.small[3 * SMALL_PIECE..]);
+        assert!(client.closed_by_server(), "{backend:?}");
+    });
+}
+
+#[test]
+fn metrics_count_requests_and_bytes() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let mut client = Client::connect(server.local_addr());
+        client.get("/v1/content/big/piece/0", "");
+        client.get("/v1/content/nope", "");
+        let metrics = String::from_utf8(client.get("/metrics", "").body).unwrap();
+        let total = |prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        assert!(total("tessera_http_sent_bytes_total") >= 1 << 20, "{metrics}");
+        assert_eq!(total("tessera_connections_open"), 1, "{metrics}");
+        assert!(metrics.contains("status=\"404\"} 1"), "{metrics}");
+        assert_eq!(server.metrics().requests_with_status(200), 2, "{backend:?}: the piece and this scrape");
+    });
+}
+
+#[test]
+fn starts_on_an_empty_missing_data_dir() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_for(dir.path(), backend);
+        config.data_dir = dir.path().join("not/yet/there");
+        let server = Server::start(&config).unwrap();
+        assert!(config.data_dir.join("store").is_dir());
+        assert_eq!(Client::connect(server.local_addr()).get("/healthz", "").status, 200);
+        server.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn shutdown_finishes_the_response_in_flight() {
+    let published = published();
+    for backend in backends() {
+        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
+        let mut client = Client::connect(server.local_addr());
+        client.send("GET /v1/content/big HTTP/1.1\r\n\r\n");
+        // Read only the head, so most of the body is still in flight when shutdown starts.
+        let mut first = [0u8; 64];
+        client.reader.read_exact(&mut first).unwrap();
+        let stopper = std::thread::spawn(move || server.shutdown());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut rest = Vec::new();
+        client.reader.read_to_end(&mut rest).unwrap();
+        let wire = [&first[..], &rest].concat();
+        let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(wire[split..] == published.big, "{backend:?}: body cut short by shutdown");
+        stopper.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let published = published();
+    for backend in backends() {
+        let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--backend", name, "--data-dir"])
+            .arg(published.dir.path().join("data"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut address = None;
+        let mut log = String::new();
+        while address.is_none() {
+            let Ok(line) = rx.recv_timeout(IO_TIMEOUT) else { break };
+            let line = strip_ansi(&line);
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("data plane listening") {
+                address = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(|a| a.parse().unwrap());
+            }
+        }
+        let Some(address) = address else {
+            let _ = child.kill();
+            panic!("no listening line from tessera serve:\n{log}");
+        };
+        assert!(log.contains(&format!("backend=\"{name}\"")) || log.contains(&format!("backend={name}")), "{log}");
+        assert_eq!(Client::connect(address).get("/v1/content/small/piece/0", "").status, 200);
+        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{backend:?}: tessera serve still running 10 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{backend:?}: exit status {exit:?}");
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn zero_copy_sends_deliver_the_same_bytes() {
+    let published = published();
+    for backend in backends() {
+        let mut config = config_for(published.dir.path(), backend);
+        config.serve.send_zc_bytes_min = 1;
+        // A tiny pending limit exercises the pause-until-notified path too.
+        config.serve.send_zc_pending_max = 1;
+        let server = Server::start(&config).unwrap();
+        let mut client = Client::connect(server.local_addr());
+        let mut batch = String::new();
+        for index in 0..3 {
+            batch.push_str(&format!("GET /v1/content/big/piece/{index} HTTP/1.1\r\n\r\n"));
+        }
+        batch.push_str("GET /v1/content/big HTTP/1.1\r\nRange: bytes=1000-2100000\r\n\r\n");
+        client.send(&batch);
+        for index in 0..3 {
+            let response = client.read(false);
+            let start = index << 20;
+            let end = (start + (1 << 20)).min(published.big.len());
+            assert!(response.status == 200 && response.body == published.big[start..end], "{backend:?} {index}");
+        }
+        let range = client.read(false);
+        assert!(range.status == 206 && range.body == published.big[1000..=2_100_000], "{backend:?} range");
+        if backend == BackendChoice::Uring && tessera::dataplane::uring::zero_copy_supported() {
+            assert!(server.metrics().zero_copy_sends() > 0, "zero-copy sends were used");
+        }
+        server.shutdown().unwrap();
+    }
+}
