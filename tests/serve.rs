@@ -397,7 +397,8 @@ fn sigterm_exits_cleanly() {
     for backend in backends() {
         let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--backend", name, "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--backend", name, "--data-dir"])
             .arg(published.dir.path().join("data"))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

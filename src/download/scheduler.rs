@@ -353,7 +353,7 @@ impl Scheduler {
                 eligible = true;
                 let load = self.sources[index].in_flight;
                 if load < self.limits.slots_per_source
-                    && best.map_or(true, |b| load < self.sources[b.0 as usize].in_flight)
+                    && best.is_none_or(|b| load < self.sources[b.0 as usize].in_flight)
                 {
                     best = Some(id);
                 }

@@ -40,6 +40,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("store is full: {needed} slot(s) of {slot_size_bytes} bytes needed, none free or evictable (max {size_bytes_max} bytes, pinned pieces are never evicted)")]
     Full { needed: usize, slot_size_bytes: u64, size_bytes_max: u64 },
+    #[error("store {path} is in use by another tessera process{holder}; stop it first (one process owns a store: its pins keep slots that are being sent from being rewritten)")]
+    Locked { path: PathBuf, holder: String },
     #[error("piece {index} of {content_id} is {length} bytes, more than its piece size {piece_size}")]
     PieceTooLarge { content_id: ContentId, index: u64, length: usize, piece_size: u32 },
 }
@@ -108,6 +110,9 @@ struct Writer {
 /// [`PieceRef`] is held, writes serialise on one writer lock.
 pub struct Store {
     dir: PathBuf,
+    /// Held (an exclusive `flock`) for the store's lifetime: pins live in this process's memory,
+    /// so a second process writing the same slabs could rewrite a slot that is being sent.
+    _lock: std::fs::File,
     config: StoreConfig,
     clock: Clock,
     index: RwLock<Index>,
@@ -127,6 +132,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, replaying the index log.
     pub fn open_with_clock(dir: &Path, config: &StoreConfig, clock: Clock) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = lock_store(dir)?;
         let mut index = Index::default();
         let mut slab_bytes = 0;
         for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
@@ -168,6 +174,7 @@ impl Store {
         };
         let store = Store {
             dir: dir.to_path_buf(),
+            _lock: lock,
             config: config.clone(),
             clock,
             index: RwLock::new(index),
@@ -615,6 +622,39 @@ impl Store {
             slab.release_resident();
         }
     }
+}
+
+/// Name of the lock file inside the store directory; it holds the owner's process id.
+pub const LOCK_FILE_NAME: &str = "lock";
+
+/// Takes the store's exclusive lock, or says which process holds it.
+fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Seek, Write};
+    let path = dir.join(LOCK_FILE_NAME);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match pid.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            return Err(StoreError::Locked { path: dir.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Io { path, source }),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(io_error(&path))?;
+    Ok(file)
 }
 
 /// Applies the log in order; returns which piece each occupied slot holds.

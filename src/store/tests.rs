@@ -244,3 +244,15 @@ fn scrub_counts_good_and_discards_bad() {
     assert_eq!(store.scrub(), (2, 1));
     assert_eq!(store.piece_indexes("s"), vec![0, 1]);
 }
+
+#[test]
+fn a_second_owner_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), &config(2)).unwrap();
+    let error = Store::open(dir.path(), &config(2)).err().expect("second open refused");
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Locked { .. }), "{message}");
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+    drop(first);
+    Store::open(dir.path(), &config(2)).expect("lock released on drop");
+}
