@@ -330,3 +330,41 @@ fn binary_gets_metadata_over_tls_and_a_wrong_ca_gives_simple_mode_without_peers(
     assert!(matched.good_sent() + by_hand.good_sent() >= content.piece_count(), "end game may ask twice");
     assert!(matched.good_sent() > 0, "the matched peer from the service was used");
 }
+
+#[test]
+fn binary_writes_bans_and_bad_pieces_to_the_metrics_file() {
+    let content = Content::new("metrics", 8 * 65536);
+    let cert = TestCert::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.write(&dir.path().join("ca.pem"));
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let honest = Fake::start(&content, Behavior::Honest);
+    let service_data = ServiceData { manifest: content.manifest(vec![]), peers: vec![liar.address, honest.address] };
+    let service = Fake::start_with(&content, Behavior::Service, Some(cert.config.clone()), Some(service_data));
+    let service_url = format!("https://127.0.0.1:{}", service.address.port());
+    let metrics = dir.path().join("tessera.prom");
+    let output = tessera()
+        .args(["get", "metrics", "--service", &service_url, "--ban-after", "2", "--ca"])
+        .arg(&ca)
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .arg("-o")
+        .arg(dir.path().join("out.bin"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(dir.path().join("out.bin")).unwrap(), *content.bytes);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let liar_label = format!("source=\"{}\",kind=\"peer\"", liar.address);
+    assert!(text.contains("tessera_download_success{content=\"metrics\"} 1\n"), "{text}");
+    assert!(text.contains("tessera_download_bans{content=\"metrics\"} 1\n"), "{text}");
+    assert!(
+        text.contains(&format!("tessera_download_source_banned{{content=\"metrics\",{liar_label}}} 1\n")),
+        "{text}"
+    );
+    // Requests already in flight when the ban lands come back bad too; all are counted.
+    let bad_line = format!("tessera_download_source_bad_pieces{{content=\"metrics\",{liar_label}}} ");
+    let bad: u64 =
+        text.lines().find_map(|l| l.strip_prefix(bad_line.as_str())).expect("liar's bad pieces").parse().unwrap();
+    assert!(bad >= 2, "{text}");
+}

@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::CliError;
 use crate::content::manifest::parse_digest;
 use crate::content::ContentId;
-use crate::download::{get, GetRequest, MetadataSource, NoService, ServiceMetadata, Status, Summary};
+use crate::download::{
+    get, prometheus, GetError, GetRequest, MetadataSource, NoService, ServiceMetadata, Status, Summary,
+};
 use crate::tls::{ca_client_config, TlsClientOptions};
 
 /// Arguments of `tessera get`.
@@ -47,6 +49,10 @@ pub struct GetArgs {
     /// Configuration file (TOML) for the `[download]` limits.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Also write the outcome (mode, bytes, bad pieces and bans per source) as Prometheus text to
+    /// FILE, for node_exporter's textfile collector; written on failure too.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Print a JSON summary at the end instead of text.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +127,16 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
     };
     let result = get(&request, &*metadata, &mut observe);
     bar.finish_and_clear();
+    if let Some(path) = &args.metrics_file {
+        let text = match &result {
+            Ok(summary) => prometheus::render(request.id.as_str(), Some(summary), true),
+            Err(GetError::Exhausted { summary, .. }) => prometheus::render(request.id.as_str(), Some(summary), false),
+            Err(_) => prometheus::render(request.id.as_str(), None, false),
+        };
+        if let Err(error) = crate::catalog::write_atomically(path, text.as_bytes()) {
+            eprintln!("tessera: --metrics-file: {error}");
+        }
+    }
     let summary = result?;
     if args.json {
         println!("{}", serde_json::to_string(&summary).expect("summary serializes"));

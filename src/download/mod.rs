@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod get;
 pub mod metadata;
 pub mod output;
+pub mod prometheus;
 pub mod response;
 pub mod scheduler;
 pub mod service_metadata;
