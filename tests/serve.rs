@@ -493,3 +493,53 @@ fn zero_copy_sends_deliver_the_same_bytes() {
         server.shutdown().unwrap();
     }
 }
+
+/// After a restart, `serve` checks the store in the background: a piece corrupted on disk is
+/// discarded before anyone asks for it, and is never served.
+#[test]
+fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
+    let published = published();
+    let store_dir = published.dir.path().join("data/store");
+    let slot = {
+        let store = Store::open(&store_dir, &tessera::config::StoreConfig::default()).unwrap();
+        let (fd_offset, length) = {
+            let guard = store.get("small", 1).unwrap();
+            (guard.file_range().1, guard.length())
+        };
+        assert_eq!(length as usize, SMALL_PIECE);
+        fd_offset
+    };
+    let slab = std::fs::read_dir(&store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with(&format!("slab-{:02}", SMALL_PIECE.trailing_zeros()))
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&slab).unwrap();
+    bytes[slot as usize + 7] ^= 0x40;
+    std::fs::write(&slab, bytes).unwrap();
+
+    let server = Server::start(&config_for(published.dir.path(), BackendChoice::Epoll)).unwrap();
+    let pieces_before = 4 + 3; // small: 4 pieces of 64 KiB, big: 3 pieces of 1 MiB
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut client = Client::connect(server.local_addr());
+    loop {
+        let metrics = String::from_utf8(client.get("/metrics", "").body).unwrap();
+        let pieces: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tessera_store_pieces "))
+            .expect("tessera_store_pieces in /metrics")
+            .parse()
+            .unwrap();
+        if pieces == pieces_before - 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the background check did not discard the corrupt piece: {pieces} pieces");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.get("/v1/content/small/piece/1", "").status, 503, "a corrupt piece is never served");
+    let good = client.get("/v1/content/small/piece/0", "");
+    assert_eq!((good.status, &good.body[..]), (200, &published.small[..SMALL_PIECE]));
+    server.shutdown().unwrap();
+}

@@ -15,6 +15,9 @@ pub struct StoreConfig {
     /// After this many bytes read, page-table entries of the mappings are dropped so resident
     /// memory does not grow with the store (the page cache keeps the data).
     pub resident_trim_bytes: u64,
+    /// When `serve` starts, check every stored piece against its hash in a background thread, so
+    /// the first requests after a restart do not pay for verify-on-first-read on a worker.
+    pub verify_at_start: bool,
 }
 
 impl Default for StoreConfig {
@@ -24,6 +27,7 @@ impl Default for StoreConfig {
             age_s_max: 259_200,
             slab_size_bytes: 64 << 20,
             resident_trim_bytes: 256 << 20,
+            verify_at_start: true,
         }
     }
 }

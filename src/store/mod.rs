@@ -412,9 +412,17 @@ impl Store {
 
     /// Checks every stored piece against its digest now, discarding bad ones; returns (good, bad).
     pub fn scrub(&self) -> (u64, u64) {
+        self.scrub_while(&|| true)
+    }
+
+    /// As [`Store::scrub`], stopping early once `keep_going` says no (checked before each piece).
+    pub fn scrub_while(&self, keep_going: &dyn Fn() -> bool) -> (u64, u64) {
         let (mut good, mut bad) = (0, 0);
         for id in self.content_ids() {
             for index in self.piece_indexes(id.as_str()) {
+                if !keep_going() {
+                    return (good, bad);
+                }
                 match self.get(id.as_str(), index) {
                     Some(_) => good += 1,
                     None if !self.contains(id.as_str(), index) => bad += 1,
