@@ -4,10 +4,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::catalog::Catalog;
 use crate::cli::service_cmd::EmbeddedServiceArgs;
 use crate::cli::{CliError, DataDirArgs};
-use crate::config::BackendChoice;
-use crate::dataplane::{ServeError, Server};
+use crate::config::{BackendChoice, Config};
+use crate::control::announcer::{self, AnnounceTarget, AnnouncerHandle};
+use crate::control::ServiceHandle;
+use crate::dataplane::{ServeError, Server, ServerHandle};
 
 /// How often the main thread looks for a signal or a dead worker.
 const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -59,6 +62,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let server = Server::start(&config)?;
     let service = args.service.start(&config)?;
+    let announcer = start_announcer(&config, &server, service.as_ref())?;
     while !stop.load(Ordering::Acquire) && !server.any_worker_finished() {
         std::thread::sleep(SIGNAL_POLL_INTERVAL);
     }
@@ -73,6 +77,29 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         return Err(CliError::Other("a data-plane worker stopped unexpectedly".into()));
     }
     tracing::info!("data plane stopped");
+    drop(announcer);
     drop(service);
     Ok(())
+}
+
+/// Announces this seed's content to the metadata service (the embedded one by default).
+fn start_announcer(
+    config: &Config,
+    server: &ServerHandle,
+    service: Option<&ServiceHandle>,
+) -> Result<Option<AnnouncerHandle>, CliError> {
+    let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
+    let target =
+        AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    let Some(target) = target else {
+        tracing::info!(
+            "not announcing: no metadata service to announce to ([announce] service_url, or the embedded service)"
+        );
+        return Ok(None);
+    };
+    tracing::info!(service = %target.service_url, peer_id = %target.peer_id, group = %target.group, address = %target.address, "announcing held content");
+    announcer::start(target, Catalog::new(config.catalog_dir()), server.store().clone())
+        .map(Some)
+        .map_err(|e| CliError::Other(e.to_string()))
 }

@@ -1,5 +1,6 @@
 //! Configuration: one TOML file, every limit with a default; the defaults are the embedded config.
 
+mod announce;
 mod download;
 mod serve;
 mod service;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use announce::AnnounceConfig;
 pub use download::DownloadConfig;
 pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
@@ -40,6 +42,8 @@ pub struct Config {
     pub download: DownloadConfig,
     /// The data plane (`tessera serve`).
     pub serve: ServeConfig,
+    /// What `serve` announces to the metadata service.
+    pub announce: AnnounceConfig,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             service: ServiceConfig::default(),
             download: DownloadConfig::default(),
             serve: ServeConfig::default(),
+            announce: AnnounceConfig::default(),
         }
     }
 }

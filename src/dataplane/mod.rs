@@ -194,6 +194,11 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The store the workers serve from.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
     /// The backend the workers run on.
     pub fn backend(&self) -> Backend {
         self.backend
