@@ -38,6 +38,13 @@ pub struct DownloadConfig {
     pub metadata_timeout_ms: u64,
     /// Verified pieces between two saves of the resume sidecar.
     pub progress_save_pieces: u32,
+    /// Threads that hash and write received pieces, off the event loop.
+    pub verify_threads: u32,
+    /// Pieces handed to the verifier threads and not yet answered, at most; also the queue of the
+    /// output's background thread (whole-file hash, sidecar saves). The event loop waits when full.
+    pub verify_queue_pieces: u32,
+    /// Piece buffers kept for reuse at most (each one piece long).
+    pub piece_buffers_max: u32,
 }
 
 impl Default for DownloadConfig {
@@ -59,6 +66,9 @@ impl Default for DownloadConfig {
             metadata_bytes_max: 64 << 20,
             metadata_timeout_ms: 10_000,
             progress_save_pieces: 16,
+            verify_threads: 1,
+            verify_queue_pieces: 16,
+            piece_buffers_max: 32,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The I/O driver: one mio poll loop, non-blocking sockets, per-connection state, timers.
 //!
 //! Thin by design: the [`Scheduler`] decides what to ask whom, the [`ResponseReader`] frames
-//! responses, the batch hasher verifies; this file only moves bytes and turns what happened on
-//! sockets into scheduler events. It is written on mio now; the design wants it on the data
+//! responses, the [`Verifier`] threads hash and write pieces; this file only moves bytes and turns
+//! what happened on sockets and in the verifier into scheduler events. Bodies are received
+//! straight into reused piece buffers, which travel to a verifier thread and back. It is written on mio now; the design wants it on the data
 //! plane's per-core event-loop layer (io_uring with a mio fallback), which lives on another
 //! branch: nothing here but this file touches a socket, so it moves as one piece.
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
@@ -24,12 +25,14 @@ use crate::download::output::{Output, OutputError};
 use crate::download::response::{ResponseLimits, ResponseReader, Step};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
 use crate::download::url::HttpUrl;
-use crate::hash::hash_batch;
+use crate::download::verify::{Check, Checked, Verifier};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Longest sleep in `poll`, so timers are checked at least this often.
 const POLL_INTERVAL_MS: u64 = 50;
+/// The token of the waker the verifier threads use; connections use the tokens below it.
+const WAKE_TOKEN: Token = Token(usize::MAX);
 
 /// A source to download from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,13 +109,36 @@ pub struct Progress {
 struct Body {
     piece: u64,
     status: u16,
-    bytes: Vec<u8>,
+    /// A piece buffer (empty for a status whose body is not kept); `filled` bytes are received.
+    buffer: Vec<u8>,
+    filled: usize,
+    /// The piece's length: bytes past it are not kept.
+    expected: usize,
     overflow: bool,
+}
+
+/// Piece-sized buffers, reused so that receiving a piece neither allocates nor faults pages in.
+struct BufferPool {
+    free: Vec<Vec<u8>>,
+    buffer_bytes: usize,
+    kept_max: usize,
+}
+
+impl BufferPool {
+    fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| vec![0; self.buffer_bytes])
+    }
+
+    fn give(&mut self, buffer: Vec<u8>) {
+        if self.free.len() < self.kept_max && buffer.len() == self.buffer_bytes {
+            self.free.push(buffer);
+        }
+    }
 }
 
 /// What a finished response means.
 enum Landed {
-    Bytes { source: SourceId, piece: u64, bytes: Vec<u8> },
+    Bytes { source: SourceId, piece: u64, buffer: Vec<u8>, length: usize },
     Bad { source: SourceId, piece: u64 },
     Missing { source: SourceId, piece: u64 },
     Failed { source: SourceId, piece: u64 },
@@ -152,6 +178,8 @@ struct Driver<'a> {
     stats: Vec<SourceStats>,
     landed: Vec<Landed>,
     scratch: Vec<u8>,
+    pool: BufferPool,
+    verifier: Verifier,
     start: Instant,
     bytes_done: u64,
 }
@@ -177,15 +205,26 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         scheduler.mark_verified(piece);
         bytes_done += piece_length(job, piece);
     }
+    let poll = Poll::new().map_err(|source| OutputError::Io { path: "mio poll".into(), source })?;
+    let waker = Waker::new(poll.registry(), WAKE_TOKEN)
+        .map_err(|source| OutputError::Io { path: "mio waker".into(), source })?;
+    let verifier = Verifier::start(config.verify_threads, config.verify_queue_pieces, output.writer(), Arc::new(waker))
+        .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
     let mut driver = Driver {
         job,
-        poll: Poll::new().map_err(|source| OutputError::Io { path: "mio poll".into(), source })?,
+        poll,
         scheduler,
         conns: Vec::new(),
         addresses: Vec::new(),
         stats: Vec::new(),
         landed: Vec::new(),
         scratch: vec![0; READ_CHUNK_BYTES],
+        pool: BufferPool {
+            free: Vec::new(),
+            buffer_bytes: job.piece_size.min(job.content_length).max(1) as usize,
+            kept_max: config.piece_buffers_max as usize,
+        },
+        verifier,
         start: Instant::now(),
         bytes_done,
     };
@@ -246,11 +285,14 @@ impl Driver<'_> {
                         self.close_source(source);
                     }
                     Action::Done => {
+                        // Duplicates (end game) may still be in the verifier: no write after this.
+                        self.verifier.shutdown();
                         output.save()?;
                         return Ok(Outcome::Done);
                     }
                     Action::Exhausted { piece, why } => {
-                        output.save()?;
+                        self.verifier.shutdown();
+                        output.persist()?;
                         return Ok(Outcome::Exhausted { piece, why });
                     }
                 }
@@ -262,7 +304,9 @@ impl Driver<'_> {
                 }
             }
             for event in events.iter() {
-                self.on_event(event.token().0, event.is_writable() || event.is_error());
+                if event.token() != WAKE_TOKEN {
+                    self.on_event(event.token().0, event.is_writable() || event.is_error());
+                }
             }
             self.verify(output)?;
             self.expire();
@@ -460,12 +504,9 @@ impl Driver<'_> {
         // Bounded by the socket: each pass consumes bytes the kernel had, until WouldBlock or EOF.
         loop {
             let read = match &mut conn.tls {
-                None => match conn.stream.read(&mut self.scratch) {
+                None => match read_plain(conn, &mut self.scratch) {
                     Ok(0) => None,
-                    Ok(count) => {
-                        conn.input.extend_from_slice(&self.scratch[..count]);
-                        Some(count)
-                    }
+                    Ok(count) => Some(count),
                     Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
                     Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                     Err(error) => return End::Failed(format!("read: {error}")),
@@ -509,7 +550,7 @@ impl Driver<'_> {
             if read.is_some() {
                 conn.deadline = Instant::now() + timeout;
             }
-            match frame(conn, is_http, &expect, &mut self.landed) {
+            match frame(conn, is_http, &expect, &mut self.landed, &mut self.pool) {
                 Ok(false) => {}
                 Ok(true) => return End::Closed,
                 Err(reason) => return End::Failed(reason),
@@ -519,7 +560,7 @@ impl Driver<'_> {
                     Ok(_) => {
                         if let Some(body) = conn.body.take() {
                             conn.pending.pop_front();
-                            self.landed.push(land(conn.source, body, &expect));
+                            self.landed.push(land(conn.source, body, &expect, &mut self.pool));
                         }
                         End::Closed
                     }
@@ -590,53 +631,71 @@ impl Driver<'_> {
         }
     }
 
-    /// Verifies landed pieces as one batch, writes the good ones, and reports to the scheduler.
+    /// Hands landed pieces to the verifier threads, reports the other outcomes to the scheduler,
+    /// and takes in the verdicts that are ready.
     fn verify(&mut self, output: &mut Output) -> Result<(), OutputError> {
-        if self.landed.is_empty() {
-            return Ok(());
-        }
         let now_ms = self.now_ms();
-        let landed = std::mem::take(&mut self.landed);
-        let bodies: Vec<&[u8]> = landed
-            .iter()
-            .filter_map(|l| match l {
-                Landed::Bytes { bytes, .. } if self.job.hashes.is_some() => Some(bytes.as_slice()),
-                _ => None,
-            })
-            .collect();
-        let mut digests = hash_batch(&bodies).into_iter();
-        for item in &landed {
+        for item in std::mem::take(&mut self.landed) {
             let event = match item {
-                Landed::Bytes { source, piece, bytes } => {
-                    let good = match self.job.hashes {
-                        Some(hashes) => {
-                            let digest = digests.next().expect("one digest per body");
-                            hashes.digest(*piece) == Some(&digest)
+                Landed::Bytes { source, piece, buffer, length } => {
+                    let expected = match self.job.hashes.map(|hashes| hashes.digest(piece)) {
+                        Some(Some(digest)) => Some(*digest),
+                        Some(None) => {
+                            self.pool.give(buffer);
+                            let event = self.bad(source, piece);
+                            self.scheduler.handle(event, now_ms);
+                            continue;
                         }
-                        None => true,
+                        None => None,
                     };
-                    if good {
-                        if !self.scheduler.is_verified(*piece) {
-                            output.write_piece(*piece, piece * self.job.piece_size, bytes)?;
-                            self.bytes_done += bytes.len() as u64;
-                            let stats = &mut self.stats[source.0 as usize];
-                            stats.bytes += bytes.len() as u64;
-                            stats.pieces += 1;
-                        }
-                        Event::Verified { source: *source, piece: *piece }
-                    } else {
-                        self.bad(*source, *piece)
+                    // Bounded: waits only while `verify_queue_pieces` pieces are out, for one of them.
+                    while !self.verifier.has_room() {
+                        let checked = self.verifier.wait().expect("a full verifier has pieces out");
+                        self.settle(checked, output)?;
                     }
+                    let offset = piece * self.job.piece_size;
+                    let write = !self.scheduler.is_verified(piece);
+                    self.verifier.submit(Check { source, piece, offset, buffer, length, expected, write });
+                    continue;
                 }
-                Landed::Bad { source, piece } => self.bad(*source, *piece),
-                Landed::Missing { source, piece } => Event::Missing { source: *source, piece: *piece },
+                Landed::Bad { source, piece } => self.bad(source, piece),
+                Landed::Missing { source, piece } => Event::Missing { source, piece },
                 Landed::Failed { source, piece } => {
                     self.stats[source.0 as usize].failures += 1;
-                    Event::Failed { source: *source, pieces: vec![*piece] }
+                    Event::Failed { source, pieces: vec![piece] }
                 }
             };
             self.scheduler.handle(event, now_ms);
         }
+        while let Some(checked) = self.verifier.try_result() {
+            self.settle(checked, output)?;
+        }
+        Ok(())
+    }
+
+    /// A verdict: a good piece (written by the verifier) is recorded, a bad one counted against
+    /// its source.
+    fn settle(&mut self, checked: Checked, output: &mut Output) -> Result<(), OutputError> {
+        let Checked { source, piece, good, error, buffer } = checked;
+        self.pool.give(buffer);
+        if let Some(error) = error {
+            return Err(error);
+        }
+        let event = if good {
+            if !self.scheduler.is_verified(piece) {
+                output.mark_written(piece)?;
+                let length = piece_length(self.job, piece);
+                self.bytes_done += length;
+                let stats = &mut self.stats[source.0 as usize];
+                stats.bytes += length;
+                stats.pieces += 1;
+            }
+            Event::Verified { source, piece }
+        } else {
+            self.bad(source, piece)
+        };
+        let now_ms = self.now_ms();
+        self.scheduler.handle(event, now_ms);
         Ok(())
     }
 
@@ -655,6 +714,7 @@ fn frame(
     is_http: bool,
     expect: &dyn Fn(u64) -> (u64, u64),
     landed: &mut Vec<Landed>,
+    pool: &mut BufferPool,
 ) -> Result<bool, String> {
     let mut at = 0;
     // Bounded: each step consumes input or completes a response; NeedMore ends it.
@@ -685,26 +745,28 @@ fn frame(
                         None => head.status == 200 && (!is_http || start == 0),
                     };
                     let status = if range_ok { head.status } else { 0 };
+                    let buffer = if status == 0 { Vec::new() } else { pool.take() };
                     conn.body =
-                        Some(Body { piece, status, bytes: Vec::with_capacity(length as usize), overflow: false });
+                        Some(Body { piece, status, buffer, filled: 0, expected: length as usize, overflow: false });
                 } else {
-                    conn.body = Some(Body { piece, status: head.status, bytes: Vec::new(), overflow: false });
+                    let status = head.status;
+                    conn.body =
+                        Some(Body { piece, status, buffer: Vec::new(), filled: 0, expected: 0, overflow: false });
                 }
             }
             Step::Body { length } => {
                 let body = conn.body.as_mut().ok_or("body without head")?;
-                let (_, expected) = expect(body.piece);
-                let keep = (expected as usize).saturating_sub(body.bytes.len()).min(length);
-                if matches!(body.status, 200 | 206) {
-                    body.bytes.extend_from_slice(&conn.input[at..at + keep]);
-                }
-                body.overflow |= keep < length && matches!(body.status, 200 | 206);
+                let kept = matches!(body.status, 200 | 206);
+                let keep = if kept { body.expected.saturating_sub(body.filled).min(length) } else { 0 };
+                body.buffer[body.filled..body.filled + keep].copy_from_slice(&conn.input[at..at + keep]);
+                body.filled += keep;
+                body.overflow |= kept && keep < length;
                 at += length;
             }
             Step::Complete => {
                 let body = conn.body.take().ok_or("completion without head")?;
                 conn.pending.pop_front();
-                landed.push(land(conn.source, body, expect));
+                landed.push(land(conn.source, body, expect, pool));
             }
         }
     }
@@ -712,18 +774,46 @@ fn frame(
     Ok(false)
 }
 
-fn land(source: SourceId, body: Body, expect: &dyn Fn(u64) -> (u64, u64)) -> Landed {
+fn land(source: SourceId, body: Body, expect: &dyn Fn(u64) -> (u64, u64), pool: &mut BufferPool) -> Landed {
     let piece = body.piece;
     let (_, expected) = expect(piece);
-    match body.status {
-        200 | 206 if !body.overflow && body.bytes.len() as u64 == expected => {
-            Landed::Bytes { source, piece, bytes: body.bytes }
+    let landed = match body.status {
+        200 | 206 if !body.overflow && body.filled as u64 == expected => {
+            return Landed::Bytes { source, piece, buffer: body.buffer, length: body.filled };
         }
         // Wrong length, wrong range or wrong Content-Range: the source answered with wrong bytes.
         0 | 200 | 206 => Landed::Bad { source, piece },
         404 | 410 | 416 => Landed::Missing { source, piece },
         _ => Landed::Failed { source, piece },
+    };
+    pool.give(body.buffer);
+    landed
+}
+
+/// Reads from a plain connection: straight into the piece buffer while a body is being received
+/// and nothing else is buffered (the bulk of the bytes), else into `input` (heads, the start of a
+/// body read with its head, bodies that are not kept).
+fn read_plain(conn: &mut Conn, scratch: &mut [u8]) -> std::io::Result<usize> {
+    if conn.input.is_empty() {
+        if let (Some(body), Some(remaining)) = (conn.body.as_mut(), conn.reader.body_remaining()) {
+            let room = body.expected.saturating_sub(body.filled);
+            if matches!(body.status, 200 | 206) && remaining > 0 && remaining <= room as u64 {
+                let span = body.filled..body.filled + remaining as usize;
+                let count = conn.stream.read(&mut body.buffer[span])?;
+                if count > 0 {
+                    let received = &body.buffer[body.filled..body.filled + count];
+                    if conn.reader.step(received, false) != Ok(Step::Body { length: count }) {
+                        return Err(std::io::Error::other("response framing lost track of the body"));
+                    }
+                    body.filled += count;
+                }
+                return Ok(count);
+            }
+        }
     }
+    let count = conn.stream.read(scratch)?;
+    conn.input.extend_from_slice(&scratch[..count]);
+    Ok(count)
 }
 
 /// Writes what is queued; `Open` when done or the socket is full.

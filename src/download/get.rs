@@ -13,7 +13,7 @@ use crate::content::{ContentId, Digest, Manifest, Mode, SimpleReason};
 use crate::download::driver::{self, Job, Outcome, Progress, SourceSpec, SourceStats};
 use crate::download::fetch::{fetch, FetchLimits};
 use crate::download::metadata::{gather, MetadataSource};
-use crate::download::output::{Identity, Output, OutputError};
+use crate::download::output::{Identity, Layout, Output, OutputError};
 use crate::download::scheduler::Exhaustion;
 use crate::download::url::{HttpUrl, UrlError};
 
@@ -154,7 +154,18 @@ pub fn get(
         )),
         _ => None,
     };
-    let mut output = Output::open(&request.output, content_length, piece_count, resume, config.progress_save_pieces)?;
+    let expected = match request.sha256 {
+        Some(digest) => Some(digest),
+        None => manifest.as_ref().and_then(|m| m.whole_digest().ok().flatten()),
+    };
+    let layout = Layout {
+        content_length,
+        piece_size,
+        save_every: config.progress_save_pieces,
+        queue_tasks: config.verify_queue_pieces,
+        whole_sha256: expected.is_some(),
+    };
+    let mut output = Output::open(&request.output, layout, resume)?;
     let pieces_resumed = output.verified_pieces().count() as u64;
     let job = Job { id: &request.id, content_length, piece_size, hashes, sources, config, tls: request.tls.clone() };
     let report = driver::run(&job, &mut output, &mut |progress| observe(&Status::Progress(*progress)))?;
@@ -186,10 +197,6 @@ pub fn get(
         }
         return Err(GetError::Exhausted { piece, why, detail, summary: Box::new(summary) });
     }
-    let expected = match request.sha256 {
-        Some(digest) => Some(digest),
-        None => manifest.as_ref().and_then(|m| m.whole_digest().ok().flatten()),
-    };
     summary.sha256 = output.finish(expected)?.map(hex::encode);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)

@@ -17,6 +17,7 @@ pub mod response;
 pub mod scheduler;
 pub mod service_metadata;
 pub mod url;
+pub mod verify;
 
 pub use driver::{Progress, SourceSpec, SourceStats};
 pub use get::{get, GetError, GetRequest, Status, Summary};

@@ -2,12 +2,22 @@
 //! records which pieces were verified, and the file is renamed to `FILE` only when complete and
 //! checked. On resume every piece the sidecar lists is hashed again from the partial file (cheap,
 //! and it means neither file has to be trusted).
+//!
+//! Off the event loop: verified pieces are written through a [`PieceWriter`] (by the verifier
+//! threads), and a background thread hashes the whole file as its verified prefix grows (read back
+//! from the page cache, in order, resumed pieces included) and saves the sidecar (`fdatasync`, then
+//! the list). The whole-file SHA-256 so covers every byte of the file, and no end-of-download pass
+//! is left but the tail.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -20,6 +30,8 @@ pub const PARTIAL_SUFFIX: &str = ".tessera-partial";
 pub const PROGRESS_SUFFIX: &str = ".tessera-progress";
 /// Pieces re-verified per batch on resume.
 const RESUME_BATCH_PIECES: usize = 16;
+/// Bytes read back at a time by the whole-file hasher.
+const WHOLE_READ_BYTES: usize = 1 << 20;
 
 /// Output failures.
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +58,69 @@ struct Sidecar {
     verified: Vec<u64>,
 }
 
+/// How an output is laid out and how its background work is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub content_length: u64,
+    /// Piece size (P2P) or range-request chunk size (Simple): the unit of `write_piece`.
+    pub piece_size: u64,
+    /// Verified pieces between two saves of the sidecar.
+    pub save_every: u32,
+    /// Tasks (prefix growths, saves) queued to the background thread at most.
+    pub queue_tasks: u32,
+    /// Whether the whole-file SHA-256 is computed (a digest will be checked at the end).
+    pub whole_sha256: bool,
+}
+
+impl Layout {
+    fn piece_count(&self) -> u64 {
+        self.content_length.div_ceil(self.piece_size.max(1))
+    }
+}
+
 /// The partial output of one download.
 #[derive(Debug)]
 pub struct Output {
     final_path: PathBuf,
     partial_path: PathBuf,
     progress_path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    layout: Layout,
     identity: Option<Identity>,
     verified: Vec<bool>,
+    /// Pieces `[0, prefix)` are verified and handed to the whole-file hasher.
+    prefix: u64,
     unsaved: u32,
-    save_every: u32,
+    background: Option<Background>,
+}
+
+/// Writes verified pieces into the partial file from any thread.
+#[derive(Debug, Clone)]
+pub struct PieceWriter {
+    file: Arc<File>,
+    path: Arc<Path>,
+}
+
+impl PieceWriter {
+    /// Writes a verified piece's bytes at `offset`.
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), OutputError> {
+        self.file.write_all_at(bytes, offset).map_err(io(&self.path))
+    }
+}
+
+/// Work for the background thread, done in order.
+enum Task {
+    /// The verified prefix now ends at this byte: hash up to it.
+    Hash { end: u64 },
+    /// Make the data durable, then write this sidecar; `done` hears when it is on disk.
+    Save { sidecar: Vec<u8>, done: Option<Sender<()>> },
+}
+
+#[derive(Debug)]
+struct Background {
+    tasks: Option<Sender<Task>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<Option<Digest>, OutputError>>>,
 }
 
 /// Maps an I/O error on `path` to [`OutputError::Io`].
@@ -72,16 +136,14 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Output {
-    /// Opens the partial file for `piece_count` pieces of `content_length` bytes.
+    /// Opens the partial file laid out by `layout`.
     ///
     /// With `resume` (identity and hashes), verified pieces of an earlier run are kept when they
     /// still hash right; without it any earlier partial file is started over.
     pub fn open(
         final_path: &Path,
-        content_length: u64,
-        piece_count: u64,
+        layout: Layout,
         resume: Option<(Identity, &HashFile)>,
-        save_every: u32,
     ) -> Result<Output, OutputError> {
         let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
         let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
@@ -92,15 +154,18 @@ impl Output {
             .truncate(false)
             .open(&partial_path)
             .map_err(io(&partial_path))?;
+        let layout = Layout { save_every: layout.save_every.max(1), queue_tasks: layout.queue_tasks.max(1), ..layout };
         let mut output = Output {
             final_path: final_path.to_path_buf(),
             partial_path,
             progress_path,
-            file,
+            file: Arc::new(file),
+            layout,
             identity: None,
-            verified: vec![false; piece_count as usize],
+            verified: vec![false; layout.piece_count() as usize],
+            prefix: 0,
             unsaved: 0,
-            save_every: save_every.max(1),
+            background: None,
         };
         let mut kept = false;
         if let Some((identity, hashes)) = resume {
@@ -114,7 +179,9 @@ impl Output {
         if !kept {
             output.file.set_len(0).map_err(io(&output.partial_path))?;
         }
-        output.file.set_len(content_length).map_err(io(&output.partial_path))?;
+        output.file.set_len(layout.content_length).map_err(io(&output.partial_path))?;
+        output.background = Some(output.spawn_background()?);
+        output.advance_prefix()?;
         output.save()?;
         Ok(output)
     }
@@ -127,6 +194,11 @@ impl Output {
     /// Path of the partial file.
     pub fn partial_path(&self) -> &Path {
         &self.partial_path
+    }
+
+    /// A handle that writes verified pieces from other threads; [`Output::mark_written`] records them.
+    pub fn writer(&self) -> PieceWriter {
+        PieceWriter { file: self.file.clone(), path: Arc::from(self.partial_path.as_path()) }
     }
 
     fn read_sidecar(&self) -> Option<Sidecar> {
@@ -157,36 +229,118 @@ impl Output {
         Ok(())
     }
 
-    /// Writes a verified piece's bytes at `offset`.
+    /// Writes a verified piece's bytes at `offset` and records it.
     pub fn write_piece(&mut self, piece: u64, offset: u64, bytes: &[u8]) -> Result<(), OutputError> {
-        self.file.write_all_at(bytes, offset).map_err(io(&self.partial_path))?;
+        self.writer().write(offset, bytes)?;
+        self.mark_written(piece)
+    }
+
+    /// Records a verified piece whose bytes a [`PieceWriter`] has written.
+    pub fn mark_written(&mut self, piece: u64) -> Result<(), OutputError> {
         self.verified[piece as usize] = true;
+        self.advance_prefix()?;
         self.unsaved += 1;
-        if self.unsaved >= self.save_every {
+        if self.unsaved >= self.layout.save_every {
             self.save()?;
         }
         Ok(())
     }
 
-    /// Records progress in the sidecar (resumable downloads only): data first, then the list.
+    /// Hands the newly contiguous verified pieces to the whole-file hasher.
+    fn advance_prefix(&mut self) -> Result<(), OutputError> {
+        let start = self.prefix;
+        while self.verified.get(self.prefix as usize).copied().unwrap_or(false) {
+            self.prefix += 1;
+        }
+        if self.prefix > start && self.layout.whole_sha256 {
+            let end = (self.prefix * self.layout.piece_size).min(self.layout.content_length);
+            self.send(Task::Hash { end })?;
+        }
+        Ok(())
+    }
+
+    /// Records progress in the sidecar (resumable downloads only), in the background: data first,
+    /// then the list.
     pub fn save(&mut self) -> Result<(), OutputError> {
+        if let Some(sidecar) = self.sidecar() {
+            self.send(Task::Save { sidecar, done: None })?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Output::save`], and waits until the sidecar is on disk.
+    pub fn persist(&mut self) -> Result<(), OutputError> {
+        let Some(sidecar) = self.sidecar() else { return Ok(()) };
+        let (done, saved) = crossbeam_channel::bounded(1);
+        self.send(Task::Save { sidecar, done: Some(done) })?;
+        if saved.recv().is_err() {
+            return Err(self.background_failure());
+        }
+        Ok(())
+    }
+
+    fn sidecar(&mut self) -> Option<Vec<u8>> {
         self.unsaved = 0;
-        let Some(identity) = &self.identity else { return Ok(()) };
-        self.file.sync_data().map_err(io(&self.partial_path))?;
+        let identity = self.identity.as_ref()?;
         let sidecar = Sidecar { version: 1, identity: identity.clone(), verified: self.verified_pieces().collect() };
-        let temporary = with_suffix(&self.progress_path, ".tmp");
-        let mut file = File::create(&temporary).map_err(io(&temporary))?;
-        file.write_all(&serde_json::to_vec(&sidecar).expect("sidecar serializes")).map_err(io(&temporary))?;
-        std::fs::rename(&temporary, &self.progress_path).map_err(io(&self.progress_path))
+        Some(serde_json::to_vec(&sidecar).expect("sidecar serializes"))
+    }
+
+    fn send(&mut self, task: Task) -> Result<(), OutputError> {
+        let sent = self.background.as_ref().and_then(|b| b.tasks.as_ref()).map(|tasks| tasks.send(task).is_ok());
+        match sent {
+            Some(true) => Ok(()),
+            _ => Err(self.background_failure()),
+        }
+    }
+
+    /// The background thread stopped early: its error.
+    fn background_failure(&mut self) -> OutputError {
+        let path = self.partial_path.clone();
+        match self.background.as_mut().map(Background::join) {
+            Some(Err(error)) => error,
+            _ => OutputError::Io { path, source: std::io::Error::other("the output's background thread stopped") },
+        }
+    }
+
+    fn spawn_background(&self) -> Result<Background, OutputError> {
+        let (tasks, queue) = crossbeam_channel::bounded(self.layout.queue_tasks as usize);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let work = BackgroundWork {
+            file: self.file.clone(),
+            partial_path: self.partial_path.clone(),
+            progress_path: self.progress_path.clone(),
+            whole: self.layout.whole_sha256.then(sha2::Sha256::new),
+            hashed_to: 0,
+            stopping: stopping.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tessera-output".into())
+            .spawn(move || work.run(queue))
+            .map_err(io(&self.partial_path))?;
+        Ok(Background { tasks: Some(tasks), stopping, thread: Some(thread) })
     }
 
     /// Checks the whole file against `expected` (if any) and renames it into place; on mismatch
     /// the partial file and sidecar are removed and nothing appears under the final name.
-    pub fn finish(self, expected: Option<Digest>) -> Result<Option<Digest>, OutputError> {
+    pub fn finish(mut self, expected: Option<Digest>) -> Result<Option<Digest>, OutputError> {
+        if expected.is_some()
+            && self.layout.whole_sha256
+            && self.prefix * self.layout.piece_size < self.layout.content_length
+        {
+            // Not every piece is recorded (only a caller that wrote the file some other way):
+            // the hash still covers every byte of the file.
+            self.send(Task::Hash { end: self.layout.content_length })?;
+        }
+        let mut background = self.background.take().expect("background thread runs until finish");
+        let digest = background.join()?;
         self.file.sync_all().map_err(io(&self.partial_path))?;
         let mut actual = None;
         if let Some(expected) = expected {
-            let digest = whole_file_sha256(&self.partial_path).map_err(io(&self.partial_path))?;
+            let digest = match digest {
+                Some(digest) => digest,
+                None => whole_file_sha256(&self.partial_path).map_err(io(&self.partial_path))?,
+            };
             if digest != expected {
                 let _ = std::fs::remove_file(&self.partial_path);
                 let _ = std::fs::remove_file(&self.progress_path);
@@ -202,6 +356,87 @@ impl Output {
             }
         }
         Ok(actual)
+    }
+}
+
+impl Drop for Output {
+    /// Pending saves still land (the sidecar stays true for a resume); hashing stops.
+    fn drop(&mut self) {
+        if let Some(background) = self.background.as_mut() {
+            background.stopping.store(true, Ordering::Relaxed);
+            if let Err(error) = background.join() {
+                tracing::warn!(%error, "saving download progress failed");
+            }
+        }
+    }
+}
+
+impl Background {
+    /// Closes the queue and waits for the thread: the whole-file digest, if one was computed.
+    fn join(&mut self) -> Result<Option<Digest>, OutputError> {
+        self.tasks = None;
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(OutputError::Io {
+                    path: PathBuf::from("output background thread"),
+                    source: std::io::Error::other("panicked"),
+                })
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the background thread owns.
+struct BackgroundWork {
+    file: Arc<File>,
+    partial_path: PathBuf,
+    progress_path: PathBuf,
+    whole: Option<sha2::Sha256>,
+    hashed_to: u64,
+    stopping: Arc<AtomicBool>,
+}
+
+impl BackgroundWork {
+    /// Does the tasks in order until the queue closes; the whole-file digest at the end.
+    fn run(mut self, queue: Receiver<Task>) -> Result<Option<Digest>, OutputError> {
+        let mut buffer = vec![0u8; if self.whole.is_some() { WHOLE_READ_BYTES } else { 0 }];
+        for task in queue {
+            match task {
+                Task::Hash { end } => self.hash_to(end, &mut buffer)?,
+                Task::Save { sidecar, done } => {
+                    self.save(&sidecar)?;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+        Ok(self.whole.map(|whole| whole.finalize().into()))
+    }
+
+    fn hash_to(&mut self, end: u64, buffer: &mut [u8]) -> Result<(), OutputError> {
+        let Some(whole) = self.whole.as_mut() else { return Ok(()) };
+        // Bounded: each pass moves `hashed_to` forward by at least one byte up to `end`.
+        while self.hashed_to < end {
+            if self.stopping.load(Ordering::Relaxed) {
+                self.whole = None;
+                return Ok(());
+            }
+            let count = (end - self.hashed_to).min(buffer.len() as u64) as usize;
+            self.file.read_exact_at(&mut buffer[..count], self.hashed_to).map_err(io(&self.partial_path))?;
+            whole.update(&buffer[..count]);
+            self.hashed_to += count as u64;
+        }
+        Ok(())
+    }
+
+    fn save(&self, sidecar: &[u8]) -> Result<(), OutputError> {
+        self.file.sync_data().map_err(io(&self.partial_path))?;
+        let temporary = with_suffix(&self.progress_path, ".tmp");
+        let mut file = File::create(&temporary).map_err(io(&temporary))?;
+        file.write_all(sidecar).map_err(io(&temporary))?;
+        std::fs::rename(&temporary, &self.progress_path).map_err(io(&self.progress_path))
     }
 }
 
@@ -232,6 +467,10 @@ mod tests {
         (bytes.clone(), HashFile::new(size, bytes.len() as u64, digests).unwrap())
     }
 
+    fn layout(content_length: u64, piece_size: u64) -> Layout {
+        Layout { content_length, piece_size, save_every: 1, queue_tasks: 4, whole_sha256: true }
+    }
+
     fn identity() -> Identity {
         Identity { content_id: "c".into(), content_length: 150_000, piece_size: 65536, hashfile_sha256: "h".into() }
     }
@@ -241,14 +480,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         let (bytes, hashes) = content();
-        let mut output = Output::open(&target, 150_000, 3, Some((identity(), &hashes)), 1).unwrap();
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
         output.write_piece(0, 0, &bytes[..65536]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
         drop(output);
         // Corrupt piece 2 behind the sidecar's back.
         let partial = with_suffix(&target, PARTIAL_SUFFIX);
         File::options().write(true).open(&partial).unwrap().write_all_at(b"X", 131072).unwrap();
-        let mut output = Output::open(&target, 150_000, 3, Some((identity(), &hashes)), 1).unwrap();
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
         assert_eq!(output.verified_pieces().collect::<Vec<_>>(), vec![0]);
         output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
@@ -260,15 +499,71 @@ mod tests {
     }
 
     #[test]
+    fn whole_file_hash_follows_out_of_order_pieces_and_still_catches_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = content();
+        let whole = crate::content::manifest::sha256(&bytes);
+        let target = dir.path().join("good.bin");
+        let mut output = Output::open(&target, layout(150_000, 65536), None).unwrap();
+        output.write_piece(2, 131072, &bytes[131072..]).unwrap();
+        output.write_piece(0, 0, &bytes[..65536]).unwrap();
+        output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
+        assert_eq!(output.finish(Some(whole)).unwrap(), Some(whole));
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+
+        // One wrong byte anywhere, hashed as the prefix grows: the file never appears.
+        let target = dir.path().join("bad.bin");
+        let mut output = Output::open(&target, layout(150_000, 65536), None).unwrap();
+        let mut middle = bytes[65536..131072].to_vec();
+        middle[7] ^= 1;
+        output.write_piece(0, 0, &bytes[..65536]).unwrap();
+        output.write_piece(2, 131072, &bytes[131072..]).unwrap();
+        output.write_piece(1, 65536, &middle).unwrap();
+        let error = output.finish(Some(whole)).unwrap_err();
+        assert!(matches!(error, OutputError::Mismatch { .. }), "{error}");
+        assert!(!target.exists() && !with_suffix(&target, PARTIAL_SUFFIX).exists());
+    }
+
+    #[test]
+    fn whole_file_hash_covers_resumed_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        let (bytes, hashes) = content();
+        let whole = crate::content::manifest::sha256(&bytes);
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
+        output.write_piece(0, 0, &bytes[..65536]).unwrap();
+        output.write_piece(2, 131072, &bytes[131072..]).unwrap();
+        drop(output);
+        // The rerun writes only piece 1; pieces 0 and 2 come from the first run.
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
+        assert_eq!(output.verified_pieces().collect::<Vec<_>>(), vec![0, 2]);
+        output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
+        assert_eq!(output.finish(Some(whole)).unwrap(), Some(whole));
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+
+        // The same resume checked against another digest fails and removes everything.
+        let target = dir.path().join("other.bin");
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
+        output.write_piece(0, 0, &bytes[..65536]).unwrap();
+        drop(output);
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
+        output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
+        output.write_piece(2, 131072, &bytes[131072..]).unwrap();
+        let error = output.finish(Some([7; 32])).unwrap_err();
+        assert!(matches!(error, OutputError::Mismatch { .. }), "{error}");
+        assert!(!target.exists() && !with_suffix(&target, PROGRESS_SUFFIX).exists());
+    }
+
+    #[test]
     fn another_content_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         let (bytes, hashes) = content();
-        let mut output = Output::open(&target, 150_000, 3, Some((identity(), &hashes)), 1).unwrap();
+        let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
         output.write_piece(0, 0, &bytes[..65536]).unwrap();
         drop(output);
         let other = Identity { content_id: "d".into(), ..identity() };
-        let output = Output::open(&target, 150_000, 3, Some((other, &hashes)), 1).unwrap();
+        let output = Output::open(&target, layout(150_000, 65536), Some((other, &hashes))).unwrap();
         assert_eq!(output.verified_pieces().count(), 0);
     }
 
@@ -276,7 +571,7 @@ mod tests {
     fn mismatch_removes_everything() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
-        let mut output = Output::open(&target, 3, 1, None, 1).unwrap();
+        let mut output = Output::open(&target, layout(3, 3), None).unwrap();
         output.write_piece(0, 0, b"abc").unwrap();
         let error = output.finish(Some([0; 32])).unwrap_err();
         assert!(matches!(error, OutputError::Mismatch { .. }), "{error}");

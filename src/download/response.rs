@@ -131,6 +131,15 @@ impl ResponseReader {
         }
     }
 
+    /// Body bytes still expected of a `Content-Length` body being read, so that a driver can
+    /// receive them straight into their destination and pass them to [`ResponseReader::step`].
+    pub fn body_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Body { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
     /// Whether the reader is between responses (nothing half-read).
     pub fn is_idle(&self) -> bool {
         self.state == State::Head
@@ -266,6 +275,24 @@ mod tests {
         }
         assert!(completed && reader.is_idle());
         assert_eq!(body, b"wxyz");
+    }
+
+    #[test]
+    fn body_remaining_counts_down_a_content_length_body() {
+        let mut reader = ResponseReader::new(ResponseLimits::default());
+        assert_eq!(reader.body_remaining(), None);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert!(matches!(reader.step(head, false).unwrap(), Step::Head { .. }));
+        assert_eq!(reader.body_remaining(), Some(5));
+        // Bytes received elsewhere (straight into a piece buffer) are passed in as they are.
+        assert_eq!(reader.step(b"abc", false).unwrap(), Step::Body { length: 3 });
+        assert_eq!(reader.body_remaining(), Some(2));
+        assert_eq!(reader.step(b"de", false).unwrap(), Step::Body { length: 2 });
+        assert_eq!(reader.step(b"", false).unwrap(), Step::Complete);
+        assert_eq!(reader.body_remaining(), None);
+        let mut until_close = ResponseReader::new(ResponseLimits::default());
+        assert!(matches!(until_close.step(b"HTTP/1.0 200 OK\r\n\r\n", false).unwrap(), Step::Head { .. }));
+        assert_eq!(until_close.body_remaining(), None);
     }
 
     #[test]
