@@ -261,7 +261,9 @@ impl Store {
             }
             meta.verified.store(true, Ordering::Release);
         }
-        meta.last_access.store(self.access_tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let tick = self.access_tick.fetch_add(1, Ordering::Relaxed);
+        meta.last_access.store(tick, Ordering::Relaxed);
+        piece.slab.last_read.store(tick, Ordering::Relaxed);
         self.note_touched(u64::from(piece.length));
         Some(guard)
     }
@@ -617,17 +619,28 @@ impl Store {
         writer.log.rewrite(&live).map_err(io_error(&self.dir))
     }
 
+    /// Bounds resident memory: after every `resident_trim_bytes` read, the most recently read
+    /// slabs stay mapped up to that budget and every other slab drops its page-table entries.
+    /// (Dropping all of them would make a hot working set refault on every window.)
     fn note_touched(&self, bytes: u64) {
         let before = self.touched_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes < self.config.resident_trim_bytes {
+        let budget = self.config.resident_trim_bytes;
+        if before + bytes < budget {
             return;
         }
         if self.touched_bytes.compare_exchange(before + bytes, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
             return;
         }
-        let slabs: Vec<Arc<Slab>> = self.read_index().slabs.iter().flatten().cloned().collect();
+        let mut slabs: Vec<Arc<Slab>> = self.read_index().slabs.iter().flatten().cloned().collect();
+        slabs.sort_unstable_by_key(|slab| std::cmp::Reverse(slab.last_read.load(Ordering::Relaxed)));
+        let mut kept_bytes = 0u64;
         for slab in slabs {
-            slab.release_resident();
+            let read_since_open = slab.last_read.load(Ordering::Relaxed) > 0;
+            if read_since_open && kept_bytes + slab.size_bytes() <= budget {
+                kept_bytes += slab.size_bytes();
+            } else {
+                slab.release_resident();
+            }
         }
     }
 }

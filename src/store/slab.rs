@@ -33,6 +33,8 @@ pub struct Slab {
     pub slot_size_log2: u8,
     /// Lock-free per-slot state.
     pub slots: Box<[SlotMeta]>,
+    /// Access tick of the last read of any slot (0: none since open), for the resident-memory trim.
+    pub last_read: AtomicU64,
     path: PathBuf,
     file: File,
     map: Mmap,
@@ -64,7 +66,7 @@ impl Slab {
         // guard ever observes a write; other processes do not write tessera's slab files.
         let map = unsafe { MmapOptions::new().len(size_bytes as usize).map(&file)? };
         let slots = (0..slot_count).map(|_| SlotMeta::default()).collect();
-        Ok(Slab { number, slot_size_log2, slots, path, file, map })
+        Ok(Slab { number, slot_size_log2, slots, last_read: AtomicU64::new(0), path, file, map })
     }
 
     /// Slot size in bytes.
