@@ -333,18 +333,21 @@ fn binary_gets_metadata_over_tls_and_a_wrong_ca_gives_simple_mode_without_peers(
 
 #[test]
 fn binary_writes_bans_and_bad_pieces_to_the_metrics_file() {
-    let content = Content::new("metrics", 8 * 65536);
+    // More pieces than the end game (8 by default): outside it, HTTP is only the fallback.
+    let content = Content::new("metrics", 40 * 65536);
     let cert = TestCert::new();
     let dir = tempfile::tempdir().unwrap();
     let ca = cert.write(&dir.path().join("ca.pem"));
+    // The liar is the only peer, so it is asked first and must be banned before the origin
+    // (the fallback) takes over: the ban cannot race an honest peer finishing the download.
     let liar = Fake::start(&content, Behavior::BitFlip);
-    let honest = Fake::start(&content, Behavior::Honest);
-    let service_data = ServiceData { manifest: content.manifest(vec![]), peers: vec![liar.address, honest.address] };
+    let origin = Fake::start(&content, Behavior::Origin);
+    let service_data = ServiceData { manifest: content.manifest(vec![]), peers: vec![liar.address] };
     let service = Fake::start_with(&content, Behavior::Service, Some(cert.config.clone()), Some(service_data));
     let service_url = format!("https://127.0.0.1:{}", service.address.port());
     let metrics = dir.path().join("tessera.prom");
     let output = tessera()
-        .args(["get", "metrics", "--service", &service_url, "--ban-after", "2", "--ca"])
+        .args(["get", "metrics", "--service", &service_url, "--source", &origin.url(), "--ban-after", "2", "--ca"])
         .arg(&ca)
         .arg("--metrics-file")
         .arg(&metrics)
@@ -357,7 +360,12 @@ fn binary_writes_bans_and_bad_pieces_to_the_metrics_file() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     let liar_label = format!("source=\"{}\",kind=\"peer\"", liar.address);
     assert!(text.contains("tessera_download_success{content=\"metrics\"} 1\n"), "{text}");
-    assert!(text.contains("tessera_download_bans{content=\"metrics\"} 1\n"), "{text}");
+    assert!(
+        text.contains("tessera_download_bans{content=\"metrics\"} 1\n"),
+        "{text}\nliar connections {}\nstderr: {}",
+        liar.connections(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
         text.contains(&format!("tessera_download_source_banned{{content=\"metrics\",{liar_label}}} 1\n")),
         "{text}"
