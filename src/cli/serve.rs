@@ -8,7 +8,7 @@ use crate::catalog::Catalog;
 use crate::cli::service_cmd::EmbeddedServiceArgs;
 use crate::cli::{CliError, DataDirArgs};
 use crate::config::{BackendChoice, Config};
-use crate::control::announcer::{self, AnnounceTarget, AnnouncerHandle};
+use crate::control::announcer::{self, AnnounceTarget, AnnouncerHandle, TargetError};
 use crate::control::ServiceHandle;
 use crate::dataplane::{ServeError, Server, ServerHandle};
 
@@ -89,9 +89,17 @@ fn start_announcer(
     service: Option<&ServiceHandle>,
 ) -> Result<Option<AnnouncerHandle>, CliError> {
     let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
-    let target =
-        AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms)
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+    let resolved =
+        AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms);
+    let target = match resolved {
+        Ok(target) => target,
+        // Serving matters more than being found: say why, and serve unannounced.
+        Err(error @ TargetError::UnspecifiedAddress(_)) => {
+            tracing::warn!(%error, "not announcing");
+            return Ok(None);
+        }
+        Err(error) => return Err(CliError::Usage(error.to_string())),
+    };
     let Some(target) = target else {
         tracing::info!(
             "not announcing: no metadata service to announce to ([announce] service_url, or the embedded service)"
