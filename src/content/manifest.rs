@@ -21,7 +21,7 @@ pub enum ManifestError {
     ContentId(#[from] ContentIdError),
     #[error("manifest piece_size: {0}")]
     PieceSize(#[from] PieceSizeError),
-    #[error("manifest field {field} is not 64 hex digits: {value:?}")]
+    #[error("{field} is not 64 hex digits: {value:?}")]
     BadDigest { field: &'static str, value: String },
 }
 
