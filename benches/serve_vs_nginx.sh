@@ -135,6 +135,11 @@ workers = 1
 backend = "$1"
 send_zc_bytes_min = $2
 connections_per_worker_max = 4096
+# The data plane alone: no embedded metadata service (its fixed port) and no announces.
+[service]
+enabled = false
+[announce]
+enabled = false
 TOML
     RUST_LOG=warn $PIN_SERVER "$TESSERA" serve --config "$WORK/tessera.toml" 2>>"$WORK/tessera.log" &
     TESSERA_PID=$!
