@@ -12,10 +12,12 @@ use crate::dataplane::library::{Content, Library};
 use crate::dataplane::metrics::{Metrics, WorkerMetrics};
 use crate::dataplane::response::{Body, Outgoing, PieceSlice};
 use crate::dataplane::route::{route, Route};
-use crate::http::{parse_range, Method, RangeOutcome, Request, ResponseHead, Version};
+use crate::http::{parse_range, ContentRange, Method, RangeOutcome, Request, ResponseHead, Version};
 use crate::store::Store;
 
 const OCTETS: &str = "application/octet-stream";
+/// The headers of a content response when the request asked for nothing extra (the usual case).
+const ACCEPT_RANGES: &[(&str, &str)] = &[("Accept-Ranges", "bytes")];
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What every worker shares: the store, the catalog snapshot taken at startup, the counters.
@@ -134,12 +136,17 @@ impl Handler {
         extra: &[(&str, &str)],
     ) -> Outgoing {
         let length = content.length;
-        let mut headers: Vec<(&str, &str)> = extra.to_vec();
-        headers.push(("Accept-Ranges", "bytes"));
+        let with_extra: Vec<(&str, &str)>;
+        let headers: &[(&str, &str)] = if extra.is_empty() {
+            ACCEPT_RANGES
+        } else {
+            with_extra = extra.iter().chain(ACCEPT_RANGES).copied().collect();
+            &with_extra
+        };
         let (status, start, end, content_range) = match parse_range(request.range.as_deref(), length) {
             RangeOutcome::Full => (200, 0, length, None),
             RangeOutcome::Partial { start, end } => {
-                (206, start, end + 1, Some(format!("bytes {start}-{end}/{length}")))
+                (206, start, end + 1, Some(ContentRange::Bytes { start, end, length }))
             }
             RangeOutcome::Unsatisfiable => {
                 let text = "range not satisfiable\n";
@@ -147,9 +154,9 @@ impl Handler {
                     status: 416,
                     content_length: text.len() as u64,
                     content_type: "text/plain; charset=utf-8",
-                    content_range: Some(format!("bytes */{length}")),
+                    content_range: Some(ContentRange::Unsatisfiable { length }),
                     keep_alive,
-                    extra: &headers,
+                    extra: headers,
                 };
                 let mut bytes = Vec::with_capacity(200);
                 head.write_to(&mut bytes);
@@ -185,7 +192,7 @@ impl Handler {
             content_type: OCTETS,
             content_range,
             keep_alive,
-            extra: &headers,
+            extra: headers,
         };
         let body = if head_only { Body::Empty } else { Body::Pieces(slices) };
         Outgoing::with_head(&head, body)

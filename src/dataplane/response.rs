@@ -80,7 +80,8 @@ impl Outgoing {
 
     /// A head built from `head` followed by `body`.
     pub fn with_head(head: &ResponseHead<'_>, body: Body) -> Outgoing {
-        let mut bytes = Vec::with_capacity(192);
+        // `write_to` reserves what the head needs: one allocation.
+        let mut bytes = Vec::new();
         head.write_to(&mut bytes);
         Outgoing::new(head.status, bytes, body)
     }

@@ -8,4 +8,4 @@ pub mod response;
 
 pub use range::{parse_range, RangeOutcome};
 pub use request::{parse_request, Method, Parsed, Request, RequestError, RequestLimits, Version};
-pub use response::{reason_phrase, text_response, ResponseHead};
+pub use response::{reason_phrase, text_response, ContentRange, ResponseHead};

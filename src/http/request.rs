@@ -1,5 +1,7 @@
 //! Request heads: bytes in, a [`Request`] or a typed error (with its HTTP status) out.
 
+use std::mem::MaybeUninit;
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -107,11 +109,21 @@ impl RequestError {
     }
 }
 
+/// Header slots kept on the stack while parsing; a larger `header_count_max` uses the heap.
+const STACK_HEADERS_MAX: usize = 64;
+
 /// Parses one request head from the start of `buffer`.
 pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, RequestError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.header_count_max];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let status = match parsed.parse(buffer) {
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS_MAX];
+    let mut heap = Vec::new();
+    let headers = if limits.header_count_max <= STACK_HEADERS_MAX {
+        &mut stack[..limits.header_count_max]
+    } else {
+        heap.resize_with(limits.header_count_max, MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut parsed = httparse::Request::new(&mut []);
+    let status = match parsed.parse_with_uninit_headers(buffer, headers) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge(limits.header_bytes_max)),
         Err(httparse::Error::Version) => return Err(RequestError::Version),
