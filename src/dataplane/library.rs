@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::content::manifest::sha256;
-use crate::content::{ContentId, HashFile, HashFileError, ManifestError, PieceSize};
+use crate::content::{decide, ContentId, Mode, PieceSize, SimpleReason};
 use crate::store::{PieceGuard, PieceRef, Store};
 
 /// Why a catalog entry is not served.
@@ -22,14 +21,9 @@ pub enum ContentError {
     Catalog(#[from] CatalogError),
     #[error("{id}: manifest has no hash file beside it")]
     NoHashFile { id: ContentId },
-    #[error("{id}: manifest: {source}")]
-    Manifest { id: ContentId, source: ManifestError },
-    #[error("{id}: hash file does not match the SHA-256 its manifest names")]
-    HashFileMismatch { id: ContentId },
-    #[error("{id}: hash file: {source}")]
-    HashFile { id: ContentId, source: HashFileError },
-    #[error("{id}: hash file and manifest disagree on length or piece size")]
-    Disagree { id: ContentId },
+    /// The same check a download makes (rule 2): anything a download would take to Simple mode.
+    #[error("{id}: {reason}")]
+    Unverified { id: ContentId, reason: SimpleReason },
 }
 
 /// A servable content: verified metadata from the catalog.
@@ -48,19 +42,14 @@ impl Content {
     pub fn load(catalog: &Catalog, id: &ContentId) -> Result<Option<Content>, ContentError> {
         let Some(manifest) = catalog.read_manifest(id)? else { return Ok(None) };
         let hashfile = catalog.read_hashfile(id)?.ok_or_else(|| ContentError::NoHashFile { id: id.clone() })?;
-        let expected =
-            manifest.hashfile_digest().map_err(|source| ContentError::Manifest { id: id.clone(), source })?;
-        if sha256(&hashfile) != expected {
-            return Err(ContentError::HashFileMismatch { id: id.clone() });
-        }
-        let parsed = HashFile::parse(&hashfile).map_err(|source| ContentError::HashFile { id: id.clone(), source })?;
-        if parsed.content_length() != manifest.content_length || parsed.piece_size().bytes() != manifest.piece_size {
-            return Err(ContentError::Disagree { id: id.clone() });
-        }
+        let hashes = match decide(Ok(&manifest), Ok(&hashfile)) {
+            Mode::P2p { hashes } => hashes,
+            Mode::Simple { reason } => return Err(ContentError::Unverified { id: id.clone(), reason }),
+        };
         Ok(Some(Content {
             id: id.clone(),
-            length: manifest.content_length,
-            piece_size: parsed.piece_size(),
+            length: hashes.content_length(),
+            piece_size: hashes.piece_size(),
             hashfile: hashfile.into(),
         }))
     }
