@@ -11,11 +11,10 @@ use rustls::{CertificateError, ClientConnection};
 
 use crate::content::{ContentId, Manifest, MetadataFailure};
 use crate::control::api::{validate_name, AnnounceRequest, ErrorBody, PeerInfo, PeersResponse, PublishBody};
+use crate::http::response_reader::{read_response, ReadResponseError};
 use crate::tls::client::PinMismatch;
 use crate::tls::{client_config, TlsClientOptions, TlsError};
 
-/// Most response header fields read.
-const RESPONSE_HEADERS_MAX: usize = 64;
 /// Largest error message kept from a response body.
 const MESSAGE_BYTES_MAX: usize = 512;
 
@@ -295,57 +294,10 @@ impl MetadataClient {
     }
 
     fn read_reply(&self, stream: &mut impl Read, url: &ServiceUrl) -> Result<Reply, ClientError> {
-        let limit = self.options.response_bytes_max as usize;
-        let too_large = || ClientError::BadBody {
-            url: url.authority.clone(),
-            reason: format!("response is larger than {limit} bytes"),
-        };
-        let mut buffer = Vec::with_capacity(16 << 10);
-        let mut chunk = [0u8; 16 << 10];
-        let mut framing: Option<(u16, usize, Option<usize>)> = None;
-        // Bounded: every pass reads at least one byte (or ends), and the buffer is capped at `limit`.
-        loop {
-            let read = match stream.read(&mut chunk) {
-                Ok(read) => read,
-                // A server that closes without close_notify has still sent a whole response when
-                // Content-Length says so; that is checked below.
-                Err(error) if error.kind() == ErrorKind::UnexpectedEof => 0,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.classify(error, url, "reading the response")),
-            };
-            buffer.extend_from_slice(&chunk[..read]);
-            if buffer.len() > limit {
-                return Err(too_large());
-            }
-            if framing.is_none() {
-                framing = parse_response_head(&buffer)
-                    .map_err(|reason| ClientError::BadBody { url: url.authority.clone(), reason })?;
-            }
-            if let Some((status, head_length, content_length)) = framing {
-                let complete = content_length.is_some_and(|length| buffer.len() >= head_length + length);
-                if complete || read == 0 {
-                    let end = content_length.map_or(buffer.len(), |length| head_length + length);
-                    if buffer.len() < end {
-                        return Err(ClientError::BadBody {
-                            url: url.authority.clone(),
-                            reason: format!(
-                                "body ended after {} of {} bytes",
-                                buffer.len() - head_length,
-                                end - head_length
-                            ),
-                        });
-                    }
-                    buffer.truncate(end);
-                    buffer.drain(..head_length);
-                    return Ok(Reply { status, body: buffer });
-                }
-            }
-            if read == 0 {
-                return Err(ClientError::BadBody {
-                    url: url.authority.clone(),
-                    reason: "connection closed before a whole response head".into(),
-                });
-            }
+        match read_response(stream, false, self.options.response_bytes_max, None) {
+            Ok((head, body)) => Ok(Reply { status: head.status, body }),
+            Err(ReadResponseError::Io(error)) => Err(self.classify(error, url, "reading the response")),
+            Err(error) => Err(ClientError::BadBody { url: url.authority.clone(), reason: error.to_string() }),
         }
     }
 
@@ -383,27 +335,6 @@ impl MetadataClient {
             ErrorKind::ConnectionRefused => ClientError::Refused { addr },
             _ => ClientError::Io { addr, what, source: error },
         }
-    }
-}
-
-/// `Some((status, head length, content length))` once the head is complete.
-fn parse_response_head(buffer: &[u8]) -> Result<Option<(u16, usize, Option<usize>)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(buffer) {
-        Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(head_length)) => {
-            let status = response.code.ok_or("response has no status code")?;
-            let mut content_length = None;
-            for header in response.headers.iter() {
-                if header.name.eq_ignore_ascii_case("content-length") {
-                    let text = std::str::from_utf8(header.value).map_err(|_| "Content-Length is not text")?;
-                    content_length = Some(text.trim().parse().map_err(|_| format!("Content-Length {text:?}"))?);
-                }
-            }
-            Ok(Some((status, head_length, content_length)))
-        }
-        Err(error) => Err(format!("malformed response head: {error}")),
     }
 }
 
@@ -446,13 +377,5 @@ mod tests {
         assert_eq!(MetadataFailure::from(&error), MetadataFailure::NotFound);
         let error = ClientError::Refused { addr: "127.0.0.1:1".into() };
         assert!(matches!(MetadataFailure::from(&error), MetadataFailure::Fetch(text) if text.contains("refused")));
-    }
-
-    #[test]
-    fn response_heads_frame_bodies() {
-        assert_eq!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap(), None);
-        let head = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc";
-        assert_eq!(parse_response_head(head).unwrap(), Some((404, head.len() - 3, Some(3))));
-        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
     }
 }

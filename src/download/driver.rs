@@ -22,10 +22,10 @@ use crate::config::DownloadConfig;
 use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
 use crate::download::output::{Output, OutputError};
-use crate::download::response::{ResponseLimits, ResponseReader, Step};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
 use crate::download::url::HttpUrl;
 use crate::download::verify::{Check, Checked, Verifier};
+use crate::http::response_reader::{ResponseLimits, ResponseReader, Step};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 256 * 1024;

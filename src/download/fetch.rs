@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::download::response::{ResponseHead, ResponseLimits, ResponseReader, Step};
 use crate::download::url::HttpUrl;
+use crate::http::response_reader::{read_response, ReadResponseError, ResponseHead};
 
 /// Limits of one blocking fetch.
 #[derive(Debug, Clone, Copy)]
@@ -88,81 +88,13 @@ pub fn fetch(url: &HttpUrl, method: &str, tls: &Arc<ClientConfig>, limits: Fetch
     };
     stream.write_all(request.as_bytes()).map_err(classify)?;
     stream.flush().map_err(classify)?;
-    read_response(&mut *stream, method == "HEAD", deadline, limits, &text()).map_err(|e| match e {
-        ReadFailure::Io(source) => classify(source),
-        ReadFailure::Fetch(error) => error,
-    })
+    match read_response(&mut *stream, method == "HEAD", limits.body_bytes_max, Some(deadline)) {
+        Ok((head, body)) => Ok(Fetched { head, body }),
+        Err(ReadResponseError::Io(source)) => Err(classify(source)),
+        Err(ReadResponseError::TooLarge(limit)) => Err(FetchError::TooLarge { url: text(), limit }),
+        Err(ReadResponseError::Response(error)) => Err(FetchError::Response { url: text(), reason: error.to_string() }),
+    }
 }
 
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
-
-enum ReadFailure {
-    Io(std::io::Error),
-    Fetch(FetchError),
-}
-
-fn read_response(
-    stream: &mut dyn ReadWrite,
-    bodiless: bool,
-    deadline: Instant,
-    limits: FetchLimits,
-    url: &str,
-) -> Result<Fetched, ReadFailure> {
-    let bad = |reason: String| ReadFailure::Fetch(FetchError::Response { url: url.to_string(), reason });
-    let mut reader = ResponseReader::new(ResponseLimits::default());
-    let mut input: Vec<u8> = Vec::new();
-    let mut head: Option<ResponseHead> = None;
-    let mut body = Vec::new();
-    let mut scratch = vec![0u8; 64 * 1024];
-    let mut eof = false;
-    // Bounded: every pass either consumes input, reads bytes, or ends; the deadline caps the reads.
-    loop {
-        let step = if eof && input.is_empty() {
-            reader.eof().map_err(|e| bad(e.to_string()))?
-        } else {
-            reader.step(&input, bodiless).map_err(|e| bad(e.to_string()))?
-        };
-        match step {
-            Step::Head { head: parsed, consumed } => {
-                if !bodiless && parsed.content_length.is_some_and(|length| length > limits.body_bytes_max) {
-                    return Err(ReadFailure::Fetch(FetchError::TooLarge {
-                        url: url.to_string(),
-                        limit: limits.body_bytes_max,
-                    }));
-                }
-                head = Some(parsed);
-                input.drain(..consumed);
-            }
-            Step::Body { length } => {
-                body.extend(input.drain(..length));
-                if body.len() as u64 > limits.body_bytes_max {
-                    return Err(ReadFailure::Fetch(FetchError::TooLarge {
-                        url: url.to_string(),
-                        limit: limits.body_bytes_max,
-                    }));
-                }
-            }
-            Step::Complete => {
-                let head = head.ok_or_else(|| bad("no head".into()))?;
-                return Ok(Fetched { head, body });
-            }
-            Step::NeedMore => {
-                if eof {
-                    return Err(bad("connection closed early".into()));
-                }
-                if Instant::now() >= deadline {
-                    return Err(ReadFailure::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)));
-                }
-                match stream.read(&mut scratch) {
-                    Ok(0) => eof = true,
-                    Ok(count) => input.extend_from_slice(&scratch[..count]),
-                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                    // A peer that closes without TLS close_notify still delivered what it sent.
-                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => eof = true,
-                    Err(error) => return Err(ReadFailure::Io(error)),
-                }
-            }
-        }
-    }
-}

@@ -1,8 +1,8 @@
 //! The download engine behind `tessera get`: metadata first, then verified pieces from peers and
 //! HTTP sources (P2P mode), or the HTTP sources alone (Simple mode).
 //!
-//! Sans-I/O cores: [`scheduler`] (what to ask whom), [`ban`] (rule 4) and [`response`] (HTTP/1.1
-//! response framing). [`driver`] is the thin mio loop around them; [`metadata`] gets the manifest
+//! Sans-I/O cores: [`scheduler`] (what to ask whom) and [`ban`] (rule 4); responses are framed by
+//! `crate::http::response_reader`. [`driver`] is the thin mio loop around them; [`metadata`] gets the manifest
 //! and hash file behind the [`MetadataSource`] trait; [`output`] owns the partial file and resume;
 //! [`get`] ties one download together. See `docs/download.md`.
 
@@ -13,7 +13,6 @@ pub mod get;
 pub mod metadata;
 pub mod output;
 pub mod prometheus;
-pub mod response;
 pub mod scheduler;
 pub mod service_metadata;
 pub mod url;

@@ -1,10 +1,12 @@
 //! Sans-I/O HTTP/1.1 pieces shared by the data plane, the control plane and the download client:
-//! request-head parsing (httparse inside, with limits), response heads, and byte ranges.
+//! request-head parsing (httparse inside, with limits), response heads, byte ranges, and the
+//! client side's response framing (`response_reader`).
 //! Nothing here touches a socket.
 
 pub mod range;
 pub mod request;
 pub mod response;
+pub mod response_reader;
 
 pub use range::{parse_range, RangeOutcome};
 pub use request::{parse_request, Method, Parsed, Request, RequestError, RequestLimits, Version};

@@ -1,4 +1,5 @@
-//! Client-side HTTP/1.1 response framing, sans-I/O: bytes in, heads and body spans out.
+//! Client-side HTTP/1.1 response framing, sans-I/O: bytes in, heads and body spans out; plus
+//! [`read_response`], the one blocking loop around it that the small blocking clients share.
 //!
 //! Handles what piece servers and HTTP origins send: `Content-Length` bodies, bodies delimited by
 //! connection close, bodiless responses (HEAD, 1xx, 204, 304), and pipelined responses back to
@@ -214,6 +215,74 @@ fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     Some((start, end, total))
 }
 
+/// Why a blocking read of one response failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadResponseError {
+    /// The stream failed (the caller knows whether that means TLS, a timeout or a reset).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// Reads one whole response (head and a body of at most `body_bytes_max`) from a blocking stream;
+/// a read past `deadline` fails as `TimedOut`.
+pub fn read_response<R: std::io::Read + ?Sized>(
+    stream: &mut R,
+    bodiless: bool,
+    body_bytes_max: u64,
+    deadline: Option<std::time::Instant>,
+) -> Result<(ResponseHead, Vec<u8>), ReadResponseError> {
+    let mut reader = ResponseReader::new(ResponseLimits::default());
+    let mut input: Vec<u8> = Vec::new();
+    let mut head: Option<ResponseHead> = None;
+    let mut body = Vec::new();
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    // Bounded: every pass consumes input, reads bytes, or ends; the socket timeouts and the
+    // deadline cap the reads.
+    loop {
+        let step = if eof && input.is_empty() { reader.eof()? } else { reader.step(&input, bodiless)? };
+        match step {
+            Step::Head { head: parsed, consumed } => {
+                if !bodiless && parsed.content_length.is_some_and(|length| length > body_bytes_max) {
+                    return Err(ReadResponseError::TooLarge(body_bytes_max));
+                }
+                head = Some(parsed);
+                input.drain(..consumed);
+            }
+            Step::Body { length } => {
+                body.extend(input.drain(..length));
+                if body.len() as u64 > body_bytes_max {
+                    return Err(ReadResponseError::TooLarge(body_bytes_max));
+                }
+            }
+            Step::Complete => {
+                let head = head.ok_or(ResponseError::Truncated("before a response head"))?;
+                return Ok((head, body));
+            }
+            Step::NeedMore => {
+                if eof {
+                    return Err(ResponseError::Truncated("before the response was complete").into());
+                }
+                if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                }
+                match stream.read(&mut scratch) {
+                    Ok(0) => eof = true,
+                    Ok(count) => input.extend_from_slice(&scratch[..count]),
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    // A peer that closes without TLS close_notify still delivered what it sent.
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => eof = true,
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +412,17 @@ mod tests {
         assert!(matches!(read_all(conflicting, false), Err(ResponseError::Malformed(_))));
         let bad_range = b"HTTP/1.1 206 OK\r\nContent-Range: bytes 9-2/10\r\nContent-Length: 0\r\n\r\n";
         assert!(matches!(read_all(bad_range, false), Err(ResponseError::Malformed(_))));
+    }
+
+    #[test]
+    fn blocking_read_frames_one_response_and_enforces_the_body_limit() {
+        let wire = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabcNEXT".to_vec();
+        let (head, body) = read_response(&mut &wire[..], false, 10, None).unwrap();
+        assert_eq!((head.status, &body[..]), (404, &b"abc"[..]));
+        assert!(matches!(read_response(&mut &wire[..], false, 2, None), Err(ReadResponseError::TooLarge(2))));
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc".to_vec();
+        assert!(matches!(read_response(&mut &short[..], false, 10, None), Err(ReadResponseError::Response(_))));
+        let bad = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec();
+        assert!(matches!(read_response(&mut &bad[..], false, 10, None), Err(ReadResponseError::Response(_))));
     }
 }
