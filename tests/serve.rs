@@ -400,7 +400,6 @@ fn sigterm_exits_cleanly() {
             .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "1"])
             .args(["--backend", name, "--data-dir"])
             .arg(published.dir.path().join("data"))
-            .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -416,7 +415,6 @@ fn sigterm_exits_cleanly() {
         let mut log = String::new();
         while address.is_none() {
             let Ok(line) = rx.recv_timeout(IO_TIMEOUT) else { break };
-            let line = strip_ansi(&line);
             log.push_str(&line);
             log.push('\n');
             if line.contains("data plane listening") {
@@ -444,23 +442,6 @@ fn sigterm_exits_cleanly() {
         };
         assert!(exit.success(), "{backend:?}: exit status {exit:?}");
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]
