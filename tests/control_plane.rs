@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tessera::catalog::Catalog;
 use tessera::config::Config;
-use tessera::content::manifest::sha256;
 use tessera::content::{decide, ContentId, HashFile, Manifest, MetadataFailure, Mode, PieceSize, SimpleReason};
 use tessera::control::{AnnounceRequest, AnnouncedContent, ClientError, MetadataClient, Service, ServiceHandle};
+use tessera::hash::sha256;
 use tessera::tls::{DevCa, TlsClientOptions};
 
 const TOKEN: &str = "test-admin-token-0123456789";
