@@ -6,7 +6,6 @@
 //! - [`registry`]: the [`PeerRegistry`] trait and its in-memory implementation.
 //! - [`client`]: [`MetadataClient`], with a typed error per way a fetch fails.
 
-pub mod announcer;
 pub mod api;
 pub mod auth;
 pub mod client;
