@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map.
 
+pub mod appliance;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use fakes::{Behavior, Content, Fake, FakeMetadata, ServiceData, TestCert};
 use tessera::config::DownloadConfig;
-use tessera::content::manifest::sha256;
 use tessera::content::MetadataFailure;
 use tessera::download::{get, GetError, GetRequest, MetadataSource, Status, Summary};
+use tessera::hash::sha256;
 use tessera::tls::ca_client_config as client_config;
 
 /// Limits small enough that every test is quick and every count exact.

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tessera::appliance::Appliance;
 use tessera::catalog::Catalog;
 use tessera::config::{BackendChoice, Config};
 use tessera::content::{ContentId, PieceSize};
@@ -501,10 +502,13 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     bytes[slot as usize + 7] ^= 0x40;
     std::fs::write(&slab, bytes).unwrap();
 
-    let server = Server::start(&config_for(published.dir.path(), BackendChoice::Epoll)).unwrap();
+    // The check is part of what `serve` runs: the appliance, here without the metadata service.
+    let mut config = config_for(published.dir.path(), BackendChoice::Epoll);
+    config.service.enabled = false;
+    let appliance = Appliance::start(&config).unwrap();
     let pieces_before = 4 + 3; // small: 4 pieces of 64 KiB, big: 3 pieces of 1 MiB
     let deadline = Instant::now() + IO_TIMEOUT;
-    let mut client = Client::connect(server.local_addr());
+    let mut client = Client::connect(appliance.server().local_addr());
     loop {
         let metrics = String::from_utf8(client.get("/metrics", "").body).unwrap();
         let pieces: u64 = metrics
@@ -522,5 +526,5 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     assert_eq!(client.get("/v1/content/small/piece/1", "").status, 503, "a corrupt piece is never served");
     let good = client.get("/v1/content/small/piece/0", "");
     assert_eq!((good.status, &good.body[..]), (200, &published.small[..SMALL_PIECE]));
-    server.shutdown().unwrap();
+    appliance.shutdown().unwrap();
 }

@@ -5,29 +5,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::catalog::Catalog;
-use crate::config::ServeConfig;
 use crate::dataplane::connection::Respond;
 use crate::dataplane::library::{Content, Library};
-use crate::dataplane::metrics::{Metrics, WorkerMetrics};
+use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::response::{Body, Outgoing, PieceSlice};
 use crate::dataplane::route::{route, Route};
+use crate::dataplane::shared::Shared;
 use crate::http::{parse_range, ContentRange, Method, RangeOutcome, Request, ResponseHead, Version};
-use crate::store::Store;
 
 const OCTETS: &str = "application/octet-stream";
 /// The headers of a content response when the request asked for nothing extra (the usual case).
 const ACCEPT_RANGES: &[(&str, &str)] = &[("Accept-Ranges", "bytes")];
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// What every worker shares: the store, the catalog snapshot taken at startup, the counters.
-pub struct Shared {
-    pub store: Arc<Store>,
-    pub catalog: Catalog,
-    pub contents: Vec<Content>,
-    pub metrics: Metrics,
-    pub config: ServeConfig,
-}
 
 /// One worker's request handler.
 pub struct Handler {
@@ -246,10 +235,13 @@ impl Respond for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
+    use crate::catalog::Catalog;
+    use crate::config::{ServeConfig, StoreConfig};
     use crate::content::{ContentId, PieceSize};
+    use crate::dataplane::metrics::Metrics;
     use crate::http::{parse_request, Parsed, RequestLimits};
     use crate::publish::{publish, PublishRequest};
+    use crate::store::Store;
 
     const PIECE: usize = 65536;
 

@@ -1,5 +1,5 @@
 //! What the data plane may serve, as one worker sees it: catalog entries whose hash file matches
-//! its manifest (DESIGN rule 5: no verified metadata, never offered), and where their pieces are.
+//! its manifest (rule 5 of `docs/rules.md`: no verified metadata, never offered), and where their pieces are.
 //!
 //! Each worker owns its [`Library`] outright (no lock, no shared reference counts on the hot
 //! path); it starts from the catalog snapshot taken at startup and looks ids it does not know up

@@ -19,6 +19,7 @@ pub mod library;
 pub mod metrics;
 pub mod response;
 pub mod route;
+pub mod shared;
 pub mod slots;
 mod sys;
 pub mod uring;
@@ -34,9 +35,9 @@ use std::time::Duration;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{BackendChoice, Config};
 use crate::store::{Store, StoreError};
-use handler::Shared;
 use library::Content;
 use metrics::Metrics;
+use shared::Shared;
 use worker::{WorkerContext, WorkerError};
 
 /// How long `start` waits for every worker to report ready.
@@ -78,8 +79,6 @@ pub enum ServeError {
     WorkerStart { index: usize, message: String },
     #[error(transparent)]
     Worker(#[from] WorkerError),
-    #[error("cannot start the store check thread: {0}")]
-    Verifier(std::io::Error),
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
 }
@@ -128,7 +127,6 @@ impl Server {
         let shared =
             Arc::new(Shared { store, catalog, contents, metrics: Metrics::new(worker_count), config: serve.clone() });
         let stop = Arc::new(AtomicBool::new(false));
-        let verifier = if config.store.verify_at_start { Some(spawn_verifier(&shared, &stop)?) } else { None };
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut workers = Vec::with_capacity(worker_count);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -156,7 +154,7 @@ impl Server {
             }
         }
         drop(ready_tx);
-        let handle = ServerHandle { local_addr, backend, stop, workers, verifier, shared };
+        let handle = ServerHandle { local_addr, backend, stop, workers, shared };
         for _ in 0..worker_count {
             match ready_rx.recv_timeout(WORKER_READY_TIMEOUT) {
                 Ok((_, Ok(()))) => {}
@@ -183,8 +181,6 @@ pub struct ServerHandle {
     backend: Backend,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
-    /// The background check of every stored piece after a (re)start, if running.
-    verifier: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -231,9 +227,6 @@ impl ServerHandle {
 
     fn join_all(&mut self) -> Result<(), ServeError> {
         self.request_stop();
-        if let Some(verifier) = self.verifier.take() {
-            let _ = verifier.join();
-        }
         let mut result = Ok(());
         for (index, worker) in self.workers.drain(..).enumerate() {
             match worker.join() {
@@ -252,29 +245,6 @@ impl Drop for ServerHandle {
             tracing::error!(%error, "data plane stopped with an error");
         }
     }
-}
-
-/// Checks every stored piece off the request path; stops early when the server stops.
-fn spawn_verifier(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<JoinHandle<()>, ServeError> {
-    let (shared, stop) = (shared.clone(), stop.clone());
-    std::thread::Builder::new()
-        .name("tessera-verify".into())
-        .spawn(move || {
-            let started = std::time::Instant::now();
-            let (good, bad) = shared.store.scrub_while(&|| !stop.load(Ordering::Acquire));
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            if bad > 0 {
-                tracing::warn!(
-                    good,
-                    bad,
-                    elapsed_ms,
-                    "store check: pieces that did not match their hash were discarded"
-                );
-            } else {
-                tracing::info!(good, elapsed_ms, "store check: every stored piece matches its hash");
-            }
-        })
-        .map_err(ServeError::Verifier)
 }
 
 fn resolve(listen: &str) -> Result<SocketAddr, ServeError> {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::connection::ConnectionLimits;
-use crate::dataplane::handler::{Handler, Shared};
+use crate::dataplane::handler::Handler;
+use crate::dataplane::metrics::WorkerMetrics;
+use crate::dataplane::shared::Shared;
 
 /// A worker's inputs.
 pub struct WorkerContext {
@@ -23,6 +25,12 @@ impl WorkerContext {
     /// The connection limits from `[serve]`.
     pub fn limits(&self) -> ConnectionLimits {
         ConnectionLimits::from_config(&self.shared.config)
+    }
+
+    /// This worker's counters, for the driver's own transport events (accepts, refusals, bytes
+    /// sent, closes, zero-copy sends, completion overflows); the handler counts responses.
+    pub fn counters(&self) -> WorkerCounters {
+        WorkerCounters { shared: self.shared.clone(), index: self.index }
     }
 
     /// This worker's request handler (built on the worker thread: it is not `Send`).
@@ -50,6 +58,20 @@ impl WorkerContext {
     /// When in-flight responses are cut off after shutdown starts at `now`.
     pub fn grace_deadline(&self, now: Instant) -> Instant {
         now + Duration::from_millis(self.shared.config.shutdown_grace_ms)
+    }
+}
+
+/// One worker's counters, owned (a driver keeps it beside its handler, not inside it).
+pub struct WorkerCounters {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl std::ops::Deref for WorkerCounters {
+    type Target = WorkerMetrics;
+
+    fn deref(&self) -> &WorkerMetrics {
+        self.shared.metrics.worker(self.index)
     }
 }
 

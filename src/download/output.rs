@@ -19,10 +19,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::content::{Digest, HashFile};
-use crate::hash::hash_batch;
+use crate::hash::{hash_batch, Hasher};
 
 /// Suffix of the file being written.
 pub const PARTIAL_SUFFIX: &str = ".tessera-partial";
@@ -310,7 +309,7 @@ impl Output {
             file: self.file.clone(),
             partial_path: self.partial_path.clone(),
             progress_path: self.progress_path.clone(),
-            whole: self.layout.whole_sha256.then(sha2::Sha256::new),
+            whole: self.layout.whole_sha256.then(Hasher::new),
             hashed_to: 0,
             stopping: stopping.clone(),
         };
@@ -392,7 +391,7 @@ struct BackgroundWork {
     file: Arc<File>,
     partial_path: PathBuf,
     progress_path: PathBuf,
-    whole: Option<sha2::Sha256>,
+    whole: Option<Hasher>,
     hashed_to: u64,
     stopping: Arc<AtomicBool>,
 }
@@ -412,7 +411,7 @@ impl BackgroundWork {
                 }
             }
         }
-        Ok(self.whole.map(|whole| whole.finalize().into()))
+        Ok(self.whole.map(Hasher::finish))
     }
 
     fn hash_to(&mut self, end: u64, buffer: &mut [u8]) -> Result<(), OutputError> {
@@ -443,12 +442,12 @@ impl BackgroundWork {
 /// SHA-256 of a whole file, streamed.
 pub fn whole_file_sha256(path: &Path) -> std::io::Result<Digest> {
     let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let count = file.read(&mut buffer)?;
         if count == 0 {
-            return Ok(hasher.finalize().into());
+            return Ok(hasher.finish());
         }
         hasher.update(&buffer[..count]);
     }
@@ -492,7 +491,7 @@ mod tests {
         output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
         assert!(!target.exists());
-        let digest = output.finish(Some(crate::content::manifest::sha256(&bytes))).unwrap();
+        let digest = output.finish(Some(crate::hash::sha256(&bytes))).unwrap();
         assert!(digest.is_some());
         assert_eq!(std::fs::read(&target).unwrap(), bytes);
         assert!(!partial.exists() && !with_suffix(&target, PROGRESS_SUFFIX).exists());
@@ -502,7 +501,7 @@ mod tests {
     fn whole_file_hash_follows_out_of_order_pieces_and_still_catches_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, _) = content();
-        let whole = crate::content::manifest::sha256(&bytes);
+        let whole = crate::hash::sha256(&bytes);
         let target = dir.path().join("good.bin");
         let mut output = Output::open(&target, layout(150_000, 65536), None).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
@@ -529,7 +528,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         let (bytes, hashes) = content();
-        let whole = crate::content::manifest::sha256(&bytes);
+        let whole = crate::hash::sha256(&bytes);
         let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
         output.write_piece(0, 0, &bytes[..65536]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();

@@ -4,12 +4,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
 use crate::catalog::{Catalog, CatalogError};
-use crate::content::manifest::sha256;
 use crate::content::{ContentId, HashFile, Manifest, PieceSize};
-use crate::hash;
+use crate::hash::{self, sha256};
 use crate::store::{NewPiece, Store, StoreError};
 
 /// Pieces read, hashed and stored per batch (bounds publish's memory to batch × piece size).
@@ -71,7 +68,7 @@ pub fn publish(
     let piece_bytes = request.piece_size.bytes() as usize;
     let mut buffer = vec![0u8; piece_bytes * PUBLISH_BATCH_PIECES];
     let mut digests = Vec::with_capacity(request.piece_size.piece_count(content_length) as usize);
-    let mut whole = request.whole_sha256.then(sha2::Sha256::new);
+    let mut whole = request.whole_sha256.then(hash::Hasher::new);
     let threads = hash::bulk_threads();
     let (mut done, mut stored, mut already) = (0u64, 0usize, 0usize);
     loop {
@@ -118,7 +115,7 @@ pub fn publish(
         hashfile_sha256: hex::encode(sha256(&hashfile)),
         hashfile_urls: request.hashfile_urls.clone(),
         sources: request.sources.clone(),
-        sha256: whole.map(|w| hex::encode(w.finalize())),
+        sha256: whole.map(|w| hex::encode(w.finish())),
     };
     catalog.write(&request.id, &hashfile, &manifest)?;
     Ok(PublishReport {

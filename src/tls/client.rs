@@ -43,7 +43,7 @@ pub struct PinMismatch {
 /// SHA-256 of a certificate's SubjectPublicKeyInfo (the DER SEQUENCE), the value pins hold.
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
-    Ok(crate::content::manifest::sha256(parsed.subject_public_key_info().as_ref()))
+    Ok(crate::hash::sha256(parsed.subject_public_key_info().as_ref()))
 }
 
 /// A client config trusting the CA certificates in `ca_file` (PEM), or the web roots without it:

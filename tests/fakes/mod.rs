@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tessera::content::manifest::sha256;
 use tessera::content::{ContentId, HashFile, Manifest, MetadataFailure, PieceSize};
 use tessera::download::MetadataSource;
 use tessera::hash::hash_piece;
+use tessera::hash::sha256;
 use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
 
 /// Longest a fake lives, whatever the test does.
