@@ -172,7 +172,7 @@ impl Worker {
             let mut registered = Ok(());
             let key = self.sockets.insert_with(|key| {
                 registered = poll.registry().register(&mut stream, token(key), Interest::READABLE | Interest::WRITABLE);
-                Socket { stream, state: Connection::new(limits, now), readable: true, writable: true }
+                Socket { stream, state: Connection::new(limits, key, now), readable: true, writable: true }
             });
             let key = key.expect("checked not full");
             if let Err(error) = registered {

@@ -5,10 +5,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::dataplane::connection::Respond;
+use crate::dataplane::connection::{Respond, ResponseToken};
 use crate::dataplane::library::{Content, Library};
 use crate::dataplane::metrics::WorkerMetrics;
-use crate::dataplane::response::{Body, Outgoing, PieceSlice};
+use crate::dataplane::response::{Body, Outgoing, PieceSlice, Reply};
 use crate::dataplane::route::{route, Route};
 use crate::dataplane::shared::Shared;
 use crate::http::{parse_range, ContentRange, Method, RangeOutcome, Request, ResponseHead, Version};
@@ -220,10 +220,10 @@ fn missing_piece(
 }
 
 impl Respond for Handler {
-    fn respond(&mut self, request: &Request, keep_alive: bool) -> Outgoing {
+    fn respond(&mut self, request: &Request, keep_alive: bool, _token: ResponseToken) -> Reply {
         let outgoing = self.answer(request, keep_alive);
         self.metrics().response(outgoing.status);
-        outgoing
+        Reply::Ready(outgoing)
     }
 
     fn reject(&mut self, status: u16, message: &str) -> Outgoing {
@@ -286,7 +286,8 @@ mod tests {
 
     /// (status, head text, body)
     fn get(handler: &mut Handler, text: &str) -> (u16, String, Vec<u8>) {
-        let outgoing = handler.respond(&request(text), true);
+        let token = ResponseToken { connection: crate::dataplane::slots::SlotKey { index: 0, generation: 1 }, seq: 1 };
+        let Reply::Ready(outgoing) = handler.respond(&request(text), true, token) else { panic!("pending reply") };
         let wire = outgoing.to_vec();
         let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         (outgoing.status, String::from_utf8(wire[..split].to_vec()).unwrap(), wire[split..].to_vec())

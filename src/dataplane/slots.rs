@@ -2,7 +2,7 @@
 //! so that a stale event or completion for a reused slot is recognised and ignored.
 
 /// Where an entry lives: its index and the generation it was inserted with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotKey {
     pub index: u32,
     pub generation: u32,

@@ -41,7 +41,11 @@ impl WorkerContext {
     /// How often timeouts are checked: a quarter of the shortest timeout, within 5..=100 ms.
     pub fn tick(&self) -> Duration {
         let config = &self.shared.config;
-        let shortest = config.header_timeout_ms.min(config.idle_timeout_ms).min(config.send_timeout_ms);
+        let shortest = config
+            .header_timeout_ms
+            .min(config.idle_timeout_ms)
+            .min(config.send_timeout_ms)
+            .min(config.pending_timeout_ms);
         Duration::from_millis((shortest / 4).clamp(5, 100))
     }
 

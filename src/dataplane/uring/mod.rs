@@ -341,9 +341,9 @@ impl Worker {
                     let (limits, recv_bytes, iovecs) = (self.limits, self.recv_buffer_bytes, self.iovecs_max);
                     let key = self
                         .conns
-                        .insert_with(|_| Conn {
+                        .insert_with(|key| Conn {
                             stream,
-                            state: Connection::new(limits, now),
+                            state: Connection::new(limits, key, now),
                             recv: RecvOp::new(recv_bytes),
                             send: SendOp::new(iovecs),
                             closing: false,
