@@ -329,6 +329,7 @@ impl Store {
         if self.now().saturating_sub(writer.last_sweep_unix_s) >= SWEEP_INTERVAL_S {
             report.evicted += self.sweep_expired(&mut writer)?;
         }
+        // `_pinned` lives to the end: the renewed pieces must not be evicted to make room.
         let Batch { fresh, renewed, _pinned } = self.split_batch(&mut writer, pieces)?;
         report.already_present = pieces.len() - fresh.len();
         let class = piece_size.log2();
@@ -339,15 +340,7 @@ impl Store {
             let guard = self.read_index();
             slots.iter().map(|(slab, _)| guard.slabs[*slab as usize].clone().expect("allocated slab exists")).collect()
         };
-        for ((slab, (_, slot)), piece) in slabs.iter().zip(&slots).zip(&fresh) {
-            slab.write(*slot, piece.bytes).map_err(io_error(slab.path()))?;
-        }
-        let mut synced = std::collections::HashSet::new();
-        for slab in &slabs {
-            if synced.insert(slab.number) {
-                slab.sync().map_err(io_error(slab.path()))?;
-            }
-        }
+        write_durably(&slabs, &slots, &fresh)?;
         let now = self.now();
         let commit = |(slab, slot): SlotAddress, length: u32, digest: Digest| Record {
             kind: RecordKind::Commit,
@@ -698,6 +691,20 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
         .and_then(|()| write!(file, "{}", std::process::id()))
         .map_err(io_error(&path))?;
     Ok(file)
+}
+
+/// Writes each fresh piece into its slot, then syncs every touched slab once (commit steps 1-2).
+fn write_durably(slabs: &[Arc<Slab>], slots: &[SlotAddress], fresh: &[&NewPiece<'_>]) -> Result<(), StoreError> {
+    for ((slab, (_, slot)), piece) in slabs.iter().zip(slots).zip(fresh) {
+        slab.write(*slot, piece.bytes).map_err(io_error(slab.path()))?;
+    }
+    let mut synced = std::collections::HashSet::new();
+    for slab in slabs {
+        if synced.insert(slab.number) {
+            slab.sync().map_err(io_error(slab.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The record that commits (or evicts) `entry`.
