@@ -187,3 +187,51 @@ fn piece_of(content: &Content, index: u64) -> Option<(&Digest, u32)> {
     let expected = content.piece_size.piece_length(content.length, index)?;
     Some((content.digests.get(usize::try_from(index).ok()?)?, expected))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::publish::{publish, PublishRequest};
+
+    const PIECE: usize = 64 * 1024;
+
+    fn publish_version(dir: &std::path::Path, catalog: &Catalog, store: &Store, bytes: &[u8]) {
+        let file = dir.join("x.bin");
+        std::fs::write(&file, bytes).unwrap();
+        let request = PublishRequest {
+            file,
+            id: ContentId::parse("x").unwrap(),
+            piece_size: PieceSize::new(PIECE as u32).unwrap(),
+            sources: vec![],
+            hashfile_urls: vec![],
+            whole_sha256: false,
+        };
+        publish(&request, catalog, Some(store), &mut |_| {}).unwrap();
+    }
+
+    /// A response holds one `Content`: every piece it pins is its own hash file's, even when the
+    /// id is republished meanwhile; a reload sees only the new version.
+    #[test]
+    fn pieces_are_pinned_by_the_digests_of_the_hash_file_a_content_was_loaded_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(dir.path().join("catalog"));
+        let store = Arc::new(Store::open(&dir.path().join("store"), &StoreConfig::default()).unwrap());
+        let first: Vec<u8> = (0..PIECE * 2).map(|i| (i % 251) as u8).collect();
+        let second: Vec<u8> = first.iter().map(|b| b ^ 1).collect();
+        publish_version(dir.path(), &catalog, &store, &first);
+        let id = ContentId::parse("x").unwrap();
+        let now = Instant::now();
+        let old = Rc::new(Content::load(&catalog, &id).unwrap().unwrap());
+        let mut library = Library::new(catalog.clone(), store.clone(), &[], 8, Duration::ZERO, now);
+        assert_eq!(library.pin(&old, 0).unwrap().bytes(), &first[..PIECE]);
+        publish_version(dir.path(), &catalog, &store, &second);
+        assert_eq!(library.pin(&old, 1).unwrap().bytes(), &first[PIECE..], "an old response got new bytes");
+        let new = Content::load(&catalog, &id).unwrap().unwrap();
+        for index in 0..2 {
+            let at = index as usize * PIECE;
+            assert_eq!(library.pin(&new, index).unwrap().bytes(), &second[at..at + PIECE], "piece {index}");
+        }
+        assert!(library.pin(&new, 2).is_none(), "past the end");
+    }
+}
