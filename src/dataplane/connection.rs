@@ -878,11 +878,12 @@ mod tests {
     struct Pieces {
         _dir: tempfile::TempDir,
         store: crate::store::Store,
+        digests: Vec<crate::content::Digest>,
     }
 
     impl Pieces {
         fn new() -> Pieces {
-            use crate::content::{ContentId, PieceSize};
+            use crate::content::PieceSize;
             const PIECE: u32 = 64 * 1024;
             let dir = tempfile::tempdir().unwrap();
             let config = crate::config::StoreConfig {
@@ -893,20 +894,16 @@ mod tests {
             let store = crate::store::Store::open(dir.path(), &config).unwrap();
             let owned: Vec<Vec<u8>> = (0..4).map(|i| vec![b'a' + i; PIECE as usize]).collect();
             let pieces: Vec<crate::store::NewPiece<'_>> = (0..4)
-                .map(|i| crate::store::NewPiece {
-                    index: i as u64,
-                    bytes: &owned[i],
-                    digest: crate::hash::hash_piece(&owned[i]),
-                })
+                .map(|i| crate::store::NewPiece { bytes: &owned[i], digest: crate::hash::sha256(&owned[i]) })
                 .collect();
-            let id = ContentId::parse("c").unwrap();
-            store.ingest(&id, PieceSize::new(PIECE).unwrap(), &pieces).unwrap();
-            Pieces { _dir: dir, store }
+            let digests = pieces.iter().map(|piece| piece.digest).collect();
+            store.ingest(PieceSize::new(PIECE).unwrap(), &pieces).unwrap();
+            Pieces { _dir: dir, store, digests }
         }
 
         /// The first `length` bytes of piece `index`, pinned.
         fn slice(&self, index: u64, length: u32) -> PieceSlice {
-            PieceSlice::new(self.store.get("c", index).unwrap(), 0, length)
+            PieceSlice::new(self.store.get(&self.digests[index as usize]).unwrap(), 0, length)
         }
     }
 

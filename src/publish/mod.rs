@@ -83,14 +83,9 @@ pub fn publish(
             whole.update(&buffer[..filled]);
         }
         if let Some(store) = store {
-            let first = digests.len() as u64;
-            let new: Vec<NewPiece<'_>> = pieces
-                .iter()
-                .zip(&batch)
-                .enumerate()
-                .map(|(i, (bytes, digest))| NewPiece { index: first + i as u64, bytes, digest: *digest })
-                .collect();
-            let report = store.ingest(&request.id, request.piece_size, &new)?;
+            let new: Vec<NewPiece<'_>> =
+                pieces.iter().zip(&batch).map(|(bytes, digest)| NewPiece { bytes, digest: *digest }).collect();
+            let report = store.ingest(request.piece_size, &new)?;
             stored += report.stored;
             already += report.already_present;
         }
