@@ -554,6 +554,10 @@ mod tests {
         let (_, head, _) = get(&mut f.handler, "GET /v1/content/a/piece/1 HTTP/1.1\r\n\r\n");
         let piece_digest = crate::content::manifest::sha256(&f.bytes[PIECE..2 * PIECE]);
         assert_eq!(header(&head, "etag"), Some(format!("\"{}\"", hex::encode(piece_digest)).as_str()));
+        // HTTP/1.0 keep-alive adds a header to the most a head carries.
+        let (status, head, _) = get(&mut f.handler, "GET /v1/content/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!((status, header(&head, "connection")), (200, Some("keep-alive")));
+        assert!(header(&head, "etag").is_some() && header(&head, "accept-ranges").is_some(), "{head}");
         for line in ["GET /nowhere HTTP/1.1", "GET /healthz HTTP/1.1", "GET /v1/content/nope HTTP/1.1"] {
             let (_, head, _) = get(&mut f.handler, &format!("{line}\r\n\r\n"));
             assert!(header(&head, "date").is_some_and(|d| d.ends_with(" GMT")), "{line}: {head}");
