@@ -529,3 +529,139 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     assert_eq!((good.status, &good.body[..]), (200, &published.small[..SMALL_PIECE]));
     appliance.shutdown().unwrap();
 }
+
+/// Runs the real `curl` with `args` against `url`, keeping the head and body in `dir`;
+/// returns (status, head, body).
+fn curl(dir: &Path, url: &str, args: &[&str]) -> (u16, String, Vec<u8>) {
+    let (head_file, body_file) = (dir.join("curl.head"), dir.join("curl.body"));
+    let _ = std::fs::remove_file(&body_file);
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "%{http_code}", "-D"])
+        .arg(&head_file)
+        .arg("-o")
+        .arg(&body_file)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed (scripts/test installs it)");
+    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let status = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+    let body = std::fs::read(&body_file).unwrap_or_default();
+    (status, std::fs::read_to_string(head_file).unwrap(), body)
+}
+
+fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines()
+        .find_map(|line| line.split_once(':').filter(|(key, _)| key.eq_ignore_ascii_case(name)))
+        .map(|(_, value)| value.trim())
+}
+
+/// The parts of a `multipart/byteranges` body as (Content-Range value, bytes), checked for framing.
+fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect(content_type);
+    let delimiter = format!("\r\n--{boundary}").into_bytes();
+    let starts: Vec<usize> = (0..body.len()).filter(|&at| body[at..].starts_with(&delimiter)).collect();
+    assert_eq!(starts.first(), Some(&0), "the body opens with a delimiter");
+    let last = *starts.last().unwrap();
+    assert_eq!(&body[last + delimiter.len()..], b"--\r\n", "the body ends with the closing delimiter");
+    starts
+        .windows(2)
+        .map(|pair| {
+            let part = &body[pair[0] + delimiter.len() + 2..pair[1]];
+            let split = part.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8(part[..split].to_vec()).unwrap();
+            assert_eq!(field(&head, "content-type"), Some("application/octet-stream"), "{head}");
+            (field(&head, "content-range").unwrap().to_string(), part[split + 4..].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn curl_sees_validators_and_gets_304_for_what_it_holds() {
+    let published = published();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    each_backend(&published, |backend, server| {
+        let url = format!("http://{}/v1/content/small", server.local_addr());
+        let (status, head, body) = curl(dir, &url, &[]);
+        assert!(status == 200 && body == published.small, "{backend:?}");
+        let etag = field(&head, "etag").expect("ETag").to_string();
+        let modified = field(&head, "last-modified").expect("Last-Modified").to_string();
+        assert!(etag.starts_with('"') && etag.len() == 66, "{backend:?}: strong SHA-256 tag {etag}");
+        assert!(field(&head, "date").is_some_and(|date| date.ends_with("GMT")), "{backend:?}: {head}");
+        assert_eq!(field(&head, "cache-control"), Some("public, no-cache"));
+        let (status, head, body) = curl(dir, &url, &["-H", &format!("If-None-Match: {etag}")]);
+        assert_eq!((status, body.len()), (304, 0), "{backend:?}: {head}");
+        assert_eq!(field(&head, "etag"), Some(etag.as_str()));
+        assert_eq!(curl(dir, &url, &["-H", "If-None-Match: \"stale\""]).0, 200);
+        // `curl -z DATE` sends If-Modified-Since.
+        assert_eq!(curl(dir, &url, &["-z", &modified]).0, 304, "{backend:?}");
+        let (status, _, body) = curl(dir, &url, &["-z", "Sun, 06 Nov 1994 08:49:37 GMT"]);
+        assert!(status == 200 && body == published.small, "{backend:?}");
+        let piece = format!("http://{}/v1/content/small/piece/2", server.local_addr());
+        let piece_tag = field(&curl(dir, &piece, &[]).1, "etag").unwrap().to_string();
+        assert_eq!(curl(dir, &piece, &["-H", &format!("If-None-Match: {piece_tag}")]).0, 304, "{backend:?}");
+    });
+}
+
+#[test]
+fn curl_if_range_and_multiple_ranges() {
+    let published = published();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let length = published.big.len();
+    each_backend(&published, |backend, server| {
+        let url = format!("http://{}/v1/content/big", server.local_addr());
+        let (_, head, _) = curl(dir, &url, &["-I"]);
+        let etag = field(&head, "etag").unwrap().to_string();
+        let modified = field(&head, "last-modified").unwrap().to_string();
+        for validator in [&etag, &modified] {
+            let (status, _, body) = curl(dir, &url, &["-r", "10-19", "-H", &format!("If-Range: {validator}")]);
+            assert!(status == 206 && body == published.big[10..20], "{backend:?}: If-Range {validator}");
+        }
+        let (status, _, body) = curl(dir, &url, &["-r", "10-19", "-H", "If-Range: \"another-version\""]);
+        assert!(status == 200 && body == published.big, "{backend:?}: a mismatched If-Range gets the whole content");
+
+        let (status, head, body) = curl(dir, &url, &["-r", "0-9,100-199,1048570-1048600"]);
+        assert_eq!(status, 206, "{backend:?}");
+        assert_eq!(field(&head, "content-length"), Some(body.len().to_string().as_str()));
+        let parts = multipart_parts(field(&head, "content-type").unwrap(), &body);
+        let expected = [(0, 9), (100, 199), (1_048_570, 1_048_600)];
+        assert_eq!(parts.len(), expected.len(), "{backend:?}");
+        for ((range, bytes), (start, end)) in parts.iter().zip(expected) {
+            assert_eq!(range, &format!("bytes {start}-{end}/{length}"), "{backend:?}");
+            assert!(bytes[..] == published.big[start..=end], "{backend:?}: part {start}-{end} differs");
+        }
+        let (status, _, body) = curl(dir, &url, &["-r", "0-99,50-149"]);
+        assert!(status == 206 && body == published.big[..150], "{backend:?}: overlapping ranges are coalesced");
+        let (status, head, _) = curl(dir, &url, &["-r", &format!("{length}-,{}-", length + 10)]);
+        assert_eq!(status, 416, "{backend:?}");
+        assert_eq!(field(&head, "content-range"), Some(format!("bytes */{length}").as_str()));
+    });
+}
+
+/// Runs the real `wget -c` in `dir` for `url` (saved as `name`) with `args`; returns its success.
+fn wget_continue(dir: &Path, url: &str, args: &[&str]) -> bool {
+    let output = std::process::Command::new("wget")
+        .args(["-c", "-q", "--tries=1", "--timeout=10"])
+        .args(args)
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .expect("wget is installed (scripts/test installs it)");
+    eprintln!("wget {args:?}: {}{}", output.status, String::from_utf8_lossy(&output.stderr));
+    output.status.success()
+}
+
+#[test]
+fn wget_resumes_a_partial_download_byte_exact() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let scratch = tempfile::tempdir().unwrap();
+        let url = format!("http://{}/v1/content/big", server.local_addr());
+        std::fs::write(scratch.path().join("big"), &published.big[..1_500_000]).unwrap();
+        assert!(wget_continue(scratch.path(), &url, &[]), "{backend:?}");
+        let got = std::fs::read(scratch.path().join("big")).unwrap();
+        assert!(got == published.big, "{backend:?}: resumed file differs ({} bytes)", got.len());
+    });
+}

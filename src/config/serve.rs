@@ -83,6 +83,9 @@ pub struct ServeConfig {
     pub catalog_cache_entries_max: usize,
     /// An id unknown to the catalog is looked up on disk again after this long.
     pub catalog_recheck_ms: u64,
+    /// Ranges honoured in one `Range:` header (answered as `multipart/byteranges`); a request
+    /// with more gets the whole content (200).
+    pub ranges_per_request_max: usize,
 }
 
 impl Default for ServeConfig {
@@ -112,6 +115,7 @@ impl Default for ServeConfig {
             shutdown_grace_ms: 5_000,
             catalog_cache_entries_max: 4096,
             catalog_recheck_ms: 1_000,
+            ranges_per_request_max: 64,
         }
     }
 }

@@ -11,10 +11,12 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::content::{decide, ContentId, Digest, Mode, PieceSize, SimpleReason};
+use crate::http::conditional::format_date;
+use crate::http::DigestTag;
 use crate::store::{PieceGuard, PieceRef, Store};
 
 /// Why a catalog entry is not served.
@@ -38,8 +40,16 @@ pub struct Content {
     pub piece_size: PieceSize,
     /// The raw hash file, served on `/hashfile`.
     pub hashfile: Arc<[u8]>,
-    /// The piece SHA-256s the hash file names, in piece order: the store's keys.
+    /// The SHA-256 of each piece, from the hash file (a piece's `ETag`).
     pub digests: Arc<[Digest]>,
+    /// The content's (and its hash file's) `ETag`: the hash file's SHA-256, so a republished id
+    /// with other bytes gets another tag.
+    pub etag: DigestTag,
+    /// `Last-Modified`: the manifest file's modification time in whole seconds (written once per
+    /// publish, so stable across restarts).
+    pub last_modified_s: u64,
+    /// `last_modified_s` as an IMF-fixdate.
+    pub last_modified: [u8; 29],
 }
 
 impl Content {
@@ -51,12 +61,21 @@ impl Content {
             Mode::P2p { hashes } => hashes,
             Mode::Simple { reason } => return Err(ContentError::Unverified { id: id.clone(), reason }),
         };
+        let etag = DigestTag::new(&crate::hash::sha256(&hashfile));
+        let manifest_path = catalog.manifest_path(id);
+        let modified = std::fs::metadata(&manifest_path)
+            .and_then(|metadata| metadata.modified())
+            .map_err(|source| CatalogError::Io { path: manifest_path, source })?;
+        let last_modified_s = modified.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
         Ok(Some(Content {
             id: id.clone(),
             length: hashes.content_length(),
             piece_size: hashes.piece_size(),
             hashfile: hashfile.into(),
             digests: hashes.digests().into(),
+            etag,
+            last_modified_s,
+            last_modified: format_date(UNIX_EPOCH + Duration::from_secs(last_modified_s)),
         }))
     }
 

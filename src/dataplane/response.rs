@@ -4,6 +4,7 @@
 //! slice points into the memory-mapped store, kept in place by its [`PieceGuard`] for as long as
 //! the [`Outgoing`] lives. Drivers drop an `Outgoing` only once the kernel is done with its bytes.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::http::{text_response, ResponseHead};
@@ -40,6 +41,18 @@ pub enum Body {
     Shared(Arc<[u8]>),
     /// Slices of pinned pieces, in order.
     Pieces(Vec<PieceSlice>),
+    /// A `multipart/byteranges` body: spans of one small framing buffer (part heads, closing
+    /// delimiter) between slices of pinned pieces.
+    Multipart { framing: Vec<u8>, segments: Vec<Segment> },
+}
+
+/// One segment of a multipart body.
+#[derive(Debug)]
+pub enum Segment {
+    /// Bytes `start..end` of the framing buffer.
+    Framing(Range<usize>),
+    /// Bytes of a pinned piece.
+    Piece(PieceSlice),
 }
 
 impl Body {
@@ -48,6 +61,7 @@ impl Body {
             Body::Empty => 0,
             Body::Shared(_) => 1,
             Body::Pieces(slices) => slices.len(),
+            Body::Multipart { segments, .. } => segments.len(),
         }
     }
 
@@ -56,6 +70,10 @@ impl Body {
             Body::Empty => &[],
             Body::Shared(bytes) => bytes,
             Body::Pieces(slices) => slices[at].bytes(),
+            Body::Multipart { framing, segments } => match &segments[at] {
+                Segment::Framing(span) => &framing[span.clone()],
+                Segment::Piece(slice) => slice.bytes(),
+            },
         }
     }
 }
@@ -159,7 +177,7 @@ impl Outgoing {
         match &mut self.body {
             Body::Pieces(held) => held.extend(parts),
             Body::Empty => self.body = Body::Pieces(parts),
-            Body::Shared(_) => return Err(parts),
+            Body::Shared(_) | Body::Multipart { .. } => return Err(parts),
         }
         self.length += bytes;
         self.body_bytes += bytes;

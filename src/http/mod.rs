@@ -1,13 +1,18 @@
 //! Sans-I/O HTTP/1.1 pieces shared by the data plane, the control plane and the download client:
-//! request-head parsing (httparse inside, with limits), response heads, byte ranges, and the
-//! client side's response framing (`response_reader`).
+//! request-head parsing (httparse inside, with limits), response heads, byte ranges and their
+//! `multipart/byteranges` framing, conditional requests (validators), and the client side's
+//! response framing (`response_reader`).
 //! Nothing here touches a socket.
 
+pub mod conditional;
+pub mod multipart;
 pub mod range;
 pub mod request;
 pub mod response;
 pub mod response_reader;
 
-pub use range::{parse_range, RangeOutcome};
+pub use conditional::{Conditions, DigestTag, Validators};
+pub use multipart::Framing;
+pub use range::{parse_range, ByteRange, RangeOutcome};
 pub use request::{parse_request, Method, Parsed, Request, RequestError, RequestLimits, Version};
 pub use response::{reason_phrase, text_response, ContentRange, ResponseHead};

@@ -305,8 +305,9 @@ fn respond(
             return Some(head(404, 0, ""));
         }
         let length = content.bytes.len() as u64;
-        let (status, start, end) = match parse_range(request.range.as_deref(), length) {
-            RangeOutcome::Full => (200, 0, length.saturating_sub(1)),
+        // One range at most: like many origins, the fake answers several with the whole content.
+        let (status, start, end) = match parse_range(request.range.as_deref(), length, 1) {
+            RangeOutcome::Full | RangeOutcome::Multiple(_) => (200, 0, length.saturating_sub(1)),
             RangeOutcome::Partial { start, end } => {
                 counters.range_requests.fetch_add(1, Ordering::SeqCst);
                 (206, start, end)
