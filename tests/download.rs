@@ -102,6 +102,41 @@ fn every_lying_peer_is_banned_after_two_bad_pieces_and_asked_nothing_more() {
 }
 
 #[test]
+fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_pipelines() {
+    let content = Content::new("probation", 64 * 65536);
+    let honest = Fake::start(&content, Behavior::Honest);
+    let liars = [
+        Fake::start(&content, Behavior::BitFlip),
+        Fake::start(&content, Behavior::WrongPiece),
+        Fake::start(&content, Behavior::Truncate),
+        Fake::start(&content, Behavior::Overlong),
+        Fake::start(&content, Behavior::Zeros),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<&Fake> = liars.iter().collect();
+    all.push(&honest);
+    // The shipped pipelining (2 connections x depth 4): before probation each liar got 8 or 9.
+    let defaults = DownloadConfig::default();
+    let config = DownloadConfig {
+        connections_per_source_max: defaults.connections_per_source_max,
+        pipeline_depth: defaults.pipeline_depth,
+        ..config()
+    };
+    assert!(config.connections_per_source_max * config.pipeline_depth > config.ban_after_bad_pieces + 1);
+    let request = request(&content, dir.path(), &all, vec![], config.clone());
+    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, &content);
+    let allowed = u64::from(config.ban_after_bad_pieces) + 1;
+    for liar in &liars {
+        assert!(stats(&summary, liar).banned, "{}: banned", liar.address);
+        assert!(liar.requests() <= allowed, "{}: asked {} times, at most {allowed}", liar.address, liar.requests());
+    }
+    assert!(!stats(&summary, &honest).banned);
+    assert!(honest.good_sent() >= content.piece_count() - 5, "the honest seed served the rest");
+}
+
+#[test]
 fn a_stalling_peer_does_not_stall_the_download() {
     let content = Content::new("stall", 24 * 65536);
     let stall = Fake::start(&content, Behavior::Stall);
