@@ -719,11 +719,9 @@ mod tests {
         let mut s = Scheduler::new(64, probation_limits());
         let peer = add_new(&mut s, SourceKind::Peer).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 0)], "one request on probation");
-        let mut piece = 0;
         let mut windows = Vec::new();
-        for _ in 0..5 {
+        for piece in 0..5 {
             s.handle(Event::Verified { source: peer, piece }, 0);
-            piece += 1;
             drain(&mut s);
             windows.push(s.in_flight(peer));
         }
@@ -780,7 +778,7 @@ mod tests {
         let node = NodeBans::new(limits().ban);
         let mut first = Scheduler::with_bans(8, probation_limits(), node.clone());
         let liar = first.add_source(SourceKind::Peer, "10.0.0.9:7070").unwrap();
-        let seed = first.add_source(SourceKind::Peer, "10.0.0.1:7070").unwrap();
+        first.add_source(SourceKind::Peer, "10.0.0.1:7070").unwrap();
         // Bounded: each round answers every request; two bad pieces ban the liar.
         for _ in 0..10 {
             for (source, piece) in requests(&drain(&mut first)) {
