@@ -120,6 +120,9 @@ fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_p
     let config = DownloadConfig {
         connections_per_source_max: defaults.connections_per_source_max,
         pipeline_depth: defaults.pipeline_depth,
+        // No fake here stalls: a short timeout would only let a loaded machine turn answers into
+        // timeouts, which are not lies.
+        request_timeout_ms: defaults.request_timeout_ms,
         ..config()
     };
     assert!(config.connections_per_source_max * config.pipeline_depth > config.ban_after_bad_pieces + 1);
@@ -133,7 +136,7 @@ fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_p
         assert!(liar.requests() <= allowed, "{}: asked {} times, at most {allowed}", liar.address, liar.requests());
     }
     assert!(!stats(&summary, &honest).banned);
-    assert!(honest.good_sent() >= content.piece_count() - 5, "the honest seed served the rest");
+    assert!(honest.good_sent() >= content.piece_count(), "no liar delivered a piece: the seed served all");
 }
 
 #[test]
