@@ -116,7 +116,7 @@ fn bad_input_gets_an_error_naming_it() {
     for (args, expected) in cases {
         let output = tessera(args, dir.path());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: bad input is exit status 2: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     assert!(!dir.path().join("d/catalog/a.manifest.json").exists());

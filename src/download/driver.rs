@@ -233,7 +233,7 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
             SourceSpec::Peer(_) => SourceKind::Peer,
             SourceSpec::Http(_) => SourceKind::Http,
         };
-        let Some(_id) = driver.scheduler.add_source(kind) else {
+        let Some(_id) = driver.scheduler.add_source(kind, &spec.label()) else {
             tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
             continue;
         };

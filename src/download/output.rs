@@ -8,10 +8,16 @@
 //! from the page cache, in order, resumed pieces included) and saves the sidecar (`fdatasync`, then
 //! the list). The whole-file SHA-256 so covers every byte of the file, and no end-of-download pass
 //! is left but the tail.
+//!
+//! Only regular files are ever truncated or renamed over. Standard output (`-`), a FIFO or a
+//! device is a *stream*: it is opened as it is (no create, no truncate), and the verified prefix is
+//! written to it in order by the same background thread, as the prefix grows. Pieces that land
+//! ahead of the prefix wait in an unlinked scratch file in `$TMPDIR`; a stream has no partial
+//! file beside it and no resume. A directory or a socket is refused.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,6 +45,57 @@ pub enum OutputError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("SHA-256 of the downloaded file is {actual}, expected {expected}; the file was removed")]
     Mismatch { expected: String, actual: String },
+    #[error("output {path}: {why}")]
+    Unusable { path: PathBuf, why: &'static str },
+}
+
+/// The name `-o -` gives standard output.
+pub const STDOUT_PATH: &str = "-";
+
+/// Where the verified bytes are written in order, when the output is not a regular file.
+struct Stream(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+/// Opens `path` as a stream if it is stdout, a FIFO or a device; `None` for a regular file or a
+/// name not taken yet; an error for anything else.
+fn open_stream(path: &Path) -> Result<Option<Stream>, OutputError> {
+    if path.as_os_str() == STDOUT_PATH {
+        return Ok(Some(Stream(Box::new(std::io::stdout()))));
+    }
+    let unusable = |why| Err(OutputError::Unusable { path: path.to_path_buf(), why });
+    // Follows symlinks: `-o /dev/stdout` is a link to whatever fd 1 is.
+    let kind = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(OutputError::Io { path: path.to_path_buf(), source }),
+    };
+    if kind.is_file() {
+        Ok(None)
+    } else if kind.is_dir() {
+        unusable("is a directory; give a file name inside it")
+    } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+        // Opened as is: never created, never truncated; a FIFO waits here for its reader.
+        let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+        Ok(Some(Stream(Box::new(file))))
+    } else {
+        unusable("is a socket or other special file; give a file, a FIFO, a device or - (stdout)")
+    }
+}
+
+/// Refuses `path` if something other than a regular file is there (a partial file that is a
+/// symlink or a device would be truncated through).
+fn ensure_regular_or_absent(path: &Path) -> Result<(), OutputError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_file() => {
+            Err(OutputError::Unusable { path: path.to_path_buf(), why: "exists and is not a regular file" })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What identifies a download in its sidecar: a resume only reuses pieces of the same content.
@@ -91,6 +148,10 @@ pub struct Output {
     prefix: u64,
     unsaved: u32,
     background: Option<Background>,
+    /// The stream the verified prefix goes to, until the background thread takes it.
+    stream: Option<Stream>,
+    /// Whether the output is a stream (no rename, no sidecar).
+    streaming: bool,
 }
 
 /// Writes verified pieces into the partial file from any thread.
@@ -144,15 +205,29 @@ impl Output {
         layout: Layout,
         resume: Option<(Identity, &HashFile)>,
     ) -> Result<Output, OutputError> {
-        let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
-        let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&partial_path)
-            .map_err(io(&partial_path))?;
+        let stream = open_stream(final_path)?;
+        let (partial_path, progress_path, file) = match &stream {
+            Some(_) => {
+                let scratch = std::env::temp_dir();
+                let file = tempfile::tempfile_in(&scratch).map_err(io(&scratch))?;
+                (scratch.join("(unlinked scratch file)"), PathBuf::new(), file)
+            }
+            None => {
+                let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
+                let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
+                ensure_regular_or_absent(&partial_path)?;
+                ensure_regular_or_absent(&progress_path)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&partial_path)
+                    .map_err(io(&partial_path))?;
+                (partial_path, progress_path, file)
+            }
+        };
+        let resume = if stream.is_some() { None } else { resume };
         let layout = Layout { save_every: layout.save_every.max(1), queue_tasks: layout.queue_tasks.max(1), ..layout };
         let mut output = Output {
             final_path: final_path.to_path_buf(),
@@ -165,6 +240,8 @@ impl Output {
             prefix: 0,
             unsaved: 0,
             background: None,
+            streaming: stream.is_some(),
+            stream,
         };
         let mut kept = false;
         if let Some((identity, hashes)) = resume {
@@ -251,7 +328,7 @@ impl Output {
         while self.verified.get(self.prefix as usize).copied().unwrap_or(false) {
             self.prefix += 1;
         }
-        if self.prefix > start && self.layout.whole_sha256 {
+        if self.prefix > start && (self.layout.whole_sha256 || self.streaming) {
             let end = (self.prefix * self.layout.piece_size).min(self.layout.content_length);
             self.send(Task::Hash { end })?;
         }
@@ -302,7 +379,7 @@ impl Output {
         }
     }
 
-    fn spawn_background(&self) -> Result<Background, OutputError> {
+    fn spawn_background(&mut self) -> Result<Background, OutputError> {
         let (tasks, queue) = crossbeam_channel::bounded(self.layout.queue_tasks as usize);
         let stopping = Arc::new(AtomicBool::new(false));
         let work = BackgroundWork {
@@ -312,6 +389,7 @@ impl Output {
             whole: self.layout.whole_sha256.then(Hasher::new),
             hashed_to: 0,
             stopping: stopping.clone(),
+            stream: self.stream.take(),
         };
         let thread = std::thread::Builder::new()
             .name("tessera-output".into())
@@ -323,8 +401,7 @@ impl Output {
     /// Checks the whole file against `expected` (if any) and renames it into place; on mismatch
     /// the partial file and sidecar are removed and nothing appears under the final name.
     pub fn finish(mut self, expected: Option<Digest>) -> Result<Option<Digest>, OutputError> {
-        if expected.is_some()
-            && self.layout.whole_sha256
+        if (self.streaming || (expected.is_some() && self.layout.whole_sha256))
             && self.prefix * self.layout.piece_size < self.layout.content_length
         {
             // Not every piece is recorded (only a caller that wrote the file some other way):
@@ -341,11 +418,27 @@ impl Output {
                 None => whole_file_sha256(&self.partial_path).map_err(io(&self.partial_path))?,
             };
             if digest != expected {
-                let _ = std::fs::remove_file(&self.partial_path);
-                let _ = std::fs::remove_file(&self.progress_path);
+                if !self.streaming {
+                    let _ = std::fs::remove_file(&self.partial_path);
+                    let _ = std::fs::remove_file(&self.progress_path);
+                }
                 return Err(OutputError::Mismatch { expected: hex::encode(expected), actual: hex::encode(digest) });
             }
             actual = Some(digest);
+        }
+        if self.streaming {
+            // Every byte already went to the stream, in order, as the prefix grew.
+            return Ok(actual);
+        }
+        // Something may have taken the name since `open`: a device is never renamed over.
+        match std::fs::symlink_metadata(&self.final_path) {
+            Ok(metadata) if !(metadata.is_file() || metadata.file_type().is_symlink()) => {
+                return Err(OutputError::Unusable {
+                    path: self.final_path.clone(),
+                    why: "is no longer a regular file; the download is kept as the partial file",
+                });
+            }
+            _ => {}
         }
         std::fs::rename(&self.partial_path, &self.final_path).map_err(io(&self.final_path))?;
         let _ = std::fs::remove_file(&self.progress_path);
@@ -394,12 +487,15 @@ struct BackgroundWork {
     whole: Option<Hasher>,
     hashed_to: u64,
     stopping: Arc<AtomicBool>,
+    /// Where the verified prefix is copied in order, for a stream output.
+    stream: Option<Stream>,
 }
 
 impl BackgroundWork {
     /// Does the tasks in order until the queue closes; the whole-file digest at the end.
     fn run(mut self, queue: Receiver<Task>) -> Result<Option<Digest>, OutputError> {
-        let mut buffer = vec![0u8; if self.whole.is_some() { WHOLE_READ_BYTES } else { 0 }];
+        let reads = self.whole.is_some() || self.stream.is_some();
+        let mut buffer = vec![0u8; if reads { WHOLE_READ_BYTES } else { 0 }];
         for task in queue {
             match task {
                 Task::Hash { end } => self.hash_to(end, &mut buffer)?,
@@ -411,20 +507,31 @@ impl BackgroundWork {
                 }
             }
         }
+        if let Some(stream) = self.stream.as_mut() {
+            stream.0.flush().map_err(io(&self.partial_path))?;
+        }
         Ok(self.whole.map(Hasher::finish))
     }
 
     fn hash_to(&mut self, end: u64, buffer: &mut [u8]) -> Result<(), OutputError> {
-        let Some(whole) = self.whole.as_mut() else { return Ok(()) };
+        if self.whole.is_none() && self.stream.is_none() {
+            return Ok(());
+        }
         // Bounded: each pass moves `hashed_to` forward by at least one byte up to `end`.
         while self.hashed_to < end {
             if self.stopping.load(Ordering::Relaxed) {
                 self.whole = None;
+                self.stream = None;
                 return Ok(());
             }
             let count = (end - self.hashed_to).min(buffer.len() as u64) as usize;
             self.file.read_exact_at(&mut buffer[..count], self.hashed_to).map_err(io(&self.partial_path))?;
-            whole.update(&buffer[..count]);
+            if let Some(whole) = self.whole.as_mut() {
+                whole.update(&buffer[..count]);
+            }
+            if let Some(stream) = self.stream.as_mut() {
+                stream.0.write_all(&buffer[..count]).map_err(io(&self.partial_path))?;
+            }
             self.hashed_to += count as u64;
         }
         Ok(())

@@ -140,7 +140,8 @@ mod tests {
         let ca = DevCa::generate().unwrap();
         let now = std::time::SystemTime::now();
         let issued = ca.issue_server(&["localhost".into()], now, now + std::time::Duration::from_secs(60)).unwrap();
-        let der = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes()).next().unwrap().unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(spki_sha256(&der).unwrap(), issued.spki_sha256);
     }
 

@@ -83,6 +83,10 @@ pub enum Behavior {
     WrongPiece,
     /// Half the piece, with a matching Content-Length.
     Truncate,
+    /// The piece and as many bytes again, with a matching Content-Length.
+    Overlong,
+    /// Zeros of the piece's length.
+    Zeros,
     /// Reads requests, never answers.
     Stall,
     /// Honest for this many pieces, then flips bits.
@@ -350,7 +354,7 @@ fn respond(
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
         Behavior::LieAfter(good) => served_before >= good,
-        Behavior::BitFlip | Behavior::WrongPiece | Behavior::Truncate => true,
+        Behavior::BitFlip | Behavior::WrongPiece | Behavior::Truncate | Behavior::Overlong | Behavior::Zeros => true,
     };
     let body = if !lie {
         piece
@@ -358,6 +362,8 @@ fn respond(
         match behavior {
             Behavior::WrongPiece => content.piece((index + 1) % content.piece_count()).to_vec(),
             Behavior::Truncate => piece[..piece.len() / 2].to_vec(),
+            Behavior::Overlong => [piece.as_slice(), piece.as_slice()].concat(),
+            Behavior::Zeros => vec![0; piece.len()],
             _ => {
                 let mut flipped = piece;
                 let middle = flipped.len() / 2;
