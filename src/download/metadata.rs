@@ -12,7 +12,7 @@ use crate::config::DownloadConfig;
 use crate::content::manifest::sha256;
 use crate::content::{decide, ContentId, Manifest, MetadataFailure, Mode};
 use crate::download::fetch::{fetch, FetchLimits};
-use crate::download::url::HttpUrl;
+use crate::http::url::HttpUrl;
 
 /// Where manifests, hash files and peer lists come from.
 pub trait MetadataSource {

@@ -301,8 +301,12 @@ fn respond(
     let path = request.path().to_string();
     if behavior == Behavior::Origin {
         counters.requests.fetch_add(1, Ordering::SeqCst);
-        if path != "/content.bin" {
-            return Some(head(404, 0, ""));
+        match path.as_str() {
+            // A relative Location, as CDNs send.
+            "/moved" => return Some(head(302, 0, "Location: content.bin\r\n")),
+            "/loop" => return Some(head(307, 0, "Location: /loop\r\n")),
+            "/content.bin" => {}
+            _ => return Some(head(404, 0, "")),
         }
         let length = content.bytes.len() as u64;
         let (status, start, end) = match parse_range(request.range.as_deref(), length) {
