@@ -291,7 +291,8 @@ fn a_302_from_an_http_source_is_followed_and_the_file_arrives_byte_exact() {
     assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
     // A redirect loop ends after the hop limit with "sources exhausted".
     let looping = format!("http://{}/loop", origin.address);
-    let status = tessera().args(["get", "moved", "--source", &looping, "-o"]).arg(dir.path().join("l")).output().unwrap();
+    let status =
+        tessera().args(["get", "moved", "--source", &looping, "-o"]).arg(dir.path().join("l")).output().unwrap();
     assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(String::from_utf8_lossy(&status.stderr).contains("more than 5 redirects"));
 }

@@ -139,7 +139,8 @@ fn urls_no_client_can_fetch_are_refused_with_exit_2_and_no_manifest() {
         assert!(stderr.contains(flag) && stderr.contains(&format!("{url:?}")), "{flag} {url:?}: {stderr}");
     }
     assert!(!dir.path().join("d/catalog/a.manifest.json").exists());
-    let output = tessera(&["publish", "f", "--id", "a", "--source", "HTTP://[::1]:8080/f#x", "--data-dir", "d"], dir.path());
+    let output =
+        tessera(&["publish", "f", "--id", "a", "--source", "HTTP://[::1]:8080/f#x", "--data-dir", "d"], dir.path());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 

@@ -141,12 +141,31 @@ impl BufferPool {
 
 /// What a finished response means.
 enum Landed {
-    Bytes { source: SourceId, piece: u64, buffer: Vec<u8>, length: usize },
-    Bad { source: SourceId, piece: u64 },
-    Missing { source: SourceId, piece: u64 },
-    Failed { source: SourceId, piece: u64 },
+    Bytes {
+        source: SourceId,
+        piece: u64,
+        buffer: Vec<u8>,
+        length: usize,
+    },
+    Bad {
+        source: SourceId,
+        piece: u64,
+    },
+    Missing {
+        source: SourceId,
+        piece: u64,
+    },
+    Failed {
+        source: SourceId,
+        piece: u64,
+    },
     /// A redirect, asked on a connection opened for the source's URL number `generation`.
-    Redirect { source: SourceId, piece: u64, head: ReceivedHead, generation: u32 },
+    Redirect {
+        source: SourceId,
+        piece: u64,
+        head: ReceivedHead,
+        generation: u32,
+    },
 }
 
 struct Conn {

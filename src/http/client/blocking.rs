@@ -114,14 +114,20 @@ mod tests {
         let limits = ClientLimits { body_bytes_max: 2, ..ClientLimits::default() };
         let error = exchange(&mut wire(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"), &spec, limits, None);
         assert!(matches!(error, Err(ExchangeError::Response(ResponseError::BodyTooLarge { limit: 2 }))));
-        let short = exchange(&mut wire(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"), &spec, limits, None);
+        let short = exchange(
+            &mut wire(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"),
+            &spec,
+            ClientLimits::default(),
+            None,
+        );
         assert!(matches!(short, Err(ExchangeError::Response(ResponseError::Truncated(_)))));
     }
 
     #[test]
     fn reads_chunked_and_close_delimited_bodies() {
         let spec = RequestSpec::to_host("GET", "h".into(), "/".into());
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n";
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n";
         let response = exchange(&mut wire(chunked), &spec, ClientLimits::default(), None).unwrap();
         assert_eq!(response.body, b"abcde");
         let until_close = b"HTTP/1.0 200 OK\r\n\r\nall of it";

@@ -106,10 +106,7 @@ pub struct ReceivedHead {
 }
 
 /// Parses one response head at the start of `input`: `None` until it is complete.
-pub(crate) fn parse_head(
-    input: &[u8],
-    limits: &ClientLimits,
-) -> Result<Option<(ReceivedHead, usize)>, ResponseError> {
+pub(crate) fn parse_head(input: &[u8], limits: &ClientLimits) -> Result<Option<(ReceivedHead, usize)>, ResponseError> {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.header_count_max];
     let mut response = httparse::Response::new(&mut headers);
     let too_large = ResponseError::HeadTooLarge { limit: limits.head_bytes_max };

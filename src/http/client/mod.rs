@@ -34,12 +34,7 @@ pub struct ClientLimits {
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        ClientLimits {
-            head_bytes_max: 16_384,
-            header_count_max: 64,
-            body_bytes_max: 64 << 20,
-            pipeline_depth_max: 32,
-        }
+        ClientLimits { head_bytes_max: 16_384, header_count_max: 64, body_bytes_max: 64 << 20, pipeline_depth_max: 32 }
     }
 }
 
@@ -164,10 +159,7 @@ impl<T> Connection<T> {
 
     /// Whether another request may be sent on this connection now.
     pub fn can_send(&self) -> bool {
-        !self.ended
-            && !self.peer_closes
-            && !self.sent_close
-            && self.in_flight.len() < self.limits.pipeline_depth_max
+        !self.ended && !self.peer_closes && !self.sent_close && self.in_flight.len() < self.limits.pipeline_depth_max
     }
 
     /// Requests sent and not yet answered.

@@ -128,7 +128,8 @@ fn each_limit_is_enforced_and_named() {
 
 #[test]
 fn head_requests_and_no_content_have_no_body() {
-    let input = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
+    let input =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
     let seen = run(&[1], "HEAD", ClientLimits::default(), &[&input[..]], false);
     assert_eq!(seen.responses, vec![ok(1, 200, b"")]);
     let mut connection = connection(&[1], "HEAD", ClientLimits::default());
@@ -203,7 +204,9 @@ fn request_builder_refuses_header_injection() {
     spec.close = true;
     spec.write_head(&mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
-    for line in ["Range: bytes=0-9\r\n", "Authorization: Bearer t\r\n", "Content-Length: 2\r\n", "Connection: close\r\n"] {
+    for line in
+        ["Range: bytes=0-9\r\n", "Authorization: Bearer t\r\n", "Content-Length: 2\r\n", "Connection: close\r\n"]
+    {
         assert!(text.contains(line), "{text}");
     }
     assert!(text.ends_with("\r\n\r\n{}"));
@@ -218,8 +221,16 @@ fn arbitrary_bytes_never_panic() {
         state ^= state << 5;
         state
     };
-    let pieces: [&[u8]; 8] =
-        [b"HTTP/1.1 200 OK\r\n", b"Content-Length: 3\r\n", b"\r\n", b"Transfer-Encoding: chunked\r\n", b"5\r\n", b"abc", b"0\r\n\r\n", b"\xff"];
+    let pieces: [&[u8]; 8] = [
+        b"HTTP/1.1 200 OK\r\n",
+        b"Content-Length: 3\r\n",
+        b"\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"5\r\n",
+        b"abc",
+        b"0\r\n\r\n",
+        b"\xff",
+    ];
     for _ in 0..2000 {
         let mut bytes = Vec::new();
         for _ in 0..(next() % 12) {
