@@ -163,7 +163,8 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_fetch_naming_the_url() {
-        let cases: [(&str, fn(&UrlError) -> bool); 8] = [
+        type Check = fn(&UrlError) -> bool;
+        let cases: [(&str, Check); 8] = [
             ("http://h/a\r\nX-Injected: 1", |e| matches!(e, UrlError::ControlCharacter { .. })),
             ("http://h/\ta", |e| matches!(e, UrlError::ControlCharacter { .. })),
             ("ftp://x/y", |e| matches!(e, UrlError::Scheme { .. })),
