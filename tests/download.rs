@@ -298,6 +298,19 @@ fn a_302_from_an_http_source_is_followed_and_the_file_arrives_byte_exact() {
 }
 
 #[test]
+fn a_chunked_origin_delivers_byte_exact_pieces() {
+    let content = Content::new("chunked", 7 * 65536 + 11);
+    let origin = Fake::start(&content, Behavior::ChunkedOrigin);
+    let dir = tempfile::tempdir().unwrap();
+    let request =
+        request(&content, dir.path(), &[], vec![origin.url()], DownloadConfig { pipeline_depth: 3, ..config() });
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.sources[0].bad_pieces + summary.sources[0].failures, 0);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
 fn a_source_url_with_cr_lf_is_refused_with_exit_2_and_nothing_is_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let injected = format!("http://{}/a\r\nX-Injected: 1", listener.local_addr().unwrap());
