@@ -5,24 +5,22 @@
 //! threads hash and write pieces; this file only moves bytes and turns what happened on sockets
 //! and in the verifier into scheduler events. Bodies are received straight into reused piece
 //! buffers, which travel to a verifier thread and back. It runs on mio for now; everything that
-//! touches a socket is in the transport functions at the end of this file (`read_plain`,
-//! `read_tls`, `flush`), so it moves to the ring layer as one piece.
+//! touches a socket is in `download/transport.rs`, so it moves to the ring layer as one piece.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use mio::{Events, Poll, Token, Waker};
+use rustls::ClientConfig;
 
 use crate::config::DownloadConfig;
 use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
 use crate::download::output::{Output, OutputError};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
+use crate::download::transport::{Received, Transport};
 use crate::download::verify::{Check, Checked, Verifier};
 use crate::http::client::redirect::next_hop;
 use crate::http::client::{self as http_client, ClientLimits, ReceivedHead, RequestSpec};
@@ -172,9 +170,7 @@ struct Conn {
     source: SourceId,
     /// Which of the source's URLs (it changes on redirects) this connection was opened for.
     generation: u32,
-    stream: TcpStream,
-    tls: Option<Box<ClientConnection>>,
-    connected: bool,
+    transport: Transport,
     /// The HTTP state; each request is tagged with its piece index.
     http: http_client::Connection<u64>,
     body: Option<Body>,
@@ -373,7 +369,7 @@ impl Driver<'_> {
             .conns
             .iter()
             .flatten()
-            .filter(|c| c.http.in_flight() > 0 || !c.connected)
+            .filter(|c| c.http.in_flight() > 0 || !c.transport.is_connected())
             .map(|c| c.deadline.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::MAX);
@@ -426,12 +422,12 @@ impl Driver<'_> {
         let spec = self.request_spec(source, piece);
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
         let conn = self.conns[token].as_mut().expect("chosen connection exists");
-        if conn.http.in_flight() == 0 && conn.connected {
+        if conn.http.in_flight() == 0 && conn.transport.is_connected() {
             conn.deadline = Instant::now() + timeout;
         }
         let end = match conn.http.send_request(piece, &spec) {
             Err(error) => End::Failed(vec![piece], format!("request: {error}")),
-            Ok(()) if conn.connected => flush(conn),
+            Ok(()) if conn.transport.is_connected() => flush(conn),
             Ok(()) => End::Open,
         };
         self.settle_end(token, end);
@@ -439,20 +435,12 @@ impl Driver<'_> {
 
     fn connect(&mut self, source: SourceId) -> Result<usize, String> {
         let address = self.addresses[source.0 as usize].ok_or("address unknown")?;
-        let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
         let tls = match &self.urls[source.0 as usize] {
-            Some(url) if url.is_tls() => {
-                let name = ServerName::try_from(url.host()).map_err(|e| e.to_string())?;
-                Some(Box::new(ClientConnection::new(self.job.tls.clone(), name).map_err(|e| e.to_string())?))
-            }
+            Some(url) if url.is_tls() => Some((self.job.tls.clone(), url.host())),
             _ => None,
         };
         let token = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
-        self.poll
-            .registry()
-            .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.to_string())?;
+        let transport = Transport::connect(address, tls, self.poll.registry(), Token(token))?;
         let limits = ClientLimits {
             head_bytes_max: self.job.config.response_head_bytes_max as usize,
             // A body longer than its piece is refused at its head; chunked ones are cut there too.
@@ -463,9 +451,7 @@ impl Driver<'_> {
         let conn = Conn {
             source,
             generation: self.generations[source.0 as usize],
-            stream,
-            tls,
-            connected: false,
+            transport,
             http: http_client::Connection::new(limits),
             body: None,
             deadline: Instant::now() + Duration::from_millis(self.job.config.connect_timeout_ms),
@@ -480,22 +466,15 @@ impl Driver<'_> {
 
     fn on_event(&mut self, token: usize, writable: bool) {
         let Some(conn) = self.conns.get_mut(token).and_then(Option::as_mut) else { return };
-        if !conn.connected {
+        if !conn.transport.is_connected() {
             if !writable {
                 return;
             }
-            if let Ok(Some(error)) | Err(error) = conn.stream.take_error() {
-                self.settle_end(token, End::Failed(Vec::new(), format!("connect: {error}")));
-                return;
-            }
-            match conn.stream.peer_addr() {
-                Ok(_) => {
-                    conn.connected = true;
-                    conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms);
-                }
-                Err(error) if error.kind() == ErrorKind::NotConnected => return,
-                Err(error) => {
-                    self.settle_end(token, End::Failed(Vec::new(), format!("connect: {error}")));
+            match conn.transport.finish_connect() {
+                Ok(true) => conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms),
+                Ok(false) => return,
+                Err(reason) => {
+                    self.settle_end(token, End::Failed(Vec::new(), reason));
                     return;
                 }
             }
@@ -521,14 +500,20 @@ impl Driver<'_> {
         };
         // Bounded by the socket: each pass consumes bytes the kernel had, until WouldBlock or EOF.
         loop {
-            let received = match conn.tls.is_some() {
-                false => read_plain(conn, &mut self.scratch),
-                true => read_tls(conn, &mut self.scratch),
+            let span = if conn.transport.is_tls() { None } else { direct_span(conn) };
+            let direct = match (span, conn.body.as_mut()) {
+                (Some(span), Some(body)) => Some(&mut body.buffer[span]),
+                _ => None,
             };
-            let eof = matches!(received, Ok(0));
+            let received = conn.transport.receive(&mut conn.http, direct, &mut self.scratch);
+            let eof = matches!(received, Ok(Received::Eof));
             match received {
-                Ok(0) => conn.http.handle_eof(),
-                Ok(_) => conn.deadline = Instant::now() + timeout,
+                Ok(Received::Eof) => conn.http.handle_eof(),
+                Ok(Received::Direct(count)) => {
+                    conn.body.as_mut().expect("direct bytes go to a body").filled += count;
+                    conn.deadline = Instant::now() + timeout;
+                }
+                Ok(Received::Buffered) => conn.deadline = Instant::now() + timeout,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => return End::Failed(Vec::new(), format!("read: {error}")),
@@ -551,7 +536,7 @@ impl Driver<'_> {
             End::Failed(pieces, reason) => (pieces, Some(reason)),
         };
         let Some(mut conn) = self.conns[token].take() else { return };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        conn.transport.deregister(self.poll.registry());
         pieces.extend(conn.http.abandon());
         if let Some(body) = conn.body.take() {
             self.pool.give(body.buffer);
@@ -575,7 +560,7 @@ impl Driver<'_> {
         for slot in self.conns.iter_mut() {
             if slot.as_ref().is_some_and(|c| c.source == source) {
                 let mut conn = slot.take().expect("checked");
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                conn.transport.deregister(self.poll.registry());
             }
         }
     }
@@ -587,17 +572,17 @@ impl Driver<'_> {
         for token in 0..self.conns.len() {
             let expired = self.conns[token]
                 .as_ref()
-                .is_some_and(|c| (c.http.in_flight() > 0 || !c.connected) && now >= c.deadline);
+                .is_some_and(|c| (c.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline);
             if !expired {
                 continue;
             }
             let mut conn = self.conns[token].take().expect("checked");
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            conn.transport.deregister(self.poll.registry());
             let source = conn.source;
             let pieces = conn.http.abandon();
             let stats = &mut self.stats[source.0 as usize];
             stats.timeouts += 1;
-            tracing::debug!(source = %stats.source, connected = conn.connected, "request timed out");
+            tracing::debug!(source = %stats.source, connected = conn.transport.is_connected(), "request timed out");
             self.scheduler.handle(Event::TimedOut { source, pieces }, now_ms);
         }
     }
@@ -826,90 +811,19 @@ fn land(
     landed
 }
 
-/// Reads from a plain connection: straight into the piece buffer while a body of known length
-/// is being received and nothing else is buffered (the bulk of the bytes), else into the HTTP
-/// connection's input (heads, chunk lines, bodies that are not kept). `Ok(0)` is EOF.
-fn read_plain(conn: &mut Conn, scratch: &mut [u8]) -> std::io::Result<usize> {
+/// Where the next body bytes may be received straight into the piece buffer: inside a kept
+/// body of known length, with nothing buffered, and no more than the piece has room for.
+fn direct_span(conn: &Conn) -> Option<std::ops::Range<usize>> {
     let direct = conn.http.body_direct_bytes();
-    if let Some(body) = conn.body.as_mut().filter(|b| matches!(b.status, 200 | 206) && direct > 0) {
-        let room = body.expected.saturating_sub(body.filled) as u64;
-        if direct <= room {
-            let span = body.filled..body.filled + direct as usize;
-            let count = conn.stream.read(&mut body.buffer[span])?;
-            conn.http.handle_body_direct(count as u64);
-            body.filled += count;
-            return Ok(count);
-        }
-    }
-    let count = conn.stream.read(scratch)?;
-    conn.http.handle_input(&scratch[..count]);
-    Ok(count)
+    let body = conn.body.as_ref().filter(|b| matches!(b.status, 200 | 206) && direct > 0)?;
+    let room = body.expected.saturating_sub(body.filled) as u64;
+    (direct <= room).then(|| body.filled..body.filled + direct as usize)
 }
 
-/// Reads what TLS records arrived and hands the plaintext to the HTTP connection. `Ok(0)` is
-/// EOF (a close without close_notify included: the bytes before it still count).
-fn read_tls(conn: &mut Conn, scratch: &mut [u8]) -> std::io::Result<usize> {
-    let tls = conn.tls.as_mut().expect("a TLS connection");
-    if tls.read_tls(&mut conn.stream)? == 0 {
-        return Ok(0);
-    }
-    tls.process_new_packets().map_err(|error| std::io::Error::other(format!("TLS: {error}")))?;
-    let mut total = 0;
-    // Bounded by the records just processed: the plaintext reader runs dry with WouldBlock.
-    loop {
-        match tls.reader().read(scratch) {
-            Ok(0) => return Ok(0),
-            Ok(count) => {
-                conn.http.handle_input(&scratch[..count]);
-                total += count;
-            }
-            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-            Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Ok(0),
-            Err(error) => return Err(error),
-        }
-    }
-    if let End::Failed(_, reason) = flush_tls(conn) {
-        return Err(std::io::Error::other(reason));
-    }
-    // Records that carried no plaintext (handshake, tickets) are progress, not EOF.
-    Ok(total.max(1))
-}
-
-/// Writes what is queued; `Open` when done or the socket is full.
+/// Writes what the HTTP connection has queued; `Open` when done or the socket is full.
 fn flush(conn: &mut Conn) -> End {
-    if let Some(tls) = conn.tls.as_mut() {
-        let pending = conn.http.transmit().len();
-        if pending > 0 {
-            if let Err(error) = tls.writer().write_all(conn.http.transmit()) {
-                return End::Failed(Vec::new(), format!("TLS write: {error}"));
-            }
-            conn.http.transmitted(pending);
-        }
-        return flush_tls(conn);
+    match conn.transport.send(&mut conn.http) {
+        Ok(()) => End::Open,
+        Err(reason) => End::Failed(Vec::new(), reason),
     }
-    // Bounded: each pass writes bytes or stops.
-    while !conn.http.transmit().is_empty() {
-        match conn.stream.write(conn.http.transmit()) {
-            Ok(0) => return End::Failed(Vec::new(), "write returned 0".into()),
-            Ok(count) => conn.http.transmitted(count),
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return End::Failed(Vec::new(), format!("write: {error}")),
-        }
-    }
-    End::Open
-}
-
-fn flush_tls(conn: &mut Conn) -> End {
-    let Some(tls) = conn.tls.as_mut() else { return End::Open };
-    while tls.wants_write() {
-        match tls.write_tls(&mut conn.stream) {
-            Ok(0) => return End::Failed(Vec::new(), "write returned 0".into()),
-            Ok(_) => {}
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return End::Failed(Vec::new(), format!("TLS write: {error}")),
-        }
-    }
-    End::Open
 }

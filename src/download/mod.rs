@@ -15,6 +15,7 @@ pub mod output;
 pub mod prometheus;
 pub mod scheduler;
 pub mod service_metadata;
+mod transport;
 pub mod verify;
 
 pub use driver::{Progress, SourceSpec, SourceStats};
