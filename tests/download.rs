@@ -308,6 +308,75 @@ fn binary_exit_statuses_and_json_summary() {
 }
 
 #[test]
+fn a_302_from_an_http_source_is_followed_and_the_file_arrives_byte_exact() {
+    let content = Content::new("moved", 6 * 65536 + 7);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let moved = format!("http://{}/moved", origin.address);
+    // Range requests in the event loop (P2P mode, no peer): the first answer is the redirect.
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[], vec![moved.clone()], config());
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.sources[0].failures, 0, "a redirect is no failure");
+    let ranges = fakes::Counters::get(&origin.counters.range_requests);
+    assert_eq!(ranges, content.piece_count(), "every piece asked once, at the final URL");
+    // Simple mode without metadata: the length probe (HEAD) follows it, and so do the ranges.
+    let out = dir.path().join("simple");
+    let good = hex::encode(sha256(&content.bytes));
+    let status =
+        tessera().args(["get", "moved", "--source", &moved, "--sha256", &good, "-o"]).arg(&out).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
+    // A redirect loop ends after the hop limit with "sources exhausted".
+    let looping = format!("http://{}/loop", origin.address);
+    let status =
+        tessera().args(["get", "moved", "--source", &looping, "-o"]).arg(dir.path().join("l")).output().unwrap();
+    assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("more than 5 redirects"));
+}
+
+#[test]
+fn a_chunked_origin_delivers_byte_exact_pieces() {
+    let content = Content::new("chunked", 7 * 65536 + 11);
+    let origin = Fake::start(&content, Behavior::ChunkedOrigin);
+    let dir = tempfile::tempdir().unwrap();
+    let request =
+        request(&content, dir.path(), &[], vec![origin.url()], DownloadConfig { pipeline_depth: 3, ..config() });
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.sources[0].bad_pieces + summary.sources[0].failures, 0);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
+fn a_source_url_with_cr_lf_is_refused_with_exit_2_and_nothing_is_sent() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let injected = format!("http://{}/a\r\nX-Injected: 1", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let status =
+        tessera().args(["get", "crlf", "--source", &injected, "-o"]).arg(dir.path().join("out")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{injected:?}")) && stderr.contains("control character"), "{stderr}");
+    // A connection the client made would wait in the backlog: count what it carried.
+    listener.set_nonblocking(true).unwrap();
+    let received = match listener.accept() {
+        Ok((mut stream, _)) => {
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            let mut bytes = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut bytes);
+            bytes.len()
+        }
+        Err(error) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+            0
+        }
+    };
+    assert_eq!(received, 0, "bytes reached the listener");
+}
+
+#[test]
 fn https_source_is_fetched_over_tls_in_the_event_loop() {
     let content = Content::new("https-origin", 12 * 65536 + 5);
     let cert = TestCert::new();

@@ -123,6 +123,28 @@ fn bad_input_gets_an_error_naming_it() {
 }
 
 #[test]
+fn urls_no_client_can_fetch_are_refused_with_exit_2_and_no_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    for (flag, url) in [
+        ("--source", "notaurl"),
+        ("--source", "ftp://h/f"),
+        ("--hashfile-url", "http://[::1"),
+        ("--source", "http://h/a\r\nX-Injected: 1"),
+        ("--source", "http://user:pw@h/f"),
+    ] {
+        let output = tessera(&["publish", "f", "--id", "a", flag, url, "--data-dir", "d"], dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {url:?}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(&format!("{url:?}")), "{flag} {url:?}: {stderr}");
+    }
+    assert!(!dir.path().join("d/catalog/a.manifest.json").exists());
+    let output =
+        tessera(&["publish", "f", "--id", "a", "--source", "HTTP://[::1]:8080/f#x", "--data-dir", "d"], dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
 fn help_lists_the_subcommands_and_config_prints_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let help = String::from_utf8(tessera(&["--help"], dir.path()).stdout).unwrap();

@@ -19,6 +19,6 @@ pub mod snapshot;
 pub mod validate;
 
 pub use api::{AnnounceRequest, AnnouncedContent, PeerInfo, PeersResponse};
-pub use client::{ClientError, MetadataClient, ServiceUrl};
+pub use client::{service_url, ClientError, MetadataClient};
 pub use registry::{MemoryRegistry, PeerRegistry};
 pub use service::{Service, ServiceError, ServiceHandle};

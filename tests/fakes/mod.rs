@@ -95,6 +95,8 @@ pub enum Behavior {
     HasBelow(u64),
     /// HTTP origin: the content at `/content.bin`, with Range.
     Origin,
+    /// The same origin, sending every body chunked (with a trailer), as many CDNs do.
+    ChunkedOrigin,
     /// Metadata service: manifest, hash file and peer list at the control plane's paths.
     Service,
 }
@@ -295,6 +297,18 @@ fn head(status: u16, length: usize, extra: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{extra}\r\n").into_bytes()
 }
 
+/// A chunked response: chunks of uneven sizes, a chunk extension, a trailer.
+fn chunked(status: u16, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: chunked\r\n{extra}\r\n").into_bytes();
+    for (index, chunk) in body.chunks(7_001).enumerate() {
+        out.extend_from_slice(format!("{:x};n={index}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\nX-Checksum: none\r\n\r\n");
+    out
+}
+
 fn respond(
     request: &tessera::http::Request,
     content: &Content,
@@ -303,10 +317,14 @@ fn respond(
     served: &Mutex<u64>,
 ) -> Option<Vec<u8>> {
     let path = request.path().to_string();
-    if behavior == Behavior::Origin {
+    if matches!(behavior, Behavior::Origin | Behavior::ChunkedOrigin) {
         counters.requests.fetch_add(1, Ordering::SeqCst);
-        if path != "/content.bin" {
-            return Some(head(404, 0, ""));
+        match path.as_str() {
+            // A relative Location, as CDNs send.
+            "/moved" => return Some(head(302, 0, "Location: content.bin\r\n")),
+            "/loop" => return Some(head(307, 0, "Location: /loop\r\n")),
+            "/content.bin" => {}
+            _ => return Some(head(404, 0, "")),
         }
         let length = content.bytes.len() as u64;
         // One range at most: like many origins, the fake answers several with the whole content.
@@ -321,6 +339,10 @@ fn respond(
         let body = if length == 0 { &[][..] } else { &content.bytes[start as usize..=end as usize] };
         let extra =
             if status == 206 { format!("Content-Range: bytes {start}-{end}/{length}\r\n") } else { String::new() };
+        if behavior == Behavior::ChunkedOrigin && request.method != Method::Head {
+            counters.good_sent.fetch_add(1, Ordering::SeqCst);
+            return Some(chunked(status, &extra, body));
+        }
         let mut out = head(status, body.len(), &extra);
         if request.method != Method::Head {
             out.extend_from_slice(body);
@@ -349,7 +371,7 @@ fn respond(
     };
     let piece = content.piece(index).to_vec();
     let lie = match behavior {
-        Behavior::Honest | Behavior::Origin | Behavior::Service => false,
+        Behavior::Honest | Behavior::Origin | Behavior::ChunkedOrigin | Behavior::Service => false,
         Behavior::Stall => return None,
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
