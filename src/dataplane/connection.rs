@@ -2,16 +2,19 @@
 //! drivers feed it received bytes, end of stream, send progress and clock ticks; it tells them
 //! what to send (slices of queued responses), whether to read, and when to close.
 //!
-//! Responses are queued in request order (pipelining), each with a sequence number. A response
-//! whose bytes have all been sent stays queued until the driver releases it, because the kernel
-//! may still read its pages (io_uring `SendZc` until the notification arrives).
+//! Responses are queued in request order (pipelining), each with a sequence number, and shared
+//! (`Rc`) with the io_uring send that points the kernel at them: that op keeps them alive until
+//! the kernel is done (zero-copy: until the notification). A response whose bytes have all been
+//! sent stays queued until the driver releases it.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::ServeConfig;
 use crate::dataplane::response::Outgoing;
 use crate::http::{parse_request, Parsed, Request, RequestLimits};
+use crate::io::uring::send::Part;
 
 /// Answers requests; the data plane's handler in production, a stub in tests.
 pub trait Respond {
@@ -88,7 +91,8 @@ impl CloseReason {
 #[derive(Debug)]
 struct Queued {
     seq: u64,
-    outgoing: Outgoing,
+    /// Shared with the send operations that point the kernel at it (io_uring).
+    outgoing: Rc<Outgoing>,
 }
 
 /// What [`Connection::fill_send`] put into the slice list.
@@ -204,6 +208,18 @@ impl Connection {
         plan
     }
 
+    /// The unsent responses, up to `count_max` of them, as parts a send operation keeps alive
+    /// until the kernel is done with their bytes.
+    pub fn unsent_parts(&self, count_max: usize) -> Vec<Part> {
+        let mut skip_bytes = self.front_sent_bytes;
+        let mut parts = Vec::new();
+        for queued in self.queue.iter().skip(self.sent_count).take(count_max) {
+            parts.push(Part { owner: queued.outgoing.clone(), skip_bytes });
+            skip_bytes = 0;
+        }
+        parts
+    }
+
     /// Records that the kernel accepted `bytes` more bytes of the queued output.
     pub fn sent(&mut self, mut bytes: u64, now: Instant) {
         if bytes > 0 {
@@ -316,7 +332,7 @@ impl Connection {
             // Sending starts now; the send timeout counts from here, not from the last send.
             self.last_send_progress = now;
         }
-        self.queue.push_back(Queued { seq: self.next_seq, outgoing });
+        self.queue.push_back(Queued { seq: self.next_seq, outgoing: Rc::new(outgoing) });
         self.next_seq += 1;
         self.served_any = true;
     }

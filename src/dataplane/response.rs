@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::http::{text_response, ResponseHead};
+use crate::io::uring::send::Segments;
 use crate::store::PieceGuard;
 
 /// `start..end` of a pinned piece.
@@ -126,5 +127,15 @@ impl Outgoing {
             out.extend_from_slice(self.segment(at));
         }
         out
+    }
+}
+
+impl Segments for Outgoing {
+    fn segment_count(&self) -> usize {
+        Outgoing::segment_count(self)
+    }
+
+    fn segment(&self, at: usize) -> &[u8] {
+        Outgoing::segment(self, at)
     }
 }
