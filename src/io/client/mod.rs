@@ -134,7 +134,7 @@ impl Waker {
 
 /// The client event loop, on one of its backends.
 pub enum ClientLoop {
-    Uring(uring::UringLoop),
+    Uring(Box<uring::UringLoop>),
     Epoll(epoll::EpollLoop),
 }
 
@@ -147,7 +147,7 @@ impl ClientLoop {
         BACKEND_LOGGED
             .call_once(|| tracing::info!(backend = backend.name(), why = why.as_str(), "client loop backend"));
         Ok(match backend {
-            Backend::Uring => ClientLoop::Uring(uring::UringLoop::new(config)?),
+            Backend::Uring => ClientLoop::Uring(Box::new(uring::UringLoop::new(config)?)),
             Backend::Epoll => ClientLoop::Epoll(epoll::EpollLoop::new(config)?),
         })
     }
