@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{ClientConfig, ClientError, ConnId, Event, Timers, Waker};
+use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Timers, Waker};
 use crate::io::slots::{SlotKey, Slots};
 
 const WAKE: Token = Token(usize::MAX);
@@ -38,6 +38,7 @@ pub struct EpollLoop {
     read_buffer: Vec<u8>,
     /// Connections with readiness or sends left over from an earlier poll.
     dirty: Vec<SlotKey>,
+    send_queued_bytes_max: u64,
 }
 
 impl EpollLoop {
@@ -54,6 +55,7 @@ impl EpollLoop {
             timers: Timers::default(),
             read_buffer: vec![0; config.recv_buffer_bytes.max(512)],
             dirty: Vec::new(),
+            send_queued_bytes_max: config.send_queued_bytes_max,
         })
     }
 
@@ -97,7 +99,11 @@ impl EpollLoop {
 
     /// See [`super::ClientLoop::send`].
     pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<(), ClientError> {
-        self.live(conn)?.queued.push_back(bytes);
+        let limit_bytes = self.send_queued_bytes_max;
+        let state = self.live(conn)?;
+        let queued_bytes = state.queued.iter().map(|b| b.len() as u64).sum::<u64>() - state.front_sent_bytes as u64;
+        check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
+        state.queued.push_back(bytes);
         self.dirty.push(conn.into());
         Ok(())
     }

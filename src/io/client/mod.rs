@@ -90,11 +90,18 @@ pub struct ClientConfig {
     pub recv_buffer_bytes: usize,
     /// io_uring submission queue entries.
     pub ring_entries: u32,
+    /// Bytes a connection may have queued and not yet taken by the kernel.
+    pub send_queued_bytes_max: u64,
 }
 
 impl Default for ClientConfig {
     fn default() -> ClientConfig {
-        ClientConfig { connections_max: 1024, recv_buffer_bytes: 64 * 1024, ring_entries: 256 }
+        ClientConfig {
+            connections_max: 1024,
+            recv_buffer_bytes: 64 * 1024,
+            ring_entries: 256,
+            send_queued_bytes_max: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -109,6 +116,10 @@ pub enum ClientError {
     Socket { address: SocketAddr, source: std::io::Error },
     #[error("all {0} client connections are in use")]
     Full(usize),
+    #[error(
+        "connection {conn:?} has {queued_bytes} bytes queued; {more_bytes} more would pass the limit of {limit_bytes}"
+    )]
+    SendQueueFull { conn: ConnId, queued_bytes: u64, more_bytes: u64, limit_bytes: u64 },
     #[error("connection {0:?} is closed")]
     Closed(ConnId),
     #[error("client loop wait failed: {0}")]
@@ -135,7 +146,7 @@ impl Waker {
 /// The client event loop, on one of its backends.
 pub enum ClientLoop {
     Uring(Box<uring::UringLoop>),
-    Epoll(epoll::EpollLoop),
+    Epoll(Box<epoll::EpollLoop>),
 }
 
 static BACKEND_LOGGED: Once = Once::new();
@@ -148,7 +159,7 @@ impl ClientLoop {
             .call_once(|| tracing::info!(backend = backend.name(), why = why.as_str(), "client loop backend"));
         Ok(match backend {
             Backend::Uring => ClientLoop::Uring(Box::new(uring::UringLoop::new(config)?)),
-            Backend::Epoll => ClientLoop::Epoll(epoll::EpollLoop::new(config)?),
+            Backend::Epoll => ClientLoop::Epoll(Box::new(epoll::EpollLoop::new(config)?)),
         })
     }
 
@@ -216,6 +227,19 @@ impl ClientLoop {
             ClientLoop::Epoll(inner) => inner.poll(events, timeout),
         }
     }
+}
+
+/// Refuses `more_bytes` on `conn` if its queue would pass `limit_bytes`; shared by both backends.
+pub(crate) fn check_send_room(
+    conn: ConnId,
+    queued_bytes: u64,
+    more_bytes: u64,
+    limit_bytes: u64,
+) -> Result<(), ClientError> {
+    if queued_bytes.saturating_add(more_bytes) > limit_bytes {
+        return Err(ClientError::SendQueueFull { conn, queued_bytes, more_bytes, limit_bytes });
+    }
+    Ok(())
 }
 
 /// Per-connection timers, nearest first; shared by both backends.

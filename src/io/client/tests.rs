@@ -16,7 +16,12 @@ fn backends() -> Vec<BackendChoice> {
 }
 
 fn client(choice: BackendChoice) -> ClientLoop {
-    let config = ClientConfig { connections_max: 8, recv_buffer_bytes: 4096, ring_entries: 32 };
+    let config = ClientConfig {
+        connections_max: 8,
+        recv_buffer_bytes: 4096,
+        ring_entries: 32,
+        send_queued_bytes_max: 64 * 1024,
+    };
     let client = ClientLoop::new(choice, config).unwrap();
     assert_eq!(client.backend() == Backend::Epoll, choice == BackendChoice::Epoll);
     client
@@ -165,5 +170,18 @@ fn close_while_a_receive_is_in_flight_keeps_its_memory_until_completion() {
         let events = poll_until(&mut client, |events| received(events, again).len() >= 11);
         assert_eq!(received(&events, again), b"still works");
         assert_eq!(client.connection_count(), 1);
+    }
+}
+
+#[test]
+fn sends_past_the_queue_limit_are_refused_naming_the_sizes() {
+    for choice in backends() {
+        let mut client = client(choice);
+        let conn = client.connect(echo_server()).unwrap();
+        client.send(conn, vec![7; 60 * 1024]).unwrap();
+        let error = client.send(conn, vec![7; 8 * 1024]).unwrap_err();
+        assert!(matches!(error, ClientError::SendQueueFull { limit_bytes: 65536, .. }), "{choice:?}: {error}");
+        assert!(error.to_string().contains("65536"), "{error}");
+        client.send(conn, vec![7; 4 * 1024]).unwrap();
     }
 }

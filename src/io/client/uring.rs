@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use io_uring::cqueue;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use super::{ClientConfig, ClientError, ConnId, Event, Timers, Waker};
+use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Timers, Waker};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::connect::ConnectOp;
 use crate::io::uring::op::{decode, encode, OpKind};
@@ -71,6 +71,7 @@ pub struct UringLoop {
     recv_buffer_bytes: usize,
     /// Connections whose operations need (re)submitting.
     dirty: Vec<SlotKey>,
+    send_queued_bytes_max: u64,
     /// Events produced outside a completion (a connect that failed at once).
     ready: Vec<Event>,
 }
@@ -93,6 +94,7 @@ impl UringLoop {
             wake: WakeOp::new().map_err(setup)?,
             recv_buffer_bytes: config.recv_buffer_bytes,
             dirty: Vec::new(),
+            send_queued_bytes_max: config.send_queued_bytes_max,
             ready: Vec::new(),
         })
     }
@@ -137,7 +139,11 @@ impl UringLoop {
 
     /// See [`super::ClientLoop::send`].
     pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<(), ClientError> {
-        self.live(conn)?.queued.push_back(Rc::new(bytes));
+        let limit_bytes = self.send_queued_bytes_max;
+        let state = self.live(conn)?;
+        let queued_bytes = state.queued.iter().map(|b| b.len() as u64).sum::<u64>() - state.front_sent_bytes;
+        check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
+        state.queued.push_back(Rc::new(bytes));
         self.dirty.push(conn.into());
         Ok(())
     }
