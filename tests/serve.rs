@@ -393,55 +393,95 @@ fn shutdown_finishes_the_response_in_flight() {
     }
 }
 
+/// Starts `tessera serve` on `listen` with one worker; its log lines arrive on the receiver.
+fn spawn_serve(
+    listen: &str,
+    backend: &str,
+    data_dir: &Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", listen, "--service-listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--backend", backend, "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Reads log lines until the data plane's listening line; returns its address and the log so far.
+fn wait_listening(child: &mut std::process::Child, lines: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, String) {
+    let mut log = String::new();
+    while let Ok(line) = lines.recv_timeout(IO_TIMEOUT) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("data plane listening") {
+            let address = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(|a| a.parse().unwrap());
+            return (address.unwrap(), log);
+        }
+    }
+    let _ = child.kill();
+    panic!("no listening line from tessera serve:\n{log}");
+}
+
+/// Waits (at most `IO_TIMEOUT`) for `child` to exit.
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tessera serve still running after {IO_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_serve_on_a_served_address_fails_and_the_first_keeps_every_request() {
+    let published = published();
+    for backend in backends() {
+        let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
+        let (mut first, first_lines) = spawn_serve("127.0.0.1:0", name, &published.dir.path().join("data"));
+        let (address, _) = wait_listening(&mut first, &first_lines);
+        let other_data = tempfile::tempdir().unwrap();
+        let (mut second, second_lines) = spawn_serve(&address.to_string(), name, other_data.path());
+        let exit = wait_exit(&mut second);
+        let log: Vec<String> = second_lines.iter().collect(); // ends at the exited child's EOF
+        assert!(!exit.success(), "{backend:?}: the second serve started on {address}: {log:?}");
+        assert!(log.iter().any(|l| l.contains(&address.to_string())), "{backend:?}: error names no address: {log:?}");
+        // Every connection reaches the first process (a shared group would send some elsewhere).
+        for _ in 0..20 {
+            assert_eq!(Client::connect(address).get("/v1/content/small/piece/0", "").status, 200, "{backend:?}");
+        }
+        let status = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(wait_exit(&mut first).success(), "{backend:?}");
+    }
+}
+
 #[test]
 fn sigterm_exits_cleanly() {
     let published = published();
     for backend in backends() {
         let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "1"])
-            .args(["--backend", name, "--data-dir"])
-            .arg(published.dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut address = None;
-        let mut log = String::new();
-        while address.is_none() {
-            let Ok(line) = rx.recv_timeout(IO_TIMEOUT) else { break };
-            log.push_str(&line);
-            log.push('\n');
-            if line.contains("data plane listening") {
-                address = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(|a| a.parse().unwrap());
-            }
-        }
-        let Some(address) = address else {
-            let _ = child.kill();
-            panic!("no listening line from tessera serve:\n{log}");
-        };
+        let (mut child, lines) = spawn_serve("127.0.0.1:0", name, &published.dir.path().join("data"));
+        let (address, log) = wait_listening(&mut child, &lines);
         assert!(log.contains(&format!("backend=\"{name}\"")) || log.contains(&format!("backend={name}")), "{log}");
         assert_eq!(Client::connect(address).get("/v1/content/small/piece/0", "").status, 200);
         let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + IO_TIMEOUT;
-        let exit = loop {
-            if let Some(exit) = child.try_wait().unwrap() {
-                break exit;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{backend:?}: tessera serve still running 10 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let exit = wait_exit(&mut child);
         assert!(exit.success(), "{backend:?}: exit status {exit:?}");
     }
 }
@@ -470,7 +510,7 @@ fn zero_copy_sends_deliver_the_same_bytes() {
         }
         let range = client.read(false);
         assert!(range.status == 206 && range.body == published.big[1000..=2_100_000], "{backend:?} range");
-        if backend == BackendChoice::Uring && tessera::dataplane::uring::zero_copy_supported() {
+        if backend == BackendChoice::Uring && tessera::io::uring::zero_copy_supported() {
             assert!(server.metrics().zero_copy_sends() > 0, "zero-copy sends were used");
         }
         server.shutdown().unwrap();

@@ -16,14 +16,21 @@
 //! bytes to send) and drains [`Connection::poll_event`]: a response the connection gives up on
 //! (client gone, timeout, close) is reported [`ConnectionEvent::Released`] so the responder can
 //! drop the claims behind it.
+//!
+//! A queued response is shared (`Rc`) with the io_uring send that points the kernel at it: that
+//! op keeps it alive until the kernel is done (zero-copy: until the notification). So a response
+//! is changed only while nothing else holds it (`Rc::get_mut`): parts appended to a stream while
+//! a send holds it are staged and join it once the send is over; its sent parts are trimmed then.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::ServeConfig;
 use crate::dataplane::response::{Outgoing, PieceSlice, Reply};
-use crate::dataplane::slots::SlotKey;
+use crate::io::slots::SlotKey;
 use crate::http::{parse_request, Parsed, Request, RequestLimits};
+use crate::io::uring::send::Part;
 
 /// Answers requests; the data plane's handler in production, a stub in tests.
 pub trait Respond {
@@ -156,8 +163,12 @@ impl CloseReason {
 #[derive(Debug)]
 struct Queued {
     seq: u64,
-    /// `None` while pending.
-    outgoing: Option<Outgoing>,
+    /// `None` while pending. Shared with the send operation that points the kernel at it.
+    outgoing: Option<Rc<Outgoing>>,
+    /// Parts appended while a send held the response: they join it when the send is over.
+    staged: Vec<PieceSlice>,
+    /// Ended short (aborted or cut): what is present is all that will be sent.
+    ended: bool,
     /// Since when the response has waited on its responder (pending since, or streaming with
     /// every present byte sent since).
     stalled_since: Instant,
@@ -166,13 +177,42 @@ struct Queued {
 }
 
 impl Queued {
+    fn new(seq: u64, outgoing: Option<Outgoing>, now: Instant) -> Queued {
+        Queued {
+            seq,
+            outgoing: outgoing.map(Rc::new),
+            staged: Vec::new(),
+            ended: false,
+            stalled_since: now,
+            append_refused: false,
+        }
+    }
+
     fn length(&self) -> u64 {
-        self.outgoing.as_ref().map_or(0, Outgoing::length)
+        self.outgoing.as_deref().map_or(0, Outgoing::length)
     }
 
     /// Whether every byte of the response is present (not pending, not streaming).
     fn is_complete(&self) -> bool {
-        self.outgoing.as_ref().is_some_and(Outgoing::is_complete)
+        self.outgoing.as_deref().is_some_and(|outgoing| self.ended || outgoing.is_complete())
+    }
+
+    /// Parts held, staged ones included, and their bytes.
+    fn parts_held(&self) -> (usize, u64) {
+        let (parts, bytes) = self.outgoing.as_deref().map_or((0, 0), Outgoing::parts_held);
+        let staged_bytes: u64 = self.staged.iter().map(|part| part.bytes().len() as u64).sum();
+        (parts + self.staged.len(), bytes + staged_bytes)
+    }
+
+    /// Moves staged parts into the response once no send holds it.
+    fn absorb_staged(&mut self) {
+        if self.staged.is_empty() || self.ended {
+            return;
+        }
+        let Some(outgoing) = self.outgoing.as_mut().and_then(Rc::get_mut) else { return };
+        let staged = std::mem::take(&mut self.staged);
+        let accepted = outgoing.append(staged);
+        assert!(accepted.is_ok(), "staged parts were checked against the declared length");
     }
 }
 
@@ -299,8 +339,26 @@ impl Connection {
         plan
     }
 
+    /// The unsent responses, up to `count_max` of them, as parts a send operation keeps alive
+    /// until the kernel is done with their bytes.
+    pub fn unsent_parts(&self, count_max: usize) -> Vec<Part> {
+        let mut skip_bytes = self.front_sent_bytes;
+        let mut parts = Vec::new();
+        for queued in self.queue.iter().skip(self.sent_count).take(count_max) {
+            let Some(outgoing) = &queued.outgoing else { break };
+            parts.push(Part { owner: outgoing.clone(), skip_bytes: outgoing.segment_skip(skip_bytes) });
+            skip_bytes = 0;
+            if !queued.is_complete() {
+                // Pipeline order: nothing after a response still streaming.
+                break;
+            }
+        }
+        parts
+    }
+
     /// Records that the kernel accepted `bytes` more bytes of the queued output.
     pub fn sent(&mut self, mut bytes: u64, now: Instant) {
+        self.absorb_front();
         if bytes > 0 {
             self.last_send_progress = now;
         }
@@ -327,6 +385,7 @@ impl Connection {
     /// and the sent parts of a streaming response among them, then reads further pipelined
     /// requests if the queue has room again.
     pub fn release_through(&mut self, seq: u64, now: Instant, responder: &mut impl Respond) {
+        self.absorb_front();
         while self.sent_count > 0 && self.queue.front().is_some_and(|q| q.seq <= seq) {
             self.queue.pop_front();
             self.sent_count -= 1;
@@ -346,7 +405,7 @@ impl Connection {
         }
         let was_unsent = self.has_unsent();
         let queued = &mut self.queue[index];
-        queued.outgoing = Some(outgoing);
+        queued.outgoing = Some(Rc::new(outgoing));
         queued.stalled_since = now;
         self.made_ready(was_unsent, now);
         Ok(())
@@ -358,17 +417,21 @@ impl Connection {
         let index = self.waiting_index(token)?;
         let limits = self.limits;
         let queued = &mut self.queue[index];
-        let Some(outgoing) = &mut queued.outgoing else { return Err(ResponseError::NotStreaming(token)) };
-        let (held_parts, held_bytes) = outgoing.parts_held();
+        let Some(outgoing) = queued.outgoing.as_deref() else { return Err(ResponseError::NotStreaming(token)) };
+        let (held_parts, held_bytes) = queued.parts_held();
         let bytes: u64 = parts.iter().map(|part| part.bytes().len() as u64).sum();
+        let staged_bytes: u64 = queued.staged.iter().map(|part| part.bytes().len() as u64).sum();
+        if outgoing.length() + staged_bytes + bytes > outgoing.length_declared() {
+            return Err(ResponseError::TooLong { token, parts });
+        }
         if held_parts + parts.len() > limits.stream_parts_max || held_bytes + bytes > limits.stream_bytes_max {
             queued.append_refused = true;
             return Err(ResponseError::Full { token, parts });
         }
         let was_unsent = self.has_unsent();
         let queued = &mut self.queue[index];
-        let outgoing = queued.outgoing.as_mut().expect("checked streaming above");
-        outgoing.append(parts).map_err(|parts| ResponseError::TooLong { token, parts })?;
+        queued.staged.extend(parts);
+        queued.absorb_staged();
         queued.stalled_since = now;
         self.made_ready(was_unsent, now);
         Ok(())
@@ -409,6 +472,7 @@ impl Connection {
         if self.close_now {
             return;
         }
+        self.absorb_front();
         self.expire_waiting(now, responder);
         if self.has_unsent() {
             if now.saturating_duration_since(self.last_send_progress) >= self.limits.send_timeout {
@@ -491,6 +555,13 @@ impl Connection {
         }
     }
 
+    /// Parts staged on the streaming response at the send front join it once no send holds it.
+    fn absorb_front(&mut self) {
+        if let Some(queued) = self.queue.get_mut(self.sent_count) {
+            queued.absorb_staged();
+        }
+    }
+
     /// New bytes became sendable: the send timeout counts from now if nothing was waiting to go.
     fn made_ready(&mut self, was_unsent: bool, now: Instant) {
         if !was_unsent && self.has_unsent() {
@@ -518,9 +589,11 @@ impl Connection {
     fn trim_front(&mut self, seq: u64) {
         let limits = self.limits;
         let Some(queued) = self.queue.front_mut().filter(|q| q.seq <= seq) else { return };
-        let Some(outgoing) = &mut queued.outgoing else { return };
+        queued.absorb_staged();
+        // Trimmed only while no send holds the response; a later release trims what this skips.
+        let Some(outgoing) = queued.outgoing.as_mut().and_then(Rc::get_mut) else { return };
         outgoing.trim_sent(self.front_sent_bytes);
-        let (parts, bytes) = outgoing.parts_held();
+        let (parts, bytes) = queued.parts_held();
         if queued.append_refused && parts < limits.stream_parts_max && bytes < limits.stream_bytes_max {
             queued.append_refused = false;
             let token = ResponseToken { connection: self.key, seq: queued.seq };
@@ -543,8 +616,10 @@ impl Connection {
         }
         // Only if every response before it is complete can a send have reached its bytes.
         let reached = self.queue.range(self.sent_count..index).all(Queued::is_complete);
-        if let Some(outgoing) = self.queue[index].outgoing.as_mut().filter(|_| reached) {
-            outgoing.end_short();
+        let queued = &mut self.queue[index];
+        if reached && queued.outgoing.is_some() {
+            queued.ended = true;
+            queued.staged.clear();
         } else {
             self.queue.pop_back();
         }
@@ -573,7 +648,7 @@ impl Connection {
             }
             self.release(seq);
             let was_unsent = self.has_unsent();
-            self.queue[index].outgoing = Some(responder.reject(504, "the response was not ready in time\n"));
+            self.queue[index].outgoing = Some(Rc::new(responder.reject(504, "the response was not ready in time\n")));
             self.made_ready(was_unsent, now);
         }
         self.finish_reading(CloseReason::PendingTimeout);
@@ -585,7 +660,7 @@ impl Connection {
             Reply::Ready(outgoing) => Some(outgoing),
             Reply::Pending => None,
         };
-        self.queue.push_back(Queued { seq: self.next_seq, outgoing, stalled_since: now, append_refused: false });
+        self.queue.push_back(Queued::new(self.next_seq, outgoing, now));
         self.next_seq += 1;
         self.served_any = true;
         // Sending starts now; the send timeout counts from here, not from the last send.

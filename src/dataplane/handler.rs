@@ -429,7 +429,7 @@ mod tests {
 
     /// (status, head text, body)
     fn get(handler: &mut Handler, text: &str) -> (u16, String, Vec<u8>) {
-        let token = ResponseToken { connection: crate::dataplane::slots::SlotKey { index: 0, generation: 1 }, seq: 1 };
+        let token = ResponseToken { connection: crate::io::slots::SlotKey { index: 0, generation: 1 }, seq: 1 };
         let Reply::Ready(outgoing) = handler.respond(&request(text), true, token) else { panic!("pending reply") };
         let wire = outgoing.to_vec();
         let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;

@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::http::{text_response, ResponseHead};
+use crate::io::uring::send::Segments;
 use crate::store::PieceGuard;
 
 /// `start..end` of a pinned piece.
@@ -230,5 +231,28 @@ impl Outgoing {
             out.extend_from_slice(slice);
         }
         out
+    }
+}
+
+impl Outgoing {
+    /// Where wire offset `offset` falls in the [`Segments`] of the response (the head, then the
+    /// body parts still held): sent parts that were trimmed are no longer among them.
+    pub fn segment_skip(&self, offset: u64) -> u64 {
+        assert!(self.trimmed_bytes == 0 || offset >= self.head.len() as u64 + self.trimmed_bytes);
+        offset - self.trimmed_bytes
+    }
+}
+
+impl Segments for Outgoing {
+    fn segment_count(&self) -> usize {
+        1 + self.body.segment_count()
+    }
+
+    fn segment(&self, at: usize) -> &[u8] {
+        if at == 0 {
+            &self.head
+        } else {
+            self.body.segment(at - 1)
+        }
     }
 }
