@@ -9,6 +9,7 @@ pub mod content;
 pub mod control;
 pub mod dataplane;
 pub mod download;
+pub mod fill;
 pub mod hash;
 pub mod http;
 pub mod publish;
