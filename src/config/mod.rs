@@ -134,7 +134,8 @@ mod tests {
     /// The commented `[upstream]` block of the embedded file, uncommented: its values must be the defaults.
     fn embedded_upstream_uncommented() -> String {
         let start = DEFAULT_CONFIG_TOML.find("# [upstream]\n").expect("embedded file documents [upstream]");
-        let setting = |line: &&str| line.starts_with('[') || line.split_once(" = ").is_some_and(|(key, _)| !key.contains(' '));
+        let setting =
+            |line: &&str| line.starts_with('[') || line.split_once(" = ").is_some_and(|(key, _)| !key.contains(' '));
         DEFAULT_CONFIG_TOML[start..]
             .lines()
             .map(|line| line.trim_start_matches("# "))

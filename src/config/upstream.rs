@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        let cases: Vec<(Box<dyn FnOnce(&mut UpstreamConfig)>, &str)> = vec![
+        type Change = Box<dyn FnOnce(&mut UpstreamConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.service_url = "http://up:7443".into()), "upstream.service_url"),
             (Box::new(|c| c.service_url = "up:7443".into()), "upstream.service_url"),
             (Box::new(|c| c.pin_sha256 = Some("abc".into())), "upstream.pin_sha256"),

@@ -344,7 +344,14 @@ impl FillEngine {
         let fill = FillId(self.next_fill);
         self.next_fill += 1;
         let background_next = self.limits.fill_whole.then_some(0);
-        let state = Fill { content: content.clone(), sources: Vec::new(), waiters: 0, in_flight: 0, background_next, background_claims: 0 };
+        let state = Fill {
+            content: content.clone(),
+            sources: Vec::new(),
+            waiters: 0,
+            in_flight: 0,
+            background_next,
+            background_claims: 0,
+        };
         self.fills.insert(fill, state);
         self.fill_ids.insert(key, fill);
         Some(fill)
@@ -413,7 +420,8 @@ impl FillEngine {
         let Some(at) = entry.claims.iter().position(|c| *c == claim) else { return };
         let was_high = entry.is_high();
         entry.claims.swap_remove(at);
-        let (empty, queued_low) = (entry.claims.is_empty(), !entry.is_high() && matches!(entry.state, PieceState::Queued));
+        let (empty, queued_low) =
+            (entry.claims.is_empty(), !entry.is_high() && matches!(entry.state, PieceState::Queued));
         let in_flight = matches!(entry.state, PieceState::InFlight(_));
         let background = self.fills.get(&claim.fill).is_some_and(|f| f.background_next.is_some());
         if empty && in_flight && background {
@@ -481,12 +489,14 @@ impl FillEngine {
     pub(super) fn stop_background(&mut self, fill: FillId, now_ms: u64) {
         let Some(state) = self.fills.get_mut(&fill) else { return };
         state.background_next = None;
-        let claims: Vec<(Digest, Claim)> = self
+        let mut claims: Vec<(Digest, Claim)> = self
             .pieces
             .iter()
             .flat_map(|(digest, entry)| entry.claims.iter().map(move |claim| (*digest, *claim)))
             .filter(|(_, claim)| claim.fill == fill && claim.claimant == Claimant::Background)
             .collect();
+        // Map order is arbitrary; releasing in piece order keeps the engine deterministic.
+        claims.sort_unstable_by_key(|(_, claim)| claim.index);
         for (_, claim) in claims {
             self.release_claim(claim, now_ms);
             if let Some(state) = self.fills.get_mut(&fill) {
@@ -513,4 +523,3 @@ impl FillEngine {
         assert!(self.waiters.values().all(|w| w.claimed_end - w.next_piece <= window), "window over its bound");
     }
 }
-

@@ -123,7 +123,6 @@ impl PieceEntry {
     pub(super) fn holds_memory(&self) -> bool {
         !matches!(self.state, PieceState::Queued)
     }
-
 }
 
 impl PieceState {

@@ -232,7 +232,7 @@ impl MetadataCache {
 
     /// Fails every fetch whose deadline has passed.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        let expired: Vec<(MetaFetchId, bool)> = self
+        let mut expired: Vec<(MetaFetchId, bool)> = self
             .fetches
             .iter()
             .filter_map(|(fetch, id)| {
@@ -240,6 +240,8 @@ impl MetadataCache {
                 (in_flight.deadline_ms <= now_ms).then_some((*fetch, in_flight.step == MetaStep::Manifest))
             })
             .collect();
+        // Map order is arbitrary; outputs come in fetch order so runs are reproducible.
+        expired.sort_unstable();
         for (fetch, manifest_step) in expired {
             self.actions.push_back(MetaAction::Cancel(fetch));
             let failure = MetadataFailure::Fetch(format!("no answer within {} ms", self.limits.timeout_ms));
@@ -301,7 +303,8 @@ impl MetadataCache {
         };
         if !unchanged {
             entry.versions += 1;
-            let version = ContentVersion { id: id.clone(), version: entry.versions, manifest: manifest.clone(), hashes };
+            let version =
+                ContentVersion { id: id.clone(), version: entry.versions, manifest: manifest.clone(), hashes };
             entry.current = Some(Metadata::P2p(Arc::new(version)));
         }
         self.answer(id, now_ms + self.limits.expiry_ms);
@@ -335,7 +338,8 @@ impl MetadataCache {
             return true;
         }
         let idle = self.entries.iter().filter(|(_, e)| e.fetch.is_none() && e.waiters.is_empty());
-        let victim = idle.min_by_key(|(_, e)| (e.expires_at_ms > now_ms, e.last_used_ms)).map(|(id, _)| id.clone());
+        let victim =
+            idle.min_by_key(|(id, e)| (e.expires_at_ms > now_ms, e.last_used_ms, *id)).map(|(id, _)| id.clone());
         match victim {
             Some(id) => {
                 self.entries.remove(&id);
@@ -345,3 +349,7 @@ impl MetadataCache {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "metadata_tests.rs"]
+mod tests;

@@ -131,7 +131,14 @@ mod tests {
     use super::*;
 
     fn candidate(source: u32, in_flight: u32, excluded: bool, failures: u32) -> Candidate {
-        Candidate { source: SourceId(source), kind: SourceKind::Parent, in_flight, in_flight_max: 2, excluded, failures }
+        Candidate {
+            source: SourceId(source),
+            kind: SourceKind::Parent,
+            in_flight,
+            in_flight_max: 2,
+            excluded,
+            failures,
+        }
     }
 
     #[test]

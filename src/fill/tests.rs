@@ -26,7 +26,8 @@ fn limits() -> FillLimits {
 /// A content whose piece `i` has digest `[digests[i]; 32]`.
 fn content(id: &str, digests: &[u8]) -> Arc<ContentVersion> {
     let length = digests.len() as u64 * u64::from(PIECE);
-    let hashes = HashFile::new(PieceSize::new(PIECE).unwrap(), length, digests.iter().map(|d| [*d; 32]).collect()).unwrap();
+    let hashes =
+        HashFile::new(PieceSize::new(PIECE).unwrap(), length, digests.iter().map(|d| [*d; 32]).collect()).unwrap();
     let manifest = Manifest {
         version: 1,
         content_id: id.into(),
@@ -73,13 +74,20 @@ fn engine_with(limits: FillLimits, source_count: u32) -> Box_ {
     let record = Record::default();
     let policy = Recording { inner: RoundRobin::default(), record: record.clone() };
     let mut engine = FillEngine::new(limits, Box::new(policy));
-    let sources = (0..source_count).map(|n| engine.add_source(SourceKind::Origin, &format!("http://o{n}/c")).unwrap()).collect();
+    let sources =
+        (0..source_count).map(|n| engine.add_source(SourceKind::Origin, &format!("http://o{n}/c")).unwrap()).collect();
     Box_ { engine, sources, record }
 }
 
 impl Box_ {
     fn want(&mut self, waiter: WaiterKey, content: &Arc<ContentVersion>, first: u64, end: u64, now_ms: u64) {
-        let want = Want { waiter, content: content.clone(), first_piece: first, end_piece: end, sources: self.sources.clone() };
+        let want = Want {
+            waiter,
+            content: content.clone(),
+            first_piece: first,
+            end_piece: end,
+            sources: self.sources.clone(),
+        };
         self.engine.handle_want(want, now_ms);
     }
 
@@ -117,7 +125,11 @@ fn landed(worker: u16, tokens: &[u64], digest: u8) -> Notification {
 }
 
 fn busy(worker: u16, token: u64) -> Notification {
-    Notification { worker: WorkerId(worker), tokens: vec![WaiterToken(token)], event: WaiterEvent::Busy { retry_after_s: 3 } }
+    Notification {
+        worker: WorkerId(worker),
+        tokens: vec![WaiterToken(token)],
+        event: WaiterEvent::Busy { retry_after_s: 3 },
+    }
 }
 
 fn pieces(starts: &[Fetch]) -> Vec<u64> {
@@ -370,7 +382,8 @@ fn the_read_ahead_window_advances_as_the_stream_is_consumed() {
 
 #[test]
 fn pieces_in_flight_per_fill_and_per_source_are_bounded() {
-    let limits = FillLimits { read_ahead_pieces: 8, pieces_in_flight_per_fill_max: 3, requests_per_source_max: 2, ..limits() };
+    let limits =
+        FillLimits { read_ahead_pieces: 8, pieces_in_flight_per_fill_max: 3, requests_per_source_max: 2, ..limits() };
     let mut b = engine_with(limits, 2);
     b.want(key(0, 1), &content("c", &[1, 2, 3, 4, 5, 6]), 0, 6, 0);
     let first = b.starts();
