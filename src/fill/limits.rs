@@ -79,3 +79,25 @@ impl MetadataLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_slots_and_fetch_deadline_combine_their_settings() {
+        let config = UpstreamConfig {
+            connections_per_source_max: 3,
+            pipeline_depth: 5,
+            connect_timeout_ms: 200,
+            request_timeout_ms: 700,
+            metadata_timeout_ms: 900,
+            metadata_expiry_ms: 600,
+            ..UpstreamConfig::default()
+        };
+        let fill = FillLimits::from_config(&config);
+        assert_eq!((fill.requests_per_source_max, fill.request_timeout_ms), (15, 900));
+        let metadata = MetadataLimits::from_config(&config);
+        assert_eq!((metadata.timeout_ms, metadata.retry_ms, metadata.expiry_ms), (900, 600, 600));
+    }
+}
