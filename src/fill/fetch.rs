@@ -157,15 +157,7 @@ impl FillEngine {
 
     /// The fetch's bytes matched their digest; the store writer has them now.
     pub fn handle_verified(&mut self, fetch: FetchId, now_ms: u64) {
-        let Some((digest, state)) = self.state_of(fetch) else { return };
-        let started = match state {
-            PieceState::InFlight(started) => {
-                self.free_slot(started);
-                started
-            }
-            PieceState::Verifying(started) => started,
-            PieceState::Queued | PieceState::Storing(_) => return,
-        };
+        let Some((digest, started)) = self.answered(fetch) else { return };
         let entry = self.entry_mut(digest);
         entry.state = PieceState::Storing(started);
         let length = entry.length;
@@ -179,15 +171,7 @@ impl FillEngine {
     /// The fetch's bytes did not match their digest: the source is blamed and never asked for this
     /// piece again; the piece is asked elsewhere.
     pub fn handle_bad(&mut self, fetch: FetchId, now_ms: u64) {
-        let Some((digest, state)) = self.state_of(fetch) else { return };
-        let started = match state {
-            PieceState::InFlight(started) => {
-                self.free_slot(started);
-                started
-            }
-            PieceState::Verifying(started) => started,
-            PieceState::Queued | PieceState::Storing(_) => return,
-        };
+        let Some((digest, started)) = self.answered(fetch) else { return };
         self.counters.bad_pieces_total += 1;
         self.policy.record(started.source, Outcome::Bad, now_ms);
         self.entry_mut(digest).excluded.push(started.source);
@@ -253,6 +237,19 @@ impl FillEngine {
         let state = self.pieces[&digest].state;
         debug_assert_eq!(state.started().map(|s| s.fetch), Some(fetch), "fetch map and piece agree");
         Some((digest, state))
+    }
+
+    /// A fetch whose bytes are in (the verifier may answer without `handle_received` first):
+    /// its request slot is freed; `None` for a stale fetch or one already verified.
+    fn answered(&mut self, fetch: FetchId) -> Option<(Digest, Started)> {
+        match self.state_of(fetch)? {
+            (digest, PieceState::InFlight(started)) => {
+                self.free_slot(started);
+                Some((digest, started))
+            }
+            (digest, PieceState::Verifying(started)) => Some((digest, started)),
+            (_, PieceState::Queued | PieceState::Storing(_)) => None,
+        }
     }
 
     fn entry_mut(&mut self, digest: Digest) -> &mut super::fetch::PieceEntry {
