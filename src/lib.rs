@@ -20,6 +20,8 @@ pub mod dataplane;
 #[forbid(unsafe_code)]
 pub mod download;
 #[forbid(unsafe_code)]
+pub mod fill;
+#[forbid(unsafe_code)]
 pub mod hash;
 #[forbid(unsafe_code)]
 pub mod http;

@@ -110,7 +110,7 @@ fn a_store_of_a_newer_format_is_refused_with_what_to_do() {
     let mut header = std::fs::read(&log).unwrap();
     header.truncate(tessera::store::RECORD_SIZE);
     header[4..8].copy_from_slice(&99u32.to_le_bytes());
-    let checksum = tessera::hash::hash_piece(&header[..64]);
+    let checksum = tessera::hash::sha256(&header[..64]);
     header[64..72].copy_from_slice(&checksum[..8]);
     std::fs::write(&log, &header).unwrap();
 

@@ -526,7 +526,7 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     let slot = {
         let store = Store::open(&store_dir, &tessera::config::StoreConfig::default()).unwrap();
         let (fd_offset, length) = {
-            let guard = store.get(&tessera::hash::hash_piece(&published.small[SMALL_PIECE..2 * SMALL_PIECE])).unwrap();
+            let guard = store.get(&tessera::hash::sha256(&published.small[SMALL_PIECE..2 * SMALL_PIECE])).unwrap();
             (guard.file_range().1, guard.length())
         };
         assert_eq!(length as usize, SMALL_PIECE);

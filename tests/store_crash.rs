@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tessera::config::StoreConfig;
 use tessera::content::PieceSize;
-use tessera::hash::hash_piece;
+use tessera::hash::sha256;
 use tessera::store::{NewPiece, Store};
 
 const PIECE: usize = 64 * 1024;
@@ -49,7 +49,7 @@ fn run_child(dir: &Path, round: u32) -> ! {
         let id = format!("r{round}-b{batch}");
         let owned: Vec<(u64, Vec<u8>)> = (0..1 + batch % 4).map(|i| (i, expected(&id, i, piece_length(i)))).collect();
         let pieces: Vec<NewPiece<'_>> =
-            owned.iter().map(|(_, b)| NewPiece { bytes: b, digest: hash_piece(b) }).collect();
+            owned.iter().map(|(_, b)| NewPiece { bytes: b, digest: sha256(b) }).collect();
         store.ingest(PieceSize::new(PIECE as u32).unwrap(), &pieces).expect("child ingest");
         for (index, _) in &owned {
             writeln!(out, "committed {id} {index}").unwrap();
@@ -120,13 +120,13 @@ fn check(dir: &Path, committed: &HashSet<(String, u64)>, round: u32) {
     let store = Store::open(dir, &config()).expect("store reopens after SIGKILL");
     for digest in store.digests() {
         if let Some(guard) = store.get(&digest) {
-            assert_eq!(hash_piece(guard.bytes()), digest, "round {round}: a piece read back with wrong bytes");
+            assert_eq!(sha256(guard.bytes()), digest, "round {round}: a piece read back with wrong bytes");
         }
     }
     for (id, index) in committed {
         let bytes = expected(id, *index, piece_length(*index));
         let guard = store
-            .get(&hash_piece(&bytes))
+            .get(&sha256(&bytes))
             .unwrap_or_else(|| panic!("round {round}: committed piece {id}/{index} lost"));
         assert_eq!(guard.bytes(), &bytes[..]);
     }

@@ -4,7 +4,7 @@
 
 use tessera::config::StoreConfig;
 use tessera::content::{Digest, PieceSize};
-use tessera::hash::hash_piece;
+use tessera::hash::sha256;
 use tessera::store::{NewPiece, Store};
 
 const PIECE: usize = 1 << 20;
@@ -37,7 +37,7 @@ fn a_hot_set_within_the_budget_is_not_refaulted_every_window() {
     let mut digests: Vec<Digest> = Vec::new();
     for index in 0..48u64 {
         piece.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u64 ^ index) as u8 | 1);
-        let digest = hash_piece(&piece);
+        let digest = sha256(&piece);
         store.ingest(PieceSize::DEFAULT, &[NewPiece { bytes: &piece, digest }]).unwrap();
         digests.push(digest);
     }

@@ -4,7 +4,7 @@
 
 use tessera::config::StoreConfig;
 use tessera::content::{Digest, PieceSize};
-use tessera::hash::hash_piece;
+use tessera::hash::sha256;
 use tessera::store::{NewPiece, Store};
 
 const PIECE: usize = 1 << 20;
@@ -42,7 +42,7 @@ fn resident_memory_stays_flat_while_streaming_a_large_store() {
     let mut digests: Vec<Digest> = Vec::new();
     for index in 0..STORE_PIECES {
         piece.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u64 ^ index) as u8 | 1);
-        let digest = hash_piece(&piece);
+        let digest = sha256(&piece);
         store.ingest(PieceSize::DEFAULT, &[NewPiece { bytes: &piece, digest }]).unwrap();
         digests.push(digest);
     }

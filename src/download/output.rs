@@ -564,12 +564,12 @@ pub fn whole_file_sha256(path: &Path) -> std::io::Result<Digest> {
 mod tests {
     use super::*;
     use crate::content::PieceSize;
-    use crate::hash::hash_piece;
+    use crate::hash::sha256;
 
     fn content() -> (Vec<u8>, HashFile) {
         let bytes: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
         let size = PieceSize::new(65536).unwrap();
-        let digests = bytes.chunks(65536).map(hash_piece).collect();
+        let digests = bytes.chunks(65536).map(sha256).collect();
         (bytes.clone(), HashFile::new(size, bytes.len() as u64, digests).unwrap())
     }
 

@@ -60,9 +60,6 @@ pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
 
-/// SHA-256 of one piece: [`sha256`] under the name the store and the piece paths use.
-pub use self::sha256 as hash_piece;
-
 /// SHA-256 of bytes fed in parts, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Hasher {
@@ -88,7 +85,7 @@ impl Hasher {
 
 /// SHA-256 of every piece, on the calling thread, in order.
 pub fn hash_batch(pieces: &[&[u8]]) -> Vec<Digest> {
-    pieces.iter().map(|piece| hash_piece(piece)).collect()
+    pieces.iter().map(|piece| sha256(piece)).collect()
 }
 
 /// SHA-256 of every piece, spread over up to `threads` threads, in order.
@@ -105,7 +102,7 @@ pub fn hash_batch_parallel(pieces: &[&[u8]], threads: usize) -> Vec<Digest> {
         for (inputs, outputs) in pieces.chunks(chunk).zip(out.chunks_mut(chunk)) {
             scope.spawn(move || {
                 for (input, output) in inputs.iter().zip(outputs.iter_mut()) {
-                    *output = hash_piece(input);
+                    *output = sha256(input);
                 }
             });
         }
@@ -144,7 +141,7 @@ mod tests {
         let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
         let single = hash_batch(&refs);
         assert_eq!(single, hash_batch_parallel(&refs, 4));
-        assert_eq!(single[3], hash_piece(&pieces[3]));
+        assert_eq!(single[3], sha256(&pieces[3]));
         assert!(hash_batch_parallel(&[], 4).is_empty());
     }
 }

@@ -151,7 +151,7 @@ fn sealed(bytes: &[u8], at: usize) -> bool {
 }
 
 fn checksum(bytes: &[u8]) -> [u8; 8] {
-    crate::hash::hash_piece(bytes)[..8].try_into().expect("8 bytes")
+    crate::hash::sha256(bytes)[..8].try_into().expect("8 bytes")
 }
 
 #[cfg(test)]

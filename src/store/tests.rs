@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
-use crate::hash::hash_piece;
+use crate::hash::sha256;
 
 const SMALL: u32 = 64 * 1024;
 
@@ -20,7 +20,7 @@ fn piece_bytes(seed: u8, index: u64, length: usize) -> Vec<u8> {
 }
 
 fn digest(seed: u8, index: u64) -> Digest {
-    hash_piece(&piece_bytes(seed, index, SMALL as usize))
+    sha256(&piece_bytes(seed, index, SMALL as usize))
 }
 
 fn digests(seed: u8, indexes: std::ops::Range<u64>) -> Vec<Digest> {
@@ -39,7 +39,7 @@ fn config(slots: u64) -> StoreConfig {
 /// Ingests pieces (seed, index) as one batch.
 fn put_pieces(store: &Store, pieces: &[(u8, u64)]) -> Result<IngestReport, StoreError> {
     let owned: Vec<Vec<u8>> = pieces.iter().map(|&(seed, i)| piece_bytes(seed, i, SMALL as usize)).collect();
-    let new: Vec<NewPiece<'_>> = owned.iter().map(|b| NewPiece { bytes: b, digest: hash_piece(b) }).collect();
+    let new: Vec<NewPiece<'_>> = owned.iter().map(|b| NewPiece { bytes: b, digest: sha256(b) }).collect();
     store.ingest(small(), &new)
 }
 
@@ -97,8 +97,8 @@ fn short_last_piece_keeps_its_length() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &config(2)).unwrap();
     let bytes = vec![5u8; 100];
-    store.ingest(small(), &[NewPiece { bytes: &bytes, digest: hash_piece(&bytes) }]).unwrap();
-    assert_eq!(store.get(&hash_piece(&bytes)).unwrap().bytes(), &bytes[..]);
+    store.ingest(small(), &[NewPiece { bytes: &bytes, digest: sha256(&bytes) }]).unwrap();
+    assert_eq!(store.get(&sha256(&bytes)).unwrap().bytes(), &bytes[..]);
 }
 
 #[test]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tessera::content::{ContentId, HashFile, Manifest, MetadataFailure, PieceSize};
 use tessera::download::MetadataSource;
-use tessera::hash::hash_piece;
 use tessera::hash::sha256;
 use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
 
@@ -43,7 +42,7 @@ impl Content {
             })
             .collect();
         let piece_size = 65536u32;
-        let digests = bytes.chunks(piece_size as usize).map(hash_piece).collect();
+        let digests = bytes.chunks(piece_size as usize).map(sha256).collect();
         let hashes = HashFile::new(PieceSize::new(piece_size).unwrap(), length as u64, digests).unwrap();
         let hashfile = hashes.to_bytes();
         Content { id: ContentId::parse(id).unwrap(), bytes: Arc::new(bytes), hashes, hashfile, piece_size }
