@@ -48,8 +48,7 @@ fn run_child(dir: &Path, round: u32) -> ! {
     for batch in 0u64.. {
         let id = format!("r{round}-b{batch}");
         let owned: Vec<(u64, Vec<u8>)> = (0..1 + batch % 4).map(|i| (i, expected(&id, i, piece_length(i)))).collect();
-        let pieces: Vec<NewPiece<'_>> =
-            owned.iter().map(|(_, b)| NewPiece { bytes: b, digest: sha256(b) }).collect();
+        let pieces: Vec<NewPiece<'_>> = owned.iter().map(|(_, b)| NewPiece { bytes: b, digest: sha256(b) }).collect();
         store.ingest(PieceSize::new(PIECE as u32).unwrap(), &pieces).expect("child ingest");
         for (index, _) in &owned {
             writeln!(out, "committed {id} {index}").unwrap();
@@ -125,9 +124,8 @@ fn check(dir: &Path, committed: &HashSet<(String, u64)>, round: u32) {
     }
     for (id, index) in committed {
         let bytes = expected(id, *index, piece_length(*index));
-        let guard = store
-            .get(&sha256(&bytes))
-            .unwrap_or_else(|| panic!("round {round}: committed piece {id}/{index} lost"));
+        let guard =
+            store.get(&sha256(&bytes)).unwrap_or_else(|| panic!("round {round}: committed piece {id}/{index} lost"));
         assert_eq!(guard.bytes(), &bytes[..]);
     }
 }

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::ServeConfig;
 use crate::dataplane::response::{Outgoing, PieceSlice, Reply};
-use crate::io::slots::SlotKey;
 use crate::http::{parse_request, Parsed, Request, RequestLimits};
+use crate::io::slots::SlotKey;
 use crate::io::uring::send::Part;
 
 /// Answers requests; the data plane's handler in production, a stub in tests.

@@ -308,7 +308,13 @@ impl Handler {
     }
 
     /// A 206 `multipart/byteranges`: small framing spans between slices of pinned pieces.
-    fn multipart(&mut self, content: &Content, ranges: &[ByteRange], reply: &Answer<'_>, extra: &Extra<'_>) -> Outgoing {
+    fn multipart(
+        &mut self,
+        content: &Content,
+        ranges: &[ByteRange],
+        reply: &Answer<'_>,
+        extra: &Extra<'_>,
+    ) -> Outgoing {
         let mut framing = Framing::new(ranges, content.length, OCTETS, rand::random());
         let mut segments = Vec::with_capacity(2 * ranges.len() + 1);
         for (span, range) in framing.spans.iter().zip(ranges) {

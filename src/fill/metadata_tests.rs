@@ -1,9 +1,9 @@
 //! The metadata cache driven by hand: single flight, expiry, version replacement, Simple mode.
 
 use super::*;
-use crate::hash::sha256;
 use crate::content::PieceSize;
 use crate::fill::{WaiterToken, WorkerId};
+use crate::hash::sha256;
 
 fn limits() -> MetadataLimits {
     MetadataLimits {
