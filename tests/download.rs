@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use fakes::{Behavior, Content, Fake, FakeMetadata, ServiceData, TestCert};
-use tessera::config::DownloadConfig;
+use tessera::config::{BackendChoice, DownloadConfig};
 use tessera::content::MetadataFailure;
 use tessera::download::{get, GetError, GetRequest, MetadataSource, Status, Summary};
 use tessera::hash::sha256;
@@ -23,6 +23,30 @@ fn config() -> DownloadConfig {
         endgame_pieces: 0,
         metadata_timeout_ms: 2000,
         ..DownloadConfig::default()
+    }
+}
+
+/// The backends `get` is tested on: epoll always, io_uring where this machine has it.
+fn backends() -> Vec<BackendChoice> {
+    let mut backends = vec![BackendChoice::Epoll];
+    match tessera::io::choose_backend(BackendChoice::Uring) {
+        Ok(_) => backends.push(BackendChoice::Uring),
+        Err(error) => eprintln!("io_uring backend not tested on this machine: {error}"),
+    }
+    backends
+}
+
+/// [`config`] on `backend`.
+fn on(backend: BackendChoice) -> DownloadConfig {
+    DownloadConfig { backend, ..config() }
+}
+
+/// `--backend`'s value for `backend`.
+fn backend_arg(backend: BackendChoice) -> &'static str {
+    match backend {
+        BackendChoice::Auto => "auto",
+        BackendChoice::Uring => "uring",
+        BackendChoice::Epoll => "epoll",
     }
 }
 
@@ -55,50 +79,56 @@ fn stats<'a>(summary: &'a Summary, fake: &Fake) -> &'a tessera::download::Source
 
 #[test]
 fn honest_peers_deliver_byte_identical_output() {
-    let content = Content::new("honest", 40 * 65536 + 123);
-    let peers = [Fake::start(&content, Behavior::Honest), Fake::start(&content, Behavior::Honest)];
-    let dir = tempfile::tempdir().unwrap();
-    let config = DownloadConfig { pipeline_depth: 4, connections_per_source_max: 2, ..config() };
-    let request = request(&content, dir.path(), &[], vec![], config);
-    let metadata = FakeMetadata::new(&content, vec![], peers.iter().map(|p| p.address).collect());
-    let summary = run(&request, &metadata).unwrap();
-    assert_output(&request, &content);
-    assert_eq!(summary.mode, "p2p");
-    assert_eq!(summary.sha256.as_deref(), Some(hex::encode(sha256(&content.bytes)).as_str()));
-    let delivered: u64 = summary.sources.iter().map(|s| s.bytes).sum();
-    assert_eq!(delivered, content.bytes.len() as u64);
-    assert!(peers.iter().all(|p| p.good_sent() > 0), "both peers were used");
-    assert!(!dir.path().join("out.bin.tessera-partial").exists());
-    assert!(!dir.path().join("out.bin.tessera-progress").exists());
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("honest", 40 * 65536 + 123);
+        let peers = [Fake::start(&content, Behavior::Honest), Fake::start(&content, Behavior::Honest)];
+        let dir = tempfile::tempdir().unwrap();
+        let config = DownloadConfig { pipeline_depth: 4, connections_per_source_max: 2, ..on(backend) };
+        let request = request(&content, dir.path(), &[], vec![], config);
+        let metadata = FakeMetadata::new(&content, vec![], peers.iter().map(|p| p.address).collect());
+        let summary = run(&request, &metadata).unwrap();
+        assert_output(&request, &content);
+        assert_eq!(summary.mode, "p2p");
+        assert_eq!(summary.sha256.as_deref(), Some(hex::encode(sha256(&content.bytes)).as_str()));
+        let delivered: u64 = summary.sources.iter().map(|s| s.bytes).sum();
+        assert_eq!(delivered, content.bytes.len() as u64);
+        assert!(peers.iter().all(|p| p.good_sent() > 0), "both peers were used");
+        assert!(!dir.path().join("out.bin.tessera-partial").exists());
+        assert!(!dir.path().join("out.bin.tessera-progress").exists());
+    }
 }
 
 #[test]
 fn every_lying_peer_is_banned_after_two_bad_pieces_and_asked_nothing_more() {
-    let content = Content::new("liars", 96 * 65536);
-    let honest = Fake::start(&content, Behavior::Honest);
-    let liars = [
-        Fake::start(&content, Behavior::BitFlip),
-        Fake::start(&content, Behavior::WrongPiece),
-        Fake::start(&content, Behavior::Truncate),
-        Fake::start(&content, Behavior::LieAfter(3)),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let mut all: Vec<&Fake> = liars.iter().collect();
-    all.push(&honest);
-    let request = request(&content, dir.path(), &all, vec![], config());
-    let metadata = FakeMetadata::new(&content, vec![], vec![]);
-    let summary = run(&request, &metadata).unwrap();
-    assert_output(&request, &content);
-    for liar in &liars {
-        assert_eq!(liar.bad_sent(), 2, "{}: exactly two bad pieces before the ban", liar.address);
-        assert_eq!(liar.requests(), liar.good_sent() + 2, "{}: no request after the ban", liar.address);
-        let stats = stats(&summary, liar);
-        assert!(stats.banned && stats.bad_pieces == 2, "{stats:?}");
-        assert!(summary.banned.contains(&liar.address.to_string()));
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("liars", 96 * 65536);
+        let honest = Fake::start(&content, Behavior::Honest);
+        let liars = [
+            Fake::start(&content, Behavior::BitFlip),
+            Fake::start(&content, Behavior::WrongPiece),
+            Fake::start(&content, Behavior::Truncate),
+            Fake::start(&content, Behavior::LieAfter(3)),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<&Fake> = liars.iter().collect();
+        all.push(&honest);
+        let request = request(&content, dir.path(), &all, vec![], on(backend));
+        let metadata = FakeMetadata::new(&content, vec![], vec![]);
+        let summary = run(&request, &metadata).unwrap();
+        assert_output(&request, &content);
+        for liar in &liars {
+            assert_eq!(liar.bad_sent(), 2, "{}: exactly two bad pieces before the ban", liar.address);
+            assert_eq!(liar.requests(), liar.good_sent() + 2, "{}: no request after the ban", liar.address);
+            let stats = stats(&summary, liar);
+            assert!(stats.banned && stats.bad_pieces == 2, "{stats:?}");
+            assert!(summary.banned.contains(&liar.address.to_string()));
+        }
+        assert_eq!(liars[3].good_sent(), 3, "the late liar served three good pieces first");
+        assert!(!stats(&summary, &honest).banned);
+        assert_eq!(summary.banned.len(), 4);
     }
-    assert_eq!(liars[3].good_sent(), 3, "the late liar served three good pieces first");
-    assert!(!stats(&summary, &honest).banned);
-    assert_eq!(summary.banned.len(), 4);
 }
 
 #[test]
@@ -141,16 +171,19 @@ fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_p
 
 #[test]
 fn a_stalling_peer_does_not_stall_the_download() {
-    let content = Content::new("stall", 24 * 65536);
-    let stall = Fake::start(&content, Behavior::Stall);
-    let honest = Fake::start(&content, Behavior::Honest);
-    let dir = tempfile::tempdir().unwrap();
-    let request = request(&content, dir.path(), &[&stall, &honest], vec![], config());
-    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
-    assert_output(&request, &content);
-    let stats = stats(&summary, &stall);
-    assert!(stats.timeouts >= 1 && stats.bytes == 0, "{stats:?}");
-    assert!(stall.requests() <= u64::from(config().source_failures_max), "dropped after its failure budget");
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("stall", 24 * 65536);
+        let stall = Fake::start(&content, Behavior::Stall);
+        let honest = Fake::start(&content, Behavior::Honest);
+        let dir = tempfile::tempdir().unwrap();
+        let request = request(&content, dir.path(), &[&stall, &honest], vec![], on(backend));
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        assert_output(&request, &content);
+        let stats = stats(&summary, &stall);
+        assert!(stats.timeouts >= 1 && stats.bytes == 0, "{stats:?}");
+        assert!(stall.requests() <= u64::from(on(backend).source_failures_max), "dropped after its failure budget");
+    }
 }
 
 #[test]
@@ -305,47 +338,66 @@ fn binary_exit_statuses_and_json_summary() {
 
     let status = tessera().args(["get", "bad/id", "-o", "z"]).output().unwrap();
     assert_eq!(status.status.code(), Some(2));
+
+    let status = tessera().args(["get", "binary", "--backend", "kqueue", "-o", "z"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("--backend \"kqueue\""));
 }
 
 #[test]
 fn a_302_from_an_http_source_is_followed_and_the_file_arrives_byte_exact() {
-    let content = Content::new("moved", 6 * 65536 + 7);
-    let origin = Fake::start(&content, Behavior::Origin);
-    let moved = format!("http://{}/moved", origin.address);
-    // Range requests in the event loop (P2P mode, no peer): the first answer is the redirect.
-    let dir = tempfile::tempdir().unwrap();
-    let request = request(&content, dir.path(), &[], vec![moved.clone()], config());
-    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
-    assert_output(&request, &content);
-    assert_eq!(summary.sources[0].failures, 0, "a redirect is no failure");
-    let ranges = fakes::Counters::get(&origin.counters.range_requests);
-    assert_eq!(ranges, content.piece_count(), "every piece asked once, at the final URL");
-    // Simple mode without metadata: the length probe (HEAD) follows it, and so do the ranges.
-    let out = dir.path().join("simple");
-    let good = hex::encode(sha256(&content.bytes));
-    let status =
-        tessera().args(["get", "moved", "--source", &moved, "--sha256", &good, "-o"]).arg(&out).output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
-    // A redirect loop ends after the hop limit with "sources exhausted".
-    let looping = format!("http://{}/loop", origin.address);
-    let status =
-        tessera().args(["get", "moved", "--source", &looping, "-o"]).arg(dir.path().join("l")).output().unwrap();
-    assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
-    assert!(String::from_utf8_lossy(&status.stderr).contains("more than 5 redirects"));
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("moved", 6 * 65536 + 7);
+        let origin = Fake::start(&content, Behavior::Origin);
+        let moved = format!("http://{}/moved", origin.address);
+        // Range requests in the event loop (P2P mode, no peer): the first answer is the redirect.
+        let dir = tempfile::tempdir().unwrap();
+        let request = request(&content, dir.path(), &[], vec![moved.clone()], on(backend));
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        assert_output(&request, &content);
+        assert_eq!(summary.sources[0].failures, 0, "a redirect is no failure");
+        let ranges = fakes::Counters::get(&origin.counters.range_requests);
+        assert_eq!(ranges, content.piece_count(), "every piece asked once, at the final URL");
+        // Simple mode without metadata: the length probe (HEAD) follows it, and so do the ranges.
+        let out = dir.path().join("simple");
+        let good = hex::encode(sha256(&content.bytes));
+        let status = tessera()
+            .args(["get", "moved", "--backend", backend_arg(backend), "--source", &moved, "--sha256", &good, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&status.stderr);
+        assert!(status.status.success(), "{stderr}");
+        let said = format!("backend=\"{}\"", backend_arg(backend));
+        assert_eq!(stderr.matches(&said).count(), 1, "the backend is said once in the log: {stderr}");
+        assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
+        // A redirect loop ends after the hop limit with "sources exhausted".
+        let looping = format!("http://{}/loop", origin.address);
+        let status = tessera()
+            .args(["get", "moved", "--backend", backend_arg(backend), "--source", &looping, "-o"])
+            .arg(dir.path().join("l"))
+            .output()
+            .unwrap();
+        assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(String::from_utf8_lossy(&status.stderr).contains("more than 5 redirects"));
+    }
 }
 
 #[test]
 fn a_chunked_origin_delivers_byte_exact_pieces() {
-    let content = Content::new("chunked", 7 * 65536 + 11);
-    let origin = Fake::start(&content, Behavior::ChunkedOrigin);
-    let dir = tempfile::tempdir().unwrap();
-    let request =
-        request(&content, dir.path(), &[], vec![origin.url()], DownloadConfig { pipeline_depth: 3, ..config() });
-    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
-    assert_output(&request, &content);
-    assert_eq!(summary.sources[0].bad_pieces + summary.sources[0].failures, 0);
-    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("chunked", 7 * 65536 + 11);
+        let origin = Fake::start(&content, Behavior::ChunkedOrigin);
+        let dir = tempfile::tempdir().unwrap();
+        let request =
+            request(&content, dir.path(), &[], vec![origin.url()], DownloadConfig { pipeline_depth: 3, ..on(backend) });
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        assert_output(&request, &content);
+        assert_eq!(summary.sources[0].bad_pieces + summary.sources[0].failures, 0);
+        assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+    }
 }
 
 #[test]
@@ -378,18 +430,21 @@ fn a_source_url_with_cr_lf_is_refused_with_exit_2_and_nothing_is_sent() {
 
 #[test]
 fn https_source_is_fetched_over_tls_in_the_event_loop() {
-    let content = Content::new("https-origin", 12 * 65536 + 5);
-    let cert = TestCert::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = cert.write(&dir.path().join("ca.pem"));
-    let liar = Fake::start(&content, Behavior::BitFlip);
-    let origin = Fake::start_with(&content, Behavior::Origin, Some(cert.config.clone()), None);
-    let mut request = request(&content, dir.path(), &[&liar], vec![origin.https_url()], config());
-    request.tls = client_config(Some(&ca)).unwrap();
-    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
-    assert_output(&request, &content);
-    assert_eq!(summary.banned, vec![liar.address.to_string()]);
-    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        let content = Content::new("https-origin", 12 * 65536 + 5);
+        let cert = TestCert::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = cert.write(&dir.path().join("ca.pem"));
+        let liar = Fake::start(&content, Behavior::BitFlip);
+        let origin = Fake::start_with(&content, Behavior::Origin, Some(cert.config.clone()), None);
+        let mut request = request(&content, dir.path(), &[&liar], vec![origin.https_url()], on(backend));
+        request.tls = client_config(Some(&ca)).unwrap();
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        assert_output(&request, &content);
+        assert_eq!(summary.banned, vec![liar.address.to_string()]);
+        assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::CliError;
+use crate::config::BackendChoice;
 use crate::content::manifest::parse_digest;
 use crate::content::ContentId;
 use crate::download::output::STDOUT_PATH;
@@ -48,6 +49,9 @@ pub struct GetArgs {
     /// Bad pieces after which a peer is banned (overrides the config).
     #[arg(long, value_name = "N")]
     pub ban_after: Option<u32>,
+    /// Event-loop backend: auto, uring or epoll (overrides `[download] backend`).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
     /// Configuration file (TOML) for the `[download]` limits.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -69,6 +73,10 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
             return Err(CliError::Usage("--ban-after: must be at least 1".into()));
         }
         config.ban_after_bad_pieces = count;
+    }
+    if let Some(backend) = &args.backend {
+        config.backend = BackendChoice::parse(backend)
+            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
     }
     let sha256 = match &args.sha256 {
         Some(hex) => Some(parse_digest("--sha256", hex).map_err(|e| CliError::Usage(e.to_string()))?),

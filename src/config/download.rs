@@ -2,10 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::BackendChoice;
+
 /// Limits of the download engine; every queue, retry and timer has one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DownloadConfig {
+    /// Event-loop backend of `get`'s connections: `auto`, `uring` or `epoll`.
+    pub backend: BackendChoice,
     /// Bad pieces a peer may send before it is banned (Delivery Optimization's rule: 2).
     pub ban_after_bad_pieces: u32,
     /// How long a ban lasts, in seconds.
@@ -50,6 +54,7 @@ pub struct DownloadConfig {
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
+            backend: BackendChoice::Auto,
             ban_after_bad_pieces: 2,
             ban_duration_s: 3600,
             connections_per_source_max: 2,

@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{WorkerContext, WorkerError};
+use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -60,6 +60,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let mut worker = Worker {
         limits: context.limits(),
         handler: context.handler(),
+        counters: context.counters(),
         sockets: Slots::new(context.connections_max()),
         recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
@@ -143,6 +144,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
 struct Worker {
     limits: ConnectionLimits,
     handler: Handler,
+    counters: WorkerCounters,
     sockets: Slots<Socket>,
     recv_buffer: Vec<u8>,
     iovecs_max: usize,
@@ -164,7 +166,7 @@ impl Worker {
                 }
             };
             if self.sockets.is_full() {
-                self.handler.metrics().refused();
+                self.counters.refused();
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -180,7 +182,7 @@ impl Worker {
                 self.sockets.remove(key);
                 continue;
             }
-            self.handler.metrics().opened();
+            self.counters.opened();
             dirty.push(key);
         }
         true
@@ -202,7 +204,7 @@ impl Worker {
                 drop(slices);
                 match written {
                     Ok(bytes) => {
-                        handler.metrics().sent(bytes as u64);
+                        self.counters.sent(bytes as u64);
                         socket.state.sent(bytes as u64, now);
                         // writev is done with the bytes when it returns.
                         socket.state.release_through(u64::MAX, now, handler);
@@ -237,7 +239,7 @@ impl Worker {
     fn close(&mut self, poll: &Poll, key: SlotKey, reason: CloseReason) {
         if let Some(mut socket) = self.sockets.remove(key) {
             let _ = poll.registry().deregister(&mut socket.stream);
-            self.handler.metrics().closed(reason);
+            self.counters.closed(reason);
         }
     }
 }

@@ -171,8 +171,8 @@ impl Handler {
         self.clock.tick(now);
     }
 
-    /// This worker's counters.
-    pub fn metrics(&self) -> &WorkerMetrics {
+    /// This worker's counters (the handler counts responses; drivers count transport events).
+    fn metrics(&self) -> &WorkerMetrics {
         self.shared.metrics.worker(self.worker)
     }
 

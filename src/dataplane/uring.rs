@@ -18,7 +18,7 @@ use socket2::SockRef;
 
 use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{WorkerContext, WorkerError};
+use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::accept::{AcceptOp, Accepted};
 use crate::io::uring::op::{decode, OpKind};
@@ -54,6 +54,7 @@ struct Worker {
     accept: AcceptOp,
     conns: Slots<Conn>,
     handler: Handler,
+    counters: WorkerCounters,
     limits: ConnectionLimits,
     recv_buffer_bytes: usize,
     iovecs_max: usize,
@@ -104,6 +105,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         accept: AcceptOp::new(listener, true),
         conns: Slots::new(connections_max),
         handler: context.handler(),
+        counters: context.counters(),
         limits: context.limits(),
         recv_buffer_bytes: config.recv_buffer_bytes,
         iovecs_max: config.send_iovecs_max.clamp(1, 1024),
@@ -180,7 +182,7 @@ impl Worker {
     fn reap(&mut self, completions: &mut Vec<Completion>) {
         let count = self.ring.reap(completions, COMPLETIONS_PER_TURN_MAX);
         if count > 0 {
-            self.handler.metrics().completion_overflow(u64::from(count));
+            self.counters.completion_overflow(u64::from(count));
             tracing::warn!(count, "io_uring completion queue overflowed (completions kept by the kernel)");
         }
     }
@@ -212,7 +214,7 @@ impl Worker {
                 } else {
                     match conn.send.complete(result, cqueue::more(flags)) {
                         SendResult::Sent(bytes) => {
-                            self.handler.metrics().sent(bytes);
+                            self.counters.sent(bytes);
                             conn.state.sent(bytes, now);
                             // The send op keeps its own references to the bytes for as long as
                             // the kernel needs them (zero-copy: until the notification).
@@ -234,7 +236,7 @@ impl Worker {
         match self.accept.complete(result, flags) {
             Accepted::Connection(stream) => {
                 if self.stopping || self.conns.is_full() {
-                    self.handler.metrics().refused();
+                    self.counters.refused();
                     drop(stream);
                 } else {
                     let _ = stream.set_nodelay(true);
@@ -250,7 +252,7 @@ impl Worker {
                             closing: false,
                         })
                         .expect("checked not full");
-                    self.handler.metrics().opened();
+                    self.counters.opened();
                     self.dirty.push(key);
                 }
             }
@@ -303,7 +305,7 @@ impl Worker {
             let parts = conn.state.unsent_parts(conn.send.iovecs_max());
             let (_, zero_copy) = conn.send.submit(key, parts, self.zero_copy_bytes_min, &mut self.ring.queue);
             if zero_copy {
-                self.handler.metrics().zero_copy_send();
+                self.counters.zero_copy_send();
             }
         }
         if !conn.recv.owns_buffer() && conn.state.wants_read() {
@@ -320,7 +322,7 @@ impl Worker {
         conn.send.abandon();
         // Queued bytes still go out before the FIN; a pending receive completes at once.
         let _ = SockRef::from(&*conn.socket).shutdown(Shutdown::Both);
-        self.handler.metrics().closed(reason);
+        self.counters.closed(reason);
         self.dirty.push(key);
     }
 

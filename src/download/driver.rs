@@ -1,18 +1,19 @@
-//! The I/O driver: one mio poll loop, non-blocking sockets, per-connection state, timers.
+//! The I/O driver: one client loop of the ring layer (io_uring, or epoll), per-connection state,
+//! timers.
 //!
 //! Thin by design: the [`Scheduler`] decides what to ask whom, the HTTP client connection
 //! (`http::client`, keyed by piece index) writes requests and frames responses, the [`Verifier`]
-//! threads hash and write pieces; this file only moves bytes and turns what happened on sockets
-//! and in the verifier into scheduler events. Bodies are received straight into reused piece
-//! buffers, which travel to a verifier thread and back. It runs on mio for now; everything that
-//! touches a socket is in `download/transport.rs`, so it moves to the ring layer as one piece.
+//! threads hash and write pieces; this file only turns what happened on connections and in the
+//! verifier into scheduler events. Plain body bytes are copied from each receive straight into
+//! reused piece buffers (not through the HTTP connection's input), which travel to a verifier
+//! thread and back. The verifier threads wake the loop through its [`Waker`](crate::io::client::Waker).
+//! Sending and receiving (and TLS) are in `download/transport.rs`.
 
-use std::io::ErrorKind;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token, Waker};
 use rustls::ClientConfig;
 
 use crate::config::DownloadConfig;
@@ -20,18 +21,17 @@ use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
 use crate::download::output::{Output, OutputError};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
-use crate::download::transport::{Received, Transport};
+use crate::download::transport::Transport;
 use crate::download::verify::{Check, Checked, Verifier};
 use crate::http::client::redirect::next_hop;
 use crate::http::client::{self as http_client, ClientLimits, ReceivedHead, RequestSpec};
 use crate::http::url::HttpUrl;
+use crate::io::client::{self as io_client, ClientLoop, ConnId};
 
-/// Bytes read from a socket at a time.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes received from a connection at a time.
+const RECV_BUFFER_BYTES: usize = 256 * 1024;
 /// Longest sleep in `poll`, so timers are checked at least this often.
 const POLL_INTERVAL_MS: u64 = 50;
-/// The token of the waker the verifier threads use; connections use the tokens below it.
-const WAKE_TOKEN: Token = Token(usize::MAX);
 
 /// A source to download from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,9 +189,9 @@ enum End {
 
 struct Driver<'a> {
     job: &'a Job<'a>,
-    poll: Poll,
+    client: ClientLoop,
     scheduler: Scheduler,
-    conns: Vec<Option<Conn>>,
+    conns: BTreeMap<ConnId, Conn>,
     addresses: Vec<Option<SocketAddr>>,
     /// Each HTTP source's current URL (where its redirects led), its number and hops so far.
     urls: Vec<Option<HttpUrl>>,
@@ -199,7 +199,6 @@ struct Driver<'a> {
     hops: Vec<u32>,
     stats: Vec<SourceStats>,
     landed: Vec<Landed>,
-    scratch: Vec<u8>,
     pool: BufferPool,
     verifier: Verifier,
     start: Instant,
@@ -227,23 +226,20 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         scheduler.mark_verified(piece);
         bytes_done += piece_length(job, piece);
     }
-    let poll = Poll::new().map_err(|source| OutputError::Io { path: "mio poll".into(), source })?;
-    let waker = Waker::new(poll.registry(), WAKE_TOKEN)
-        .map_err(|source| OutputError::Io { path: "mio waker".into(), source })?;
-    let verifier = Verifier::start(config.verify_threads, config.verify_queue_pieces, output.writer(), Arc::new(waker))
+    let client = ClientLoop::new(config.backend, client_config(job)).map_err(client_error)?;
+    let verifier = Verifier::start(config.verify_threads, config.verify_queue_pieces, output.writer(), client.waker())
         .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
     let mut driver = Driver {
         job,
-        poll,
+        client,
         scheduler,
-        conns: Vec::new(),
+        conns: BTreeMap::new(),
         addresses: Vec::new(),
         urls: Vec::new(),
         generations: Vec::new(),
         hops: Vec::new(),
         stats: Vec::new(),
         landed: Vec::new(),
-        scratch: vec![0; READ_CHUNK_BYTES],
         pool: BufferPool {
             free: Vec::new(),
             buffer_bytes: job.piece_size.min(job.content_length).max(1) as usize,
@@ -285,6 +281,27 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
     Ok(DriverReport { outcome, sources: driver.stats })
 }
 
+/// Slots of the client loop beyond the connections open at once: a closed io_uring connection
+/// keeps its slot until the kernel hands its buffers back.
+const CLOSING_CONNECTIONS_MAX: usize = 16;
+
+/// The client loop's limits: every connection `get` may open at once, twice, plus a margin
+/// (connections closed on a ban, timeout or redirect are replaced at once).
+fn client_config(job: &Job) -> io_client::ClientConfig {
+    let per_source = job.config.connections_per_source_max.max(1) as usize;
+    let sources = job.sources.len().min(job.config.sources_max as usize).max(1);
+    io_client::ClientConfig {
+        connections_max: per_source.saturating_mul(sources).saturating_mul(2) + CLOSING_CONNECTIONS_MAX,
+        recv_buffer_bytes: RECV_BUFFER_BYTES,
+        ..io_client::ClientConfig::default()
+    }
+}
+
+/// The client loop failed to start or to wait: the download cannot go on.
+fn client_error(error: io_client::ClientError) -> OutputError {
+    OutputError::Io { path: "client loop".into(), source: std::io::Error::other(error) }
+}
+
 fn piece_length(job: &Job, piece: u64) -> u64 {
     let start = piece * job.piece_size;
     job.piece_size.min(job.content_length.saturating_sub(start))
@@ -296,7 +313,7 @@ impl Driver<'_> {
     }
 
     fn run_loop(&mut self, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -> Result<Outcome, OutputError> {
-        let mut events = Events::with_capacity(256);
+        let mut events = Vec::new();
         // Bounded: every request has a timeout, every piece and source a failure budget, so the
         // scheduler reaches Done or Exhausted.
         loop {
@@ -329,15 +346,9 @@ impl Driver<'_> {
                 }
             }
             let timeout = self.next_timeout();
-            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
-                if error.kind() != ErrorKind::Interrupted {
-                    return Err(OutputError::Io { path: "mio poll".into(), source: error });
-                }
-            }
-            for event in events.iter() {
-                if event.token() != WAKE_TOKEN {
-                    self.on_event(event.token().0, event.is_writable() || event.is_error());
-                }
+            self.client.poll(&mut events, Some(timeout)).map_err(client_error)?;
+            for event in events.drain(..) {
+                self.on_event(event);
             }
             self.verify(output)?;
             self.expire();
@@ -367,8 +378,7 @@ impl Driver<'_> {
         let now = Instant::now();
         let soonest = self
             .conns
-            .iter()
-            .flatten()
+            .values()
             .filter(|c| c.http.in_flight() > 0 || !c.transport.is_connected())
             .map(|c| c.deadline.saturating_duration_since(now))
             .min()
@@ -397,12 +407,10 @@ impl Driver<'_> {
         let chosen = self
             .conns
             .iter()
-            .enumerate()
-            .filter_map(|(token, c)| c.as_ref().map(|c| (token, c)))
             .filter(|(_, c)| c.source == source && c.http.can_send())
             .min_by_key(|(_, c)| c.http.in_flight())
-            .map(|(token, _)| token);
-        let open = self.conns.iter().flatten().filter(|c| c.source == source).count();
+            .map(|(token, _)| *token);
+        let open = self.conns.values().filter(|c| c.source == source).count();
         let token = match chosen {
             Some(token) => token,
             None if open < self.job.config.connections_per_source_max.max(1) as usize => match self.connect(source) {
@@ -421,26 +429,25 @@ impl Driver<'_> {
         };
         let spec = self.request_spec(source, piece);
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
-        let conn = self.conns[token].as_mut().expect("chosen connection exists");
+        let conn = self.conns.get_mut(&token).expect("chosen connection exists");
         if conn.http.in_flight() == 0 && conn.transport.is_connected() {
             conn.deadline = Instant::now() + timeout;
         }
         let end = match conn.http.send_request(piece, &spec) {
             Err(error) => End::Failed(vec![piece], format!("request: {error}")),
-            Ok(()) if conn.transport.is_connected() => flush(conn),
+            Ok(()) if conn.transport.is_connected() => flush(&mut self.client, conn),
             Ok(()) => End::Open,
         };
         self.settle_end(token, end);
     }
 
-    fn connect(&mut self, source: SourceId) -> Result<usize, String> {
+    fn connect(&mut self, source: SourceId) -> Result<ConnId, String> {
         let address = self.addresses[source.0 as usize].ok_or("address unknown")?;
         let tls = match &self.urls[source.0 as usize] {
             Some(url) if url.is_tls() => Some((self.job.tls.clone(), url.host())),
             _ => None,
         };
-        let token = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
-        let transport = Transport::connect(address, tls, self.poll.registry(), Token(token))?;
+        let transport = Transport::connect(&mut self.client, address, tls)?;
         let limits = ClientLimits {
             head_bytes_max: self.job.config.response_head_bytes_max as usize,
             // A body longer than its piece is refused at its head; chunked ones are cut there too.
@@ -448,6 +455,7 @@ impl Driver<'_> {
             pipeline_depth_max: self.job.config.pipeline_depth.max(1) as usize,
             ..ClientLimits::default()
         };
+        let token = transport.id();
         let conn = Conn {
             source,
             generation: self.generations[source.0 as usize],
@@ -456,87 +464,100 @@ impl Driver<'_> {
             body: None,
             deadline: Instant::now() + Duration::from_millis(self.job.config.connect_timeout_ms),
         };
-        if token == self.conns.len() {
-            self.conns.push(Some(conn));
-        } else {
-            self.conns[token] = Some(conn);
-        }
+        self.conns.insert(token, conn);
         Ok(token)
     }
 
-    fn on_event(&mut self, token: usize, writable: bool) {
-        let Some(conn) = self.conns.get_mut(token).and_then(Option::as_mut) else { return };
-        if !conn.transport.is_connected() {
-            if !writable {
-                return;
+    /// Turns what the client loop reported into HTTP input and output.
+    fn on_event(&mut self, event: io_client::Event) {
+        let (token, end) = match event {
+            io_client::Event::Connected { conn: token } => {
+                let Some(conn) = self.conns.get_mut(&token) else { return };
+                conn.transport.set_connected();
+                conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms);
+                (token, flush(&mut self.client, conn))
             }
-            match conn.transport.finish_connect() {
-                Ok(true) => conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms),
-                Ok(false) => return,
-                Err(reason) => {
-                    self.settle_end(token, End::Failed(Vec::new(), reason));
-                    return;
-                }
+            io_client::Event::Received { conn: token, bytes } => (token, self.receive(token, &bytes)),
+            io_client::Event::Closed { conn: token, error } => {
+                let Some(conn) = self.conns.get_mut(&token) else { return };
+                conn.http.handle_eof();
+                let end = match (self.frame(token), error) {
+                    (Some(end), _) => end,
+                    (None, None) => End::Closed(Vec::new()),
+                    (None, Some(error)) => End::Failed(Vec::new(), format!("connection: {error}")),
+                };
+                (token, end)
             }
-        }
-        let end = flush(conn);
-        if !matches!(end, End::Open) {
-            self.settle_end(token, end);
-            return;
-        }
-        let end = self.read(token);
+            io_client::Event::Sent { .. } | io_client::Event::Timer { .. } | io_client::Event::Woken => return,
+        };
         self.settle_end(token, end);
     }
 
-    /// Reads everything available (edge-triggered readiness), framing responses as they come.
-    fn read(&mut self, token: usize) -> End {
+    /// Takes in received bytes, framing responses as they come. Plain body bytes the framing
+    /// allows are copied straight into the piece buffer, the rest goes through the HTTP input.
+    fn receive(&mut self, token: ConnId, bytes: &[u8]) -> End {
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
+        let Some(conn) = self.conns.get_mut(&token) else { return End::Open };
+        conn.deadline = Instant::now() + timeout;
+        if conn.transport.is_tls() {
+            let ended = match conn.transport.receive_tls(&mut self.client, &mut conn.http, bytes) {
+                Ok(ended) => ended,
+                Err(reason) => return End::Failed(Vec::new(), reason),
+            };
+            if ended {
+                conn.http.handle_eof();
+            }
+            let end = self.frame(token);
+            return end.unwrap_or(if ended { End::Closed(Vec::new()) } else { End::Open });
+        }
+        let mut rest = bytes;
+        // Bounded by the input: each pass consumes received bytes.
+        while !rest.is_empty() {
+            let conn = self.conns.get_mut(&token).expect("a live connection");
+            match direct_span(conn) {
+                Some(span) => {
+                    let count = span.len().min(rest.len());
+                    let body = conn.body.as_mut().expect("a direct span is inside a body");
+                    body.buffer[span.start..span.start + count].copy_from_slice(&rest[..count]);
+                    body.filled += count;
+                    conn.http.handle_body_direct(count as u64);
+                    rest = &rest[count..];
+                }
+                None => {
+                    conn.http.handle_input(rest);
+                    rest = &[];
+                }
+            }
+            if let Some(end) = self.frame(token) {
+                return end;
+            }
+        }
+        End::Open
+    }
+
+    /// Frames what the connection's HTTP state has; `Some` when the connection ends.
+    fn frame(&mut self, token: ConnId) -> Option<End> {
         let (content_length, piece_size) = (self.job.content_length, self.job.piece_size);
-        let conn = self.conns[token].as_mut().expect("live connection");
-        let is_http = matches!(self.job.sources[conn.source.0 as usize], SourceSpec::Http(_));
         let expect = |piece: u64| {
             let start = piece * piece_size;
             (start, piece_size.min(content_length.saturating_sub(start)))
         };
-        // Bounded by the socket: each pass consumes bytes the kernel had, until WouldBlock or EOF.
-        loop {
-            let span = if conn.transport.is_tls() { None } else { direct_span(conn) };
-            let direct = match (span, conn.body.as_mut()) {
-                (Some(span), Some(body)) => Some(&mut body.buffer[span]),
-                _ => None,
-            };
-            let received = conn.transport.receive(&mut conn.http, direct, &mut self.scratch);
-            let eof = matches!(received, Ok(Received::Eof));
-            match received {
-                Ok(Received::Eof) => conn.http.handle_eof(),
-                Ok(Received::Direct(count)) => {
-                    conn.body.as_mut().expect("direct bytes go to a body").filled += count;
-                    conn.deadline = Instant::now() + timeout;
-                }
-                Ok(Received::Buffered) => conn.deadline = Instant::now() + timeout,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => return End::Failed(Vec::new(), format!("read: {error}")),
-            }
-            if let Some(end) = frame(conn, is_http, &expect, &mut self.landed, &mut self.pool) {
-                return end;
-            }
-            if eof {
-                return End::Closed(Vec::new());
-            }
-        }
+        let conn = self.conns.get_mut(&token)?;
+        let is_http = matches!(self.job.sources[conn.source.0 as usize], SourceSpec::Http(_));
+        frame(conn, is_http, &expect, &mut self.landed, &mut self.pool)
     }
 
     /// Removes a connection that ended and tells the scheduler about its unanswered requests.
-    fn settle_end(&mut self, token: usize, end: End) {
+    fn settle_end(&mut self, token: ConnId, end: End) {
         let now_ms = self.now_ms();
         let (mut pieces, reason) = match end {
             End::Open => return,
             End::Closed(pieces) => (pieces, None),
             End::Failed(pieces, reason) => (pieces, Some(reason)),
         };
-        let Some(mut conn) = self.conns[token].take() else { return };
-        conn.transport.deregister(self.poll.registry());
+        let Some(mut conn) = self.conns.remove(&token) else { return };
+        // A no-op when the loop reported the close itself.
+        self.client.close(token);
         pieces.extend(conn.http.abandon());
         if let Some(body) = conn.body.take() {
             self.pool.give(body.buffer);
@@ -556,12 +577,15 @@ impl Driver<'_> {
         }
     }
 
+    /// The connections to `source`.
+    fn tokens_of(&self, source: SourceId) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.source == source).map(|(token, _)| *token).collect()
+    }
+
     fn close_source(&mut self, source: SourceId) {
-        for slot in self.conns.iter_mut() {
-            if slot.as_ref().is_some_and(|c| c.source == source) {
-                let mut conn = slot.take().expect("checked");
-                conn.transport.deregister(self.poll.registry());
-            }
+        for token in self.tokens_of(source) {
+            self.conns.remove(&token);
+            self.client.close(token);
         }
     }
 
@@ -569,15 +593,15 @@ impl Driver<'_> {
     fn expire(&mut self) {
         let now = Instant::now();
         let now_ms = self.now_ms();
-        for token in 0..self.conns.len() {
-            let expired = self.conns[token]
-                .as_ref()
-                .is_some_and(|c| (c.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline);
-            if !expired {
-                continue;
-            }
-            let mut conn = self.conns[token].take().expect("checked");
-            conn.transport.deregister(self.poll.registry());
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| (c.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in expired {
+            let mut conn = self.conns.remove(&token).expect("listed just now");
+            self.client.close(token);
             let source = conn.source;
             let pieces = conn.http.abandon();
             let stats = &mut self.stats[source.0 as usize];
@@ -586,7 +610,6 @@ impl Driver<'_> {
             self.scheduler.handle(Event::TimedOut { source, pieces }, now_ms);
         }
     }
-
     /// Hands landed pieces to the verifier threads, reports the other outcomes to the scheduler,
     /// and takes in the verdicts that are ready.
     fn verify(&mut self, output: &mut Output) -> Result<(), OutputError> {
@@ -681,10 +704,8 @@ impl Driver<'_> {
             next.resolve().map_err(|error| tracing::warn!(source = %next, %error, "redirect target unusable")).ok();
         self.urls[index] = Some(next);
         // Connections to the old URL are closed; what they still had in flight is asked again.
-        for token in 0..self.conns.len() {
-            if self.conns[token].as_ref().is_some_and(|c| c.source == source) {
-                self.settle_end(token, End::Closed(Vec::new()));
-            }
+        for token in self.tokens_of(source) {
+            self.settle_end(token, End::Closed(Vec::new()));
         }
         Event::Lost { source, pieces: vec![piece] }
     }
@@ -820,9 +841,9 @@ fn direct_span(conn: &Conn) -> Option<std::ops::Range<usize>> {
     (direct <= room).then(|| body.filled..body.filled + direct as usize)
 }
 
-/// Writes what the HTTP connection has queued; `Open` when done or the socket is full.
-fn flush(conn: &mut Conn) -> End {
-    match conn.transport.send(&mut conn.http) {
+/// Queues what the HTTP connection has to send; `Open` unless that failed.
+fn flush(client: &mut ClientLoop, conn: &mut Conn) -> End {
+    match conn.transport.send(client, &mut conn.http) {
         Ok(()) => End::Open,
         Err(reason) => End::Failed(Vec::new(), reason),
     }

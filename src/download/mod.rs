@@ -2,9 +2,10 @@
 //! HTTP sources (P2P mode), or the HTTP sources alone (Simple mode).
 //!
 //! Sans-I/O cores: [`scheduler`] (what to ask whom) and [`ban`] (rule 4); requests and responses go
-//! through the one HTTP client, `crate::http::client`. [`driver`] is the thin mio loop around them; [`metadata`] gets the manifest
-//! and hash file behind the [`MetadataSource`] trait; [`output`] owns the partial file and resume;
-//! [`get`] ties one download together. See `docs/download.md`.
+//! through the one HTTP client, `crate::http::client`. [`driver`] is the thin loop around them, on
+//! the ring layer's `io::client::ClientLoop`; [`metadata`] gets the manifest and hash file behind
+//! the [`MetadataSource`] trait; [`output`] owns the partial file and resume; [`get`] ties one
+//! download together. See `docs/download.md`.
 
 pub mod ban;
 pub mod driver;

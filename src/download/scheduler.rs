@@ -1,7 +1,7 @@
 //! The download scheduler: which piece to ask of which source, as a plain state machine.
 //!
 //! Events in ([`Event`], plus [`Scheduler::add_source`]), actions out ([`Action`]), time as
-//! milliseconds on the caller's clock. No sockets, no files: the mio driver feeds it, and the
+//! milliseconds on the caller's clock. No sockets, no files: the driver feeds it, and the
 //! tests below drive every rule (fallback, bans, retries, end game) by hand.
 //!
 //! Rules:

@@ -1,45 +1,34 @@
-//! The socket side of one `get` connection: a non-blocking TCP stream (mio), with rustls on top
-//! for https sources, moving bytes between the kernel and the HTTP client connection. The only
-//! code of `download/` that touches a socket, so that it moves onto the ring layer as one piece.
+//! The byte side of one `get` connection: a connection of the ring layer's client loop
+//! ([`ClientLoop`], io_uring or epoll), with rustls on top for https sources, moving bytes between
+//! the loop and the HTTP client connection. The only code of `download/` that sends or receives.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
 use crate::http::client::Connection;
+use crate::io::client::{ClientLoop, ConnId};
 
-/// What one receive did.
-pub(crate) enum Received {
-    /// The server closed the connection.
-    Eof,
-    /// This many body bytes went straight into the caller's buffer (already told to `http`).
-    Direct(usize),
-    /// Bytes (or TLS records) went into `http`'s input.
-    Buffered,
-}
+/// Plaintext read out of TLS at a time.
+const PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
 
-/// One connection's socket and TLS state.
+/// One connection's loop id and TLS state.
 pub(crate) struct Transport {
-    stream: TcpStream,
+    id: ConnId,
     tls: Option<Box<ClientConnection>>,
     connected: bool,
 }
 
 impl Transport {
-    /// Starts a non-blocking connect to `address`, with TLS for `server_name` when given.
+    /// Starts connecting to `address` on `client`, with TLS for `server_name` when given.
     pub(crate) fn connect(
+        client: &mut ClientLoop,
         address: SocketAddr,
         tls: Option<(Arc<ClientConfig>, String)>,
-        registry: &Registry,
-        token: Token,
     ) -> Result<Transport, String> {
-        let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
         let tls = match tls {
             Some((config, name)) => {
                 let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
@@ -47,13 +36,13 @@ impl Transport {
             }
             None => None,
         };
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).map_err(|e| e.to_string())?;
-        Ok(Transport { stream, tls, connected: false })
+        let id = client.connect(address).map_err(|e| e.to_string())?;
+        Ok(Transport { id, tls, connected: false })
     }
 
-    /// Stops readiness events for this socket (it closes when dropped).
-    pub(crate) fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
+    /// The connection's id in the client loop.
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
     }
 
     /// Whether the TCP connect completed.
@@ -61,110 +50,80 @@ impl Transport {
         self.connected
     }
 
-    /// Whether bytes pass through TLS (and so cannot be received straight into a buffer).
+    /// The loop reported the connect done.
+    pub(crate) fn set_connected(&mut self) {
+        self.connected = true;
+    }
+
+    /// Whether bytes pass through TLS (and so cannot be copied straight into a body buffer).
     pub(crate) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
-    /// After a writable event on a connecting socket: `Ok(true)` once connected.
-    pub(crate) fn finish_connect(&mut self) -> Result<bool, String> {
-        if let Ok(Some(error)) | Err(error) = self.stream.take_error() {
-            return Err(format!("connect: {error}"));
-        }
-        match self.stream.peer_addr() {
-            Ok(_) => {
-                self.connected = true;
-                Ok(true)
-            }
-            Err(error) if error.kind() == ErrorKind::NotConnected => Ok(false),
-            Err(error) => Err(format!("connect: {error}")),
-        }
-    }
-
-    /// Receives once: straight into `direct` when given (plain TCP, inside a body), else into
-    /// `http`'s input through `scratch`.
-    pub(crate) fn receive(
+    /// Feeds received TLS records to rustls and hands the plaintext to `http`; `Ok(true)` when
+    /// the server ended the TLS stream (close_notify). Answers rustls owes (handshake, key
+    /// updates) are sent.
+    pub(crate) fn receive_tls(
         &mut self,
+        client: &mut ClientLoop,
         http: &mut Connection<u64>,
-        direct: Option<&mut [u8]>,
-        scratch: &mut [u8],
-    ) -> std::io::Result<Received> {
-        if self.tls.is_some() {
-            return self.receive_tls(http, scratch);
-        }
-        if let Some(buffer) = direct {
-            let count = self.stream.read(buffer)?;
-            if count == 0 {
-                return Ok(Received::Eof);
-            }
-            http.handle_body_direct(count as u64);
-            return Ok(Received::Direct(count));
-        }
-        let count = self.stream.read(scratch)?;
-        if count == 0 {
-            return Ok(Received::Eof);
-        }
-        http.handle_input(&scratch[..count]);
-        Ok(Received::Buffered)
-    }
-
-    /// Reads what TLS records arrived and hands the plaintext to `http`. A close without
-    /// close_notify is EOF too: the bytes before it still count.
-    fn receive_tls(&mut self, http: &mut Connection<u64>, scratch: &mut [u8]) -> std::io::Result<Received> {
+        mut bytes: &[u8],
+    ) -> Result<bool, String> {
         let tls = self.tls.as_mut().expect("a TLS connection");
-        if tls.read_tls(&mut self.stream)? == 0 {
-            return Ok(Received::Eof);
-        }
-        tls.process_new_packets().map_err(|error| std::io::Error::other(format!("TLS: {error}")))?;
-        // Bounded by the records just processed: the plaintext reader runs dry with WouldBlock.
-        loop {
-            match tls.reader().read(scratch) {
-                Ok(0) => return Ok(Received::Eof),
-                Ok(count) => http.handle_input(&scratch[..count]),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Ok(Received::Eof),
-                Err(error) => return Err(error),
+        let mut plaintext = [0u8; PLAINTEXT_CHUNK_BYTES];
+        // Bounded by the input: each pass consumes received bytes, or stops.
+        while !bytes.is_empty() {
+            match tls.read_tls(&mut bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => return Err(format!("TLS read: {error}")),
+            }
+            tls.process_new_packets().map_err(|error| format!("TLS: {error}"))?;
+            // Bounded by the records just processed: the plaintext reader runs dry with WouldBlock.
+            loop {
+                match tls.reader().read(&mut plaintext) {
+                    Ok(0) => return self.flush_tls(client).map(|()| true),
+                    Ok(count) => http.handle_input(&plaintext[..count]),
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+                    Err(error) => return Err(format!("TLS read: {error}")),
+                }
             }
         }
-        self.flush_tls().map_err(std::io::Error::other)?;
-        Ok(Received::Buffered)
+        self.flush_tls(client).map(|()| false)
     }
 
-    /// Writes what `http` has queued, as far as the socket takes it.
-    pub(crate) fn send(&mut self, http: &mut Connection<u64>) -> Result<(), String> {
+    /// Queues on the loop what `http` has to send (through TLS for https).
+    pub(crate) fn send(&mut self, client: &mut ClientLoop, http: &mut Connection<u64>) -> Result<(), String> {
+        let pending = http.transmit().len();
         if let Some(tls) = self.tls.as_mut() {
-            let pending = http.transmit().len();
             if pending > 0 {
                 tls.writer().write_all(http.transmit()).map_err(|error| format!("TLS write: {error}"))?;
                 http.transmitted(pending);
             }
-            return self.flush_tls();
+            return self.flush_tls(client);
         }
-        // Bounded: each pass writes bytes or stops.
-        while !http.transmit().is_empty() {
-            match self.stream.write(http.transmit()) {
-                Ok(0) => return Err("write returned 0".into()),
-                Ok(count) => http.transmitted(count),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => return Err(format!("write: {error}")),
-            }
+        if pending > 0 {
+            client.send(self.id, http.transmit().to_vec()).map_err(|error| format!("send: {error}"))?;
+            http.transmitted(pending);
         }
         Ok(())
     }
 
-    fn flush_tls(&mut self) -> Result<(), String> {
+    fn flush_tls(&mut self, client: &mut ClientLoop) -> Result<(), String> {
         let Some(tls) = self.tls.as_mut() else { return Ok(()) };
-        // Bounded: each pass writes TLS bytes or stops.
+        let mut records = Vec::new();
+        // Bounded: each pass moves TLS bytes rustls holds into `records`, or stops.
         while tls.wants_write() {
-            match tls.write_tls(&mut self.stream) {
-                Ok(0) => return Err("write returned 0".into()),
+            match tls.write_tls(&mut records) {
+                Ok(0) => break,
                 Ok(_) => {}
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) => return Err(format!("TLS write: {error}")),
             }
         }
-        Ok(())
+        if records.is_empty() {
+            return Ok(());
+        }
+        client.send(self.id, records).map_err(|error| format!("send: {error}"))
     }
 }

@@ -6,16 +6,15 @@
 //! at most `limit` pieces are out at once; both queues hold that many, so neither side ever blocks
 //! on a full queue while the other waits on it.
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use mio::Waker;
 
 use crate::content::Digest;
 use crate::download::output::{OutputError, PieceWriter};
 use crate::download::scheduler::SourceId;
 use crate::hash::sha256;
+use crate::io::client::Waker;
 
 /// One received piece to check.
 pub struct Check {
@@ -56,7 +55,7 @@ pub struct Verifier {
 impl Verifier {
     /// Starts `threads` verifier threads writing through `writer`; `waker` wakes the event loop
     /// when a result is ready.
-    pub fn start(threads: u32, limit: u32, writer: PieceWriter, waker: Arc<Waker>) -> std::io::Result<Verifier> {
+    pub fn start(threads: u32, limit: u32, writer: PieceWriter, waker: Waker) -> std::io::Result<Verifier> {
         let limit = limit.max(1) as usize;
         let (checks, queue) = crossbeam_channel::bounded::<Check>(limit);
         let (answer, results) = crossbeam_channel::bounded::<Checked>(limit);
@@ -144,17 +143,17 @@ fn verify_loop(queue: &Receiver<Check>, answer: &Sender<Checked>, writer: &Piece
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BackendChoice;
     use crate::download::output::{Layout, Output};
-    use mio::{Poll, Token};
+    use crate::io::client::{ClientConfig, ClientLoop};
 
     #[test]
     fn good_pieces_are_written_bad_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout { content_length: 8, piece_size: 4, save_every: 1, queue_tasks: 4, whole_sha256: false };
         let output = Output::open(&dir.path().join("out"), layout, None).unwrap();
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let mut verifier = Verifier::start(2, 2, output.writer(), waker).unwrap();
+        let client = ClientLoop::new(BackendChoice::Epoll, ClientConfig::default()).unwrap();
+        let mut verifier = Verifier::start(2, 2, output.writer(), client.waker()).unwrap();
         let check = |piece: u64, bytes: &[u8], expected: &[u8]| Check {
             source: SourceId(0),
             piece,

@@ -185,3 +185,16 @@ fn sends_past_the_queue_limit_are_refused_naming_the_sizes() {
         client.send(conn, vec![7; 4 * 1024]).unwrap();
     }
 }
+
+#[test]
+fn a_loop_for_few_connections_with_a_large_submission_queue_starts() {
+    for choice in backends() {
+        // Few connections want a completion queue smaller than the submission queue.
+        let config = ClientConfig { connections_max: 1, ring_entries: 1024, ..ClientConfig::default() };
+        let mut client = ClientLoop::new(choice, config).unwrap();
+        let conn = client.connect(echo_server()).unwrap();
+        client.send(conn, b"few".to_vec()).unwrap();
+        let events = poll_until(&mut client, |events| received(events, conn).len() >= 3);
+        assert_eq!(received(&events, conn), b"few", "{choice:?}");
+    }
+}

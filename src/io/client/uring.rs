@@ -83,8 +83,11 @@ impl UringLoop {
         let connections_max = config.connections_max.clamp(1, (1 << 24) - 1);
         // Per connection a connect or a receive, a send and its notification; plus timeout,
         // wake and cancels.
-        let completion_entries = (connections_max * 3 + 64).next_power_of_two().min(u32::MAX as usize) as u32;
-        let ring = build_ring(config.ring_entries.max(8), completion_entries)
+        let submission_entries = config.ring_entries.max(8);
+        // The kernel refuses a completion queue smaller than the submission queue.
+        let completion_entries =
+            (connections_max * 3 + 64).next_power_of_two().min(u32::MAX as usize).max(submission_entries as usize);
+        let ring = build_ring(submission_entries, completion_entries as u32)
             .map_err(|error| setup(std::io::Error::other(describe_setup_error(error))))?;
         Ok(UringLoop {
             ring: Ring::new(ring),
