@@ -9,6 +9,8 @@ pub mod content;
 pub mod control;
 pub mod dataplane;
 pub mod download;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod http;
 pub mod publish;
