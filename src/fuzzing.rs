@@ -5,7 +5,9 @@
 
 use crate::content::{HashFile, Manifest};
 use crate::control::validate::parse_announce;
+use crate::http::client::fuzz_responses;
 use crate::http::request::{parse_request, Parsed, RequestLimits};
+use crate::http::{parse_range, RangeOutcome};
 
 /// Most content ids an announce may carry in the fuzzed configuration.
 const ANNOUNCE_CONTENTS_MAX: usize = 64;
@@ -51,6 +53,43 @@ pub fn announce(data: &[u8]) {
     }
 }
 
+/// Most ranges one request may ask for in the fuzzed configuration.
+const RANGES_MAX: usize = 8;
+
+/// A `Range:` header (after an 8-byte content length): every range served lies inside the
+/// content, several come ascending, disjoint and not touching, and never more than the limit.
+pub fn range(data: &[u8]) {
+    let Some((length, header)) = data.split_first_chunk::<8>() else { return };
+    let length = u64::from_le_bytes(*length) % (1 << 40);
+    let Ok(header) = std::str::from_utf8(header) else { return };
+    match parse_range(Some(header), length, RANGES_MAX) {
+        RangeOutcome::Full | RangeOutcome::Unsatisfiable => {}
+        RangeOutcome::Partial { start, end } => assert!(start <= end && end < length, "{start}-{end} of {length}"),
+        RangeOutcome::Multiple(ranges) => {
+            assert!((2..=RANGES_MAX).contains(&ranges.len()), "{} ranges", ranges.len());
+            for pair in ranges.windows(2) {
+                assert!(pair[0].end + 1 < pair[1].start, "ranges overlap, touch or go backwards: {ranges:?}");
+            }
+            for range in &ranges {
+                assert!(range.start <= range.end && range.end < length, "{range:?} of {length}");
+            }
+        }
+    }
+}
+
+/// Response bytes to the HTTP client connection (first byte: requests in flight; second: where
+/// the input is split in two reads): it must neither panic nor loop.
+pub fn http_client(data: &[u8]) {
+    let Some((&[requests, split], bytes)) = data.split_first_chunk::<2>() else { return };
+    fuzz_responses(bytes, usize::from(split), usize::from(requests % 8));
+}
+
 /// Every fuzz target by name, for the corpus replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("request_head", request_head), ("hashfile", hashfile), ("manifest", manifest), ("announce", announce)];
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("request_head", request_head),
+    ("hashfile", hashfile),
+    ("manifest", manifest),
+    ("announce", announce),
+    ("range", range),
+    ("http_client", http_client),
+];

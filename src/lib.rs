@@ -1,18 +1,39 @@
 //! tessera: a content-delivery cache appliance that serves and consumes verified pieces.
 //!
-//! See `docs/ARCHITECTURE.md` for the module map.
+//! See `docs/ARCHITECTURE.md` for the module map. `unsafe` lives only in `io` and `store::slab`;
+//! every other module forbids it.
 
+#[forbid(unsafe_code)]
+pub mod appliance;
+#[forbid(unsafe_code)]
 pub mod catalog;
+#[forbid(unsafe_code)]
 pub mod cli;
+#[forbid(unsafe_code)]
 pub mod config;
+#[forbid(unsafe_code)]
 pub mod content;
+#[forbid(unsafe_code)]
 pub mod control;
+#[forbid(unsafe_code)]
 pub mod dataplane;
+#[forbid(unsafe_code)]
 pub mod download;
+#[forbid(unsafe_code)]
+pub mod fill;
 #[doc(hidden)]
+#[forbid(unsafe_code)]
 pub mod fuzzing;
+#[forbid(unsafe_code)]
 pub mod hash;
+#[forbid(unsafe_code)]
 pub mod http;
+// The ring layer: system calls and io_uring operations, each `unsafe` block with a `// SAFETY:` line.
+pub mod io;
+#[forbid(unsafe_code)]
 pub mod publish;
+// `store::slab` is the one file of the store allowed `unsafe` (the mapping).
+#[deny(unsafe_code)]
 pub mod store;
+#[forbid(unsafe_code)]
 pub mod tls;

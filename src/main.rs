@@ -1,5 +1,7 @@
 //! The tessera binary: parses arguments and calls into the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

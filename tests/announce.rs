@@ -97,7 +97,9 @@ fn serve_announces_what_it_holds_and_get_finds_it_by_peer_matching() {
     let dir = tempfile::tempdir().unwrap();
     let content: Vec<u8> = (0..5 * 65536 + 77u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     publish(dir.path(), "held", &content, &[]);
-    publish(dir.path(), "meta-only", &content, &["--no-store"]);
+    // Bytes of its own: the store is content-addressed, so held's pieces would make a copy held.
+    let other: Vec<u8> = content.iter().map(|b| b ^ 0x5a).collect();
+    publish(dir.path(), "meta-only", &other, &["--no-store"]);
     publish(dir.path(), "tampered", &content, &[]);
     let hashfile = dir.path().join("data/catalog/tampered.hashfile");
     let mut bytes = std::fs::read(&hashfile).unwrap();

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tessera::catalog::Catalog;
 use tessera::config::Config;
-use tessera::content::manifest::sha256;
 use tessera::content::{decide, ContentId, HashFile, Manifest, MetadataFailure, Mode, PieceSize, SimpleReason};
 use tessera::control::{AnnounceRequest, AnnouncedContent, ClientError, MetadataClient, Service, ServiceHandle};
+use tessera::hash::sha256;
 use tessera::tls::{DevCa, TlsClientOptions};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -137,6 +137,34 @@ fn manifest_fetch_with_the_right_ca_gives_p2p_and_sees_new_content() {
 }
 
 /// Asserts the fetch failed as `matches` says and that Simple mode explains it with `words`.
+#[test]
+fn content_republished_or_removed_behind_the_service_is_seen_after_a_rescan() {
+    let fixture = start(CertSpec::default(), |config| config.service.catalog_rescan_ms = 20);
+    let client = fixture.client();
+    let (manifest, hashfile) = sample_content("pkg");
+    fixture.catalog().write(&id("pkg"), &hashfile, &manifest).unwrap();
+    assert_eq!(client.fetch_manifest(&fixture.url(), &id("pkg")).unwrap(), manifest);
+    // Another process republishes, then removes: the service answers from memory, so it sees
+    // each change once a rescan has run. Poll with a bound instead of one long sleep.
+    let republished = Manifest { sources: vec!["http://origin.example/pkg".into()], ..manifest.clone() };
+    fixture.catalog().write(&id("pkg"), &hashfile, &republished).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.fetch_manifest(&fixture.url(), &id("pkg")).unwrap() != republished {
+        assert!(Instant::now() < deadline, "the republished manifest was never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fixture.catalog().remove(&id("pkg")).unwrap();
+    loop {
+        match client.fetch_manifest(&fixture.url(), &id("pkg")) {
+            Err(ClientError::NotFound { .. }) => break,
+            Ok(served) => assert_eq!(served, republished),
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+        assert!(Instant::now() < deadline, "the removed manifest was still served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn assert_fails(result: Result<Manifest, ClientError>, matches: fn(&ClientError) -> bool, words: &str) {
     let error = result.expect_err("fetch must fail");
     assert!(matches(&error), "unexpected error variant: {error:?}");

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use fakes::{Behavior, Content, Fake, FakeMetadata, ServiceData, TestCert};
 use tessera::config::DownloadConfig;
-use tessera::content::manifest::sha256;
 use tessera::content::MetadataFailure;
 use tessera::download::{get, GetError, GetRequest, MetadataSource, Status, Summary};
+use tessera::hash::sha256;
 use tessera::tls::ca_client_config as client_config;
 
 /// Limits small enough that every test is quick and every count exact.
@@ -99,6 +99,44 @@ fn every_lying_peer_is_banned_after_two_bad_pieces_and_asked_nothing_more() {
     assert_eq!(liars[3].good_sent(), 3, "the late liar served three good pieces first");
     assert!(!stats(&summary, &honest).banned);
     assert_eq!(summary.banned.len(), 4);
+}
+
+#[test]
+fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_pipelines() {
+    let content = Content::new("probation", 64 * 65536);
+    let honest = Fake::start(&content, Behavior::Honest);
+    let liars = [
+        Fake::start(&content, Behavior::BitFlip),
+        Fake::start(&content, Behavior::WrongPiece),
+        Fake::start(&content, Behavior::Truncate),
+        Fake::start(&content, Behavior::Overlong),
+        Fake::start(&content, Behavior::Zeros),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<&Fake> = liars.iter().collect();
+    all.push(&honest);
+    // The shipped pipelining (2 connections x depth 4): before probation each liar got 8 or 9.
+    let defaults = DownloadConfig::default();
+    let config = DownloadConfig {
+        connections_per_source_max: defaults.connections_per_source_max,
+        pipeline_depth: defaults.pipeline_depth,
+        // No fake here stalls: a short timeout would only let a loaded machine turn answers into
+        // timeouts, which are not lies.
+        request_timeout_ms: defaults.request_timeout_ms,
+        ..config()
+    };
+    assert!(config.connections_per_source_max * config.pipeline_depth > config.ban_after_bad_pieces + 1);
+    let request = request(&content, dir.path(), &all, vec![], config.clone());
+    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let summary = run(&request, &metadata).unwrap();
+    assert_output(&request, &content);
+    let allowed = u64::from(config.ban_after_bad_pieces) + 1;
+    for liar in &liars {
+        assert!(stats(&summary, liar).banned, "{}: banned", liar.address);
+        assert!(liar.requests() <= allowed, "{}: asked {} times, at most {allowed}", liar.address, liar.requests());
+    }
+    assert!(!stats(&summary, &honest).banned);
+    assert!(honest.good_sent() >= content.piece_count(), "no liar delivered a piece: the seed served all");
 }
 
 #[test]
@@ -270,6 +308,75 @@ fn binary_exit_statuses_and_json_summary() {
 }
 
 #[test]
+fn a_302_from_an_http_source_is_followed_and_the_file_arrives_byte_exact() {
+    let content = Content::new("moved", 6 * 65536 + 7);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let moved = format!("http://{}/moved", origin.address);
+    // Range requests in the event loop (P2P mode, no peer): the first answer is the redirect.
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[], vec![moved.clone()], config());
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.sources[0].failures, 0, "a redirect is no failure");
+    let ranges = fakes::Counters::get(&origin.counters.range_requests);
+    assert_eq!(ranges, content.piece_count(), "every piece asked once, at the final URL");
+    // Simple mode without metadata: the length probe (HEAD) follows it, and so do the ranges.
+    let out = dir.path().join("simple");
+    let good = hex::encode(sha256(&content.bytes));
+    let status =
+        tessera().args(["get", "moved", "--source", &moved, "--sha256", &good, "-o"]).arg(&out).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), *content.bytes);
+    // A redirect loop ends after the hop limit with "sources exhausted".
+    let looping = format!("http://{}/loop", origin.address);
+    let status =
+        tessera().args(["get", "moved", "--source", &looping, "-o"]).arg(dir.path().join("l")).output().unwrap();
+    assert_eq!(status.status.code(), Some(5), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("more than 5 redirects"));
+}
+
+#[test]
+fn a_chunked_origin_delivers_byte_exact_pieces() {
+    let content = Content::new("chunked", 7 * 65536 + 11);
+    let origin = Fake::start(&content, Behavior::ChunkedOrigin);
+    let dir = tempfile::tempdir().unwrap();
+    let request =
+        request(&content, dir.path(), &[], vec![origin.url()], DownloadConfig { pipeline_depth: 3, ..config() });
+    let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+    assert_output(&request, &content);
+    assert_eq!(summary.sources[0].bad_pieces + summary.sources[0].failures, 0);
+    assert_eq!(fakes::Counters::get(&origin.counters.range_requests), content.piece_count());
+}
+
+#[test]
+fn a_source_url_with_cr_lf_is_refused_with_exit_2_and_nothing_is_sent() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let injected = format!("http://{}/a\r\nX-Injected: 1", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let status =
+        tessera().args(["get", "crlf", "--source", &injected, "-o"]).arg(dir.path().join("out")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{injected:?}")) && stderr.contains("control character"), "{stderr}");
+    // A connection the client made would wait in the backlog: count what it carried.
+    listener.set_nonblocking(true).unwrap();
+    let received = match listener.accept() {
+        Ok((mut stream, _)) => {
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            let mut bytes = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut bytes);
+            bytes.len()
+        }
+        Err(error) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+            0
+        }
+    };
+    assert_eq!(received, 0, "bytes reached the listener");
+}
+
+#[test]
 fn https_source_is_fetched_over_tls_in_the_event_loop() {
     let content = Content::new("https-origin", 12 * 65536 + 5);
     let cert = TestCert::new();
@@ -375,4 +482,80 @@ fn binary_writes_bans_and_bad_pieces_to_the_metrics_file() {
     let bad: u64 =
         text.lines().find_map(|l| l.strip_prefix(bad_line.as_str())).expect("liar's bad pieces").parse().unwrap();
     assert!(bad >= 2, "{text}");
+}
+
+/// Makes a special file with the system's own tool, inside the test's temp dir.
+fn make_node(tool: &str, args: &[&str], path: &Path) {
+    let status = Command::new(tool).arg(path).args(args).status().unwrap();
+    assert!(status.success(), "{tool} {}", path.display());
+}
+
+#[test]
+fn a_device_or_fifo_output_is_written_in_place_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let content = Content::new("special", 3 * 1024 * 1024 + 7);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let dir = tempfile::tempdir().unwrap();
+
+    // A null device of our own (never /dev): the download goes into it and it stays a device.
+    let device = dir.path().join("null");
+    make_node("mknod", &["c", "1", "3"], &device);
+    let output = tessera().args(["get", "special", "--source", &origin.url(), "-o"]).arg(&device).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(std::fs::metadata(&device).unwrap().file_type().is_char_device(), "the device node was replaced");
+    assert!(!dir.path().join("null.tessera-partial").exists());
+
+    // A FIFO: a reader gets every byte in order, and it stays a FIFO.
+    let fifo = dir.path().join("pipe");
+    make_node("mkfifo", &[], &fifo);
+    let (sender, received) = std::sync::mpsc::channel();
+    let reader_path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = sender.send(std::fs::read(&reader_path));
+    });
+    let output = tessera().args(["get", "special", "--source", &origin.url(), "-o"]).arg(&fifo).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = received.recv_timeout(std::time::Duration::from_secs(60)).expect("the FIFO's reader got an end");
+    assert!(read.unwrap() == *content.bytes, "bytes read from the FIFO differ");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+    assert!(!dir.path().join("pipe.tessera-partial").exists());
+}
+
+#[test]
+fn output_to_stdout_a_directory_and_a_bare_metrics_file_name() {
+    let content = Content::new("stdout", 3 * 1024 * 1024 + 11);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = tessera()
+        .args(["get", "stdout", "--source", &origin.url(), "--metrics-file", "m.prom", "-o", "-"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout == *content.bytes, "stdout carries exactly the verified bytes");
+    assert!(stderr.contains("got stdout"), "the summary goes to stderr: {stderr}");
+    assert!(!stderr.contains("m.prom"), "no complaint about a bare metrics file name: {stderr}");
+    let metrics = std::fs::read_to_string(dir.path().join("m.prom")).unwrap();
+    assert!(metrics.contains("tessera_download_success{content=\"stdout\"} 1"), "{metrics}");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("m.prom")], "nothing else left behind");
+
+    let target = dir.path().join("a-directory");
+    std::fs::create_dir(&target).unwrap();
+    let output = tessera().args(["get", "stdout", "--source", &origin.url(), "-o"]).arg(&target).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a-directory") && stderr.contains("is a directory"), "{stderr}");
+    assert!(target.is_dir() && std::fs::read_dir(&target).unwrap().next().is_none());
+
+    let output = tessera()
+        .args(["get", "stdout", "--source", &origin.url(), "--ca", "no-such-ca.pem", "-o"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "an unreadable --ca is bad input: {stderr}");
+    assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
 }

@@ -72,7 +72,7 @@ fn hash_file_matches_an_independent_sha256_of_every_piece() {
 
     let store = Store::open(&dir.path().join("data/store"), &StoreConfig::default()).unwrap();
     for (index, piece) in content.chunks(piece_size).enumerate() {
-        assert_eq!(store.get("blob-1", index as u64).expect("piece stored").bytes(), piece, "piece {index}");
+        assert_eq!(store.get(&hashes.digests()[index]).expect("piece stored").bytes(), piece, "piece {index}");
     }
 }
 
@@ -116,10 +116,32 @@ fn bad_input_gets_an_error_naming_it() {
     for (args, expected) in cases {
         let output = tessera(args, dir.path());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: bad input is exit status 2: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     assert!(!dir.path().join("d/catalog/a.manifest.json").exists());
+}
+
+#[test]
+fn urls_no_client_can_fetch_are_refused_with_exit_2_and_no_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    for (flag, url) in [
+        ("--source", "notaurl"),
+        ("--source", "ftp://h/f"),
+        ("--hashfile-url", "http://[::1"),
+        ("--source", "http://h/a\r\nX-Injected: 1"),
+        ("--source", "http://user:pw@h/f"),
+    ] {
+        let output = tessera(&["publish", "f", "--id", "a", flag, url, "--data-dir", "d"], dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {url:?}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(&format!("{url:?}")), "{flag} {url:?}: {stderr}");
+    }
+    assert!(!dir.path().join("d/catalog/a.manifest.json").exists());
+    let output =
+        tessera(&["publish", "f", "--id", "a", "--source", "HTTP://[::1]:8080/f#x", "--data-dir", "d"], dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

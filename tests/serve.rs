@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tessera::appliance::Appliance;
 use tessera::catalog::Catalog;
 use tessera::config::{BackendChoice, Config};
 use tessera::content::{ContentId, PieceSize};
@@ -64,7 +65,8 @@ fn published() -> Published {
     let big = pattern((1 << 20) * 5 / 2, 2);
     publish_file(dir.path(), "small", &small, SMALL_PIECE, Some(&store));
     publish_file(dir.path(), "big", &big, 1 << 20, Some(&store));
-    publish_file(dir.path(), "meta-only", &small, SMALL_PIECE, None);
+    // Bytes of its own: the store is content-addressed, so small's pieces would serve a copy of small.
+    publish_file(dir.path(), "meta-only", &pattern(SMALL_PIECE * 7 / 2, 3), SMALL_PIECE, None);
     Published { dir, small, big }
 }
 
@@ -391,55 +393,95 @@ fn shutdown_finishes_the_response_in_flight() {
     }
 }
 
+/// Starts `tessera serve` on `listen` with one worker; its log lines arrive on the receiver.
+fn spawn_serve(
+    listen: &str,
+    backend: &str,
+    data_dir: &Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", listen, "--service-listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--backend", backend, "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Reads log lines until the data plane's listening line; returns its address and the log so far.
+fn wait_listening(child: &mut std::process::Child, lines: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, String) {
+    let mut log = String::new();
+    while let Ok(line) = lines.recv_timeout(IO_TIMEOUT) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("data plane listening") {
+            let address = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(|a| a.parse().unwrap());
+            return (address.unwrap(), log);
+        }
+    }
+    let _ = child.kill();
+    panic!("no listening line from tessera serve:\n{log}");
+}
+
+/// Waits (at most `IO_TIMEOUT`) for `child` to exit.
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tessera serve still running after {IO_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_serve_on_a_served_address_fails_and_the_first_keeps_every_request() {
+    let published = published();
+    for backend in backends() {
+        let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
+        let (mut first, first_lines) = spawn_serve("127.0.0.1:0", name, &published.dir.path().join("data"));
+        let (address, _) = wait_listening(&mut first, &first_lines);
+        let other_data = tempfile::tempdir().unwrap();
+        let (mut second, second_lines) = spawn_serve(&address.to_string(), name, other_data.path());
+        let exit = wait_exit(&mut second);
+        let log: Vec<String> = second_lines.iter().collect(); // ends at the exited child's EOF
+        assert!(!exit.success(), "{backend:?}: the second serve started on {address}: {log:?}");
+        assert!(log.iter().any(|l| l.contains(&address.to_string())), "{backend:?}: error names no address: {log:?}");
+        // Every connection reaches the first process (a shared group would send some elsewhere).
+        for _ in 0..20 {
+            assert_eq!(Client::connect(address).get("/v1/content/small/piece/0", "").status, 200, "{backend:?}");
+        }
+        let status = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(wait_exit(&mut first).success(), "{backend:?}");
+    }
+}
+
 #[test]
 fn sigterm_exits_cleanly() {
     let published = published();
     for backend in backends() {
         let name = if backend == BackendChoice::Uring { "uring" } else { "epoll" };
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "1"])
-            .args(["--backend", name, "--data-dir"])
-            .arg(published.dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut address = None;
-        let mut log = String::new();
-        while address.is_none() {
-            let Ok(line) = rx.recv_timeout(IO_TIMEOUT) else { break };
-            log.push_str(&line);
-            log.push('\n');
-            if line.contains("data plane listening") {
-                address = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(|a| a.parse().unwrap());
-            }
-        }
-        let Some(address) = address else {
-            let _ = child.kill();
-            panic!("no listening line from tessera serve:\n{log}");
-        };
+        let (mut child, lines) = spawn_serve("127.0.0.1:0", name, &published.dir.path().join("data"));
+        let (address, log) = wait_listening(&mut child, &lines);
         assert!(log.contains(&format!("backend=\"{name}\"")) || log.contains(&format!("backend={name}")), "{log}");
         assert_eq!(Client::connect(address).get("/v1/content/small/piece/0", "").status, 200);
         let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + IO_TIMEOUT;
-        let exit = loop {
-            if let Some(exit) = child.try_wait().unwrap() {
-                break exit;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{backend:?}: tessera serve still running 10 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let exit = wait_exit(&mut child);
         assert!(exit.success(), "{backend:?}: exit status {exit:?}");
     }
 }
@@ -468,7 +510,7 @@ fn zero_copy_sends_deliver_the_same_bytes() {
         }
         let range = client.read(false);
         assert!(range.status == 206 && range.body == published.big[1000..=2_100_000], "{backend:?} range");
-        if backend == BackendChoice::Uring && tessera::dataplane::uring::zero_copy_supported() {
+        if backend == BackendChoice::Uring && tessera::io::uring::zero_copy_supported() {
             assert!(server.metrics().zero_copy_sends() > 0, "zero-copy sends were used");
         }
         server.shutdown().unwrap();
@@ -484,7 +526,7 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     let slot = {
         let store = Store::open(&store_dir, &tessera::config::StoreConfig::default()).unwrap();
         let (fd_offset, length) = {
-            let guard = store.get("small", 1).unwrap();
+            let guard = store.get(&tessera::hash::sha256(&published.small[SMALL_PIECE..2 * SMALL_PIECE])).unwrap();
             (guard.file_range().1, guard.length())
         };
         assert_eq!(length as usize, SMALL_PIECE);
@@ -501,10 +543,13 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     bytes[slot as usize + 7] ^= 0x40;
     std::fs::write(&slab, bytes).unwrap();
 
-    let server = Server::start(&config_for(published.dir.path(), BackendChoice::Epoll)).unwrap();
+    // The check is part of what `serve` runs: the appliance, here without the metadata service.
+    let mut config = config_for(published.dir.path(), BackendChoice::Epoll);
+    config.service.enabled = false;
+    let appliance = Appliance::start(&config).unwrap();
     let pieces_before = 4 + 3; // small: 4 pieces of 64 KiB, big: 3 pieces of 1 MiB
     let deadline = Instant::now() + IO_TIMEOUT;
-    let mut client = Client::connect(server.local_addr());
+    let mut client = Client::connect(appliance.server().local_addr());
     loop {
         let metrics = String::from_utf8(client.get("/metrics", "").body).unwrap();
         let pieces: u64 = metrics
@@ -522,5 +567,141 @@ fn background_check_discards_a_corrupted_piece_before_it_is_requested() {
     assert_eq!(client.get("/v1/content/small/piece/1", "").status, 503, "a corrupt piece is never served");
     let good = client.get("/v1/content/small/piece/0", "");
     assert_eq!((good.status, &good.body[..]), (200, &published.small[..SMALL_PIECE]));
-    server.shutdown().unwrap();
+    appliance.shutdown().unwrap();
+}
+
+/// Runs the real `curl` with `args` against `url`, keeping the head and body in `dir`;
+/// returns (status, head, body).
+fn curl(dir: &Path, url: &str, args: &[&str]) -> (u16, String, Vec<u8>) {
+    let (head_file, body_file) = (dir.join("curl.head"), dir.join("curl.body"));
+    let _ = std::fs::remove_file(&body_file);
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "%{http_code}", "-D"])
+        .arg(&head_file)
+        .arg("-o")
+        .arg(&body_file)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed (scripts/test installs it)");
+    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let status = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+    let body = std::fs::read(&body_file).unwrap_or_default();
+    (status, std::fs::read_to_string(head_file).unwrap(), body)
+}
+
+fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines()
+        .find_map(|line| line.split_once(':').filter(|(key, _)| key.eq_ignore_ascii_case(name)))
+        .map(|(_, value)| value.trim())
+}
+
+/// The parts of a `multipart/byteranges` body as (Content-Range value, bytes), checked for framing.
+fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect(content_type);
+    let delimiter = format!("\r\n--{boundary}").into_bytes();
+    let starts: Vec<usize> = (0..body.len()).filter(|&at| body[at..].starts_with(&delimiter)).collect();
+    assert_eq!(starts.first(), Some(&0), "the body opens with a delimiter");
+    let last = *starts.last().unwrap();
+    assert_eq!(&body[last + delimiter.len()..], b"--\r\n", "the body ends with the closing delimiter");
+    starts
+        .windows(2)
+        .map(|pair| {
+            let part = &body[pair[0] + delimiter.len() + 2..pair[1]];
+            let split = part.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8(part[..split].to_vec()).unwrap();
+            assert_eq!(field(&head, "content-type"), Some("application/octet-stream"), "{head}");
+            (field(&head, "content-range").unwrap().to_string(), part[split + 4..].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn curl_sees_validators_and_gets_304_for_what_it_holds() {
+    let published = published();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    each_backend(&published, |backend, server| {
+        let url = format!("http://{}/v1/content/small", server.local_addr());
+        let (status, head, body) = curl(dir, &url, &[]);
+        assert!(status == 200 && body == published.small, "{backend:?}");
+        let etag = field(&head, "etag").expect("ETag").to_string();
+        let modified = field(&head, "last-modified").expect("Last-Modified").to_string();
+        assert!(etag.starts_with('"') && etag.len() == 66, "{backend:?}: strong SHA-256 tag {etag}");
+        assert!(field(&head, "date").is_some_and(|date| date.ends_with("GMT")), "{backend:?}: {head}");
+        assert_eq!(field(&head, "cache-control"), Some("public, no-cache"));
+        let (status, head, body) = curl(dir, &url, &["-H", &format!("If-None-Match: {etag}")]);
+        assert_eq!((status, body.len()), (304, 0), "{backend:?}: {head}");
+        assert_eq!(field(&head, "etag"), Some(etag.as_str()));
+        assert_eq!(curl(dir, &url, &["-H", "If-None-Match: \"stale\""]).0, 200);
+        // `curl -z DATE` sends If-Modified-Since.
+        assert_eq!(curl(dir, &url, &["-z", &modified]).0, 304, "{backend:?}");
+        let (status, _, body) = curl(dir, &url, &["-z", "Sun, 06 Nov 1994 08:49:37 GMT"]);
+        assert!(status == 200 && body == published.small, "{backend:?}");
+        let piece = format!("http://{}/v1/content/small/piece/2", server.local_addr());
+        let piece_tag = field(&curl(dir, &piece, &[]).1, "etag").unwrap().to_string();
+        assert_eq!(curl(dir, &piece, &["-H", &format!("If-None-Match: {piece_tag}")]).0, 304, "{backend:?}");
+    });
+}
+
+#[test]
+fn curl_if_range_and_multiple_ranges() {
+    let published = published();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let length = published.big.len();
+    each_backend(&published, |backend, server| {
+        let url = format!("http://{}/v1/content/big", server.local_addr());
+        let (_, head, _) = curl(dir, &url, &["-I"]);
+        let etag = field(&head, "etag").unwrap().to_string();
+        let modified = field(&head, "last-modified").unwrap().to_string();
+        for validator in [&etag, &modified] {
+            let (status, _, body) = curl(dir, &url, &["-r", "10-19", "-H", &format!("If-Range: {validator}")]);
+            assert!(status == 206 && body == published.big[10..20], "{backend:?}: If-Range {validator}");
+        }
+        let (status, _, body) = curl(dir, &url, &["-r", "10-19", "-H", "If-Range: \"another-version\""]);
+        assert!(status == 200 && body == published.big, "{backend:?}: a mismatched If-Range gets the whole content");
+
+        let (status, head, body) = curl(dir, &url, &["-r", "0-9,100-199,1048570-1048600"]);
+        assert_eq!(status, 206, "{backend:?}");
+        assert_eq!(field(&head, "content-length"), Some(body.len().to_string().as_str()));
+        let parts = multipart_parts(field(&head, "content-type").unwrap(), &body);
+        let expected = [(0, 9), (100, 199), (1_048_570, 1_048_600)];
+        assert_eq!(parts.len(), expected.len(), "{backend:?}");
+        for ((range, bytes), (start, end)) in parts.iter().zip(expected) {
+            assert_eq!(range, &format!("bytes {start}-{end}/{length}"), "{backend:?}");
+            assert!(bytes[..] == published.big[start..=end], "{backend:?}: part {start}-{end} differs");
+        }
+        let (status, _, body) = curl(dir, &url, &["-r", "0-99,50-149"]);
+        assert!(status == 206 && body == published.big[..150], "{backend:?}: overlapping ranges are coalesced");
+        let (status, head, _) = curl(dir, &url, &["-r", &format!("{length}-,{}-", length + 10)]);
+        assert_eq!(status, 416, "{backend:?}");
+        assert_eq!(field(&head, "content-range"), Some(format!("bytes */{length}").as_str()));
+    });
+}
+
+/// Runs the real `wget -c` in `dir` for `url` (saved as `name`) with `args`; returns its success.
+fn wget_continue(dir: &Path, url: &str, args: &[&str]) -> bool {
+    let output = std::process::Command::new("wget")
+        .args(["-c", "-q", "--tries=1", "--timeout=10"])
+        .args(args)
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .expect("wget is installed (scripts/test installs it)");
+    eprintln!("wget {args:?}: {}{}", output.status, String::from_utf8_lossy(&output.stderr));
+    output.status.success()
+}
+
+#[test]
+fn wget_resumes_a_partial_download_byte_exact() {
+    let published = published();
+    each_backend(&published, |backend, server| {
+        let scratch = tempfile::tempdir().unwrap();
+        let url = format!("http://{}/v1/content/big", server.local_addr());
+        std::fs::write(scratch.path().join("big"), &published.big[..1_500_000]).unwrap();
+        assert!(wget_continue(scratch.path(), &url, &[]), "{backend:?}");
+        let got = std::fs::read(scratch.path().join("big")).unwrap();
+        assert!(got == published.big, "{backend:?}: resumed file differs ({} bytes)", got.len());
+    });
 }

@@ -2,7 +2,8 @@
 //! again and again; afterwards no piece reads back with wrong bytes and no committed piece is lost.
 //!
 //! The child is this test binary re-run with `TESSERA_CRASH_CHILD_DIR` set: it ingests forever
-//! and prints `committed ID INDEX` only after `Store::ingest` returned for that piece.
+//! and prints `committed NAME INDEX` only after `Store::ingest` returned for that piece. The
+//! store keys pieces by SHA-256; the parent recomputes each piece's bytes from (name, index).
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -11,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera::config::StoreConfig;
-use tessera::content::{ContentId, PieceSize};
-use tessera::hash::hash_piece;
+use tessera::content::PieceSize;
+use tessera::hash::sha256;
 use tessera::store::{NewPiece, Store};
 
 const PIECE: usize = 64 * 1024;
@@ -45,12 +46,10 @@ fn run_child(dir: &Path, round: u32) -> ! {
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     for batch in 0u64.. {
-        let id = ContentId::parse(&format!("r{round}-b{batch}")).unwrap();
-        let owned: Vec<(u64, Vec<u8>)> =
-            (0..1 + batch % 4).map(|i| (i, expected(id.as_str(), i, piece_length(i)))).collect();
-        let pieces: Vec<NewPiece<'_>> =
-            owned.iter().map(|(i, b)| NewPiece { index: *i, bytes: b, digest: hash_piece(b) }).collect();
-        store.ingest(&id, PieceSize::new(PIECE as u32).unwrap(), &pieces).expect("child ingest");
+        let id = format!("r{round}-b{batch}");
+        let owned: Vec<(u64, Vec<u8>)> = (0..1 + batch % 4).map(|i| (i, expected(&id, i, piece_length(i)))).collect();
+        let pieces: Vec<NewPiece<'_>> = owned.iter().map(|(_, b)| NewPiece { bytes: b, digest: sha256(b) }).collect();
+        store.ingest(PieceSize::new(PIECE as u32).unwrap(), &pieces).expect("child ingest");
         for (index, _) in &owned {
             writeln!(out, "committed {id} {index}").unwrap();
         }
@@ -118,19 +117,15 @@ fn sigkill_mid_ingest_never_serves_corrupt_bytes_nor_loses_committed_pieces() {
 
 fn check(dir: &Path, committed: &HashSet<(String, u64)>, round: u32) {
     let store = Store::open(dir, &config()).expect("store reopens after SIGKILL");
-    for id in store.content_ids() {
-        for index in store.piece_indexes(id.as_str()) {
-            if let Some(guard) = store.get(id.as_str(), index) {
-                assert_eq!(
-                    guard.bytes(),
-                    &expected(id.as_str(), index, piece_length(index))[..],
-                    "round {round}: {id}/{index} read back with wrong bytes"
-                );
-            }
+    for digest in store.digests() {
+        if let Some(guard) = store.get(&digest) {
+            assert_eq!(sha256(guard.bytes()), digest, "round {round}: a piece read back with wrong bytes");
         }
     }
     for (id, index) in committed {
-        let guard = store.get(id, *index).unwrap_or_else(|| panic!("round {round}: committed piece {id}/{index} lost"));
-        assert_eq!(guard.bytes(), &expected(id, *index, piece_length(*index))[..]);
+        let bytes = expected(id, *index, piece_length(*index));
+        let guard =
+            store.get(&sha256(&bytes)).unwrap_or_else(|| panic!("round {round}: committed piece {id}/{index} lost"));
+        assert_eq!(guard.bytes(), &bytes[..]);
     }
 }

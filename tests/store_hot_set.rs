@@ -3,8 +3,8 @@
 //! Faults are counted for this thread only (/proc/thread-self/stat).
 
 use tessera::config::StoreConfig;
-use tessera::content::{ContentId, PieceSize};
-use tessera::hash::hash_piece;
+use tessera::content::{Digest, PieceSize};
+use tessera::hash::sha256;
 use tessera::store::{NewPiece, Store};
 
 const PIECE: usize = 1 << 20;
@@ -17,10 +17,10 @@ fn thread_minor_faults() -> i64 {
     after_name.split_whitespace().nth(7).unwrap().parse().unwrap()
 }
 
-fn read_all(store: &Store, indexes: std::ops::Range<u64>) -> u64 {
+fn read_all(store: &Store, digests: &[Digest], indexes: std::ops::Range<u64>) -> u64 {
     let mut sum = 0u64;
     for index in indexes {
-        let guard = store.get("hot", index).expect("piece present");
+        let guard = store.get(&digests[index as usize]).expect("piece present");
         sum = guard.bytes().iter().step_by(4096).fold(sum, |a, &b| a.wrapping_add(u64::from(b)));
     }
     // Keep the loads: without a use of the sum the compiler may drop the reads entirely.
@@ -33,17 +33,18 @@ fn a_hot_set_within_the_budget_is_not_refaulted_every_window() {
     // 8 MiB slabs, 32 MiB budget: the 16 MiB hot set (2 slabs) fits; 32 MiB of cold pieces do not.
     let config = StoreConfig { slab_size_bytes: 8 << 20, resident_trim_bytes: 32 << 20, ..StoreConfig::default() };
     let store = Store::open(dir.path(), &config).unwrap();
-    let id = ContentId::parse("hot").unwrap();
     let mut piece = vec![0u8; PIECE];
+    let mut digests: Vec<Digest> = Vec::new();
     for index in 0..48u64 {
         piece.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u64 ^ index) as u8 | 1);
-        let digest = hash_piece(&piece);
-        store.ingest(&id, PieceSize::DEFAULT, &[NewPiece { index, bytes: &piece, digest }]).unwrap();
+        let digest = sha256(&piece);
+        store.ingest(PieceSize::DEFAULT, &[NewPiece { bytes: &piece, digest }]).unwrap();
+        digests.push(digest);
     }
     // Warm up: touch the cold pieces once (they get trimmed), then the hot set.
     let warm = thread_minor_faults();
-    read_all(&store, 16..48);
-    read_all(&store, 0..16);
+    read_all(&store, &digests, 16..48);
+    read_all(&store, &digests, 0..16);
     let warm_up_faults = thread_minor_faults() - warm;
     assert!(warm_up_faults > 0, "the fault counter does not see first reads");
     // One fault maps a whole page-cache folio (often many pages), so judge against this machine:
@@ -53,7 +54,7 @@ fn a_hot_set_within_the_budget_is_not_refaulted_every_window() {
     let windows = 8;
     for _ in 0..windows * 2 {
         // 16 MiB per pass: a trim every two passes.
-        read_all(&store, 0..16);
+        read_all(&store, &digests, 0..16);
     }
     let faults = thread_minor_faults() - before;
     // Dropping every mapping at each of the 8 trims would refault the hot set 8 times.

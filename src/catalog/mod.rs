@@ -112,16 +112,25 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CatalogError> {
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a part.
+///
+/// The new file is a `tempfile` beside `path` (in `.` for a bare name), synced, then persisted
+/// (renamed) over it. A FIFO or device at `path` is written to as it is, never replaced.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
     let io = |source| CatalogError::Io { path: path.to_path_buf(), source };
-    let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = File::create(&temporary).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        if !metadata.is_file() && !metadata.is_dir() {
+            return std::fs::OpenOptions::new().write(true).open(path).and_then(|mut f| f.write_all(bytes)).map_err(io);
+        }
     }
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new().prefix(".tessera-tmp").tempfile_in(dir).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|error| io(error.error))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(())
 }
 

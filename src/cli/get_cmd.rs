@@ -1,6 +1,6 @@
 //! `tessera get`: download one content under the Delivery Optimization rules.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::CliError;
 use crate::content::manifest::parse_digest;
 use crate::content::ContentId;
+use crate::download::output::STDOUT_PATH;
 use crate::download::{
     get, prometheus, GetError, GetRequest, MetadataSource, NoService, ServiceMetadata, Status, Summary,
 };
@@ -37,7 +38,8 @@ pub struct GetArgs {
     /// An HTTP(S) URL of the content: the Simple-mode source, and a fallback in P2P mode (repeatable).
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
-    /// Where to write the content.
+    /// Where to write the content: a file (written beside as FILE.tessera-partial, renamed when
+    /// verified), `-` for stdout, or a FIFO or device (written in order, no resume).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// Expected SHA-256 of the whole file (64 hex digits); checked before the file appears.
@@ -138,12 +140,15 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
         }
     }
     let summary = result?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+    // With `-o -` stdout carries the content: the summary goes to stderr.
+    let mut out: Box<dyn Write> =
+        if args.output.as_os_str() == STDOUT_PATH { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let printed = if args.json {
+        writeln!(out, "{}", serde_json::to_string(&summary).expect("summary serializes"))
     } else {
-        print_summary(&summary);
-    }
-    Ok(())
+        print_summary(&mut out, &summary)
+    };
+    printed.map_err(|e| CliError::Other(format!("printing the summary: {e}")))
 }
 
 fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
@@ -153,17 +158,19 @@ fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| CliError::Usage(format!("--peer {text:?}: no address")))
 }
 
-fn print_summary(summary: &Summary) {
-    println!(
+fn print_summary(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> {
+    writeln!(
+        out,
         "got {} ({} bytes) in {} ms, {} mode{}",
         summary.content_id,
         summary.content_length,
         summary.duration_ms,
         summary.mode,
         summary.mode_reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-    );
+    )?;
     for source in &summary.sources {
-        println!(
+        writeln!(
+            out,
             "  {:<5} {:<40} {:>12} bytes {:>6} pieces {:>4} bad{}",
             source.kind,
             source.source,
@@ -171,9 +178,10 @@ fn print_summary(summary: &Summary) {
             source.pieces,
             source.bad_pieces,
             if source.banned { "  BANNED" } else { "" }
-        );
+        )?;
     }
     if let Some(digest) = &summary.sha256 {
-        println!("  sha256 {digest} verified");
+        writeln!(out, "  sha256 {digest} verified")?;
     }
+    Ok(())
 }

@@ -64,12 +64,20 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Exit status: 2 for bad input on the command line; for `get`, 3 not found, 4 verification
-    /// failed, 5 sources exhausted; 1 for everything else.
+    /// Exit status, one scheme for every subcommand (the README's table):
+    /// 1 a failure while running (I/O, store, network); 2 bad input on the command line,
+    /// including a file it names that is missing, unreadable or of the wrong kind (`publish FILE`,
+    /// `--ca`, `--config`, `-o`); for `get`, 3 not found, 4 verification failed, 5 sources
+    /// exhausted.
     pub fn exit_code(&self) -> u8 {
+        use crate::download::output::OutputError;
         use crate::download::GetError;
+        use crate::publish::PublishError;
         match self {
-            CliError::Usage(_) | CliError::Config(_) | CliError::Get(GetError::BadSource(_)) => 2,
+            CliError::Usage(_)
+            | CliError::Config(_)
+            | CliError::Publish(PublishError::Open { .. } | PublishError::NotAFile { .. })
+            | CliError::Get(GetError::BadSource(_) | GetError::Output(OutputError::Unusable { .. })) => 2,
             CliError::Get(GetError::NotFound { .. }) => 3,
             CliError::Get(GetError::Verification(_)) => 4,
             CliError::Get(GetError::Exhausted { .. } | GetError::NoHttpSource { .. }) => 5,

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::catalog::Catalog;
 use crate::cli::{CliError, DataDirArgs};
 use crate::content::{ContentId, PieceSize};
+use crate::http::url::HttpUrl;
 use crate::publish::{publish, PublishRequest};
 use crate::store::Store;
 
@@ -44,6 +45,12 @@ pub struct PublishArgs {
 pub fn run(args: PublishArgs) -> Result<(), CliError> {
     let id = ContentId::parse(&args.id).map_err(|e| CliError::Usage(format!("--id: {e}")))?;
     let piece_size = PieceSize::parse(&args.piece_size).map_err(|e| CliError::Usage(format!("--piece-size: {e}")))?;
+    // A URL that no client can fetch must not reach the manifest, where every `get` would trip on it.
+    for (flag, urls) in [("--source", &args.sources), ("--hashfile-url", &args.hashfile_urls)] {
+        for url in urls.iter() {
+            HttpUrl::parse(url).map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+        }
+    }
     let config = args.data.load()?;
     let length = std::fs::metadata(&args.file)
         .map_err(|e| CliError::Usage(format!("cannot publish {}: {e}", args.file.display())))?

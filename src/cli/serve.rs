@@ -1,19 +1,13 @@
-//! `tessera serve`: runs the data plane, and the embedded metadata service, until SIGINT or SIGTERM.
+//! `tessera serve`: parses its arguments and runs the [`Appliance`] until SIGINT or SIGTERM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::catalog::Catalog;
-use crate::cli::service_cmd::EmbeddedServiceArgs;
+use crate::appliance::{Appliance, ApplianceError};
+use crate::cli::service_cmd::{self, EmbeddedServiceArgs};
 use crate::cli::{CliError, DataDirArgs};
-use crate::config::{BackendChoice, Config};
-use crate::control::announcer::{self, AnnounceTarget, AnnouncerHandle, TargetError};
-use crate::control::ServiceHandle;
-use crate::dataplane::{ServeError, Server, ServerHandle};
-
-/// How often the main thread looks for a signal or a dead worker.
-const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(50);
+use crate::config::BackendChoice;
+use crate::dataplane::ServeError;
 
 /// Arguments of `tessera serve`.
 #[derive(Debug, clap::Args)]
@@ -33,10 +27,13 @@ pub struct ServeArgs {
     pub backend: Option<String>,
 }
 
-impl From<ServeError> for CliError {
-    fn from(error: ServeError) -> Self {
+impl From<ApplianceError> for CliError {
+    fn from(error: ApplianceError) -> Self {
         match error {
-            ServeError::BadAddress { .. } => CliError::Usage(error.to_string()),
+            ApplianceError::Serve(ServeError::BadAddress { .. }) | ApplianceError::AnnounceTarget(_) => {
+                CliError::Usage(error.to_string())
+            }
+            ApplianceError::Service(error) => CliError::Service(error),
             other => CliError::Other(other.to_string()),
         }
     }
@@ -55,59 +52,16 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         config.serve.backend = BackendChoice::parse(backend)
             .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
     }
+    args.service.apply(&mut config);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| CliError::Other(format!("cannot install a handler for signal {signal}: {e}")))?;
     }
-    let server = Server::start(&config)?;
-    let service = args.service.start(&config)?;
-    let announcer = start_announcer(&config, &server, service.as_ref())?;
-    while !stop.load(Ordering::Acquire) && !server.any_worker_finished() {
-        std::thread::sleep(SIGNAL_POLL_INTERVAL);
+    let appliance = Appliance::start(&config)?;
+    if let Some(service) = appliance.service() {
+        service_cmd::report(service);
     }
-    if stop.load(Ordering::Acquire) {
-        tracing::info!("signal received: no new connections; finishing in-flight responses");
-    } else {
-        tracing::error!("a worker stopped unexpectedly; shutting down");
-    }
-    let clean = !server.any_worker_finished();
-    server.shutdown()?;
-    if !clean {
-        return Err(CliError::Other("a data-plane worker stopped unexpectedly".into()));
-    }
-    tracing::info!("data plane stopped");
-    drop(announcer);
-    drop(service);
+    appliance.run_until(&stop)?;
     Ok(())
-}
-
-/// Announces this seed's content to the metadata service (the embedded one by default).
-fn start_announcer(
-    config: &Config,
-    server: &ServerHandle,
-    service: Option<&ServiceHandle>,
-) -> Result<Option<AnnouncerHandle>, CliError> {
-    let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
-    let resolved =
-        AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms);
-    let target = match resolved {
-        Ok(target) => target,
-        // Serving matters more than being found: say why, and serve unannounced.
-        Err(error @ TargetError::UnspecifiedAddress(_)) => {
-            tracing::warn!(%error, "not announcing");
-            return Ok(None);
-        }
-        Err(error) => return Err(CliError::Usage(error.to_string())),
-    };
-    let Some(target) = target else {
-        tracing::info!(
-            "not announcing: no metadata service to announce to ([announce] service_url, or the embedded service)"
-        );
-        return Ok(None);
-    };
-    tracing::info!(service = %target.service_url, peer_id = %target.peer_id, group = %target.group, address = %target.address, "announcing held content");
-    announcer::start(target, Catalog::new(config.catalog_dir()), server.store().clone())
-        .map(Some)
-        .map_err(|e| CliError::Other(e.to_string()))
 }

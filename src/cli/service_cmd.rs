@@ -26,16 +26,14 @@ pub struct EmbeddedServiceArgs {
 }
 
 impl EmbeddedServiceArgs {
-    /// Starts the embedded service unless `--no-service` or `[service] enabled = false` says not to.
-    pub fn start(&self, config: &Config) -> Result<Option<ServiceHandle>, CliError> {
-        if self.no_service || !config.service.enabled {
-            return Ok(None);
+    /// Applies `--no-service` and `--service-listen` to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if self.no_service {
+            config.service.enabled = false;
         }
-        let mut config = config.clone();
         if let Some(listen) = &self.service_listen {
             config.service.listen = listen.clone();
         }
-        start_and_report(&config).map(Some)
     }
 }
 
@@ -54,6 +52,12 @@ pub fn run(args: ServiceArgs) -> Result<(), CliError> {
 /// Starts the service and tells the person how to reach it.
 fn start_and_report(config: &Config) -> Result<ServiceHandle, CliError> {
     let handle = Service::start(config)?;
+    report(&handle);
+    Ok(handle)
+}
+
+/// Tells the person how to reach a started service.
+pub fn report(handle: &ServiceHandle) {
     // One line on stdout with the real address (port 0 picks one), for people and scripts.
     println!("tessera service: listening on https://{}", handle.local_addr());
     if let Some(ca) = handle.dev_ca_file() {
@@ -63,7 +67,6 @@ fn start_and_report(config: &Config) -> Result<ServiceHandle, CliError> {
             handle.local_addr().port()
         );
     }
-    Ok(handle)
 }
 
 /// Blocks until SIGINT or SIGTERM arrives.

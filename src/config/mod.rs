@@ -5,6 +5,7 @@ mod download;
 mod serve;
 mod service;
 mod store;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ pub use download::DownloadConfig;
 pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
+pub use upstream::{UpstreamConfig, UpstreamConfigError};
 
 /// The embedded default configuration, as shipped in `appliance/tessera.toml`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../appliance/tessera.toml");
@@ -26,6 +28,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("config {path} is not valid: {source}")]
+    Upstream { path: PathBuf, source: UpstreamConfigError },
 }
 
 /// The whole configuration.
@@ -44,6 +48,9 @@ pub struct Config {
     pub serve: ServeConfig,
     /// What `serve` announces to the metadata service.
     pub announce: AnnounceConfig,
+    /// Where a cache box fills misses from; absent means `serve` answers only what it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +62,7 @@ impl Default for Config {
             download: DownloadConfig::default(),
             serve: ServeConfig::default(),
             announce: AnnounceConfig::default(),
+            upstream: None,
         }
     }
 }
@@ -62,7 +70,12 @@ impl Default for Config {
 impl Config {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })?;
+        if let Some(upstream) = &config.upstream {
+            upstream.validate().map_err(|source| ConfigError::Upstream { path: origin.to_path_buf(), source })?;
+        }
+        Ok(config)
     }
 
     /// Loads a file, or the embedded default when `path` is `None`.
@@ -116,6 +129,38 @@ mod tests {
     fn unknown_key_is_named() {
         let error = Config::parse("[store]\nsize_bytes_maxx = 1\n", Path::new("my.toml")).unwrap_err().to_string();
         assert!(error.contains("size_bytes_maxx") && error.contains("my.toml"), "{error}");
+    }
+
+    /// The commented `[upstream]` block of the embedded file, uncommented: its values must be the defaults.
+    fn embedded_upstream_uncommented() -> String {
+        let start = DEFAULT_CONFIG_TOML.find("# [upstream]\n").expect("embedded file documents [upstream]");
+        let setting =
+            |line: &&str| line.starts_with('[') || line.split_once(" = ").is_some_and(|(key, _)| !key.contains(' '));
+        DEFAULT_CONFIG_TOML[start..]
+            .lines()
+            .map(|line| line.trim_start_matches("# "))
+            .filter(setting)
+            .filter(|line| !line.starts_with("pin_sha256"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn embedded_upstream_block_is_the_defaults() {
+        let config = Config::parse(&embedded_upstream_uncommented(), Path::new("x")).unwrap();
+        let expected = UpstreamConfig {
+            service_url: "https://seed.example:7443".into(),
+            ca_file: Some("/etc/tessera/upstream-ca.pem".into()),
+            ..UpstreamConfig::default()
+        };
+        assert_eq!(config.upstream, Some(expected));
+    }
+
+    #[test]
+    fn bad_upstream_value_names_key_and_file() {
+        let error = Config::parse("[upstream]\nservice_url = \"http://up:1\"\n", Path::new("box.toml")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("upstream.service_url") && message.contains("box.toml"), "{message}");
     }
 
     #[test]

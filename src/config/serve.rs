@@ -52,12 +52,20 @@ pub struct ServeConfig {
     pub idle_timeout_ms: u64,
     /// A connection whose peer accepts no response bytes for this long is closed.
     pub send_timeout_ms: u64,
-    /// Responses queued per connection (pipelined requests answered in order); reading pauses past it.
+    /// A response waiting on a fill is answered 504 if it is not ready within this time (or, once
+    /// its head is out, its connection is closed if no further body part arrives within it).
+    pub pending_timeout_ms: u64,
+    /// Responses queued per connection (pipelined requests answered in order, pending ones
+    /// included); reading pauses past it.
     pub pipeline_depth_max: usize,
     /// Unparsed request bytes buffered per connection; reading pauses past it.
     pub input_bytes_max: usize,
     /// Bytes one receive reads at most (the per-connection receive buffer).
     pub recv_buffer_bytes: usize,
+    /// Body parts one streaming response holds pinned (appended, not yet sent and released).
+    pub stream_queued_parts_max: usize,
+    /// Bytes of those parts.
+    pub stream_queued_bytes_max: u64,
     /// Slices (iovecs) handed to one send call.
     pub send_iovecs_max: usize,
     /// Bodies of at least this many bytes are sent with io_uring `SendMsgZc` (zero-copy); smaller
@@ -75,6 +83,9 @@ pub struct ServeConfig {
     pub catalog_cache_entries_max: usize,
     /// An id unknown to the catalog is looked up on disk again after this long.
     pub catalog_recheck_ms: u64,
+    /// Ranges honoured in one `Range:` header (answered as `multipart/byteranges`); a request
+    /// with more gets the whole content (200).
+    pub ranges_per_request_max: usize,
 }
 
 impl Default for ServeConfig {
@@ -90,9 +101,12 @@ impl Default for ServeConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             send_timeout_ms: 30_000,
+            pending_timeout_ms: 30_000,
             pipeline_depth_max: 32,
             input_bytes_max: 16384,
             recv_buffer_bytes: 16384,
+            stream_queued_parts_max: 64,
+            stream_queued_bytes_max: 64 << 20,
             send_iovecs_max: 64,
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
@@ -101,6 +115,7 @@ impl Default for ServeConfig {
             shutdown_grace_ms: 5_000,
             catalog_cache_entries_max: 4096,
             catalog_recheck_ms: 1_000,
+            ranges_per_request_max: 64,
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct ServiceConfig {
     pub body_timeout_ms: u64,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout_ms: u64,
+    /// How often the catalog directory is looked at for entries changed by another process.
+    pub catalog_rescan_ms: u64,
+    /// Catalog reads and writes waiting for the catalog thread; more get 503.
+    pub catalog_jobs_max: u32,
 }
 
 impl Default for ServiceConfig {
@@ -68,6 +72,8 @@ impl Default for ServiceConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            catalog_rescan_ms: 2_000,
+            catalog_jobs_max: 64,
         }
     }
 }

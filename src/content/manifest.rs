@@ -1,7 +1,6 @@
 //! Manifest v1: the JSON document fetched over TLS that anchors trust in a content's hash file.
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::content::hashfile::Digest;
 use crate::content::id::{ContentId, ContentIdError};
@@ -98,11 +97,6 @@ pub fn parse_digest(field: &'static str, value: &str) -> Result<Digest, Manifest
     let mut out = [0u8; 32];
     hex::decode_to_slice(value, &mut out).map_err(|_| bad())?;
     Ok(out)
-}
-
-/// SHA-256 of a byte string (hash files, small documents).
-pub fn sha256(bytes: &[u8]) -> Digest {
-    sha2::Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 use std::fmt;
 
 use crate::content::hashfile::{HashFile, HashFileError};
-use crate::content::manifest::{sha256, Manifest};
+use crate::content::manifest::Manifest;
+use crate::hash::sha256;
 
 /// Why a piece of metadata could not be had. Callers map their typed fetch errors onto this.
 #[derive(Debug, Clone, PartialEq, Eq)]

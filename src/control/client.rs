@@ -1,7 +1,7 @@
 //! The blocking metadata client: one TLS connection per call, every step under a timeout, and a
 //! typed error for each way a fetch fails, so a download can say why it fell back to Simple mode.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,10 @@ use rustls::{CertificateError, ClientConnection};
 
 use crate::content::{ContentId, Manifest, MetadataFailure};
 use crate::control::api::{validate_name, AnnounceRequest, ErrorBody, PeerInfo, PeersResponse, PublishBody};
-use crate::http::response_reader::{read_response, ReadResponseError};
+use crate::http::client::blocking::{exchange, ExchangeError, Response};
+use crate::http::client::redirect::{next_hop, RedirectError};
+use crate::http::client::{ClientLimits, RequestSpec};
+use crate::http::url::{HttpUrl, UrlError};
 use crate::tls::client::PinMismatch;
 use crate::tls::{client_config, TlsClientOptions, TlsError};
 
@@ -25,6 +28,10 @@ pub enum ClientError {
     Setup(#[from] TlsError),
     #[error("service URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
     #[error("bad argument: {0}")]
     BadArgument(String),
     #[error("cannot resolve {host}: {source}")]
@@ -68,57 +75,17 @@ impl From<&ClientError> for MetadataFailure {
     }
 }
 
-/// A parsed `https://HOST[:PORT][/PREFIX]` service URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceUrl {
-    /// Host name or IP address (no brackets), checked against the certificate.
-    pub host: String,
-    /// TCP port (443 when not given).
-    pub port: u16,
-    /// `HOST[:PORT]` as written, for the `Host:` header.
-    pub authority: String,
-    /// Path prefix before `/v1/...`, without a trailing slash.
-    pub prefix: String,
-}
-
-impl ServiceUrl {
-    /// Parses a service URL; only `https` is accepted.
-    pub fn parse(url: &str) -> Result<ServiceUrl, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected https://HOST[:PORT]"))?;
-        if !scheme.eq_ignore_ascii_case("https") {
-            return Err(bad("only https is accepted: metadata must come over TLS"));
-        }
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad("the host is missing or has user info"));
-        }
-        let (host, port_text) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| bad("unclosed [ in the host"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let port = match port_text {
-            None => 443,
-            Some(text) => text.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?,
-        };
-        if host.is_empty() {
-            return Err(bad("the host is empty"));
-        }
-        if path.contains(['?', '#']) {
-            return Err(bad("query and fragment are not allowed"));
-        }
-        Ok(ServiceUrl {
-            host: host.to_string(),
-            port,
-            authority: authority.to_string(),
-            prefix: path.trim_end_matches('/').to_string(),
-        })
+/// Parses a service URL: `https://HOST[:PORT][/PREFIX]`, https only, no query.
+pub fn service_url(text: &str) -> Result<HttpUrl, ClientError> {
+    let url = HttpUrl::parse(text)?;
+    let bad = |reason: &str| ClientError::BadUrl { url: text.to_string(), reason: reason.to_string() };
+    if !url.is_tls() {
+        return Err(bad("only https is accepted: metadata must come over TLS"));
     }
+    if url.has_query() {
+        return Err(bad("a query is not allowed"));
+    }
+    Ok(url)
 }
 
 /// A blocking client of the metadata service.
@@ -126,12 +93,6 @@ impl ServiceUrl {
 pub struct MetadataClient {
     options: TlsClientOptions,
     tls: Arc<rustls::ClientConfig>,
-}
-
-/// A whole response: status and body.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
 }
 
 impl MetadataClient {
@@ -160,11 +121,11 @@ impl MetadataClient {
     }
 
     /// `POST /v1/announce`.
-    pub fn announce(&self, service_url: &str, announce: &AnnounceRequest) -> Result<(), ClientError> {
-        let url = ServiceUrl::parse(service_url)?;
+    pub fn announce(&self, service_url_text: &str, announce: &AnnounceRequest) -> Result<(), ClientError> {
+        let url = service_url(service_url_text)?.join("/v1/announce")?;
         let body = serde_json::to_vec(announce).expect("announce serializes");
-        let reply = self.exchange(&url, "POST", "/v1/announce", None, &body)?;
-        expect_ok(service_url, "/v1/announce", reply).map(|_| ())
+        let reply = self.exchange(&url, "POST", None, body)?;
+        expect_ok(service_url_text, "/v1/announce", reply).map(|_| ())
     }
 
     /// `GET /v1/content/{id}/peers?group=G[&peer=ME]`: peers of `group` holding `id`, never `asker`.
@@ -191,83 +152,84 @@ impl MetadataClient {
     /// `PUT /v1/content/{id}`: publishes a manifest and its hash file with the admin token.
     pub fn publish(
         &self,
-        service_url: &str,
+        service_url_text: &str,
         token: &str,
         manifest: &Manifest,
         hashfile: &[u8],
     ) -> Result<(), ClientError> {
         let id = ContentId::parse(&manifest.content_id).map_err(|e| ClientError::BadArgument(e.to_string()))?;
-        let url = ServiceUrl::parse(service_url)?;
         let body = PublishBody {
             manifest: serde_json::to_value(manifest).expect("manifest serializes"),
             hashfile_hex: hex::encode(hashfile),
         };
         let body = serde_json::to_vec(&body).expect("publish body serializes");
         let path = format!("/v1/content/{id}");
-        let reply = self.exchange(&url, "PUT", &path, Some(token), &body)?;
-        expect_ok(service_url, &path, reply).map(|_| ())
+        let url = service_url(service_url_text)?.join(&path)?;
+        let reply = self.exchange(&url, "PUT", Some(token), body)?;
+        expect_ok(service_url_text, &path, reply).map(|_| ())
     }
 
     /// `DELETE /v1/content/{id}` with the admin token.
-    pub fn remove(&self, service_url: &str, token: &str, id: &ContentId) -> Result<(), ClientError> {
-        let url = ServiceUrl::parse(service_url)?;
+    pub fn remove(&self, service_url_text: &str, token: &str, id: &ContentId) -> Result<(), ClientError> {
         let path = format!("/v1/content/{id}");
-        let reply = self.exchange(&url, "DELETE", &path, Some(token), b"")?;
-        expect_ok(service_url, &path, reply).map(|_| ())
+        let url = service_url(service_url_text)?.join(&path)?;
+        let reply = self.exchange(&url, "DELETE", Some(token), Vec::new())?;
+        expect_ok(service_url_text, &path, reply).map(|_| ())
     }
 
-    fn get_ok(&self, service_url: &str, path: &str) -> Result<(String, Vec<u8>), ClientError> {
-        let url = ServiceUrl::parse(service_url)?;
-        let reply = self.exchange(&url, "GET", path, None, b"")?;
-        let body = expect_ok(service_url, path, reply)?;
-        Ok((format!("{}{path}", service_url.trim_end_matches('/')), body))
+    /// A GET of a metadata document, following redirects (curl `-L` rules).
+    fn get_ok(&self, service_url_text: &str, path: &str) -> Result<(String, Vec<u8>), ClientError> {
+        let mut url = service_url(service_url_text)?.join(path)?;
+        let mut method = "GET";
+        // Bounded: next_hop refuses more than REDIRECTS_MAX hops.
+        for hops in 0.. {
+            let reply = self.exchange(&url, method, None, Vec::new())?;
+            match next_hop(&url, method, &reply.head, hops)? {
+                Some((next_method, next_url)) => (method, url) = (next_method, next_url),
+                None => {
+                    let body = expect_ok(service_url_text, path, reply)?;
+                    return Ok((url.to_string(), body));
+                }
+            }
+        }
+        unreachable!("the hop limit ends the loop")
     }
 
-    /// One request on a fresh connection (`Connection: close`), read to the end of its body.
+    /// One request on a fresh TLS connection (`Connection: close`), read to the end of its body.
     fn exchange(
         &self,
-        url: &ServiceUrl,
-        method: &str,
-        path: &str,
+        url: &HttpUrl,
+        method: &'static str,
         token: Option<&str>,
-        body: &[u8],
-    ) -> Result<Reply, ClientError> {
-        let addr_text = format!("{}:{}", url.host, url.port);
-        let mut socket = self.connect(url, &addr_text)?;
-        let server_name = ServerName::try_from(url.host.clone())
-            .map_err(|e| ClientError::BadUrl { url: url.authority.clone(), reason: e.to_string() })?;
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        let mut socket = self.connect(url)?;
+        let server_name = ServerName::try_from(url.host())
+            .map_err(|e| ClientError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
         let mut tls = ClientConnection::new(self.tls.clone(), server_name).map_err(TlsError::from)?;
         // Each pass moves handshake bytes or fails (socket timeouts bound the waits).
         while tls.is_handshaking() {
             tls.complete_io(&mut socket).map_err(|e| self.classify(e, url, "TLS handshake"))?;
         }
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tessera/{}\r\nAccept: */*\r\nConnection: close\r\n",
-            url.prefix,
-            url.authority,
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(token) = token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        let mut spec = RequestSpec { close: true, bearer: token.map(str::to_string), ..RequestSpec::new(method, url) };
+        if !body.is_empty() {
+            spec.body = Some(("application/json", body));
         }
-        if !body.is_empty() || method != "GET" {
-            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
+        let limits = ClientLimits { body_bytes_max: self.options.response_bytes_max, ..ClientLimits::default() };
         let mut stream = rustls::Stream::new(&mut tls, &mut socket);
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body))
-            .and_then(|()| stream.flush())
-            .map_err(|e| self.classify(e, url, "sending the request"))?;
-        self.read_reply(&mut stream, url)
+        match exchange(&mut stream, &spec, limits, None) {
+            Ok(response) => Ok(response),
+            Err(ExchangeError::Io(error)) => Err(self.classify(error, url, "the exchange")),
+            Err(error) => Err(ClientError::BadBody { url: url.to_string(), reason: error.to_string() }),
+        }
     }
 
-    fn connect(&self, url: &ServiceUrl, addr_text: &str) -> Result<TcpStream, ClientError> {
+    fn connect(&self, url: &HttpUrl) -> Result<TcpStream, ClientError> {
+        let addr_text = &format!("{}:{}", url.host(), url.port());
         let timeout = Duration::from_millis(self.options.timeout_ms.max(1));
-        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+        let addrs: Vec<SocketAddr> = (url.host().as_str(), url.port())
             .to_socket_addrs()
-            .map_err(|source| ClientError::Resolve { host: url.host.clone(), source })?
+            .map_err(|source| ClientError::Resolve { host: url.host(), source })?
             .collect();
         let mut last_error = None;
         for addr in &addrs {
@@ -284,7 +246,7 @@ impl MetadataClient {
         }
         let addr = addr_text.to_string();
         Err(match last_error {
-            None => ClientError::Resolve { host: url.host.clone(), source: ErrorKind::NotFound.into() },
+            None => ClientError::Resolve { host: url.host(), source: ErrorKind::NotFound.into() },
             Some(error) if error.kind() == ErrorKind::ConnectionRefused => ClientError::Refused { addr },
             Some(error) if matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
                 ClientError::Timeout { addr, what: "connecting", timeout_ms: self.options.timeout_ms }
@@ -293,18 +255,10 @@ impl MetadataClient {
         })
     }
 
-    fn read_reply(&self, stream: &mut impl Read, url: &ServiceUrl) -> Result<Reply, ClientError> {
-        match read_response(stream, false, self.options.response_bytes_max, None) {
-            Ok((head, body)) => Ok(Reply { status: head.status, body }),
-            Err(ReadResponseError::Io(error)) => Err(self.classify(error, url, "reading the response")),
-            Err(error) => Err(ClientError::BadBody { url: url.authority.clone(), reason: error.to_string() }),
-        }
-    }
-
     /// Maps an I/O error (which may carry a rustls error) to the variant that says what went wrong.
-    fn classify(&self, error: std::io::Error, url: &ServiceUrl, what: &'static str) -> ClientError {
-        let host = url.host.clone();
-        let addr = format!("{}:{}", url.host, url.port);
+    fn classify(&self, error: std::io::Error, url: &HttpUrl, what: &'static str) -> ClientError {
+        let host = url.host();
+        let addr = format!("{}:{}", host, url.port());
         if let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             let detail = tls_error.to_string();
             return match tls_error {
@@ -339,9 +293,9 @@ impl MetadataClient {
 }
 
 /// The body of a 2xx reply, or the typed error of any other status.
-fn expect_ok(service_url: &str, path: &str, reply: Reply) -> Result<Vec<u8>, ClientError> {
+fn expect_ok(service_url: &str, path: &str, reply: Response) -> Result<Vec<u8>, ClientError> {
     let url = format!("{}{path}", service_url.trim_end_matches('/'));
-    match reply.status {
+    match reply.head.status {
         200..=299 => Ok(reply.body),
         404 => Err(ClientError::NotFound { url }),
         status => {
@@ -360,14 +314,17 @@ mod tests {
 
     #[test]
     fn service_urls_parse() {
-        let url = ServiceUrl::parse("https://localhost:7443").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.prefix.as_str()), ("localhost", 7443, ""));
-        let url = ServiceUrl::parse("https://[::1]:8443/meta/").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.prefix.as_str()), ("::1", 8443, "/meta"));
-        assert_eq!(url.authority, "[::1]:8443");
-        assert_eq!(ServiceUrl::parse("https://example.org").unwrap().port, 443);
+        let url = service_url("https://localhost:7443").unwrap();
+        assert_eq!((url.host().as_str(), url.port()), ("localhost", 7443));
+        let url = service_url("https://[::1]:8443/meta/").unwrap();
+        assert_eq!((url.host().as_str(), url.port()), ("::1", 8443));
+        assert_eq!(url.join("/v1/x").unwrap().target(), "/meta/v1/x");
+        assert_eq!(url.authority(), "[::1]:8443");
+        assert_eq!(service_url("HTTPS://example.org").unwrap().port(), 443);
         for bad in ["http://x", "x", "https://", "https://u@x", "https://x:99999", "https://x/?a"] {
-            assert!(matches!(ServiceUrl::parse(bad), Err(ClientError::BadUrl { .. })), "{bad}");
+            let error = service_url(bad).unwrap_err();
+            assert!(matches!(error, ClientError::BadUrl { .. } | ClientError::Url(_)), "{bad}");
+            assert!(error.to_string().contains(bad), "{error}");
         }
     }
 

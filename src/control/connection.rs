@@ -1,5 +1,6 @@
 //! One client connection of the service: TLS, request framing and timeouts around the
-//! sans-I/O [`Handler`]. The socket is non-blocking; the event loop calls in on readiness.
+//! sans-I/O [`Handler`]. The socket is non-blocking; the event loop calls in on readiness, and
+//! with [`Connection::deliver`] when an answer the handler deferred is ready.
 
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use crate::control::handler::{Handler, Response};
+use crate::control::snapshot::Ticket;
 use crate::http::{parse_request, Method, Parsed, Request, RequestLimits, ResponseHead};
 
 /// Per-connection limits, from the `[service]` config.
@@ -25,6 +27,9 @@ enum Phase {
     Head { idle: bool },
     /// The head is in; waiting for `request.content_length` body bytes after `head_length`.
     Body { request: Request, head_length: usize },
+    /// The request is in and its answer deferred (the catalog keeper is on it); later requests
+    /// wait in `inbound`, so answers keep their order.
+    Answering { keep_alive: bool, head_only: bool },
 }
 
 /// What the event loop should do with a connection after driving it.
@@ -39,6 +44,8 @@ pub enum Next {
 /// A client connection.
 pub struct Connection {
     pub socket: TcpStream,
+    /// Names this connection's deferred answers.
+    ticket: Ticket,
     tls: ServerConnection,
     /// Plaintext received and not yet consumed by a response.
     inbound: Vec<u8>,
@@ -54,10 +61,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection just accepted at `now`.
-    pub fn new(socket: TcpStream, tls: ServerConnection, limits: &ConnectionLimits, now: Instant) -> Connection {
+    /// A connection just accepted at `now`; its deferred answers come back under `ticket`.
+    pub fn new(
+        socket: TcpStream,
+        tls: ServerConnection,
+        limits: &ConnectionLimits,
+        now: Instant,
+        ticket: Ticket,
+    ) -> Connection {
         Connection {
             socket,
+            ticket,
             tls,
             inbound: Vec::new(),
             outbound: Vec::new(),
@@ -93,7 +107,8 @@ impl Connection {
             }
         }
         let all_sent = self.outbound.is_empty() && !self.tls.wants_write();
-        if (self.closing || self.peer_closed) && all_sent {
+        let answering = matches!(self.phase, Phase::Answering { .. });
+        if (self.closing || self.peer_closed) && all_sent && !answering {
             self.tls.send_close_notify();
             let _ = self.tls.write_tls(&mut self.socket);
             return Next::Close;
@@ -163,13 +178,41 @@ impl Connection {
         if self.inbound.len() < end {
             return false;
         }
-        let response = handler.handle(request, &self.inbound[*head_length..end], now);
+        let answer = handler.handle(request, &self.inbound[*head_length..end], now, self.ticket);
         let (keep_alive, head_only) = (request.keep_alive, request.method == Method::Head);
         self.inbound.drain(..end);
-        self.queue(&response, keep_alive, head_only);
+        match answer {
+            Some(response) => {
+                self.answered(&response, keep_alive, head_only, limits, now);
+                true
+            }
+            None => {
+                // The keeper answers within its own time; the body timeout bounds the wait.
+                self.phase = Phase::Answering { keep_alive, head_only };
+                self.deadline = now + limits.body_timeout;
+                false
+            }
+        }
+    }
+
+    /// Queues the answer the handler deferred; the event loop then drives the connection.
+    pub fn deliver(&mut self, response: &Response, limits: &ConnectionLimits, now: Instant) {
+        if let Phase::Answering { keep_alive, head_only } = self.phase {
+            self.answered(response, keep_alive, head_only, limits, now);
+        }
+    }
+
+    fn answered(
+        &mut self,
+        response: &Response,
+        keep_alive: bool,
+        head_only: bool,
+        limits: &ConnectionLimits,
+        now: Instant,
+    ) {
+        self.queue(response, keep_alive, head_only);
         self.phase = Phase::Head { idle: self.inbound.is_empty() };
         self.deadline = now + if self.inbound.is_empty() { limits.idle_timeout } else { limits.header_timeout };
-        true
     }
 
     fn queue(&mut self, response: &Response, keep_alive: bool, head_only: bool) {

@@ -1,14 +1,18 @@
-//! The service's request handling, without I/O: a parsed request and its body in, a response out.
+//! The service's request handling, without I/O: a parsed request and its body in, a response out
+//! — now, or later for what needs the catalog's disk side ([`snapshot`](crate::control::snapshot)).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::catalog::Catalog;
+use crossbeam_channel::{Sender, TrySendError};
+
 use crate::config::ServiceConfig;
 use crate::content::ContentId;
 use crate::control::api::{validate_name, ErrorBody, PeersResponse};
 use crate::control::auth::AdminToken;
 use crate::control::rate::{AnnounceLimiter, RateError};
 use crate::control::registry::PeerRegistry;
+use crate::control::snapshot::{Done, Entry, Job, Snapshot, Ticket};
 use crate::control::validate::{parse_announce, parse_publish};
 use crate::http::{Method, Request};
 
@@ -44,9 +48,22 @@ impl Response {
     }
 }
 
-/// Routes requests to the catalog and the peer registry, enforcing auth and limits.
+/// A request waiting for the catalog keeper, by what its answer will be.
+#[derive(Debug)]
+enum Pending {
+    Manifest,
+    HashFile,
+    Publish { hashfile_sha256: String },
+    Remove,
+}
+
+/// Routes requests to the catalog snapshot and the peer registry, enforcing auth and limits.
 pub struct Handler {
-    catalog: Catalog,
+    snapshot: Snapshot,
+    /// Work for the catalog keeper (bounded: past it, 503).
+    jobs: Sender<Job>,
+    /// Requests waiting for the keeper: at most one per connection.
+    pending: HashMap<Ticket, Pending>,
     registry: Box<dyn PeerRegistry>,
     limiter: AnnounceLimiter,
     admin_token: Option<AdminToken>,
@@ -55,16 +72,20 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// A handler serving `catalog` and matching peers through `registry`.
+    /// A handler answering from `snapshot`, sending what needs the disk to `jobs`, and matching
+    /// peers through `registry`.
     pub fn new(
-        catalog: Catalog,
+        snapshot: Snapshot,
+        jobs: Sender<Job>,
         registry: Box<dyn PeerRegistry>,
         admin_token: Option<AdminToken>,
         config: &ServiceConfig,
     ) -> Handler {
         let peers_tracked_max = usize::try_from(config.registry_entries_max).unwrap_or(usize::MAX);
         Handler {
-            catalog,
+            snapshot,
+            jobs,
+            pending: HashMap::new(),
             registry,
             limiter: AnnounceLimiter::new(config.announces_per_peer_per_minute_max, peers_tracked_max),
             admin_token,
@@ -78,64 +99,115 @@ impl Handler {
         self.registry.expire(now);
     }
 
-    /// Answers one request whose whole body is `body`.
-    pub fn handle(&mut self, request: &Request, body: &[u8], now: Instant) -> Response {
+    /// Answers one request whose whole body is `body`; `None` when the answer needs the catalog
+    /// keeper: it comes out of [`Handler::apply`] under `ticket`.
+    pub fn handle(&mut self, request: &Request, body: &[u8], now: Instant, ticket: Ticket) -> Option<Response> {
         let path = request.path();
         if path == "/healthz" {
-            return match request.method {
+            return Some(match request.method {
                 Method::Get | Method::Head => {
                     Response { status: 200, content_type: "text/plain", body: b"ok\n".to_vec(), extra: Vec::new() }
                 }
                 _ => method_not_allowed("GET, HEAD"),
-            };
+            });
         }
         if path == "/v1/announce" {
-            return match request.method {
+            return Some(match request.method {
                 Method::Post => self.announce(body, now),
                 _ => method_not_allowed("POST"),
-            };
+            });
         }
         let Some(rest) = path.strip_prefix("/v1/content/") else {
-            return Response::error(404, format!("no such endpoint: {}", shown(path)));
+            return Some(Response::error(404, format!("no such endpoint: {}", shown(path))));
         };
         let (id_text, action) = rest.split_once('/').unwrap_or((rest, ""));
         let id = match ContentId::parse(id_text) {
             Ok(id) => id,
-            Err(error) => return Response::error(400, error.to_string()),
+            Err(error) => return Some(Response::error(400, error.to_string())),
         };
         match (action, request.method) {
-            ("manifest", Method::Get) => self.manifest(&id),
-            ("hashfile", Method::Get) => self.hashfile(&id),
-            ("peers", Method::Get) => self.peers(request, &id, now),
-            ("", Method::Put) => self.publish(request, &id, body),
-            ("", Method::Delete) => self.remove(request, &id),
-            ("manifest" | "hashfile" | "peers", _) => method_not_allowed("GET"),
-            ("", _) => method_not_allowed("PUT, DELETE"),
-            _ => Response::error(404, format!("no such endpoint: {}", shown(path))),
+            ("manifest", Method::Get) => self.metadata(id, Pending::Manifest, ticket),
+            ("hashfile", Method::Get) => self.metadata(id, Pending::HashFile, ticket),
+            ("peers", Method::Get) => Some(self.peers(request, &id, now)),
+            ("", Method::Put) => self.publish(request, id, body, ticket),
+            ("", Method::Delete) => self.remove(request, id, ticket),
+            ("manifest" | "hashfile" | "peers", _) => Some(method_not_allowed("GET")),
+            ("", _) => Some(method_not_allowed("PUT, DELETE")),
+            _ => Some(Response::error(404, format!("no such endpoint: {}", shown(path)))),
         }
     }
 
-    fn manifest(&self, id: &ContentId) -> Response {
-        // Read per request, so content published while the service runs is served at once.
-        match self.catalog.read_manifest(id) {
-            Ok(Some(manifest)) => Response {
-                status: 200,
-                content_type: "application/json",
-                body: manifest.to_json().into_bytes(),
-                extra: Vec::new(),
-            },
-            Ok(None) => Response::error(404, format!("no manifest for {id}")),
-            Err(error) => internal(error),
-        }
-    }
-
-    fn hashfile(&self, id: &ContentId) -> Response {
-        match self.catalog.read_hashfile(id) {
-            Ok(Some(bytes)) => {
-                Response { status: 200, content_type: "application/octet-stream", body: bytes, extra: Vec::new() }
+    /// Takes in what the catalog keeper did; returns the answer it completes, if any.
+    pub fn apply(&mut self, done: Done) -> Option<(Ticket, Response)> {
+        let (ticket, response) = match done {
+            Done::Changed { id, entry } => {
+                self.snapshot.set(id, entry);
+                return None;
             }
-            Ok(None) => Response::error(404, format!("no hash file for {id}")),
-            Err(error) => internal(error),
+            Done::Loaded { ticket, id, result } => {
+                let pending = self.pending.remove(&ticket)?;
+                let response = match result {
+                    Ok(entry) => {
+                        let response = metadata_response(&id, entry.as_ref(), &pending);
+                        self.snapshot.set(id, entry);
+                        response
+                    }
+                    Err(error) => internal(error),
+                };
+                (ticket, response)
+            }
+            Done::Written { ticket, id, result } => {
+                let pending = self.pending.remove(&ticket)?;
+                let response = match (result, pending) {
+                    (Ok(entry), Pending::Publish { hashfile_sha256 }) => {
+                        tracing::info!(content = %id, "published remotely");
+                        let body = serde_json::json!({ "published": id.as_str(), "hashfile_sha256": hashfile_sha256 });
+                        self.snapshot.set(id, Some(entry));
+                        Response::json(200, &body)
+                    }
+                    (Ok(_), other) => internal(format!("a write answered a {other:?} request")),
+                    (Err(error), _) => internal(error),
+                };
+                (ticket, response)
+            }
+            Done::Removed { ticket, id, result } => {
+                self.pending.remove(&ticket)?;
+                let response = match result {
+                    Ok(true) => {
+                        tracing::info!(content = %id, "removed remotely");
+                        Response::json(200, &serde_json::json!({ "removed": id.as_str() }))
+                    }
+                    Ok(false) => Response::error(404, format!("no content {id} to remove")),
+                    Err(error) => internal(error),
+                };
+                if response.status != 500 {
+                    self.snapshot.set(id, None);
+                }
+                (ticket, response)
+            }
+        };
+        Some((ticket, response))
+    }
+
+    /// The manifest or hash file of `id`, from the snapshot; an id it lacks is looked up on disk.
+    fn metadata(&mut self, id: ContentId, pending: Pending, ticket: Ticket) -> Option<Response> {
+        match self.snapshot.get(&id) {
+            Some(entry) => Some(metadata_response(&id, Some(entry), &pending)),
+            None => self.defer(Job::Load { ticket, id }, pending, ticket),
+        }
+    }
+
+    /// Hands `job` to the catalog keeper; `None` when it took it.
+    fn defer(&mut self, job: Job, pending: Pending, ticket: Ticket) -> Option<Response> {
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.pending.insert(ticket, pending);
+                None
+            }
+            Err(TrySendError::Full(_)) => {
+                Some(Response::error(503, "the catalog is busy; try again shortly").with_header("Retry-After", "1"))
+            }
+            Err(TrySendError::Disconnected(_)) => Some(internal("the catalog keeper has stopped")),
         }
     }
 
@@ -188,38 +260,35 @@ impl Handler {
         }
     }
 
-    fn publish(&mut self, request: &Request, id: &ContentId, body: &[u8]) -> Response {
+    fn publish(&mut self, request: &Request, id: ContentId, body: &[u8], ticket: Ticket) -> Option<Response> {
         if let Err(response) = self.authorize(request) {
-            return response;
+            return Some(response);
         }
-        let (manifest, hashfile) = match parse_publish(body, id) {
+        let (manifest, hashfile) = match parse_publish(body, &id) {
             Ok(parsed) => parsed,
-            Err(message) => return Response::error(400, message),
+            Err(message) => return Some(Response::error(400, message)),
         };
-        match self.catalog.write(id, &hashfile, &manifest) {
-            Ok(()) => {
-                tracing::info!(content = %id, "published remotely");
-                Response::json(
-                    200,
-                    &serde_json::json!({ "published": id.as_str(), "hashfile_sha256": manifest.hashfile_sha256 }),
-                )
-            }
-            Err(error) => internal(error),
-        }
+        let pending = Pending::Publish { hashfile_sha256: manifest.hashfile_sha256.clone() };
+        self.defer(Job::Write { ticket, id, hashfile, manifest: Box::new(manifest) }, pending, ticket)
     }
 
-    fn remove(&mut self, request: &Request, id: &ContentId) -> Response {
+    fn remove(&mut self, request: &Request, id: ContentId, ticket: Ticket) -> Option<Response> {
         if let Err(response) = self.authorize(request) {
-            return response;
+            return Some(response);
         }
-        match self.catalog.remove(id) {
-            Ok(true) => {
-                tracing::info!(content = %id, "removed remotely");
-                Response::json(200, &serde_json::json!({ "removed": id.as_str() }))
-            }
-            Ok(false) => Response::error(404, format!("no content {id} to remove")),
-            Err(error) => internal(error),
-        }
+        self.defer(Job::Remove { ticket, id }, Pending::Remove, ticket)
+    }
+}
+
+/// The answer to a manifest or hash file request for `id`, whose catalog entry is `entry`.
+fn metadata_response(id: &ContentId, entry: Option<&Entry>, pending: &Pending) -> Response {
+    let bytes =
+        |content_type, body: &[u8]| Response { status: 200, content_type, body: body.to_vec(), extra: Vec::new() };
+    match (pending, entry) {
+        (Pending::Manifest, Some(entry)) => bytes("application/json", &entry.manifest_json),
+        (Pending::Manifest, None) => Response::error(404, format!("no manifest for {id}")),
+        (_, Some(Entry { hashfile: Some(hashfile), .. })) => bytes("application/octet-stream", hashfile),
+        (_, _) => Response::error(404, format!("no hash file for {id}")),
     }
 }
 
@@ -240,17 +309,45 @@ fn shown(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Catalog;
+    use crate::content::{HashFile, Manifest, PieceSize};
     use crate::control::registry::MemoryRegistry;
+    use crate::control::snapshot::Keeper;
     use crate::http::{parse_request, Parsed, RequestLimits};
+    use crossbeam_channel::Receiver;
     use std::time::Duration;
 
     const TOKEN: &str = "0123456789abcdef";
 
-    fn handler(dir: &std::path::Path) -> Handler {
+    /// A handler with its catalog keeper, run in step on the test's thread.
+    struct Fixture {
+        handler: Handler,
+        keeper: Keeper,
+        jobs: Receiver<Job>,
+    }
+
+    impl Fixture {
+        /// The answer to `request`, after the keeper's job when it needs one.
+        fn handle(&mut self, request: &Request, body: &[u8], now: Instant) -> Response {
+            if let Some(response) = self.handler.handle(request, body, now, 1) {
+                assert!(self.jobs.is_empty(), "an answer given now leaves no job behind");
+                return response;
+            }
+            let done = self.keeper.run(self.jobs.try_recv().expect("a deferred answer has a job"));
+            let (ticket, response) = self.handler.apply(done).expect("the job answers the request");
+            assert_eq!(ticket, 1);
+            response
+        }
+    }
+
+    fn handler(dir: &std::path::Path) -> Fixture {
         let config = ServiceConfig { announces_per_peer_per_minute_max: 2, ..ServiceConfig::default() };
         let registry = Box::new(MemoryRegistry::new(Duration::from_secs(60), 100));
         let token = AdminToken::new(TOKEN, "test").unwrap();
-        Handler::new(Catalog::new(dir.join("catalog")), registry, Some(token), &config)
+        let mut keeper = Keeper::new(Catalog::new(dir.join("catalog")));
+        let (sender, jobs) = crossbeam_channel::bounded(1);
+        let handler = Handler::new(keeper.load_all(), sender, registry, Some(token), &config);
+        Fixture { handler, keeper, jobs }
     }
 
     fn request(head: &str) -> Request {
@@ -312,7 +409,42 @@ mod tests {
         let authorized = request(&format!("DELETE /v1/content/x HTTP/1.1\r\nAuthorization: Bearer {TOKEN}"));
         assert_eq!(handler.handle(&authorized, b"", now).status, 404);
         let mut no_token = handler;
-        no_token.admin_token = None;
+        no_token.handler.admin_token = None;
         assert_eq!(no_token.handle(&authorized, b"", now).status, 403);
+    }
+
+    #[test]
+    fn metadata_comes_from_memory_once_known_and_a_full_keeper_queue_is_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fixture = handler(dir.path());
+        let now = Instant::now();
+        let hashfile = HashFile::new(PieceSize::new(65536).unwrap(), 10, vec![[1; 32]]).unwrap().to_bytes();
+        let manifest = Manifest {
+            version: 1,
+            content_id: "pkg".into(),
+            content_length: 10,
+            piece_size: 65536,
+            hashfile_sha256: hex::encode(crate::hash::sha256(&hashfile)),
+            hashfile_urls: vec![],
+            sources: vec![],
+            sha256: None,
+        };
+        let id = ContentId::parse("pkg").unwrap();
+        Catalog::new(dir.path().join("catalog")).write(&id, &hashfile, &manifest).unwrap();
+        let get = request("GET /v1/content/pkg/manifest HTTP/1.1");
+        let first = fixture.handle(&get, b"", now);
+        assert_eq!(first.status, 200);
+        assert_eq!(Manifest::parse(&first.body).unwrap(), manifest);
+        // Known now: answered without the keeper, even with the files gone from under it.
+        std::fs::remove_dir_all(dir.path().join("catalog")).unwrap();
+        let again = fixture.handler.handle(&get, b"", now, 2).expect("answered from memory");
+        assert_eq!(again.body, first.body);
+        let hashfile_get = request("GET /v1/content/pkg/hashfile HTTP/1.1");
+        assert_eq!(fixture.handler.handle(&hashfile_get, b"", now, 3).expect("from memory").body, hashfile);
+        // Unknown ids wait for the keeper, whose queue holds one job here.
+        assert!(fixture.handler.handle(&request("GET /v1/content/a/manifest HTTP/1.1"), b"", now, 4).is_none());
+        let busy = fixture.handler.handle(&request("GET /v1/content/b/manifest HTTP/1.1"), b"", now, 5).unwrap();
+        assert_eq!(busy.status, 503);
+        assert!(busy.extra.iter().any(|(name, _)| *name == "Retry-After"));
     }
 }

@@ -1,12 +1,12 @@
 //! The control plane: the metadata and peer-matching service (HTTPS on mio + rustls, no async
 //! runtime) and the blocking client that downloads and cache boxes use to reach it.
 //!
-//! - [`handler`]: routes and answers requests without I/O (catalog, registry, auth, limits).
+//! - [`handler`]: routes and answers requests without I/O (catalog snapshot, registry, auth, limits).
+//! - [`snapshot`]: the catalog in memory, and the keeper thread that does its disk work.
 //! - [`connection`] and [`service`]: the TLS connections and the event loop around the handler.
 //! - [`registry`]: the [`PeerRegistry`] trait and its in-memory implementation.
 //! - [`client`]: [`MetadataClient`], with a typed error per way a fetch fails.
 
-pub mod announcer;
 pub mod api;
 pub mod auth;
 pub mod client;
@@ -15,9 +15,10 @@ pub mod handler;
 pub mod rate;
 pub mod registry;
 pub mod service;
+pub mod snapshot;
 pub mod validate;
 
 pub use api::{AnnounceRequest, AnnouncedContent, PeerInfo, PeersResponse};
-pub use client::{ClientError, MetadataClient, ServiceUrl};
+pub use client::{service_url, ClientError, MetadataClient};
 pub use registry::{MemoryRegistry, PeerRegistry};
 pub use service::{Service, ServiceError, ServiceHandle};

@@ -1,4 +1,6 @@
-//! The service's event loop: one thread, mio readiness, rustls per connection.
+//! The service's event loop: one thread, mio readiness, rustls per connection. Catalog disk work
+//! runs on the keeper thread ([`snapshot`](crate::control::snapshot)), whose results arrive
+//! through a channel and the loop's waker.
 //!
 //! Started by `tessera serve` (embedded) and `tessera service` (alone) through [`Service::start`].
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -19,6 +22,7 @@ use crate::control::auth::{AdminToken, AuthError};
 use crate::control::connection::{Connection, ConnectionLimits, Next};
 use crate::control::handler::Handler;
 use crate::control::registry::{MemoryRegistry, PeerRegistry};
+use crate::control::snapshot::{self, Done, Keeper};
 use crate::http::RequestLimits;
 use crate::tls::{ensure_dev_tls, host_names, server_config, ServerTlsFiles, TlsError};
 
@@ -79,7 +83,6 @@ impl Service {
         let (tls_files, ca_file) = resolve_tls(config)?;
         let tls = server_config(&tls_files)?;
         let token = AdminToken::from_config(service)?;
-        let handler = Handler::new(Catalog::new(config.catalog_dir()), registry, token, service);
         let std_listener = std::net::TcpListener::bind(addr).map_err(|source| ServiceError::Bind { addr, source })?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -87,6 +90,18 @@ impl Service {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // The snapshot is loaded here, on the starting thread; later disk work is the keeper's.
+        let mut keeper = Keeper::new(Catalog::new(config.catalog_dir()));
+        let snapshot = keeper.load_all();
+        tracing::info!(entries = snapshot.len(), "control service catalog loaded");
+        let (jobs, job_queue) = crossbeam_channel::bounded(service.catalog_jobs_max.max(1) as usize);
+        let (done, answers) = crossbeam_channel::unbounded();
+        let keeper_waker = waker.clone();
+        let rescan = Duration::from_millis(service.catalog_rescan_ms.max(10));
+        let keeper = snapshot::spawn(keeper, rescan, job_queue, done, move || {
+            let _ = keeper_waker.wake();
+        })?;
+        let handler = Handler::new(snapshot, jobs, registry, token, service);
         let stop = Arc::new(AtomicBool::new(false));
         let limits = ConnectionLimits {
             request: RequestLimits {
@@ -103,6 +118,8 @@ impl Service {
             listener,
             tls,
             handler,
+            answers,
+            keeper,
             limits,
             connections: HashMap::new(),
             connections_max: service.connections_max as usize,
@@ -174,6 +191,9 @@ struct EventLoop {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     handler: Handler,
+    /// What the catalog keeper did, in order.
+    answers: Receiver<Done>,
+    keeper: JoinHandle<()>,
     limits: ConnectionLimits,
     connections: HashMap<Token, Connection>,
     connections_max: usize,
@@ -197,7 +217,7 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
-                    WAKER => {}
+                    WAKER => self.take_answers(now),
                     token => self.drive(token, now),
                 }
             }
@@ -212,7 +232,24 @@ impl EventLoop {
                 }
             }
         }
+        // The keeper ends when its job queue closes with the handler; a write in progress finishes.
+        let EventLoop { handler, keeper, .. } = self;
+        drop(handler);
+        let _ = keeper.join();
         tracing::info!("control service stopped");
+    }
+
+    /// Applies what the catalog keeper did; delivers the answers it completes.
+    fn take_answers(&mut self, now: Instant) {
+        // Bounded: the keeper sends one result per job (at most `catalog_jobs_max` queued) plus
+        // at most one change per catalog entry per rescan.
+        while let Ok(done) = self.answers.try_recv() {
+            let Some((ticket, response)) = self.handler.apply(done) else { continue };
+            let token = Token(ticket as usize);
+            let Some(connection) = self.connections.get_mut(&token) else { continue };
+            connection.deliver(&response, &self.limits, now);
+            self.drive(token, now);
+        }
     }
 
     fn accept(&mut self, now: Instant) {
@@ -245,7 +282,7 @@ impl EventLoop {
                 tracing::warn!(%error, "cannot register a control connection");
                 continue;
             }
-            self.connections.insert(token, Connection::new(socket, tls, &self.limits, now));
+            self.connections.insert(token, Connection::new(socket, tls, &self.limits, now, token.0 as u64));
         }
     }
 

@@ -89,8 +89,8 @@ pub fn parse_publish(body: &[u8], id: &ContentId) -> Result<(Manifest, Vec<u8>),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::manifest::sha256;
     use crate::content::{HashFile, PieceSize};
+    use crate::hash::sha256;
 
     fn announce(json: &str) -> Result<PeerAnnounce, String> {
         parse_announce(json.as_bytes(), 3)

@@ -12,8 +12,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::slots::{SlotKey, Slots};
 use crate::dataplane::worker::{WorkerContext, WorkerError};
+use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
 /// Connections accepted per loop turn, so a flood of connects cannot starve established ones.
@@ -31,11 +31,11 @@ struct Socket {
 }
 
 fn token(key: SlotKey) -> Token {
-    Token(((key.generation as usize) << 24) | key.index as usize)
+    Token(key.to_bits())
 }
 
 fn key(token: Token) -> SlotKey {
-    SlotKey { index: (token.0 & 0xff_ffff) as u32, generation: (token.0 >> 24) as u32 }
+    SlotKey::from_bits(token.0)
 }
 
 /// Runs one worker on epoll until the server stops. `ready` is called once, before serving.
@@ -172,7 +172,7 @@ impl Worker {
             let mut registered = Ok(());
             let key = self.sockets.insert_with(|key| {
                 registered = poll.registry().register(&mut stream, token(key), Interest::READABLE | Interest::WRITABLE);
-                Socket { stream, state: Connection::new(limits, now), readable: true, writable: true }
+                Socket { stream, state: Connection::new(limits, key, now), readable: true, writable: true }
             });
             let key = key.expect("checked not full");
             if let Err(error) = registered {

@@ -1,32 +1,144 @@
 //! The data plane's answers: a parsed request in, an [`Outgoing`] (head plus pinned piece slices)
 //! out. One handler per worker; it performs no socket I/O.
+//!
+//! Every answer carries `Date`; content, piece and hash-file answers carry their validators
+//! (`ETag`, `Last-Modified`) and honour `If-None-Match`, `If-Modified-Since` and (for ranges)
+//! `If-Range` (`http::conditional`).
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::catalog::Catalog;
-use crate::config::ServeConfig;
-use crate::dataplane::connection::Respond;
+use crate::dataplane::connection::{Respond, ResponseToken};
 use crate::dataplane::library::{Content, Library};
-use crate::dataplane::metrics::{Metrics, WorkerMetrics};
-use crate::dataplane::response::{Body, Outgoing, PieceSlice};
+use crate::dataplane::metrics::WorkerMetrics;
+use crate::dataplane::response::{Body, Outgoing, PieceSlice, Reply, Segment};
 use crate::dataplane::route::{route, Route};
-use crate::http::{parse_range, ContentRange, Method, RangeOutcome, Request, ResponseHead, Version};
-use crate::store::Store;
+use crate::dataplane::shared::Shared;
+use crate::http::conditional::format_date;
+use crate::http::{
+    parse_range, ByteRange, ContentRange, DigestTag, Framing, Method, RangeOutcome, Request, ResponseHead, Validators,
+    Version,
+};
 
 const OCTETS: &str = "application/octet-stream";
-/// The headers of a content response when the request asked for nothing extra (the usual case).
-const ACCEPT_RANGES: &[(&str, &str)] = &[("Accept-Ranges", "bytes")];
+const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Caches may store every answer but must revalidate before reuse: an id can be republished with
+/// other bytes under the same URL, and revalidation is cheap (a 304 on the strong `ETag`).
+const CACHE_CONTROL: &str = "public, no-cache";
+/// Most extra headers one head carries (Date, ETag, Last-Modified, Cache-Control, Accept-Ranges,
+/// Connection).
+const EXTRA_MAX: usize = 6;
 
-/// What every worker shares: the store, the catalog snapshot taken at startup, the counters.
-pub struct Shared {
-    pub store: Arc<Store>,
-    pub catalog: Catalog,
-    pub contents: Vec<Content>,
-    pub metrics: Metrics,
-    pub config: ServeConfig,
+/// The worker's wall clock, formatted once per second for `Date` (no per-request formatting).
+struct Clock {
+    date: [u8; 29],
+    now_s: u64,
+    refresh_at: Instant,
+}
+
+impl Clock {
+    fn new(now: Instant) -> Clock {
+        let mut clock = Clock { date: [b' '; 29], now_s: 0, refresh_at: now };
+        clock.tick(now);
+        clock
+    }
+
+    /// Reformats the date when the wall clock has entered a new second.
+    fn tick(&mut self, now: Instant) {
+        if now < self.refresh_at {
+            return;
+        }
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.now_s = since.as_secs();
+        self.date = format_date(UNIX_EPOCH + Duration::from_secs(self.now_s));
+        self.refresh_at = now + Duration::from_nanos(1_000_000_000 - u64::from(since.subsec_nanos()));
+    }
+}
+
+/// The extra headers of one head, on the stack.
+struct Extra<'a> {
+    fields: [(&'a str, &'a str); EXTRA_MAX],
+    count: usize,
+}
+
+impl<'a> Extra<'a> {
+    fn push(&mut self, name: &'a str, value: &'a str) {
+        assert!(self.count < EXTRA_MAX, "more than {EXTRA_MAX} extra headers");
+        self.fields[self.count] = (name, value);
+        self.count += 1;
+    }
+
+    fn as_slice(&self) -> &[(&'a str, &'a str)] {
+        &self.fields[..self.count]
+    }
+}
+
+/// How to shape the answer to one request.
+struct Answer<'a> {
+    keep_alive: bool,
+    head_only: bool,
+    /// HTTP/1.0 with `Connection: keep-alive`: say so in the answer.
+    http10_keep_alive: bool,
+    date: &'a str,
+}
+
+impl<'a> Answer<'a> {
+    /// `Date` (and `Connection: keep-alive` for HTTP/1.0) with room for more.
+    fn extra(&self) -> Extra<'a> {
+        let mut extra = Extra { fields: [("", ""); EXTRA_MAX], count: 0 };
+        extra.push("Date", self.date);
+        if self.http10_keep_alive {
+            extra.push("Connection", "keep-alive");
+        }
+        extra
+    }
+
+    /// The headers of a representation: `Date`, its validators, `Cache-Control`.
+    fn representation(&self, validators: &Validators<'a>, last_modified: &'a str) -> Extra<'a> {
+        let mut extra = self.extra();
+        extra.push("ETag", validators.etag);
+        extra.push("Last-Modified", last_modified);
+        extra.push("Cache-Control", CACHE_CONTROL);
+        extra
+    }
+
+    fn head<'h>(
+        &self,
+        status: u16,
+        content_length: u64,
+        content_type: &'h str,
+        extra: &'h [(&'h str, &'h str)],
+    ) -> ResponseHead<'h> {
+        ResponseHead { status, content_length, content_type, content_range: None, keep_alive: self.keep_alive, extra }
+    }
+
+    /// A short text answer (errors, health, metrics).
+    fn text(&self, status: u16, text: &str, content_type: &str, extra: &Extra<'_>) -> Outgoing {
+        let mut bytes = Vec::with_capacity(256 + text.len());
+        self.head(status, text.len() as u64, content_type, extra.as_slice()).write_to(&mut bytes);
+        if !self.head_only {
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        Outgoing::new(status, bytes, Body::Empty)
+    }
+
+    fn error(&self, status: u16, message: &str) -> Outgoing {
+        let mut extra = self.extra();
+        if status == 405 {
+            extra.push("Allow", "GET, HEAD");
+        }
+        self.text(status, message, TEXT, &extra)
+    }
+
+    fn missing_piece(&self, id: &crate::content::ContentId, index: u64) -> Outgoing {
+        self.error(503, &format!("piece {index} of {id} is not in the store\n"))
+    }
+
+    fn not_modified(&self, extra: &Extra<'_>) -> Outgoing {
+        Outgoing::with_head(&self.head(304, 0, "", extra.as_slice()), Body::Empty)
+    }
 }
 
 /// One worker's request handler.
@@ -35,6 +147,7 @@ pub struct Handler {
     worker: usize,
     library: Library,
     now: Instant,
+    clock: Clock,
 }
 
 impl Handler {
@@ -49,12 +162,13 @@ impl Handler {
             std::time::Duration::from_millis(shared.config.catalog_recheck_ms),
             now,
         );
-        Handler { shared, worker, library, now }
+        Handler { shared, worker, library, now, clock: Clock::new(now) }
     }
 
     /// Sets the time the next requests are handled at (drivers call it once per loop turn).
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
+        self.clock.tick(now);
     }
 
     /// This worker's counters.
@@ -67,189 +181,215 @@ impl Handler {
     }
 
     fn answer(&mut self, request: &Request, keep_alive: bool) -> Outgoing {
-        let head_only = request.method == Method::Head;
-        let extra: &[(&str, &str)] =
-            if keep_alive && request.version == Version::Http10 { &[("Connection", "keep-alive")] } else { &[] };
-        let error = |status: u16, message: &str| error_response(status, message, keep_alive, head_only, extra);
+        let date = self.clock.date;
+        let reply = Answer {
+            keep_alive,
+            head_only: request.method == Method::Head,
+            http10_keep_alive: keep_alive && request.version == Version::Http10,
+            date: std::str::from_utf8(&date).expect("ASCII date"),
+        };
         let resource = match route(request.method, request.path()) {
             Ok(resource) => resource,
-            Err(error_kind) => return error(error_kind.status(), &format!("{error_kind}\n")),
+            Err(error_kind) => return reply.error(error_kind.status(), &format!("{error_kind}\n")),
         };
-        let head = |status, length, content_type, content_range| ResponseHead {
-            status,
-            content_length: length,
-            content_type,
-            content_range,
-            keep_alive,
-            extra,
+        let (id, piece) = match resource {
+            Route::Health => return reply.text(200, "ok\n", TEXT, &reply.extra()),
+            Route::Metrics => {
+                let text = self.shared.metrics.render(&self.shared.store.stats());
+                return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
+            }
+            Route::HashFile { ref id } | Route::Content { ref id } => (id, None),
+            Route::Piece { ref id, index } => (id, Some(index)),
         };
+        let Some(content) = self.content(id) else { return reply.error(404, &format!("no such content: {id}\n")) };
+        // RFC 9110 §8.8.2: never a Last-Modified later than the Date (a clock stepped back).
+        let future = content.last_modified_s > self.clock.now_s;
+        let last_modified =
+            if future { reply.date } else { std::str::from_utf8(&content.last_modified).expect("ASCII") };
+        let last_modified_s = content.last_modified_s.min(self.clock.now_s);
         match resource {
-            Route::Health | Route::Metrics => {
-                let (text, content_type) = match resource {
-                    Route::Health => ("ok\n".to_string(), "text/plain; charset=utf-8"),
-                    _ => (self.shared.metrics.render(&self.shared.store.stats()), PROMETHEUS_TEXT),
-                };
-                let mut bytes = Vec::with_capacity(text.len() + 160);
-                head(200, text.len() as u64, content_type, None).write_to(&mut bytes);
-                if !head_only {
-                    bytes.extend_from_slice(text.as_bytes());
+            Route::Piece { index, .. } => self.piece(&content, index, request, &reply, last_modified, last_modified_s),
+            Route::HashFile { .. } => {
+                let validators = Validators { etag: content.etag.as_str(), last_modified_s };
+                let extra = reply.representation(&validators, last_modified);
+                if request.conditions().not_modified(&validators) {
+                    return reply.not_modified(&extra);
                 }
-                Outgoing::new(200, bytes, Body::Empty)
+                let body = if reply.head_only { Body::Empty } else { Body::Shared(content.hashfile.clone()) };
+                let head = reply.head(200, content.hashfile.len() as u64, OCTETS, extra.as_slice());
+                Outgoing::with_head(&head, body)
             }
-            Route::HashFile { id } => {
-                let Some(content) = self.content(&id) else { return error(404, &format!("no such content: {id}\n")) };
-                let body = if head_only { Body::Empty } else { Body::Shared(content.hashfile.clone()) };
-                Outgoing::with_head(&head(200, content.hashfile.len() as u64, OCTETS, None), body)
-            }
-            Route::Piece { id, index } => {
-                let Some(content) = self.content(&id) else { return error(404, &format!("no such content: {id}\n")) };
-                let Some(length) = content.piece_size.piece_length(content.length, index) else {
-                    let count = content.piece_count();
-                    return error(404, &format!("{id} has {count} pieces; there is no piece {index}\n"));
-                };
-                let body = if head_only {
-                    if !self.library.has_piece(&content, index) {
-                        return missing_piece(&id, index, keep_alive, head_only, extra);
-                    }
-                    Body::Empty
-                } else {
-                    let Some(guard) = self.library.pin(&content, index) else {
-                        return missing_piece(&id, index, keep_alive, head_only, extra);
-                    };
-                    Body::Pieces(vec![PieceSlice::new(guard, 0, length)])
-                };
-                Outgoing::with_head(&head(200, u64::from(length), OCTETS, None), body)
-            }
-            Route::Content { id } => {
-                let Some(content) = self.content(&id) else { return error(404, &format!("no such content: {id}\n")) };
-                self.content_range(&content, request, keep_alive, head_only, extra)
+            _ => {
+                debug_assert!(piece.is_none());
+                let validators = Validators { etag: content.etag.as_str(), last_modified_s };
+                self.content_range(&content, request, &reply, &validators, last_modified)
             }
         }
+    }
+
+    /// `/piece/{index}`: the piece's own SHA-256 is its `ETag`, so a piece that a republish left
+    /// unchanged stays valid in caches.
+    fn piece(
+        &mut self,
+        content: &Content,
+        index: u64,
+        request: &Request,
+        reply: &Answer<'_>,
+        last_modified: &str,
+        last_modified_s: u64,
+    ) -> Outgoing {
+        let id = &content.id;
+        let Some(length) = content.piece_size.piece_length(content.length, index) else {
+            let count = content.piece_count();
+            return reply.error(404, &format!("{id} has {count} pieces; there is no piece {index}\n"));
+        };
+        let tag = DigestTag::new(&content.digests[index as usize]);
+        let validators = Validators { etag: tag.as_str(), last_modified_s };
+        let extra = reply.representation(&validators, last_modified);
+        if request.conditions().not_modified(&validators) {
+            return reply.not_modified(&extra);
+        }
+        let body = if reply.head_only {
+            if !self.library.has_piece(content, index) {
+                return reply.missing_piece(id, index);
+            }
+            Body::Empty
+        } else {
+            let Some(guard) = self.library.pin(content, index) else { return reply.missing_piece(id, index) };
+            Body::Pieces(vec![PieceSlice::new(guard, 0, length)])
+        };
+        Outgoing::with_head(&reply.head(200, u64::from(length), OCTETS, extra.as_slice()), body)
     }
 
     fn content_range(
         &mut self,
         content: &Content,
         request: &Request,
-        keep_alive: bool,
-        head_only: bool,
-        extra: &[(&str, &str)],
+        reply: &Answer<'_>,
+        validators: &Validators<'_>,
+        last_modified: &str,
     ) -> Outgoing {
         let length = content.length;
-        let with_extra: Vec<(&str, &str)>;
-        let headers: &[(&str, &str)] = if extra.is_empty() {
-            ACCEPT_RANGES
-        } else {
-            with_extra = extra.iter().chain(ACCEPT_RANGES).copied().collect();
-            &with_extra
-        };
-        let (status, start, end, content_range) = match parse_range(request.range.as_deref(), length) {
-            RangeOutcome::Full => (200, 0, length, None),
-            RangeOutcome::Partial { start, end } => {
-                (206, start, end + 1, Some(ContentRange::Bytes { start, end, length }))
-            }
-            RangeOutcome::Unsatisfiable => {
-                let text = "range not satisfiable\n";
-                let head = ResponseHead {
-                    status: 416,
-                    content_length: text.len() as u64,
-                    content_type: "text/plain; charset=utf-8",
-                    content_range: Some(ContentRange::Unsatisfiable { length }),
-                    keep_alive,
-                    extra: headers,
-                };
-                let mut bytes = Vec::with_capacity(200);
-                head.write_to(&mut bytes);
-                if !head_only {
-                    bytes.extend_from_slice(text.as_bytes());
-                }
-                return Outgoing::new(416, bytes, Body::Empty);
-            }
-        };
-        let piece_bytes = u64::from(content.piece_size.bytes());
-        let mut slices = Vec::new();
-        if start < end {
-            for index in start / piece_bytes..=(end - 1) / piece_bytes {
-                let piece_start = index * piece_bytes;
-                if head_only {
-                    if !self.library.has_piece(content, index) {
-                        return missing_piece(&content.id, index, keep_alive, head_only, extra);
-                    }
-                    continue;
-                }
-                let Some(guard) = self.library.pin(content, index) else {
-                    // Never a partial body: refuse the whole response.
-                    return missing_piece(&content.id, index, keep_alive, head_only, extra);
-                };
-                let from = (start.max(piece_start) - piece_start) as u32;
-                let to = (end.min(piece_start + piece_bytes) - piece_start) as u32;
-                slices.push(PieceSlice::new(guard, from, to));
-            }
+        let mut extra = reply.representation(validators, last_modified);
+        extra.push("Accept-Ranges", "bytes");
+        let conditions = request.conditions();
+        if conditions.not_modified(validators) {
+            return reply.not_modified(&extra);
         }
-        let head = ResponseHead {
-            status,
-            content_length: end - start,
-            content_type: OCTETS,
-            content_range,
-            keep_alive,
-            extra: headers,
-        };
-        let body = if head_only { Body::Empty } else { Body::Pieces(slices) };
+        // An If-Range that names another version means "send it all": never splice two versions.
+        let range = request.range.as_deref().filter(|_| conditions.range_allowed(validators));
+        let (status, start, end, content_range) =
+            match parse_range(range, length, self.shared.config.ranges_per_request_max) {
+                RangeOutcome::Full => (200, 0, length, None),
+                RangeOutcome::Partial { start, end } => {
+                    (206, start, end + 1, Some(ContentRange::Bytes { start, end, length }))
+                }
+                RangeOutcome::Multiple(ranges) => return self.multipart(content, &ranges, reply, &extra),
+                RangeOutcome::Unsatisfiable => {
+                    let text = "range not satisfiable\n";
+                    let mut head = reply.head(416, text.len() as u64, TEXT, extra.as_slice());
+                    head.content_range = Some(ContentRange::Unsatisfiable { length });
+                    let mut bytes = Vec::with_capacity(300);
+                    head.write_to(&mut bytes);
+                    if !reply.head_only {
+                        bytes.extend_from_slice(text.as_bytes());
+                    }
+                    return Outgoing::new(416, bytes, Body::Empty);
+                }
+            };
+        let mut slices = Vec::new();
+        if let Err(index) = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice)) {
+            return reply.missing_piece(&content.id, index);
+        }
+        let mut head = reply.head(status, end - start, OCTETS, extra.as_slice());
+        head.content_range = content_range;
+        let body = if reply.head_only { Body::Empty } else { Body::Pieces(slices) };
         Outgoing::with_head(&head, body)
     }
-}
 
-fn error_response(status: u16, message: &str, keep_alive: bool, head_only: bool, extra: &[(&str, &str)]) -> Outgoing {
-    let mut headers: Vec<(&str, &str)> = extra.to_vec();
-    if status == 405 {
-        headers.push(("Allow", "GET, HEAD"));
+    /// A 206 `multipart/byteranges`: small framing spans between slices of pinned pieces.
+    fn multipart(
+        &mut self,
+        content: &Content,
+        ranges: &[ByteRange],
+        reply: &Answer<'_>,
+        extra: &Extra<'_>,
+    ) -> Outgoing {
+        let mut framing = Framing::new(ranges, content.length, OCTETS, rand::random());
+        let mut segments = Vec::with_capacity(2 * ranges.len() + 1);
+        for (span, range) in framing.spans.iter().zip(ranges) {
+            segments.push(Segment::Framing(span.clone()));
+            let pinned = self.pin_range(content, range.start, range.end + 1, reply.head_only, &mut |slice| {
+                segments.push(Segment::Piece(slice))
+            });
+            if let Err(index) = pinned {
+                return reply.missing_piece(&content.id, index);
+            }
+        }
+        segments.push(Segment::Framing(framing.spans[ranges.len()].clone()));
+        let content_type = std::mem::take(&mut framing.content_type);
+        let head = reply.head(206, framing.body_length(ranges), &content_type, extra.as_slice());
+        let body = if reply.head_only { Body::Empty } else { Body::Multipart { framing: framing.bytes, segments } };
+        Outgoing::with_head(&head, body)
     }
-    let head = ResponseHead {
-        status,
-        content_length: message.len() as u64,
-        content_type: "text/plain; charset=utf-8",
-        content_range: None,
-        keep_alive,
-        extra: &headers,
-    };
-    let mut bytes = Vec::with_capacity(200 + message.len());
-    head.write_to(&mut bytes);
-    if !head_only {
-        bytes.extend_from_slice(message.as_bytes());
-    }
-    Outgoing::new(status, bytes, Body::Empty)
-}
 
-fn missing_piece(
-    id: &crate::content::ContentId,
-    index: u64,
-    keep_alive: bool,
-    head_only: bool,
-    extra: &[(&str, &str)],
-) -> Outgoing {
-    error_response(503, &format!("piece {index} of {id} is not in the store\n"), keep_alive, head_only, extra)
+    /// Pins the pieces under bytes `start..end` and hands each slice to `push` (for HEAD only
+    /// checks that they are there). `Err(index)` names the first missing piece: the caller refuses
+    /// the whole response rather than send a short body.
+    fn pin_range(
+        &mut self,
+        content: &Content,
+        start: u64,
+        end: u64,
+        head_only: bool,
+        push: &mut dyn FnMut(PieceSlice),
+    ) -> Result<(), u64> {
+        if start >= end {
+            return Ok(());
+        }
+        let piece_bytes = u64::from(content.piece_size.bytes());
+        for index in start / piece_bytes..=(end - 1) / piece_bytes {
+            if head_only {
+                if !self.library.has_piece(content, index) {
+                    return Err(index);
+                }
+                continue;
+            }
+            let guard = self.library.pin(content, index).ok_or(index)?;
+            let piece_start = index * piece_bytes;
+            let from = (start.max(piece_start) - piece_start) as u32;
+            let to = (end.min(piece_start + piece_bytes) - piece_start) as u32;
+            push(PieceSlice::new(guard, from, to));
+        }
+        Ok(())
+    }
 }
 
 impl Respond for Handler {
-    fn respond(&mut self, request: &Request, keep_alive: bool) -> Outgoing {
+    fn respond(&mut self, request: &Request, keep_alive: bool, _token: ResponseToken) -> Reply {
         let outgoing = self.answer(request, keep_alive);
         self.metrics().response(outgoing.status);
-        outgoing
+        Reply::Ready(outgoing)
     }
 
     fn reject(&mut self, status: u16, message: &str) -> Outgoing {
         self.metrics().response(status);
-        error_response(status, message, false, false, &[])
+        let date = self.clock.date;
+        let date = std::str::from_utf8(&date).expect("ASCII date");
+        Answer { keep_alive: false, head_only: false, http10_keep_alive: false, date }.error(status, message)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
+    use crate::catalog::Catalog;
+    use crate::config::{ServeConfig, StoreConfig};
     use crate::content::{ContentId, PieceSize};
+    use crate::dataplane::metrics::Metrics;
     use crate::http::{parse_request, Parsed, RequestLimits};
     use crate::publish::{publish, PublishRequest};
+    use crate::store::Store;
 
     const PIECE: usize = 65536;
 
@@ -264,10 +404,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..PIECE * 5 / 2).map(|i| (i * 7 + i / 251) as u8).collect();
         let file = dir.path().join("a.bin");
-        std::fs::write(&file, &bytes).unwrap();
         let catalog = Catalog::new(dir.path().join("catalog"));
         let store = Arc::new(Store::open(&dir.path().join("store"), &StoreConfig::default()).unwrap());
-        for (id, store) in [("a", Some(&*store)), ("meta-only", None)] {
+        for (id, store, flip) in [("a", Some(&*store), 0u8), ("meta-only", None, 0xff)] {
+            // Other bytes for meta-only: the store is content-addressed, a's pieces would serve it.
+            std::fs::write(&file, bytes.iter().map(|b| b ^ flip).collect::<Vec<u8>>()).unwrap();
             let request = PublishRequest {
                 file: file.clone(),
                 id: ContentId::parse(id).unwrap(),
@@ -294,7 +435,8 @@ mod tests {
 
     /// (status, head text, body)
     fn get(handler: &mut Handler, text: &str) -> (u16, String, Vec<u8>) {
-        let outgoing = handler.respond(&request(text), true);
+        let token = ResponseToken { connection: crate::io::slots::SlotKey { index: 0, generation: 1 }, seq: 1 };
+        let Reply::Ready(outgoing) = handler.respond(&request(text), true, token) else { panic!("pending reply") };
         let wire = outgoing.to_vec();
         let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         (outgoing.status, String::from_utf8(wire[..split].to_vec()).unwrap(), wire[split..].to_vec())
@@ -330,8 +472,151 @@ mod tests {
         assert_eq!((status, body), (200, f.bytes.clone()));
         let (status, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=-10\r\n\r\n");
         assert_eq!((status, body.as_slice()), (206, &f.bytes[f.bytes.len() - 10..]));
-        let (status, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=0-1,5-6\r\n\r\n");
-        assert_eq!((status, body.len()), (200, f.bytes.len()), "multi-range gets the whole content");
+        let (status, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=0-1,1-6\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (206, &f.bytes[..7]), "overlapping ranges are coalesced into one");
+    }
+
+    fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+        head.lines()
+            .find_map(|line| line.split_once(": ").filter(|(key, _)| key.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v)
+    }
+
+    /// Splits a multipart/byteranges body into (Content-Range, bytes) parts.
+    fn parts(head: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let boundary = header(head, "content-type").unwrap().split_once("boundary=").unwrap().1;
+        let delimiter = format!("\r\n--{boundary}");
+        let text = body.iter().map(|&b| b as char).collect::<String>();
+        let mut pieces: Vec<&str> = text.split(delimiter.as_str()).collect();
+        assert_eq!(pieces.remove(0), "", "the body starts with a delimiter");
+        assert_eq!(pieces.pop(), Some("--\r\n"), "the body ends with the closing delimiter");
+        pieces
+            .iter()
+            .map(|part| {
+                let (head, bytes) = part.split_once("\r\n\r\n").unwrap();
+                assert!(head.contains("Content-Type: application/octet-stream"), "{head}");
+                let range = header(head, "content-range").unwrap().to_string();
+                (range, bytes.chars().map(|c| c as u8).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_ranges_are_multipart_byteranges_with_exact_bytes() {
+        let mut f = fixture();
+        let length = f.bytes.len();
+        let text = format!("GET /v1/content/a HTTP/1.1\r\nRange: bytes=0-9,{}-{},-5\r\n\r\n", PIECE - 3, PIECE + 2);
+        let (status, head, body) = get(&mut f.handler, &text);
+        assert_eq!(status, 206);
+        assert!(head.contains("Content-Type: multipart/byteranges; boundary="), "{head}");
+        assert_eq!(header(&head, "content-length"), Some(body.len().to_string().as_str()));
+        assert_eq!(header(&head, "content-range"), None);
+        let expected = [(0, 9), (PIECE - 3, PIECE + 2), (length - 5, length - 1)];
+        let got = parts(&head, &body);
+        assert_eq!(got.len(), 3);
+        for ((range, bytes), (start, end)) in got.iter().zip(expected) {
+            assert_eq!(range, &format!("bytes {start}-{end}/{length}"));
+            assert_eq!(bytes.as_slice(), &f.bytes[start..=end]);
+        }
+        let (status, head_only, body) = get(&mut f.handler, &text.replace("GET", "HEAD"));
+        assert_eq!((status, body.len()), (206, 0));
+        assert_eq!(header(&head_only, "content-length"), header(&head, "content-length"));
+        let (status, _, _) = get(&mut f.handler, "GET /v1/content/meta-only HTTP/1.1\r\nRange: bytes=0-1,9-10\r\n\r\n");
+        assert_eq!(status, 503, "a missing piece refuses the whole multipart answer");
+    }
+
+    #[test]
+    fn too_many_ranges_get_the_whole_content() {
+        let mut f = fixture();
+        let max = f.handler.shared.config.ranges_per_request_max;
+        let specs: Vec<String> = (0..=max).map(|i| format!("{}-{}", i * 10, i * 10)).collect();
+        let text = format!("GET /v1/content/a HTTP/1.1\r\nRange: bytes={}\r\n\r\n", specs.join(","));
+        let (status, _, body) = get(&mut f.handler, &text);
+        assert_eq!((status, body.len()), (200, f.bytes.len()));
+        let (status, _, _) = get(&mut f.handler, &text.replacen(&format!(",{}", specs[max]), "", 1));
+        assert_eq!(status, 206, "exactly the limit is honoured");
+    }
+
+    #[test]
+    fn validators_and_date_on_content_pieces_and_hash_file() {
+        let mut f = fixture();
+        let hashfile = f.handler.shared.catalog.read_hashfile(&ContentId::parse("a").unwrap()).unwrap().unwrap();
+        let etag = format!("\"{}\"", hex::encode(crate::hash::sha256(&hashfile)));
+        for path in ["/v1/content/a", "/v1/content/a/hashfile"] {
+            let (status, head, _) = get(&mut f.handler, &format!("GET {path} HTTP/1.1\r\n\r\n"));
+            assert_eq!(status, 200);
+            assert_eq!(header(&head, "etag"), Some(etag.as_str()), "{path}");
+            assert_eq!(header(&head, "cache-control"), Some(CACHE_CONTROL));
+            let modified = crate::http::conditional::parse_date_s(header(&head, "last-modified").unwrap()).unwrap();
+            let date = crate::http::conditional::parse_date_s(header(&head, "date").unwrap()).unwrap();
+            assert!(modified <= date, "{head}");
+        }
+        let (_, head, _) = get(&mut f.handler, "GET /v1/content/a/piece/1 HTTP/1.1\r\n\r\n");
+        let piece_digest = crate::hash::sha256(&f.bytes[PIECE..2 * PIECE]);
+        assert_eq!(header(&head, "etag"), Some(format!("\"{}\"", hex::encode(piece_digest)).as_str()));
+        // HTTP/1.0 keep-alive adds a header to the most a head carries.
+        let (status, head, _) = get(&mut f.handler, "GET /v1/content/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!((status, header(&head, "connection")), (200, Some("keep-alive")));
+        assert!(header(&head, "etag").is_some() && header(&head, "accept-ranges").is_some(), "{head}");
+        for line in ["GET /nowhere HTTP/1.1", "GET /healthz HTTP/1.1", "GET /v1/content/nope HTTP/1.1"] {
+            let (_, head, _) = get(&mut f.handler, &format!("{line}\r\n\r\n"));
+            assert!(header(&head, "date").is_some_and(|d| d.ends_with(" GMT")), "{line}: {head}");
+        }
+    }
+
+    #[test]
+    fn conditional_requests_give_304_without_a_body() {
+        let mut f = fixture();
+        let (_, head, _) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\n\r\n");
+        let etag = header(&head, "etag").unwrap().to_string();
+        let modified = header(&head, "last-modified").unwrap().to_string();
+        let cases = [
+            (format!("If-None-Match: {etag}"), 304),
+            (format!("If-None-Match: \"x\", W/{etag}"), 304),
+            ("If-None-Match: *".to_string(), 304),
+            ("If-None-Match: \"x\"".to_string(), 200),
+            (format!("If-Modified-Since: {modified}"), 304),
+            ("If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT".to_string(), 200),
+            (format!("If-None-Match: \"x\"\r\nIf-Modified-Since: {modified}"), 200),
+        ];
+        for path in ["/v1/content/a", "/v1/content/a/hashfile"] {
+            for (headers, expected) in &cases {
+                let (status, head, body) = get(&mut f.handler, &format!("GET {path} HTTP/1.1\r\n{headers}\r\n\r\n"));
+                assert_eq!(status, *expected, "{path} {headers}");
+                if status == 304 {
+                    assert!(body.is_empty() && header(&head, "content-length").is_none(), "{head}");
+                    assert_eq!(header(&head, "etag"), Some(etag.as_str()));
+                }
+            }
+        }
+        let (_, head, _) = get(&mut f.handler, "GET /v1/content/a/piece/0 HTTP/1.1\r\n\r\n");
+        let piece_tag = header(&head, "etag").unwrap().to_string();
+        let text = format!("GET /v1/content/a/piece/0 HTTP/1.1\r\nIf-None-Match: {piece_tag}\r\n\r\n");
+        assert_eq!(get(&mut f.handler, &text).0, 304);
+    }
+
+    #[test]
+    fn if_range_honours_the_range_only_for_the_same_version() {
+        let mut f = fixture();
+        let (_, head, _) = get(&mut f.handler, "HEAD /v1/content/a HTTP/1.1\r\n\r\n");
+        let etag = header(&head, "etag").unwrap().to_string();
+        let modified = header(&head, "last-modified").unwrap().to_string();
+        let range = "Range: bytes=10-19";
+        for (validator, partial) in [
+            (etag.clone(), true),
+            (modified, true),
+            (format!("W/{etag}"), false),
+            ("\"another-version\"".into(), false),
+            ("Sun, 06 Nov 1994 08:49:37 GMT".into(), false),
+        ] {
+            let text = format!("GET /v1/content/a HTTP/1.1\r\n{range}\r\nIf-Range: {validator}\r\n\r\n");
+            let (status, _, body) = get(&mut f.handler, &text);
+            if partial {
+                assert_eq!((status, body.as_slice()), (206, &f.bytes[10..20]), "{validator}");
+            } else {
+                assert_eq!((status, body.len()), (200, f.bytes.len()), "{validator}");
+            }
+        }
     }
 
     #[test]
@@ -384,7 +669,8 @@ mod tests {
         assert_eq!(status, 503);
         let (status, _, body) = get(&mut f.handler, "GET /v1/content/meta-only HTTP/1.1\r\nRange: bytes=0-9\r\n\r\n");
         assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-        f.handler.shared.store.remove_content("a").unwrap();
+        let a = f.handler.shared.contents.iter().find(|c| c.id.as_str() == "a").unwrap();
+        f.handler.shared.store.remove(&a.digests).unwrap();
         let (status, _, _) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\n\r\n");
         assert_eq!(status, 503, "cached piece locations are rechecked on pin");
     }

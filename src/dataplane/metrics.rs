@@ -8,14 +8,17 @@ use crate::dataplane::connection::CloseReason;
 use crate::store::StoreStats;
 
 /// Status codes counted individually; anything else is counted as `other`.
-pub const COUNTED_STATUSES: [u16; 16] = [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 503, 505, 0];
+pub const COUNTED_STATUSES: [u16; 17] =
+    [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 503, 504, 505, 0];
 
-const CLOSE_REASONS: [CloseReason; 7] = [
+const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::PeerClosed,
     CloseReason::Finished,
     CloseReason::HeaderTimeout,
     CloseReason::IdleTimeout,
     CloseReason::SendTimeout,
+    CloseReason::PendingTimeout,
+    CloseReason::Aborted,
     CloseReason::Shutdown,
     CloseReason::Error,
 ];

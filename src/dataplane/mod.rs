@@ -1,5 +1,5 @@
 //! The data plane: `tessera serve`'s piece server. One pinned worker thread per core, each with
-//! its own `SO_REUSEPORT` listener, connections and buffers, driven by io_uring (`uring`) or,
+//! its own `SO_REUSEPORT` listener (the group owned by this process: `io::sys`), connections and buffers, driven by io_uring (`uring`) or,
 //! where io_uring is unavailable, by mio/epoll (`epoll`). Both drivers are thin shells around the
 //! same sans-I/O [`connection::Connection`] and [`handler::Handler`].
 //!
@@ -19,12 +19,11 @@ pub mod library;
 pub mod metrics;
 pub mod response;
 pub mod route;
-pub mod slots;
-mod sys;
+pub mod shared;
 pub mod uring;
 pub mod worker;
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -33,39 +32,25 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{BackendChoice, Config};
+use crate::io::sys::{self, ListenError, ListenerGroup};
 use crate::store::{Store, StoreError};
-use handler::Shared;
 use library::Content;
 use metrics::Metrics;
+use shared::Shared;
 use worker::{WorkerContext, WorkerError};
 
 /// How long `start` waits for every worker to report ready.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The event-loop backend the workers run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Uring,
-    Epoll,
-}
-
-impl Backend {
-    /// `uring` or `epoll`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        }
-    }
-}
+pub use crate::io::Backend;
 
 /// Why the server did not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("listen address {address:?} is not valid: {reason}")]
     BadAddress { address: String, reason: String },
-    #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -78,8 +63,6 @@ pub enum ServeError {
     WorkerStart { index: usize, message: String },
     #[error(transparent)]
     Worker(#[from] WorkerError),
-    #[error("cannot start the store check thread: {0}")]
-    Verifier(std::io::Error),
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
 }
@@ -109,8 +92,8 @@ impl Server {
         }
         let cpus = sys::allowed_cpus();
         let worker_count = if serve.workers == 0 { cpus.len().max(1) } else { serve.workers };
-        let listeners = bind_all(address, worker_count, serve.listen_backlog)?;
-        let local_addr = listeners[0].local_addr().map_err(|source| ServeError::Bind { address, source })?;
+        let ListenerGroup { listeners, local_addr, lock: listen_lock } =
+            sys::owned_listener_group(address, worker_count, serve.listen_backlog)?;
         tracing::info!(
             address = %local_addr,
             backend = backend.name(),
@@ -128,7 +111,6 @@ impl Server {
         let shared =
             Arc::new(Shared { store, catalog, contents, metrics: Metrics::new(worker_count), config: serve.clone() });
         let stop = Arc::new(AtomicBool::new(false));
-        let verifier = if config.store.verify_at_start { Some(spawn_verifier(&shared, &stop)?) } else { None };
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut workers = Vec::with_capacity(worker_count);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -156,7 +138,7 @@ impl Server {
             }
         }
         drop(ready_tx);
-        let handle = ServerHandle { local_addr, backend, stop, workers, verifier, shared };
+        let handle = ServerHandle { local_addr, backend, stop, workers, shared, _listen_lock: listen_lock };
         for _ in 0..worker_count {
             match ready_rx.recv_timeout(WORKER_READY_TIMEOUT) {
                 Ok((_, Ok(()))) => {}
@@ -183,9 +165,9 @@ pub struct ServerHandle {
     backend: Backend,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
-    /// The background check of every stored piece after a (re)start, if running.
-    verifier: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Keeps other processes out of the listeners' `SO_REUSEPORT` group while the server runs.
+    _listen_lock: std::os::unix::net::UnixListener,
 }
 
 impl ServerHandle {
@@ -231,9 +213,6 @@ impl ServerHandle {
 
     fn join_all(&mut self) -> Result<(), ServeError> {
         self.request_stop();
-        if let Some(verifier) = self.verifier.take() {
-            let _ = verifier.join();
-        }
         let mut result = Ok(());
         for (index, worker) in self.workers.drain(..).enumerate() {
             match worker.join() {
@@ -254,56 +233,12 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Checks every stored piece off the request path; stops early when the server stops.
-fn spawn_verifier(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<JoinHandle<()>, ServeError> {
-    let (shared, stop) = (shared.clone(), stop.clone());
-    std::thread::Builder::new()
-        .name("tessera-verify".into())
-        .spawn(move || {
-            let started = std::time::Instant::now();
-            let (good, bad) = shared.store.scrub_while(&|| !stop.load(Ordering::Acquire));
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            if bad > 0 {
-                tracing::warn!(
-                    good,
-                    bad,
-                    elapsed_ms,
-                    "store check: pieces that did not match their hash were discarded"
-                );
-            } else {
-                tracing::info!(good, elapsed_ms, "store check: every stored piece matches its hash");
-            }
-        })
-        .map_err(ServeError::Verifier)
-}
-
 fn resolve(listen: &str) -> Result<SocketAddr, ServeError> {
     let bad = |reason: String| ServeError::BadAddress { address: listen.to_string(), reason };
     listen.to_socket_addrs().map_err(|e| bad(e.to_string()))?.next().ok_or_else(|| bad("resolves to nothing".into()))
 }
 
-/// Binds `count` listeners on `address`; with port 0, the first one's port is reused by the rest.
-fn bind_all(address: SocketAddr, count: usize, backlog: u32) -> Result<Vec<TcpListener>, ServeError> {
-    let first = sys::reuseport_listener(address, backlog).map_err(|source| ServeError::Bind { address, source })?;
-    let bound = first.local_addr().map_err(|source| ServeError::Bind { address, source })?;
-    let mut listeners = vec![first];
-    for _ in 1..count {
-        listeners.push(sys::reuseport_listener(bound, backlog).map_err(|source| ServeError::Bind { address, source })?);
-    }
-    Ok(listeners)
-}
-
 /// Picks the backend for `choice`, with the reason to log.
 pub fn choose_backend(choice: BackendChoice) -> Result<(Backend, String), ServeError> {
-    match choice {
-        BackendChoice::Epoll => Ok((Backend::Epoll, "forced by configuration or --backend".into())),
-        BackendChoice::Uring => match uring::probe() {
-            Ok(()) => Ok((Backend::Uring, "forced by configuration or --backend".into())),
-            Err(reason) => Err(ServeError::UringUnavailable(reason)),
-        },
-        BackendChoice::Auto => match uring::probe() {
-            Ok(()) => Ok((Backend::Uring, "io_uring is available".into())),
-            Err(reason) => Ok((Backend::Epoll, format!("io_uring is unavailable ({reason}); falling back to epoll"))),
-        },
-    }
+    crate::io::choose_backend(choice).map_err(ServeError::UringUnavailable)
 }

@@ -4,9 +4,11 @@
 //! slice points into the memory-mapped store, kept in place by its [`PieceGuard`] for as long as
 //! the [`Outgoing`] lives. Drivers drop an `Outgoing` only once the kernel is done with its bytes.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::http::{text_response, ResponseHead};
+use crate::io::uring::send::Segments;
 use crate::store::PieceGuard;
 
 /// `start..end` of a pinned piece.
@@ -40,6 +42,18 @@ pub enum Body {
     Shared(Arc<[u8]>),
     /// Slices of pinned pieces, in order.
     Pieces(Vec<PieceSlice>),
+    /// A `multipart/byteranges` body: spans of one small framing buffer (part heads, closing
+    /// delimiter) between slices of pinned pieces.
+    Multipart { framing: Vec<u8>, segments: Vec<Segment> },
+}
+
+/// One segment of a multipart body.
+#[derive(Debug)]
+pub enum Segment {
+    /// Bytes `start..end` of the framing buffer.
+    Framing(Range<usize>),
+    /// Bytes of a pinned piece.
+    Piece(PieceSlice),
 }
 
 impl Body {
@@ -48,6 +62,7 @@ impl Body {
             Body::Empty => 0,
             Body::Shared(_) => 1,
             Body::Pieces(slices) => slices.len(),
+            Body::Multipart { segments, .. } => segments.len(),
         }
     }
 
@@ -56,26 +71,50 @@ impl Body {
             Body::Empty => &[],
             Body::Shared(bytes) => bytes,
             Body::Pieces(slices) => slices[at].bytes(),
+            Body::Multipart { framing, segments } => match &segments[at] {
+                Segment::Framing(span) => &framing[span.clone()],
+                Segment::Piece(slice) => slice.bytes(),
+            },
         }
     }
 }
 
+/// The handler's reply to one request.
+#[derive(Debug)]
+pub enum Reply {
+    /// The response to send now: complete, or streaming (built with [`Outgoing::streaming`]), in
+    /// which case the parts still missing are appended later through the connection.
+    Ready(Outgoing),
+    /// Nothing to send yet: the response keeps its place in the pipeline (later responses wait)
+    /// until the connection is given it for this request's token.
+    Pending,
+}
+
 /// One response, queued on a connection until every byte of it has been sent and released.
+///
+/// A streaming response has its head (and maybe its first body parts) now and the rest of the
+/// body later: its length on the wire is the one its head declares, reached by appending parts.
 #[derive(Debug)]
 pub struct Outgoing {
     /// Status code (for logs, metrics and tests).
     pub status: u16,
     head: Vec<u8>,
     body: Body,
+    /// Wire bytes present so far (head and body, including parts already trimmed).
     length: u64,
+    /// Wire bytes the head promises; above `length` while parts are still to come.
+    length_declared: u64,
     body_bytes: u64,
+    /// Body bytes of leading parts dropped once sent and released (see [`Outgoing::trim_sent`]).
+    trimmed_bytes: u64,
 }
 
 impl Outgoing {
     /// A response from a serialised head and a body.
     pub fn new(status: u16, head: Vec<u8>, body: Body) -> Outgoing {
         let body_bytes = (0..body.segment_count()).map(|at| body.segment(at).len() as u64).sum();
-        Outgoing { status, length: head.len() as u64 + body_bytes, head, body, body_bytes }
+        let length = head.len() as u64 + body_bytes;
+        Outgoing { status, length, length_declared: length, head, body, body_bytes, trimmed_bytes: 0 }
     }
 
     /// A head built from `head` followed by `body`.
@@ -84,6 +123,15 @@ impl Outgoing {
         let mut bytes = Vec::new();
         head.write_to(&mut bytes);
         Outgoing::new(head.status, bytes, body)
+    }
+
+    /// A streaming response: `head` (whose `content_length` the body will reach) and its first
+    /// body parts; the others are appended later.
+    pub fn streaming(head: &ResponseHead<'_>, first: Vec<PieceSlice>) -> Outgoing {
+        let mut outgoing = Outgoing::with_head(head, Body::Pieces(first));
+        outgoing.length_declared = outgoing.head.len() as u64 + head.content_length;
+        assert!(outgoing.length <= outgoing.length_declared, "first parts run past the declared length");
+        outgoing
     }
 
     /// A short text response (errors, health, metrics); `head_only` for HEAD requests.
@@ -95,9 +143,19 @@ impl Outgoing {
         Outgoing::new(status, bytes, Body::Empty)
     }
 
-    /// Bytes on the wire: head and body.
+    /// Bytes on the wire present so far: head and body.
     pub fn length(&self) -> u64 {
         self.length
+    }
+
+    /// Bytes on the wire once complete, as the head declares.
+    pub fn length_declared(&self) -> u64 {
+        self.length_declared
+    }
+
+    /// Whether every byte the head declares is present.
+    pub fn is_complete(&self) -> bool {
+        self.length == self.length_declared
     }
 
     /// Bytes of the body that come from the store or shared buffers (not the head buffer).
@@ -105,26 +163,96 @@ impl Outgoing {
         self.body_bytes
     }
 
-    /// Number of slices: the head, then each body segment.
-    pub fn segment_count(&self) -> usize {
-        1 + self.body.segment_count()
+    /// Body parts held (pinned) now, and their bytes.
+    pub fn parts_held(&self) -> (usize, u64) {
+        (self.body.segment_count(), self.body_bytes - self.trimmed_bytes)
     }
 
-    /// Slice `at` (0 is the head).
-    pub fn segment(&self, at: usize) -> &[u8] {
-        if at == 0 {
-            &self.head
-        } else {
-            self.body.segment(at - 1)
+    /// Appends body parts to a streaming response; hands them back if they would run past the
+    /// declared length (or the body is not made of pieces).
+    pub fn append(&mut self, parts: Vec<PieceSlice>) -> Result<(), Vec<PieceSlice>> {
+        let bytes: u64 = parts.iter().map(|part| part.bytes().len() as u64).sum();
+        if self.length + bytes > self.length_declared {
+            return Err(parts);
         }
+        match &mut self.body {
+            Body::Pieces(held) => held.extend(parts),
+            Body::Empty => self.body = Body::Pieces(parts),
+            Body::Shared(_) | Body::Multipart { .. } => return Err(parts),
+        }
+        self.length += bytes;
+        self.body_bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives up the parts still to come: the response ends with what is present, shorter than
+    /// its head declares (the connection must close after it).
+    pub fn end_short(&mut self) {
+        self.length_declared = self.length;
+    }
+
+    /// Drops the leading body parts that lie wholly within the first `sent` wire bytes (the
+    /// kernel is done with them), so a long streaming response does not keep every piece pinned.
+    pub fn trim_sent(&mut self, sent: u64) {
+        let Body::Pieces(parts) = &mut self.body else { return };
+        let mut end = self.head.len() as u64 + self.trimmed_bytes;
+        let mut count = 0;
+        for part in parts.iter() {
+            end += part.bytes().len() as u64;
+            if end > sent {
+                break;
+            }
+            self.trimmed_bytes += part.bytes().len() as u64;
+            count += 1;
+        }
+        parts.drain(..count);
+    }
+
+    /// The present bytes from wire offset `offset` on, as non-empty slices in order (`offset`
+    /// never before the end of what [`Outgoing::trim_sent`] dropped).
+    pub fn slices_from(&self, offset: u64) -> impl Iterator<Item = &[u8]> {
+        let head_length = self.head.len() as u64;
+        let body_start = head_length + self.trimmed_bytes;
+        assert!(self.trimmed_bytes == 0 || offset >= body_start, "offset {offset} inside trimmed parts");
+        let head = &self.head[offset.min(head_length) as usize..];
+        let mut skip = offset.saturating_sub(body_start);
+        let body = (0..self.body.segment_count()).map(|at| self.body.segment(at)).map(move |segment| {
+            let from = skip.min(segment.len() as u64);
+            skip -= from;
+            &segment[from as usize..]
+        });
+        std::iter::once(head).chain(body).filter(|slice| !slice.is_empty())
     }
 
     /// The whole response copied out (tests only need this; drivers never copy).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.length as usize);
-        for at in 0..self.segment_count() {
-            out.extend_from_slice(self.segment(at));
+        for slice in self.slices_from(0) {
+            out.extend_from_slice(slice);
         }
         out
+    }
+}
+
+impl Outgoing {
+    /// Where wire offset `offset` falls in the [`Segments`] of the response (the head, then the
+    /// body parts still held): sent parts that were trimmed are no longer among them.
+    pub fn segment_skip(&self, offset: u64) -> u64 {
+        assert!(self.trimmed_bytes == 0 || offset >= self.head.len() as u64 + self.trimmed_bytes);
+        offset - self.trimmed_bytes
+    }
+}
+
+impl Segments for Outgoing {
+    fn segment_count(&self) -> usize {
+        1 + self.body.segment_count()
+    }
+
+    fn segment(&self, at: usize) -> &[u8] {
+        if at == 0 {
+            &self.head
+        } else {
+            self.body.segment(at - 1)
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::connection::ConnectionLimits;
-use crate::dataplane::handler::{Handler, Shared};
+use crate::dataplane::handler::Handler;
+use crate::dataplane::metrics::WorkerMetrics;
+use crate::dataplane::shared::Shared;
 
 /// A worker's inputs.
 pub struct WorkerContext {
@@ -25,6 +27,12 @@ impl WorkerContext {
         ConnectionLimits::from_config(&self.shared.config)
     }
 
+    /// This worker's counters, for the driver's own transport events (accepts, refusals, bytes
+    /// sent, closes, zero-copy sends, completion overflows); the handler counts responses.
+    pub fn counters(&self) -> WorkerCounters {
+        WorkerCounters { shared: self.shared.clone(), index: self.index }
+    }
+
     /// This worker's request handler (built on the worker thread: it is not `Send`).
     pub fn handler(&self) -> Handler {
         Handler::new(self.shared.clone(), self.index)
@@ -33,7 +41,11 @@ impl WorkerContext {
     /// How often timeouts are checked: a quarter of the shortest timeout, within 5..=100 ms.
     pub fn tick(&self) -> Duration {
         let config = &self.shared.config;
-        let shortest = config.header_timeout_ms.min(config.idle_timeout_ms).min(config.send_timeout_ms);
+        let shortest = config
+            .header_timeout_ms
+            .min(config.idle_timeout_ms)
+            .min(config.send_timeout_ms)
+            .min(config.pending_timeout_ms);
         Duration::from_millis((shortest / 4).clamp(5, 100))
     }
 
@@ -50,6 +62,20 @@ impl WorkerContext {
     /// When in-flight responses are cut off after shutdown starts at `now`.
     pub fn grace_deadline(&self, now: Instant) -> Instant {
         now + Duration::from_millis(self.shared.config.shutdown_grace_ms)
+    }
+}
+
+/// One worker's counters, owned (a driver keeps it beside its handler, not inside it).
+pub struct WorkerCounters {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl std::ops::Deref for WorkerCounters {
+    type Target = WorkerMetrics;
+
+    fn deref(&self) -> &WorkerMetrics {
+        self.shared.metrics.worker(self.index)
     }
 }
 

@@ -1,31 +1,30 @@
 //! The I/O driver: one mio poll loop, non-blocking sockets, per-connection state, timers.
 //!
-//! Thin by design: the [`Scheduler`] decides what to ask whom, the [`ResponseReader`] frames
-//! responses, the [`Verifier`] threads hash and write pieces; this file only moves bytes and turns
-//! what happened on sockets and in the verifier into scheduler events. Bodies are received
-//! straight into reused piece buffers, which travel to a verifier thread and back. It is written on mio now; the design wants it on the data
-//! plane's per-core event-loop layer (io_uring with a mio fallback), which lives on another
-//! branch: nothing here but this file touches a socket, so it moves as one piece.
+//! Thin by design: the [`Scheduler`] decides what to ask whom, the HTTP client connection
+//! (`http::client`, keyed by piece index) writes requests and frames responses, the [`Verifier`]
+//! threads hash and write pieces; this file only moves bytes and turns what happened on sockets
+//! and in the verifier into scheduler events. Bodies are received straight into reused piece
+//! buffers, which travel to a verifier thread and back. It runs on mio for now; everything that
+//! touches a socket is in `download/transport.rs`, so it moves to the ring layer as one piece.
 
-use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use mio::{Events, Poll, Token, Waker};
+use rustls::ClientConfig;
 
 use crate::config::DownloadConfig;
 use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
 use crate::download::output::{Output, OutputError};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
-use crate::download::url::HttpUrl;
+use crate::download::transport::{Received, Transport};
 use crate::download::verify::{Check, Checked, Verifier};
-use crate::http::response_reader::{ResponseLimits, ResponseReader, Step};
+use crate::http::client::redirect::next_hop;
+use crate::http::client::{self as http_client, ClientLimits, ReceivedHead, RequestSpec};
+use crate::http::url::HttpUrl;
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -48,7 +47,7 @@ impl SourceSpec {
     pub fn label(&self) -> String {
         match self {
             SourceSpec::Peer(address) => address.to_string(),
-            SourceSpec::Http(url) => url.text.clone(),
+            SourceSpec::Http(url) => url.to_string(),
         }
     }
 }
@@ -115,6 +114,8 @@ struct Body {
     /// The piece's length: bytes past it are not kept.
     expected: usize,
     overflow: bool,
+    /// The head of a redirect from an HTTP source, followed once the response is complete.
+    redirect: Option<ReceivedHead>,
 }
 
 /// Piece-sized buffers, reused so that receiving a piece neither allocates nor faults pages in.
@@ -138,25 +139,42 @@ impl BufferPool {
 
 /// What a finished response means.
 enum Landed {
-    Bytes { source: SourceId, piece: u64, buffer: Vec<u8>, length: usize },
-    Bad { source: SourceId, piece: u64 },
-    Missing { source: SourceId, piece: u64 },
-    Failed { source: SourceId, piece: u64 },
+    Bytes {
+        source: SourceId,
+        piece: u64,
+        buffer: Vec<u8>,
+        length: usize,
+    },
+    Bad {
+        source: SourceId,
+        piece: u64,
+    },
+    Missing {
+        source: SourceId,
+        piece: u64,
+    },
+    Failed {
+        source: SourceId,
+        piece: u64,
+    },
+    /// A redirect, asked on a connection opened for the source's URL number `generation`.
+    Redirect {
+        source: SourceId,
+        piece: u64,
+        head: ReceivedHead,
+        generation: u32,
+    },
 }
 
 struct Conn {
     source: SourceId,
-    stream: TcpStream,
-    tls: Option<Box<ClientConnection>>,
-    connected: bool,
-    out: Vec<u8>,
-    out_at: usize,
-    input: Vec<u8>,
-    reader: ResponseReader,
-    pending: VecDeque<u64>,
+    /// Which of the source's URLs (it changes on redirects) this connection was opened for.
+    generation: u32,
+    transport: Transport,
+    /// The HTTP state; each request is tagged with its piece index.
+    http: http_client::Connection<u64>,
     body: Option<Body>,
     deadline: Instant,
-    server_closes: bool,
 }
 
 /// Why a connection ends.
@@ -164,9 +182,9 @@ enum End {
     /// Still open.
     Open,
     /// Closed by the server as HTTP allows; unanswered requests are lost without blame.
-    Closed,
+    Closed(Vec<u64>),
     /// Broken (reset, truncated, unparseable): unanswered requests failed.
-    Failed(String),
+    Failed(Vec<u64>, String),
 }
 
 struct Driver<'a> {
@@ -175,6 +193,10 @@ struct Driver<'a> {
     scheduler: Scheduler,
     conns: Vec<Option<Conn>>,
     addresses: Vec<Option<SocketAddr>>,
+    /// Each HTTP source's current URL (where its redirects led), its number and hops so far.
+    urls: Vec<Option<HttpUrl>>,
+    generations: Vec<u32>,
+    hops: Vec<u32>,
     stats: Vec<SourceStats>,
     landed: Vec<Landed>,
     scratch: Vec<u8>,
@@ -216,6 +238,9 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         scheduler,
         conns: Vec::new(),
         addresses: Vec::new(),
+        urls: Vec::new(),
+        generations: Vec::new(),
+        hops: Vec::new(),
         stats: Vec::new(),
         landed: Vec::new(),
         scratch: vec![0; READ_CHUNK_BYTES],
@@ -233,17 +258,23 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
             SourceSpec::Peer(_) => SourceKind::Peer,
             SourceSpec::Http(_) => SourceKind::Http,
         };
-        let Some(_id) = driver.scheduler.add_source(kind) else {
+        let Some(_id) = driver.scheduler.add_source(kind, &spec.label()) else {
             tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
             continue;
         };
         let address = match spec {
             SourceSpec::Peer(address) => Some(*address),
             SourceSpec::Http(url) => {
-                url.resolve().map_err(|error| tracing::warn!(source = %url.text, %error, "source unusable")).ok()
+                url.resolve().map_err(|error| tracing::warn!(source = %url, %error, "source unusable")).ok()
             }
         };
         driver.addresses.push(address);
+        driver.urls.push(match spec {
+            SourceSpec::Http(url) => Some(url.clone()),
+            SourceSpec::Peer(_) => None,
+        });
+        driver.generations.push(0);
+        driver.hops.push(0);
         driver.stats.push(SourceStats {
             source: spec.label(),
             kind: if kind == SourceKind::Peer { "peer" } else { "http" },
@@ -338,36 +369,29 @@ impl Driver<'_> {
             .conns
             .iter()
             .flatten()
-            .filter(|c| !c.pending.is_empty() || !c.connected)
+            .filter(|c| c.http.in_flight() > 0 || !c.transport.is_connected())
             .map(|c| c.deadline.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::MAX);
         soonest.min(Duration::from_millis(POLL_INTERVAL_MS))
     }
 
-    fn request_bytes(&self, source: SourceId, piece: u64) -> Vec<u8> {
-        match &self.job.sources[source.0 as usize] {
-            SourceSpec::Peer(address) => {
-                format!("GET /v1/content/{}/piece/{piece} HTTP/1.1\r\nHost: {address}\r\n\r\n", self.job.id)
-                    .into_bytes()
-            }
-            SourceSpec::Http(url) => {
-                let start = piece * self.job.piece_size;
-                let end = start + piece_length(self.job, piece) - 1;
-                format!(
-                    "GET {} HTTP/1.1\r\nHost: {}\r\nRange: bytes={start}-{end}\r\nUser-Agent: tessera/{}\r\n\r\n",
-                    url.path,
-                    url.authority,
-                    env!("CARGO_PKG_VERSION")
-                )
-                .into_bytes()
-            }
+    fn request_spec(&self, source: SourceId, piece: u64) -> RequestSpec {
+        let index = source.0 as usize;
+        if let Some(url) = &self.urls[index] {
+            let start = piece * self.job.piece_size;
+            let end = start + piece_length(self.job, piece) - 1;
+            return RequestSpec { range: Some((start, end)), ..RequestSpec::new("GET", url) };
         }
+        let host = match &self.job.sources[index] {
+            SourceSpec::Peer(address) => address.to_string(),
+            SourceSpec::Http(url) => url.authority(),
+        };
+        RequestSpec::to_host("GET", host, format!("/v1/content/{}/piece/{piece}", self.job.id))
     }
 
     /// Sends the request on the least-loaded connection to `source`, opening one if allowed.
     fn dispatch(&mut self, source: SourceId, piece: u64) {
-        let depth = self.job.config.pipeline_depth.max(1) as usize;
         let now_ms = self.now_ms();
         self.stats[source.0 as usize].requests += 1;
         let chosen = self
@@ -375,8 +399,8 @@ impl Driver<'_> {
             .iter()
             .enumerate()
             .filter_map(|(token, c)| c.as_ref().map(|c| (token, c)))
-            .filter(|(_, c)| c.source == source && !c.server_closes && c.pending.len() < depth)
-            .min_by_key(|(_, c)| c.pending.len())
+            .filter(|(_, c)| c.source == source && c.http.can_send())
+            .min_by_key(|(_, c)| c.http.in_flight())
             .map(|(token, _)| token);
         let open = self.conns.iter().flatten().filter(|c| c.source == source).count();
         let token = match chosen {
@@ -395,23 +419,15 @@ impl Driver<'_> {
                 return;
             }
         };
-        let request = self.request_bytes(source, piece);
+        let spec = self.request_spec(source, piece);
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
         let conn = self.conns[token].as_mut().expect("chosen connection exists");
-        if conn.pending.is_empty() && conn.connected {
+        if conn.http.in_flight() == 0 && conn.transport.is_connected() {
             conn.deadline = Instant::now() + timeout;
         }
-        conn.pending.push_back(piece);
-        let queued = match &mut conn.tls {
-            Some(tls) => tls.writer().write_all(&request),
-            None => {
-                conn.out.extend_from_slice(&request);
-                Ok(())
-            }
-        };
-        let end = match queued {
-            Err(error) => End::Failed(format!("TLS write: {error}")),
-            Ok(()) if conn.connected => flush(conn),
+        let end = match conn.http.send_request(piece, &spec) {
+            Err(error) => End::Failed(vec![piece], format!("request: {error}")),
+            Ok(()) if conn.transport.is_connected() => flush(conn),
             Ok(()) => End::Open,
         };
         self.settle_end(token, end);
@@ -419,37 +435,26 @@ impl Driver<'_> {
 
     fn connect(&mut self, source: SourceId) -> Result<usize, String> {
         let address = self.addresses[source.0 as usize].ok_or("address unknown")?;
-        let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let tls = match &self.job.sources[source.0 as usize] {
-            SourceSpec::Http(url) if url.tls => {
-                let name = ServerName::try_from(url.host.clone()).map_err(|e| e.to_string())?;
-                Some(Box::new(ClientConnection::new(self.job.tls.clone(), name).map_err(|e| e.to_string())?))
-            }
+        let tls = match &self.urls[source.0 as usize] {
+            Some(url) if url.is_tls() => Some((self.job.tls.clone(), url.host())),
             _ => None,
         };
         let token = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
-        self.poll
-            .registry()
-            .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.to_string())?;
-        let limits = ResponseLimits {
+        let transport = Transport::connect(address, tls, self.poll.registry(), Token(token))?;
+        let limits = ClientLimits {
             head_bytes_max: self.job.config.response_head_bytes_max as usize,
-            ..ResponseLimits::default()
+            // A body longer than its piece is refused at its head; chunked ones are cut there too.
+            body_bytes_max: self.job.piece_size.saturating_mul(2),
+            pipeline_depth_max: self.job.config.pipeline_depth.max(1) as usize,
+            ..ClientLimits::default()
         };
         let conn = Conn {
             source,
-            stream,
-            tls,
-            connected: false,
-            out: Vec::new(),
-            out_at: 0,
-            input: Vec::new(),
-            reader: ResponseReader::new(limits),
-            pending: VecDeque::new(),
+            generation: self.generations[source.0 as usize],
+            transport,
+            http: http_client::Connection::new(limits),
             body: None,
             deadline: Instant::now() + Duration::from_millis(self.job.config.connect_timeout_ms),
-            server_closes: false,
         };
         if token == self.conns.len() {
             self.conns.push(Some(conn));
@@ -461,22 +466,15 @@ impl Driver<'_> {
 
     fn on_event(&mut self, token: usize, writable: bool) {
         let Some(conn) = self.conns.get_mut(token).and_then(Option::as_mut) else { return };
-        if !conn.connected {
+        if !conn.transport.is_connected() {
             if !writable {
                 return;
             }
-            if let Ok(Some(error)) | Err(error) = conn.stream.take_error() {
-                self.settle_end(token, End::Failed(format!("connect: {error}")));
-                return;
-            }
-            match conn.stream.peer_addr() {
-                Ok(_) => {
-                    conn.connected = true;
-                    conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms);
-                }
-                Err(error) if error.kind() == ErrorKind::NotConnected => return,
-                Err(error) => {
-                    self.settle_end(token, End::Failed(format!("connect: {error}")));
+            match conn.transport.finish_connect() {
+                Ok(true) => conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms),
+                Ok(false) => return,
+                Err(reason) => {
+                    self.settle_end(token, End::Failed(Vec::new(), reason));
                     return;
                 }
             }
@@ -493,8 +491,7 @@ impl Driver<'_> {
     /// Reads everything available (edge-triggered readiness), framing responses as they come.
     fn read(&mut self, token: usize) -> End {
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
-        let content_length = self.job.content_length;
-        let piece_size = self.job.piece_size;
+        let (content_length, piece_size) = (self.job.content_length, self.job.piece_size);
         let conn = self.conns[token].as_mut().expect("live connection");
         let is_http = matches!(self.job.sources[conn.source.0 as usize], SourceSpec::Http(_));
         let expect = |piece: u64| {
@@ -503,73 +500,29 @@ impl Driver<'_> {
         };
         // Bounded by the socket: each pass consumes bytes the kernel had, until WouldBlock or EOF.
         loop {
-            let read = match &mut conn.tls {
-                None => match read_plain(conn, &mut self.scratch) {
-                    Ok(0) => None,
-                    Ok(count) => Some(count),
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    Err(error) => return End::Failed(format!("read: {error}")),
-                },
-                Some(tls) => match tls.read_tls(&mut conn.stream) {
-                    Ok(0) => None,
-                    Ok(_) => {
-                        if let Err(error) = tls.process_new_packets() {
-                            return End::Failed(format!("TLS: {error}"));
-                        }
-                        let mut closed = false;
-                        loop {
-                            match tls.reader().read(&mut self.scratch) {
-                                Ok(0) => {
-                                    closed = true;
-                                    break;
-                                }
-                                Ok(count) => conn.input.extend_from_slice(&self.scratch[..count]),
-                                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                                Err(error) if error.kind() == ErrorKind::UnexpectedEof => {
-                                    closed = true;
-                                    break;
-                                }
-                                Err(error) => return End::Failed(format!("TLS read: {error}")),
-                            }
-                        }
-                        if let End::Failed(reason) = flush_tls(conn) {
-                            return End::Failed(reason);
-                        }
-                        if closed {
-                            None
-                        } else {
-                            Some(1)
-                        }
-                    }
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    Err(error) => return End::Failed(format!("read: {error}")),
-                },
+            let span = if conn.transport.is_tls() { None } else { direct_span(conn) };
+            let direct = match (span, conn.body.as_mut()) {
+                (Some(span), Some(body)) => Some(&mut body.buffer[span]),
+                _ => None,
             };
-            if read.is_some() {
-                conn.deadline = Instant::now() + timeout;
+            let received = conn.transport.receive(&mut conn.http, direct, &mut self.scratch);
+            let eof = matches!(received, Ok(Received::Eof));
+            match received {
+                Ok(Received::Eof) => conn.http.handle_eof(),
+                Ok(Received::Direct(count)) => {
+                    conn.body.as_mut().expect("direct bytes go to a body").filled += count;
+                    conn.deadline = Instant::now() + timeout;
+                }
+                Ok(Received::Buffered) => conn.deadline = Instant::now() + timeout,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return End::Failed(Vec::new(), format!("read: {error}")),
             }
-            match frame(conn, is_http, &expect, &mut self.landed, &mut self.pool) {
-                Ok(false) => {}
-                Ok(true) => return End::Closed,
-                Err(reason) => return End::Failed(reason),
+            if let Some(end) = frame(conn, is_http, &expect, &mut self.landed, &mut self.pool) {
+                return end;
             }
-            if read.is_none() {
-                return match conn.reader.eof() {
-                    Ok(_) => {
-                        if let Some(body) = conn.body.take() {
-                            conn.pending.pop_front();
-                            self.landed.push(land(conn.source, body, &expect, &mut self.pool));
-                        }
-                        End::Closed
-                    }
-                    Err(_) if conn.pending.is_empty() || conn.server_closes => End::Closed,
-                    Err(error) => End::Failed(error.to_string()),
-                };
-            }
-            if conn.server_closes && conn.pending.is_empty() {
-                return End::Closed;
+            if eof {
+                return End::Closed(Vec::new());
             }
         }
     }
@@ -577,14 +530,17 @@ impl Driver<'_> {
     /// Removes a connection that ended and tells the scheduler about its unanswered requests.
     fn settle_end(&mut self, token: usize, end: End) {
         let now_ms = self.now_ms();
-        let reason = match end {
+        let (mut pieces, reason) = match end {
             End::Open => return,
-            End::Closed => None,
-            End::Failed(reason) => Some(reason),
+            End::Closed(pieces) => (pieces, None),
+            End::Failed(pieces, reason) => (pieces, Some(reason)),
         };
         let Some(mut conn) = self.conns[token].take() else { return };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        let pieces: Vec<u64> = conn.pending.drain(..).collect();
+        conn.transport.deregister(self.poll.registry());
+        pieces.extend(conn.http.abandon());
+        if let Some(body) = conn.body.take() {
+            self.pool.give(body.buffer);
+        }
         let source = conn.source;
         match reason {
             None => {
@@ -604,7 +560,7 @@ impl Driver<'_> {
         for slot in self.conns.iter_mut() {
             if slot.as_ref().is_some_and(|c| c.source == source) {
                 let mut conn = slot.take().expect("checked");
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                conn.transport.deregister(self.poll.registry());
             }
         }
     }
@@ -616,17 +572,17 @@ impl Driver<'_> {
         for token in 0..self.conns.len() {
             let expired = self.conns[token]
                 .as_ref()
-                .is_some_and(|c| (!c.pending.is_empty() || !c.connected) && now >= c.deadline);
+                .is_some_and(|c| (c.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline);
             if !expired {
                 continue;
             }
             let mut conn = self.conns[token].take().expect("checked");
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            conn.transport.deregister(self.poll.registry());
             let source = conn.source;
-            let pieces: Vec<u64> = conn.pending.drain(..).collect();
+            let pieces = conn.http.abandon();
             let stats = &mut self.stats[source.0 as usize];
             stats.timeouts += 1;
-            tracing::debug!(source = %stats.source, connected = conn.connected, "request timed out");
+            tracing::debug!(source = %stats.source, connected = conn.transport.is_connected(), "request timed out");
             self.scheduler.handle(Event::TimedOut { source, pieces }, now_ms);
         }
     }
@@ -664,6 +620,7 @@ impl Driver<'_> {
                     self.stats[source.0 as usize].failures += 1;
                     Event::Failed { source, pieces: vec![piece] }
                 }
+                Landed::Redirect { source, piece, head, generation } => self.redirect(source, piece, &head, generation),
             };
             self.scheduler.handle(event, now_ms);
         }
@@ -699,6 +656,39 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// An HTTP source redirected a range request: its later requests go to the new URL (curl
+    /// `-L` rules, at most `REDIRECTS_MAX` hops per source) and the piece is asked again there.
+    fn redirect(&mut self, source: SourceId, piece: u64, head: &ReceivedHead, generation: u32) -> Event {
+        let index = source.0 as usize;
+        if generation != self.generations[index] {
+            // Asked of an older URL before the source moved: ask again at the new one.
+            return Event::Lost { source, pieces: vec![piece] };
+        }
+        let url = self.urls[index].as_ref().expect("only HTTP sources redirect");
+        let next = match next_hop(url, "GET", head, self.hops[index]) {
+            Ok(Some((_, next))) => next,
+            Ok(None) => return Event::Failed { source, pieces: vec![piece] },
+            Err(error) => {
+                tracing::warn!(source = %self.stats[index].source, %error, "redirect not followed");
+                self.stats[index].failures += 1;
+                return Event::Failed { source, pieces: vec![piece] };
+            }
+        };
+        tracing::info!(source = %self.stats[index].source, to = %next, status = head.status, "source redirected");
+        self.hops[index] += 1;
+        self.generations[index] += 1;
+        self.addresses[index] =
+            next.resolve().map_err(|error| tracing::warn!(source = %next, %error, "redirect target unusable")).ok();
+        self.urls[index] = Some(next);
+        // Connections to the old URL are closed; what they still had in flight is asked again.
+        for token in 0..self.conns.len() {
+            if self.conns[token].as_ref().is_some_and(|c| c.source == source) {
+                self.settle_end(token, End::Closed(Vec::new()));
+            }
+        }
+        Event::Lost { source, pieces: vec![piece] }
+    }
+
     fn bad(&mut self, source: SourceId, piece: u64) -> Event {
         let stats = &mut self.stats[source.0 as usize];
         stats.bad_pieces += 1;
@@ -707,76 +697,107 @@ impl Driver<'_> {
     }
 }
 
-/// Frames responses out of `conn.input`, appending finished ones to `landed`; `Ok(true)` when
-/// the connection must be closed now (a body too long to read).
+/// Turns the HTTP connection's events into landed pieces; `Some` when the connection ends.
 fn frame(
     conn: &mut Conn,
     is_http: bool,
     expect: &dyn Fn(u64) -> (u64, u64),
     landed: &mut Vec<Landed>,
     pool: &mut BufferPool,
-) -> Result<bool, String> {
-    let mut at = 0;
-    // Bounded: each step consumes input or completes a response; NeedMore ends it.
-    loop {
-        match conn.reader.step(&conn.input[at..], false).map_err(|e| e.to_string())? {
-            Step::NeedMore => break,
-            Step::Head { head, consumed } => {
-                at += consumed;
-                let piece = *conn.pending.front().ok_or("a response nobody asked for")?;
-                let (start, length) = expect(piece);
-                if !head.keep_alive {
-                    conn.server_closes = true;
-                }
-                if matches!(head.status, 200 | 206) {
-                    if head.content_length.is_some_and(|n| n > length) {
-                        // Longer than the piece: a liar or a server ignoring Range; do not read it.
-                        conn.pending.pop_front();
-                        if is_http && head.status == 200 {
-                            landed.push(Landed::Failed { source: conn.source, piece });
-                        } else {
-                            landed.push(Landed::Bad { source: conn.source, piece });
-                        }
-                        conn.input.clear();
-                        return Ok(true);
-                    }
-                    let range_ok = match head.content_range {
-                        Some((first, last, _)) => first == start && last + 1 == start + length,
-                        None => head.status == 200 && (!is_http || start == 0),
-                    };
-                    let status = if range_ok { head.status } else { 0 };
-                    let buffer = if status == 0 { Vec::new() } else { pool.take() };
-                    conn.body =
-                        Some(Body { piece, status, buffer, filled: 0, expected: length as usize, overflow: false });
-                } else {
-                    let status = head.status;
-                    conn.body =
-                        Some(Body { piece, status, buffer: Vec::new(), filled: 0, expected: 0, overflow: false });
+) -> Option<End> {
+    // Bounded by the input: every event consumes bytes or a request.
+    while let Some(event) = conn.http.poll_event() {
+        match event {
+            http_client::Event::Head { tag, head } => {
+                let piece = *tag;
+                if let Some(outcome) = body_for(conn.source, piece, head, is_http, expect, pool, &mut conn.body) {
+                    // Longer than the piece: a liar or a server ignoring Range; do not read it.
+                    landed.push(outcome);
+                    let mut unanswered = conn.http.abandon();
+                    unanswered.retain(|&other| other != piece);
+                    return Some(End::Closed(unanswered));
                 }
             }
-            Step::Body { length } => {
-                let body = conn.body.as_mut().ok_or("body without head")?;
+            http_client::Event::BodyData { data, .. } => {
+                let Some(body) = conn.body.as_mut() else { continue };
                 let kept = matches!(body.status, 200 | 206);
-                let keep = if kept { body.expected.saturating_sub(body.filled).min(length) } else { 0 };
-                body.buffer[body.filled..body.filled + keep].copy_from_slice(&conn.input[at..at + keep]);
+                let keep = if kept { body.expected.saturating_sub(body.filled).min(data.len()) } else { 0 };
+                body.buffer[body.filled..body.filled + keep].copy_from_slice(&data[..keep]);
                 body.filled += keep;
-                body.overflow |= kept && keep < length;
-                at += length;
+                body.overflow |= kept && keep < data.len();
             }
-            Step::Complete => {
-                let body = conn.body.take().ok_or("completion without head")?;
-                conn.pending.pop_front();
-                landed.push(land(conn.source, body, expect, pool));
+            http_client::Event::Done { .. } => {
+                let body = conn.body.take().expect("a completed response had a head");
+                landed.push(land(conn.source, conn.generation, body, expect, pool));
+            }
+            http_client::Event::Closed { unanswered, error } => {
+                return Some(match error {
+                    None => End::Closed(unanswered),
+                    Some(error) => End::Failed(unanswered, error.to_string()),
+                });
             }
         }
     }
-    conn.input.drain(..at);
-    Ok(false)
+    None
 }
 
-fn land(source: SourceId, body: Body, expect: &dyn Fn(u64) -> (u64, u64), pool: &mut BufferPool) -> Landed {
+/// Prepares `body` for the response whose `head` arrived; `Some` outcome when the response is
+/// refused at its head.
+fn body_for(
+    source: SourceId,
+    piece: u64,
+    head: ReceivedHead,
+    is_http: bool,
+    expect: &dyn Fn(u64) -> (u64, u64),
+    pool: &mut BufferPool,
+    body: &mut Option<Body>,
+) -> Option<Landed> {
+    let (start, length) = expect(piece);
+    let empty = |status, redirect| Body {
+        piece,
+        status,
+        buffer: Vec::new(),
+        filled: 0,
+        expected: 0,
+        overflow: false,
+        redirect,
+    };
+    if !matches!(head.status, 200 | 206) {
+        let status = head.status;
+        let redirect = (is_http && (300..400).contains(&status) && head.location.is_some()).then_some(head);
+        *body = Some(empty(status, redirect));
+        return None;
+    }
+    if head.content_length.is_some_and(|n| n > length) {
+        return Some(if is_http && head.status == 200 {
+            Landed::Failed { source, piece }
+        } else {
+            Landed::Bad { source, piece }
+        });
+    }
+    let range_ok = match head.content_range {
+        Some((first, last, _)) => first == start && last + 1 == start + length,
+        None => head.status == 200 && (!is_http || start == 0),
+    };
+    *body = Some(match range_ok {
+        true => Body { buffer: pool.take(), expected: length as usize, ..empty(head.status, None) },
+        false => empty(0, None),
+    });
+    None
+}
+
+fn land(
+    source: SourceId,
+    generation: u32,
+    body: Body,
+    expect: &dyn Fn(u64) -> (u64, u64),
+    pool: &mut BufferPool,
+) -> Landed {
     let piece = body.piece;
     let (_, expected) = expect(piece);
+    if let Some(head) = body.redirect {
+        return Landed::Redirect { source, piece, head, generation };
+    }
     let landed = match body.status {
         200 | 206 if !body.overflow && body.filled as u64 == expected => {
             return Landed::Bytes { source, piece, buffer: body.buffer, length: body.filled };
@@ -790,61 +811,19 @@ fn land(source: SourceId, body: Body, expect: &dyn Fn(u64) -> (u64, u64), pool: 
     landed
 }
 
-/// Reads from a plain connection: straight into the piece buffer while a body is being received
-/// and nothing else is buffered (the bulk of the bytes), else into `input` (heads, the start of a
-/// body read with its head, bodies that are not kept).
-fn read_plain(conn: &mut Conn, scratch: &mut [u8]) -> std::io::Result<usize> {
-    if conn.input.is_empty() {
-        if let (Some(body), Some(remaining)) = (conn.body.as_mut(), conn.reader.body_remaining()) {
-            let room = body.expected.saturating_sub(body.filled);
-            if matches!(body.status, 200 | 206) && remaining > 0 && remaining <= room as u64 {
-                let span = body.filled..body.filled + remaining as usize;
-                let count = conn.stream.read(&mut body.buffer[span])?;
-                if count > 0 {
-                    let received = &body.buffer[body.filled..body.filled + count];
-                    if conn.reader.step(received, false) != Ok(Step::Body { length: count }) {
-                        return Err(std::io::Error::other("response framing lost track of the body"));
-                    }
-                    body.filled += count;
-                }
-                return Ok(count);
-            }
-        }
-    }
-    let count = conn.stream.read(scratch)?;
-    conn.input.extend_from_slice(&scratch[..count]);
-    Ok(count)
+/// Where the next body bytes may be received straight into the piece buffer: inside a kept
+/// body of known length, with nothing buffered, and no more than the piece has room for.
+fn direct_span(conn: &Conn) -> Option<std::ops::Range<usize>> {
+    let direct = conn.http.body_direct_bytes();
+    let body = conn.body.as_ref().filter(|b| matches!(b.status, 200 | 206) && direct > 0)?;
+    let room = body.expected.saturating_sub(body.filled) as u64;
+    (direct <= room).then(|| body.filled..body.filled + direct as usize)
 }
 
-/// Writes what is queued; `Open` when done or the socket is full.
+/// Writes what the HTTP connection has queued; `Open` when done or the socket is full.
 fn flush(conn: &mut Conn) -> End {
-    if conn.tls.is_some() {
-        return flush_tls(conn);
+    match conn.transport.send(&mut conn.http) {
+        Ok(()) => End::Open,
+        Err(reason) => End::Failed(Vec::new(), reason),
     }
-    while conn.out_at < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.out_at..]) {
-            Ok(0) => return End::Failed("write returned 0".into()),
-            Ok(count) => conn.out_at += count,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return End::Failed(format!("write: {error}")),
-        }
-    }
-    conn.out.clear();
-    conn.out_at = 0;
-    End::Open
-}
-
-fn flush_tls(conn: &mut Conn) -> End {
-    let Some(tls) = conn.tls.as_mut() else { return End::Open };
-    while tls.wants_write() {
-        match tls.write_tls(&mut conn.stream) {
-            Ok(0) => return End::Failed("write returned 0".into()),
-            Ok(_) => {}
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return End::Open,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return End::Failed(format!("TLS write: {error}")),
-        }
-    }
-    End::Open
 }

@@ -1,6 +1,6 @@
-//! A small blocking HTTP(S) GET for metadata-sized documents: the metadata adapter, hash-file
-//! URLs, a peer's hash file, and the Simple-mode length probe. Pieces never go through here;
-//! they go through the event-loop driver.
+//! A small blocking HTTP(S) GET or HEAD for metadata-sized documents: hash-file URLs, a peer's
+//! hash file, and the Simple-mode length probe. Redirects are followed (curl `-L` rules, at most
+//! `REDIRECTS_MAX` hops). Pieces never go through here; they go through the event-loop driver.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::download::url::HttpUrl;
-use crate::http::response_reader::{read_response, ReadResponseError, ResponseHead};
+use crate::http::client::blocking::{exchange, ExchangeError};
+use crate::http::client::redirect::{next_hop, RedirectError};
+use crate::http::client::{ClientLimits, ReceivedHead, RequestSpec};
+use crate::http::url::{HttpUrl, UrlError};
 
 /// Limits of one blocking fetch.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchLimits {
-    /// Whole exchange (connect, handshake, request, response), in milliseconds.
+    /// Whole exchange (connect, handshake, request, response), in milliseconds, per hop.
     pub timeout_ms: u64,
     /// Largest body accepted.
     pub body_bytes_max: u64,
@@ -25,8 +27,10 @@ pub struct FetchLimits {
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url}: {source}")]
-    Url { url: String, source: crate::download::url::UrlError },
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
     #[error("{url}: cannot connect: {source}")]
     Connect { url: String, source: std::io::Error },
     #[error("{url}: TLS: {reason}")]
@@ -35,24 +39,50 @@ pub enum FetchError {
     Io { url: String, source: std::io::Error },
     #[error("{url}: timed out after {timeout_ms} ms")]
     Timeout { url: String, timeout_ms: u64 },
-    #[error("{url}: bad response: {reason}")]
-    Response { url: String, reason: String },
-    #[error("{url}: body larger than {limit} bytes")]
-    TooLarge { url: String, limit: u64 },
+    #[error("{url}: bad response: {source}")]
+    Response { url: String, source: ExchangeError },
 }
 
 /// A whole response.
 #[derive(Debug, Clone)]
 pub struct Fetched {
-    pub head: ResponseHead,
+    /// Where the response came from, after redirects.
+    pub url: HttpUrl,
+    pub head: ReceivedHead,
     pub body: Vec<u8>,
 }
 
-/// `method` (GET or HEAD) of `url`, blocking, under `limits`.
-pub fn fetch(url: &HttpUrl, method: &str, tls: &Arc<ClientConfig>, limits: FetchLimits) -> Result<Fetched, FetchError> {
-    let text = || url.text.clone();
+/// `method` (GET or HEAD) of `url`, blocking, under `limits`, following redirects.
+pub fn fetch(
+    url: &HttpUrl,
+    method: &'static str,
+    tls: &Arc<ClientConfig>,
+    limits: FetchLimits,
+) -> Result<Fetched, FetchError> {
+    let (mut url, mut method) = (url.clone(), method);
+    // Bounded: next_hop refuses more than REDIRECTS_MAX hops.
+    for hops in 0.. {
+        let (head, body) = fetch_once(&url, method, tls, limits)?;
+        match next_hop(&url, method, &head, hops)? {
+            Some((next_method, next_url)) => {
+                tracing::debug!(from = %url, to = %next_url, status = head.status, "redirect");
+                (method, url) = (next_method, next_url);
+            }
+            None => return Ok(Fetched { url, head, body }),
+        }
+    }
+    unreachable!("the hop limit ends the loop")
+}
+
+fn fetch_once(
+    url: &HttpUrl,
+    method: &'static str,
+    tls: &Arc<ClientConfig>,
+    limits: FetchLimits,
+) -> Result<(ReceivedHead, Vec<u8>), FetchError> {
+    let text = || url.to_string();
     let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-    let address = url.resolve().map_err(|source| FetchError::Url { url: text(), source })?;
+    let address = url.resolve()?;
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
     let tcp =
         TcpStream::connect_timeout(&address, timeout).map_err(|source| FetchError::Connect { url: text(), source })?;
@@ -66,15 +96,9 @@ pub fn fetch(url: &HttpUrl, method: &str, tls: &Arc<ClientConfig>, limits: Fetch
     tcp.set_read_timeout(Some(timeout)).map_err(io)?;
     tcp.set_write_timeout(Some(timeout)).map_err(io)?;
     let _ = tcp.set_nodelay(true);
-    let request = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tessera/{}\r\nConnection: close\r\n\r\n",
-        url.path,
-        url.authority,
-        env!("CARGO_PKG_VERSION")
-    );
-    let mut stream: Box<dyn ReadWrite> = if url.tls {
-        let name = ServerName::try_from(url.host.clone())
-            .map_err(|e| FetchError::Tls { url: text(), reason: e.to_string() })?;
+    let mut stream: Box<dyn ReadWrite> = if url.is_tls() {
+        let name =
+            ServerName::try_from(url.host()).map_err(|e| FetchError::Tls { url: text(), reason: e.to_string() })?;
         let connection = rustls::ClientConnection::new(tls.clone(), name)
             .map_err(|e| FetchError::Tls { url: text(), reason: e.to_string() })?;
         Box::new(rustls::StreamOwned::new(connection, tcp))
@@ -86,13 +110,12 @@ pub fn fetch(url: &HttpUrl, method: &str, tls: &Arc<ClientConfig>, limits: Fetch
         Some(tls_error) => FetchError::Tls { url: text(), reason: tls_error.to_string() },
         None => io(source),
     };
-    stream.write_all(request.as_bytes()).map_err(classify)?;
-    stream.flush().map_err(classify)?;
-    match read_response(&mut *stream, method == "HEAD", limits.body_bytes_max, Some(deadline)) {
-        Ok((head, body)) => Ok(Fetched { head, body }),
-        Err(ReadResponseError::Io(source)) => Err(classify(source)),
-        Err(ReadResponseError::TooLarge(limit)) => Err(FetchError::TooLarge { url: text(), limit }),
-        Err(ReadResponseError::Response(error)) => Err(FetchError::Response { url: text(), reason: error.to_string() }),
+    let spec = RequestSpec { close: true, ..RequestSpec::new(method, url) };
+    let limits = ClientLimits { body_bytes_max: limits.body_bytes_max, ..ClientLimits::default() };
+    match exchange(&mut *stream, &spec, limits, Some(deadline)) {
+        Ok(response) => Ok((response.head, response.body)),
+        Err(ExchangeError::Io(source)) => Err(classify(source)),
+        Err(source) => Err(FetchError::Response { url: text(), source }),
     }
 }
 

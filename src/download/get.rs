@@ -15,7 +15,7 @@ use crate::download::fetch::{fetch, FetchLimits};
 use crate::download::metadata::{gather, MetadataSource};
 use crate::download::output::{Identity, Layout, Output, OutputError};
 use crate::download::scheduler::Exhaustion;
-use crate::download::url::{HttpUrl, UrlError};
+use crate::http::url::{HttpUrl, UrlError};
 
 /// What to download, from where, to where.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ pub fn get(
             }
             let length = match &manifest {
                 Some(manifest) => manifest.content_length,
-                None => probe_length(&request.id, &http, &request.tls, config)?,
+                None => probe_length(&request.id, &mut http, &request.tls, config)?,
             };
             (length, u64::from(config.simple_chunk_bytes.max(1)))
         }
@@ -223,23 +223,25 @@ fn manifest_urls(manifest: Option<&Manifest>) -> Vec<HttpUrl> {
 /// The content length from the first HTTP source that answers a HEAD (Simple mode without manifest).
 fn probe_length(
     id: &ContentId,
-    sources: &[HttpUrl],
+    sources: &mut [HttpUrl],
     tls: &Arc<ClientConfig>,
     config: &DownloadConfig,
 ) -> Result<u64, GetError> {
     let limits = FetchLimits { timeout_ms: config.metadata_timeout_ms, body_bytes_max: 0 };
     let mut failures = Vec::new();
     let mut not_found = 0;
-    for url in sources {
+    for url in sources.iter_mut() {
         match fetch(url, "HEAD", tls, limits) {
             Ok(fetched) if fetched.head.status == 200 => {
                 if let Some(length) = fetched.head.content_length {
+                    // Range requests go where the redirects ended.
+                    *url = fetched.url;
                     return Ok(length);
                 }
-                failures.push(format!("{}: no Content-Length", url.text));
+                failures.push(format!("{url}: no Content-Length"));
             }
             Ok(fetched) if matches!(fetched.head.status, 404 | 410) => not_found += 1,
-            Ok(fetched) => failures.push(format!("{}: HTTP {}", url.text, fetched.head.status)),
+            Ok(fetched) => failures.push(format!("{url}: HTTP {}", fetched.head.status)),
             Err(error) => failures.push(error.to_string()),
         }
     }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 
 use crate::config::DownloadConfig;
-use crate::content::manifest::sha256;
 use crate::content::{decide, ContentId, Manifest, MetadataFailure, Mode};
 use crate::download::fetch::{fetch, FetchLimits};
-use crate::download::url::HttpUrl;
+use crate::hash::sha256;
+use crate::http::url::HttpUrl;
 
 /// Where manifests, hash files and peer lists come from.
 pub trait MetadataSource {

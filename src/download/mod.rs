@@ -1,8 +1,8 @@
 //! The download engine behind `tessera get`: metadata first, then verified pieces from peers and
 //! HTTP sources (P2P mode), or the HTTP sources alone (Simple mode).
 //!
-//! Sans-I/O cores: [`scheduler`] (what to ask whom) and [`ban`] (rule 4); responses are framed by
-//! `crate::http::response_reader`. [`driver`] is the thin mio loop around them; [`metadata`] gets the manifest
+//! Sans-I/O cores: [`scheduler`] (what to ask whom) and [`ban`] (rule 4); requests and responses go
+//! through the one HTTP client, `crate::http::client`. [`driver`] is the thin mio loop around them; [`metadata`] gets the manifest
 //! and hash file behind the [`MetadataSource`] trait; [`output`] owns the partial file and resume;
 //! [`get`] ties one download together. See `docs/download.md`.
 
@@ -15,7 +15,7 @@ pub mod output;
 pub mod prometheus;
 pub mod scheduler;
 pub mod service_metadata;
-pub mod url;
+mod transport;
 pub mod verify;
 
 pub use driver::{Progress, SourceSpec, SourceStats};

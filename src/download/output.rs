@@ -8,10 +8,16 @@
 //! from the page cache, in order, resumed pieces included) and saves the sidecar (`fdatasync`, then
 //! the list). The whole-file SHA-256 so covers every byte of the file, and no end-of-download pass
 //! is left but the tail.
+//!
+//! Only regular files are ever truncated or renamed over. Standard output (`-`), a FIFO or a
+//! device is a *stream*: it is opened as it is (no create, no truncate), and the verified prefix is
+//! written to it in order by the same background thread, as the prefix grows. Pieces that land
+//! ahead of the prefix wait in an unlinked scratch file in `$TMPDIR`; a stream has no partial
+//! file beside it and no resume. A directory or a socket is refused.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,10 +25,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::content::{Digest, HashFile};
-use crate::hash::hash_batch;
+use crate::hash::{hash_batch, Hasher};
 
 /// Suffix of the file being written.
 pub const PARTIAL_SUFFIX: &str = ".tessera-partial";
@@ -40,6 +45,57 @@ pub enum OutputError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("SHA-256 of the downloaded file is {actual}, expected {expected}; the file was removed")]
     Mismatch { expected: String, actual: String },
+    #[error("output {path}: {why}")]
+    Unusable { path: PathBuf, why: &'static str },
+}
+
+/// The name `-o -` gives standard output.
+pub const STDOUT_PATH: &str = "-";
+
+/// Where the verified bytes are written in order, when the output is not a regular file.
+struct Stream(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+/// Opens `path` as a stream if it is stdout, a FIFO or a device; `None` for a regular file or a
+/// name not taken yet; an error for anything else.
+fn open_stream(path: &Path) -> Result<Option<Stream>, OutputError> {
+    if path.as_os_str() == STDOUT_PATH {
+        return Ok(Some(Stream(Box::new(std::io::stdout()))));
+    }
+    let unusable = |why| Err(OutputError::Unusable { path: path.to_path_buf(), why });
+    // Follows symlinks: `-o /dev/stdout` is a link to whatever fd 1 is.
+    let kind = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(OutputError::Io { path: path.to_path_buf(), source }),
+    };
+    if kind.is_file() {
+        Ok(None)
+    } else if kind.is_dir() {
+        unusable("is a directory; give a file name inside it")
+    } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+        // Opened as is: never created, never truncated; a FIFO waits here for its reader.
+        let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+        Ok(Some(Stream(Box::new(file))))
+    } else {
+        unusable("is a socket or other special file; give a file, a FIFO, a device or - (stdout)")
+    }
+}
+
+/// Refuses `path` if something other than a regular file is there (a partial file that is a
+/// symlink or a device would be truncated through).
+fn ensure_regular_or_absent(path: &Path) -> Result<(), OutputError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_file() => {
+            Err(OutputError::Unusable { path: path.to_path_buf(), why: "exists and is not a regular file" })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What identifies a download in its sidecar: a resume only reuses pieces of the same content.
@@ -92,6 +148,10 @@ pub struct Output {
     prefix: u64,
     unsaved: u32,
     background: Option<Background>,
+    /// The stream the verified prefix goes to, until the background thread takes it.
+    stream: Option<Stream>,
+    /// Whether the output is a stream (no rename, no sidecar).
+    streaming: bool,
 }
 
 /// Writes verified pieces into the partial file from any thread.
@@ -145,15 +205,29 @@ impl Output {
         layout: Layout,
         resume: Option<(Identity, &HashFile)>,
     ) -> Result<Output, OutputError> {
-        let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
-        let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&partial_path)
-            .map_err(io(&partial_path))?;
+        let stream = open_stream(final_path)?;
+        let (partial_path, progress_path, file) = match &stream {
+            Some(_) => {
+                let scratch = std::env::temp_dir();
+                let file = tempfile::tempfile_in(&scratch).map_err(io(&scratch))?;
+                (scratch.join("(unlinked scratch file)"), PathBuf::new(), file)
+            }
+            None => {
+                let partial_path = with_suffix(final_path, PARTIAL_SUFFIX);
+                let progress_path = with_suffix(final_path, PROGRESS_SUFFIX);
+                ensure_regular_or_absent(&partial_path)?;
+                ensure_regular_or_absent(&progress_path)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&partial_path)
+                    .map_err(io(&partial_path))?;
+                (partial_path, progress_path, file)
+            }
+        };
+        let resume = if stream.is_some() { None } else { resume };
         let layout = Layout { save_every: layout.save_every.max(1), queue_tasks: layout.queue_tasks.max(1), ..layout };
         let mut output = Output {
             final_path: final_path.to_path_buf(),
@@ -166,6 +240,8 @@ impl Output {
             prefix: 0,
             unsaved: 0,
             background: None,
+            streaming: stream.is_some(),
+            stream,
         };
         let mut kept = false;
         if let Some((identity, hashes)) = resume {
@@ -252,7 +328,7 @@ impl Output {
         while self.verified.get(self.prefix as usize).copied().unwrap_or(false) {
             self.prefix += 1;
         }
-        if self.prefix > start && self.layout.whole_sha256 {
+        if self.prefix > start && (self.layout.whole_sha256 || self.streaming) {
             let end = (self.prefix * self.layout.piece_size).min(self.layout.content_length);
             self.send(Task::Hash { end })?;
         }
@@ -303,16 +379,17 @@ impl Output {
         }
     }
 
-    fn spawn_background(&self) -> Result<Background, OutputError> {
+    fn spawn_background(&mut self) -> Result<Background, OutputError> {
         let (tasks, queue) = crossbeam_channel::bounded(self.layout.queue_tasks as usize);
         let stopping = Arc::new(AtomicBool::new(false));
         let work = BackgroundWork {
             file: self.file.clone(),
             partial_path: self.partial_path.clone(),
             progress_path: self.progress_path.clone(),
-            whole: self.layout.whole_sha256.then(sha2::Sha256::new),
+            whole: self.layout.whole_sha256.then(Hasher::new),
             hashed_to: 0,
             stopping: stopping.clone(),
+            stream: self.stream.take(),
         };
         let thread = std::thread::Builder::new()
             .name("tessera-output".into())
@@ -324,8 +401,7 @@ impl Output {
     /// Checks the whole file against `expected` (if any) and renames it into place; on mismatch
     /// the partial file and sidecar are removed and nothing appears under the final name.
     pub fn finish(mut self, expected: Option<Digest>) -> Result<Option<Digest>, OutputError> {
-        if expected.is_some()
-            && self.layout.whole_sha256
+        if (self.streaming || (expected.is_some() && self.layout.whole_sha256))
             && self.prefix * self.layout.piece_size < self.layout.content_length
         {
             // Not every piece is recorded (only a caller that wrote the file some other way):
@@ -342,11 +418,27 @@ impl Output {
                 None => whole_file_sha256(&self.partial_path).map_err(io(&self.partial_path))?,
             };
             if digest != expected {
-                let _ = std::fs::remove_file(&self.partial_path);
-                let _ = std::fs::remove_file(&self.progress_path);
+                if !self.streaming {
+                    let _ = std::fs::remove_file(&self.partial_path);
+                    let _ = std::fs::remove_file(&self.progress_path);
+                }
                 return Err(OutputError::Mismatch { expected: hex::encode(expected), actual: hex::encode(digest) });
             }
             actual = Some(digest);
+        }
+        if self.streaming {
+            // Every byte already went to the stream, in order, as the prefix grew.
+            return Ok(actual);
+        }
+        // Something may have taken the name since `open`: a device is never renamed over.
+        match std::fs::symlink_metadata(&self.final_path) {
+            Ok(metadata) if !(metadata.is_file() || metadata.file_type().is_symlink()) => {
+                return Err(OutputError::Unusable {
+                    path: self.final_path.clone(),
+                    why: "is no longer a regular file; the download is kept as the partial file",
+                });
+            }
+            _ => {}
         }
         std::fs::rename(&self.partial_path, &self.final_path).map_err(io(&self.final_path))?;
         let _ = std::fs::remove_file(&self.progress_path);
@@ -392,15 +484,18 @@ struct BackgroundWork {
     file: Arc<File>,
     partial_path: PathBuf,
     progress_path: PathBuf,
-    whole: Option<sha2::Sha256>,
+    whole: Option<Hasher>,
     hashed_to: u64,
     stopping: Arc<AtomicBool>,
+    /// Where the verified prefix is copied in order, for a stream output.
+    stream: Option<Stream>,
 }
 
 impl BackgroundWork {
     /// Does the tasks in order until the queue closes; the whole-file digest at the end.
     fn run(mut self, queue: Receiver<Task>) -> Result<Option<Digest>, OutputError> {
-        let mut buffer = vec![0u8; if self.whole.is_some() { WHOLE_READ_BYTES } else { 0 }];
+        let reads = self.whole.is_some() || self.stream.is_some();
+        let mut buffer = vec![0u8; if reads { WHOLE_READ_BYTES } else { 0 }];
         for task in queue {
             match task {
                 Task::Hash { end } => self.hash_to(end, &mut buffer)?,
@@ -412,20 +507,31 @@ impl BackgroundWork {
                 }
             }
         }
-        Ok(self.whole.map(|whole| whole.finalize().into()))
+        if let Some(stream) = self.stream.as_mut() {
+            stream.0.flush().map_err(io(&self.partial_path))?;
+        }
+        Ok(self.whole.map(Hasher::finish))
     }
 
     fn hash_to(&mut self, end: u64, buffer: &mut [u8]) -> Result<(), OutputError> {
-        let Some(whole) = self.whole.as_mut() else { return Ok(()) };
+        if self.whole.is_none() && self.stream.is_none() {
+            return Ok(());
+        }
         // Bounded: each pass moves `hashed_to` forward by at least one byte up to `end`.
         while self.hashed_to < end {
             if self.stopping.load(Ordering::Relaxed) {
                 self.whole = None;
+                self.stream = None;
                 return Ok(());
             }
             let count = (end - self.hashed_to).min(buffer.len() as u64) as usize;
             self.file.read_exact_at(&mut buffer[..count], self.hashed_to).map_err(io(&self.partial_path))?;
-            whole.update(&buffer[..count]);
+            if let Some(whole) = self.whole.as_mut() {
+                whole.update(&buffer[..count]);
+            }
+            if let Some(stream) = self.stream.as_mut() {
+                stream.0.write_all(&buffer[..count]).map_err(io(&self.partial_path))?;
+            }
             self.hashed_to += count as u64;
         }
         Ok(())
@@ -443,12 +549,12 @@ impl BackgroundWork {
 /// SHA-256 of a whole file, streamed.
 pub fn whole_file_sha256(path: &Path) -> std::io::Result<Digest> {
     let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let count = file.read(&mut buffer)?;
         if count == 0 {
-            return Ok(hasher.finalize().into());
+            return Ok(hasher.finish());
         }
         hasher.update(&buffer[..count]);
     }
@@ -458,12 +564,12 @@ pub fn whole_file_sha256(path: &Path) -> std::io::Result<Digest> {
 mod tests {
     use super::*;
     use crate::content::PieceSize;
-    use crate::hash::hash_piece;
+    use crate::hash::sha256;
 
     fn content() -> (Vec<u8>, HashFile) {
         let bytes: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
         let size = PieceSize::new(65536).unwrap();
-        let digests = bytes.chunks(65536).map(hash_piece).collect();
+        let digests = bytes.chunks(65536).map(sha256).collect();
         (bytes.clone(), HashFile::new(size, bytes.len() as u64, digests).unwrap())
     }
 
@@ -492,7 +598,7 @@ mod tests {
         output.write_piece(1, 65536, &bytes[65536..131072]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
         assert!(!target.exists());
-        let digest = output.finish(Some(crate::content::manifest::sha256(&bytes))).unwrap();
+        let digest = output.finish(Some(crate::hash::sha256(&bytes))).unwrap();
         assert!(digest.is_some());
         assert_eq!(std::fs::read(&target).unwrap(), bytes);
         assert!(!partial.exists() && !with_suffix(&target, PROGRESS_SUFFIX).exists());
@@ -502,7 +608,7 @@ mod tests {
     fn whole_file_hash_follows_out_of_order_pieces_and_still_catches_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, _) = content();
-        let whole = crate::content::manifest::sha256(&bytes);
+        let whole = crate::hash::sha256(&bytes);
         let target = dir.path().join("good.bin");
         let mut output = Output::open(&target, layout(150_000, 65536), None).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();
@@ -529,7 +635,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         let (bytes, hashes) = content();
-        let whole = crate::content::manifest::sha256(&bytes);
+        let whole = crate::hash::sha256(&bytes);
         let mut output = Output::open(&target, layout(150_000, 65536), Some((identity(), &hashes))).unwrap();
         output.write_piece(0, 0, &bytes[..65536]).unwrap();
         output.write_piece(2, 131072, &bytes[131072..]).unwrap();

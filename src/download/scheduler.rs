@@ -7,10 +7,15 @@
 //! Rules:
 //! - Peers are preferred; HTTP sources are asked for a piece only when no usable peer is left for
 //!   it (every peer banned, dropped, or known not to have it or to have failed it).
-//! - A source has a fixed number of request slots (connections × pipeline depth).
+//! - A source has at most `slots_per_source` requests in flight (connections × pipeline depth),
+//!   and fewer while it is on probation: one until it has a verified piece, doubling with each
+//!   verified piece (the [`BanPolicy`](crate::download::ban::BanPolicy)'s window). So a liar is asked for at most
+//!   `ban_after_bad_pieces` pieces before its ban falls, not a full pipeline's worth.
 //! - A bad, missing or timed-out piece is re-queued and never asked of that source again.
-//! - Bad pieces go to the [`BanPolicy`]; a banned source gets no further request and its
-//!   outstanding requests are forgotten (the driver closes its connections).
+//! - Bad pieces go to the ban policy; a banned source gets no further request and its
+//!   outstanding requests are forgotten (the driver closes its connections). The policy is a
+//!   [`NodeBans`] handle: by default the scheduler's own, or one shared by a whole node
+//!   ([`Scheduler::with_bans`]), so bans and earned windows outlive one download.
 //! - Each piece and each source has a failure budget; past it the download is exhausted or the
 //!   source dropped.
 //! - End game: when few pieces are missing and every one of them is in flight, each is also asked
@@ -18,7 +23,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::download::ban::{BanLimits, BanPolicy, Verdict};
+use crate::download::ban::{BanLimits, NodeBans, Verdict};
 
 /// Index of a source, in the order they were added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +51,7 @@ pub struct SchedulerLimits {
     pub endgame_pieces: u32,
     /// Sources accepted at most.
     pub sources_max: u32,
-    /// Ban policy.
+    /// Ban policy (used when the scheduler makes its own; see [`Scheduler::with_bans`]).
     pub ban: BanLimits,
 }
 
@@ -95,6 +100,8 @@ pub enum Action {
 #[derive(Debug, Clone)]
 struct Source {
     kind: SourceKind,
+    /// What names the source in the ban policy.
+    key: String,
     in_flight: u32,
     failures: u32,
     dropped: bool,
@@ -126,14 +133,21 @@ pub struct Scheduler {
     queue: VecDeque<u64>,
     /// Pieces not done.
     missing: BTreeSet<u64>,
-    bans: BanPolicy<SourceId>,
+    bans: NodeBans,
+    /// Requests each source may have in flight now (0: dropped or banned); computed by `plan`.
+    capacity: Vec<u32>,
     actions: VecDeque<Action>,
     finished: bool,
 }
 
 impl Scheduler {
-    /// A scheduler for `piece_count` pieces, none verified yet.
+    /// A scheduler for `piece_count` pieces, none verified yet, with a ban policy of its own.
     pub fn new(piece_count: u64, limits: SchedulerLimits) -> Scheduler {
+        Scheduler::with_bans(piece_count, limits, NodeBans::new(limits.ban))
+    }
+
+    /// A scheduler that keeps bans and probation in `bans`, a node-wide policy it shares.
+    pub fn with_bans(piece_count: u64, limits: SchedulerLimits, bans: NodeBans) -> Scheduler {
         assert!(limits.slots_per_source >= 1, "a source needs at least one request slot");
         let count = usize::try_from(piece_count).expect("piece count fits in memory");
         Scheduler {
@@ -142,7 +156,8 @@ impl Scheduler {
             pieces: vec![Piece::default(); count],
             queue: (0..piece_count).collect(),
             missing: (0..piece_count).collect(),
-            bans: BanPolicy::new(limits.ban),
+            bans,
+            capacity: Vec::new(),
             actions: VecDeque::new(),
             finished: false,
         }
@@ -157,13 +172,14 @@ impl Scheduler {
         self.queue.retain(|&queued| queued != piece);
     }
 
-    /// Adds a source; `None` when `sources_max` is reached.
-    pub fn add_source(&mut self, kind: SourceKind) -> Option<SourceId> {
+    /// Adds a source named `key` in the ban policy (`HOST:PORT`, URL); `None` when `sources_max`
+    /// is reached.
+    pub fn add_source(&mut self, kind: SourceKind, key: &str) -> Option<SourceId> {
         if self.sources.len() >= self.limits.sources_max as usize {
             return None;
         }
         let id = SourceId(self.sources.len() as u32);
-        self.sources.push(Source { kind, in_flight: 0, failures: 0, dropped: false });
+        self.sources.push(Source { kind, key: key.to_string(), in_flight: 0, failures: 0, dropped: false });
         Some(id)
     }
 
@@ -177,6 +193,7 @@ impl Scheduler {
                 if !self.settle(source, piece) {
                     return;
                 }
+                self.bans.lock().record_good(&self.sources[source.0 as usize].key);
                 let slot = &mut self.pieces[piece as usize];
                 if !slot.done {
                     slot.done = true;
@@ -189,7 +206,8 @@ impl Scheduler {
                 }
                 self.exclude(source, piece);
                 self.piece_failed(piece);
-                match self.bans.record_bad(&source, now_ms) {
+                let verdict = self.bans.lock().record_bad(&self.sources[source.0 as usize].key, now_ms);
+                match verdict {
                     Verdict::Banned => self.ban(source),
                     Verdict::Counted { .. } | Verdict::AlreadyBanned => {}
                 }
@@ -249,12 +267,23 @@ impl Scheduler {
 
     /// Whether `source` is banned at `now_ms`.
     pub fn is_banned(&mut self, source: SourceId, now_ms: u64) -> bool {
-        self.bans.is_banned(&source, now_ms)
+        self.bans.lock().is_banned(&self.sources[source.0 as usize].key, now_ms)
     }
 
     /// Times `source` was banned.
     pub fn bans(&self, source: SourceId) -> u32 {
-        self.bans.bans(&source)
+        self.bans.lock().bans(&self.sources[source.0 as usize].key)
+    }
+
+    /// Requests `source` may have in flight at most right now: below `slots_per_source` while it
+    /// is on probation.
+    pub fn window(&self, source: SourceId) -> u32 {
+        self.bans.lock().window(&self.sources[source.0 as usize].key, self.limits.slots_per_source)
+    }
+
+    /// The ban policy this scheduler records into.
+    pub fn node_bans(&self) -> &NodeBans {
+        &self.bans
     }
 
     /// Whether the scheduler gave `Done` or `Exhausted`.
@@ -332,12 +361,22 @@ impl Scheduler {
         }
     }
 
-    fn usable(&mut self, source: SourceId, now_ms: u64) -> bool {
-        !self.sources[source.0 as usize].dropped && !self.bans.is_banned(&source, now_ms)
+    /// Fills `capacity`: each source's window, 0 for a dropped or banned one (one lock per plan).
+    fn refresh_capacity(&mut self, now_ms: u64) {
+        let mut bans = self.bans.lock();
+        self.capacity.clear();
+        for source in &self.sources {
+            let usable = !source.dropped && !bans.is_banned(&source.key, now_ms);
+            self.capacity.push(if usable { bans.window(&source.key, self.limits.slots_per_source) } else { 0 });
+        }
+    }
+
+    fn usable(&self, source: SourceId) -> bool {
+        self.capacity[source.0 as usize] > 0
     }
 
     /// The least-loaded usable source for `piece`: peers first, HTTP only when no peer is left.
-    fn pick(&mut self, piece: u64, now_ms: u64) -> Pick {
+    fn pick(&self, piece: u64) -> Pick {
         for kind in [SourceKind::Peer, SourceKind::Http] {
             let mut eligible = false;
             let mut best: Option<SourceId> = None;
@@ -347,14 +386,12 @@ impl Scheduler {
                 if self.sources[index].kind != kind || slot.excluded.contains(&id) || slot.asked.contains(&id) {
                     continue;
                 }
-                if !self.usable(id, now_ms) {
+                if !self.usable(id) {
                     continue;
                 }
                 eligible = true;
                 let load = self.sources[index].in_flight;
-                if load < self.limits.slots_per_source
-                    && best.is_none_or(|b| load < self.sources[b.0 as usize].in_flight)
-                {
+                if load < self.capacity[index] && best.is_none_or(|b| load < self.sources[b.0 as usize].in_flight) {
                     best = Some(id);
                 }
             }
@@ -379,9 +416,10 @@ impl Scheduler {
             self.finish(Action::Done);
             return;
         }
+        self.refresh_capacity(now_ms);
         let mut busy = Vec::new();
         for _ in 0..self.queue.len() {
-            let free = self.sources.iter().any(|s| !s.dropped && s.in_flight < self.limits.slots_per_source);
+            let free = self.sources.iter().zip(&self.capacity).any(|(s, &capacity)| s.in_flight < capacity);
             if !free {
                 break;
             }
@@ -390,7 +428,7 @@ impl Scheduler {
             if slot.done || !slot.asked.is_empty() {
                 continue;
             }
-            match self.pick(piece, now_ms) {
+            match self.pick(piece) {
                 Pick::Source(source) => self.ask(source, piece),
                 Pick::Busy => busy.push(piece),
                 Pick::Nobody => {
@@ -402,7 +440,7 @@ impl Scheduler {
         for piece in busy.into_iter().rev() {
             self.queue.push_front(piece);
         }
-        self.plan_endgame(now_ms);
+        self.plan_endgame();
         if self.actions.is_empty() && self.sources.iter().all(|s| s.in_flight == 0) {
             // Nothing asked, nothing outstanding: no source can make progress.
             if let Some(&piece) = self.missing.iter().next() {
@@ -411,14 +449,14 @@ impl Scheduler {
         }
     }
 
-    fn plan_endgame(&mut self, now_ms: u64) {
+    fn plan_endgame(&mut self) {
         if self.missing.len() as u64 > u64::from(self.limits.endgame_pieces) || !self.queue.is_empty() {
             return;
         }
         let pieces: Vec<u64> =
             self.missing.iter().copied().filter(|&p| self.pieces[p as usize].asked.len() == 1).collect();
         for piece in pieces {
-            if let Pick::Source(source) = self.pick(piece, now_ms) {
+            if let Pick::Source(source) = self.pick(piece) {
                 self.ask(source, piece);
             }
         }
@@ -438,6 +476,22 @@ mod tests {
             sources_max: 8,
             ban: BanLimits { bad_pieces_max: 2, duration_ms: 1_000_000 },
         }
+    }
+
+    /// Adds a source with a key of its own, past its probation (the rules below are not about
+    /// probation; the tests at the end are).
+    fn add(scheduler: &mut Scheduler, kind: SourceKind) -> Option<SourceId> {
+        let id = add_new(scheduler, kind)?;
+        for _ in 0..8 {
+            scheduler.node_bans().lock().record_good(&scheduler.sources[id.0 as usize].key);
+        }
+        Some(id)
+    }
+
+    /// Adds a source never heard of: on probation.
+    fn add_new(scheduler: &mut Scheduler, kind: SourceKind) -> Option<SourceId> {
+        let key = format!("source-{}", scheduler.sources.len());
+        scheduler.add_source(kind, &key)
     }
 
     fn drain(scheduler: &mut Scheduler) -> Vec<Action> {
@@ -464,8 +518,8 @@ mod tests {
     #[test]
     fn spreads_pieces_over_peers_within_their_slots() {
         let mut s = Scheduler::new(10, limits());
-        let a = s.add_source(SourceKind::Peer).unwrap();
-        let b = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
+        let b = add(&mut s, SourceKind::Peer).unwrap();
         let asked = requests(&drain(&mut s));
         assert_eq!(asked, vec![(0, 0), (1, 1), (0, 2), (1, 3)]);
         assert_eq!((s.in_flight(a), s.in_flight(b)), (2, 2));
@@ -476,7 +530,7 @@ mod tests {
     #[test]
     fn finishes_when_every_piece_is_verified() {
         let mut s = Scheduler::new(2, limits());
-        let a = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
         drain(&mut s);
         s.handle(Event::Verified { source: a, piece: 0 }, 0);
         s.handle(Event::Verified { source: a, piece: 1 }, 0);
@@ -488,8 +542,8 @@ mod tests {
     #[test]
     fn bad_piece_goes_to_another_source_and_two_get_a_ban() {
         let mut s = Scheduler::new(4, limits());
-        let liar = s.add_source(SourceKind::Peer).unwrap();
-        let honest = s.add_source(SourceKind::Peer).unwrap();
+        let liar = add(&mut s, SourceKind::Peer).unwrap();
+        let honest = add(&mut s, SourceKind::Peer).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (1, 1), (0, 2), (1, 3)]);
         s.handle(Event::Bad { source: liar, piece: 0 }, 0);
         // Piece 0 may not go back to the liar; the honest peer is full, so nothing yet.
@@ -511,11 +565,11 @@ mod tests {
     #[test]
     fn banned_source_outstanding_requests_are_forgotten_and_reassigned() {
         let mut s = Scheduler::new(3, SchedulerLimits { slots_per_source: 3, ..limits() });
-        let liar = s.add_source(SourceKind::Peer).unwrap();
+        let liar = add(&mut s, SourceKind::Peer).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (0, 1), (0, 2)]);
         s.handle(Event::Bad { source: liar, piece: 0 }, 0);
         s.handle(Event::Bad { source: liar, piece: 1 }, 0);
-        let honest = s.add_source(SourceKind::Peer).unwrap();
+        let honest = add(&mut s, SourceKind::Peer).unwrap();
         let actions = drain(&mut s);
         assert_eq!(actions[0], Action::Ban { source: liar });
         let mut asked = requests(&actions);
@@ -530,8 +584,8 @@ mod tests {
     #[test]
     fn http_sources_are_used_only_when_no_peer_is_left() {
         let mut s = Scheduler::new(2, SchedulerLimits { slots_per_source: 1, ..limits() });
-        let peer = s.add_source(SourceKind::Peer).unwrap();
-        let http = s.add_source(SourceKind::Http).unwrap();
+        let peer = add(&mut s, SourceKind::Peer).unwrap();
+        let http = add(&mut s, SourceKind::Http).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 0)], "busy peer is waited for, not bypassed");
         s.handle(Event::Missing { source: peer, piece: 0 }, 0);
         let asked = requests(&drain(&mut s));
@@ -544,8 +598,8 @@ mod tests {
     #[test]
     fn every_peer_banned_falls_back_to_http() {
         let mut s = Scheduler::new(3, SchedulerLimits { slots_per_source: 3, ..limits() });
-        let peer = s.add_source(SourceKind::Peer).unwrap();
-        let http = s.add_source(SourceKind::Http).unwrap();
+        let peer = add(&mut s, SourceKind::Peer).unwrap();
+        let http = add(&mut s, SourceKind::Http).unwrap();
         drain(&mut s);
         s.handle(Event::Bad { source: peer, piece: 0 }, 0);
         s.handle(Event::Bad { source: peer, piece: 1 }, 0);
@@ -560,7 +614,7 @@ mod tests {
     #[test]
     fn no_source_left_is_exhaustion() {
         let mut s = Scheduler::new(1, limits());
-        let a = s.add_source(SourceKind::Http).unwrap();
+        let a = add(&mut s, SourceKind::Http).unwrap();
         drain(&mut s);
         s.handle(Event::Missing { source: a, piece: 0 }, 0);
         assert_eq!(drain(&mut s), vec![Action::Exhausted { piece: 0, why: Exhaustion::NoSource }]);
@@ -573,7 +627,7 @@ mod tests {
         let budget = SchedulerLimits { source_failures_max: 100, retries_per_piece_max: 2, ..limits() };
         let mut s = Scheduler::new(1, budget);
         for _ in 0..5 {
-            s.add_source(SourceKind::Peer).unwrap();
+            add(&mut s, SourceKind::Peer).unwrap();
         }
         for round in 0..3u32 {
             assert_eq!(requests(&drain(&mut s)), vec![(round, 0)], "each retry goes to a source not yet failed");
@@ -582,8 +636,8 @@ mod tests {
         assert_eq!(drain(&mut s), vec![Action::Exhausted { piece: 0, why: Exhaustion::TooManyFailures }]);
 
         let mut s = Scheduler::new(4, limits());
-        let a = s.add_source(SourceKind::Peer).unwrap();
-        let b = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
+        let b = add(&mut s, SourceKind::Peer).unwrap();
         drain(&mut s);
         s.handle(Event::Failed { source: a, pieces: vec![0, 2] }, 0);
         assert_eq!(s.in_flight(a), 0);
@@ -598,7 +652,7 @@ mod tests {
     #[test]
     fn lost_requests_are_asked_again_without_blame() {
         let mut s = Scheduler::new(2, SchedulerLimits { source_failures_max: 1, ..limits() });
-        let a = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 0), (0, 1)]);
         s.handle(Event::Lost { source: a, pieces: vec![0, 1] }, 0);
         let mut asked = requests(&drain(&mut s));
@@ -609,8 +663,8 @@ mod tests {
     #[test]
     fn source_is_dropped_after_its_failure_budget() {
         let mut s = Scheduler::new(4, limits());
-        let a = s.add_source(SourceKind::Peer).unwrap();
-        let _b = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
+        let _b = add(&mut s, SourceKind::Peer).unwrap();
         drain(&mut s);
         s.handle(Event::TimedOut { source: a, pieces: vec![0] }, 0);
         s.handle(Event::TimedOut { source: a, pieces: vec![2] }, 0);
@@ -622,9 +676,9 @@ mod tests {
     #[test]
     fn end_game_asks_a_second_source_and_ignores_the_late_copy() {
         let mut s = Scheduler::new(2, SchedulerLimits { endgame_pieces: 2, slots_per_source: 1, ..limits() });
-        let a = s.add_source(SourceKind::Peer).unwrap();
-        let b = s.add_source(SourceKind::Peer).unwrap();
-        let c = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
+        let b = add(&mut s, SourceKind::Peer).unwrap();
+        let c = add(&mut s, SourceKind::Peer).unwrap();
         let asked = requests(&drain(&mut s));
         assert_eq!(asked, vec![(0, 0), (1, 1), (2, 0)], "c duplicates piece 0");
         s.handle(Event::Verified { source: c, piece: 0 }, 0);
@@ -640,7 +694,7 @@ mod tests {
         let mut s = Scheduler::new(3, limits());
         s.mark_verified(0);
         s.mark_verified(2);
-        let a = s.add_source(SourceKind::Peer).unwrap();
+        let a = add(&mut s, SourceKind::Peer).unwrap();
         assert_eq!(requests(&drain(&mut s)), vec![(0, 1)]);
         s.handle(Event::Verified { source: a, piece: 1 }, 0);
         assert_eq!(drain(&mut s), vec![Action::Done]);
@@ -652,7 +706,96 @@ mod tests {
     #[test]
     fn sources_beyond_the_limit_are_refused() {
         let mut s = Scheduler::new(1, SchedulerLimits { sources_max: 1, ..limits() });
-        assert!(s.add_source(SourceKind::Peer).is_some());
-        assert!(s.add_source(SourceKind::Http).is_none());
+        assert!(add(&mut s, SourceKind::Peer).is_some());
+        assert!(add(&mut s, SourceKind::Http).is_none());
+    }
+
+    fn probation_limits() -> SchedulerLimits {
+        SchedulerLimits { slots_per_source: 8, endgame_pieces: 0, ..limits() }
+    }
+
+    #[test]
+    fn a_new_source_gets_one_request_until_a_piece_verifies_then_doubles() {
+        let mut s = Scheduler::new(64, probation_limits());
+        let peer = add_new(&mut s, SourceKind::Peer).unwrap();
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0)], "one request on probation");
+        let mut windows = Vec::new();
+        for piece in 0..5 {
+            s.handle(Event::Verified { source: peer, piece }, 0);
+            drain(&mut s);
+            windows.push(s.in_flight(peer));
+        }
+        assert_eq!(windows, vec![2, 4, 8, 8, 8], "slow start up to slots_per_source");
+    }
+
+    #[test]
+    fn a_liar_is_asked_at_most_ban_threshold_plus_one_times() {
+        let mut s = Scheduler::new(64, probation_limits());
+        let honest = add_new(&mut s, SourceKind::Peer).unwrap();
+        let liars: Vec<SourceId> = (0..5).map(|_| add_new(&mut s, SourceKind::Peer).unwrap()).collect();
+        let mut asked_of_liars = [0u32; 5];
+        // Bounded: every round answers every outstanding request; 64 pieces finish long before.
+        for _ in 0..200 {
+            let actions = drain(&mut s);
+            if actions.contains(&Action::Done) {
+                break;
+            }
+            for (source, piece) in requests(&actions) {
+                let source = SourceId(source);
+                match liars.iter().position(|&liar| liar == source) {
+                    Some(index) => {
+                        asked_of_liars[index] += 1;
+                        s.handle(Event::Bad { source, piece }, 0);
+                    }
+                    None => s.handle(Event::Verified { source, piece }, 0),
+                }
+            }
+        }
+        assert!(s.is_finished() && s.missing_count() == 0);
+        for (index, &liar) in liars.iter().enumerate() {
+            assert!(s.is_banned(liar, 0));
+            assert!(asked_of_liars[index] <= 3, "liar {index} asked {} times", asked_of_liars[index]);
+        }
+        assert!(!s.is_banned(honest, 0));
+    }
+
+    #[test]
+    fn a_bad_piece_sends_a_trusted_source_back_to_probation() {
+        let ban = BanLimits { bad_pieces_max: 3, ..limits().ban };
+        let mut s = Scheduler::new(32, SchedulerLimits { ban, ..probation_limits() });
+        let peer = add(&mut s, SourceKind::Peer).unwrap();
+        let asked = requests(&drain(&mut s));
+        assert_eq!(asked.len(), 8, "a proven source gets its full depth");
+        s.handle(Event::Bad { source: peer, piece: asked[0].1 }, 0);
+        assert_eq!(s.window(peer), 1);
+        assert_eq!(requests(&drain(&mut s)), vec![], "seven in flight, a window of one: nothing more");
+        s.handle(Event::Verified { source: peer, piece: asked[1].1 }, 0);
+        assert_eq!(s.window(peer), 2, "and it earns its depth back piece by piece");
+    }
+
+    #[test]
+    fn a_shared_policy_outlives_one_download() {
+        let node = NodeBans::new(limits().ban);
+        let mut first = Scheduler::with_bans(8, probation_limits(), node.clone());
+        let liar = first.add_source(SourceKind::Peer, "10.0.0.9:7070").unwrap();
+        first.add_source(SourceKind::Peer, "10.0.0.1:7070").unwrap();
+        // Bounded: each round answers every request; two bad pieces ban the liar.
+        for _ in 0..10 {
+            for (source, piece) in requests(&drain(&mut first)) {
+                let source = SourceId(source);
+                let event =
+                    if source == liar { Event::Bad { source, piece } } else { Event::Verified { source, piece } };
+                first.handle(event, 0);
+            }
+        }
+        assert!(first.is_banned(liar, 0) && first.is_finished());
+        let mut second = Scheduler::with_bans(16, probation_limits(), node.clone());
+        let liar = second.add_source(SourceKind::Peer, "10.0.0.9:7070").unwrap();
+        let seed = second.add_source(SourceKind::Peer, "10.0.0.1:7070").unwrap();
+        let asked = requests(&drain(&mut second));
+        assert_eq!(asked.len(), 8, "the seed keeps the window it earned: {asked:?}");
+        assert!(asked.iter().all(|&(source, _)| SourceId(source) == seed), "the liar is still banned: {asked:?}");
+        assert!(second.is_banned(liar, 0));
+        assert_eq!(node.lock().counts().bans_total, 1);
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::content::{ContentId, Manifest, MetadataFailure};
-use crate::control::{ClientError, MetadataClient, ServiceUrl};
+use crate::control::{service_url, ClientError, MetadataClient};
 use crate::download::metadata::MetadataSource;
 use crate::tls::TlsClientOptions;
 
@@ -18,7 +18,7 @@ pub struct ServiceMetadata {
 impl ServiceMetadata {
     /// A client of the service at `url` (https only: rule 1 wants metadata over TLS).
     pub fn new(url: &str, options: TlsClientOptions) -> Result<ServiceMetadata, ClientError> {
-        ServiceUrl::parse(url)?;
+        service_url(url)?;
         Ok(ServiceMetadata { client: MetadataClient::new(options)?, url: url.to_string() })
     }
 }

@@ -15,7 +15,7 @@ use mio::Waker;
 use crate::content::Digest;
 use crate::download::output::{OutputError, PieceWriter};
 use crate::download::scheduler::SourceId;
-use crate::hash::hash_piece;
+use crate::hash::sha256;
 
 /// One received piece to check.
 pub struct Check {
@@ -130,7 +130,7 @@ impl Drop for Verifier {
 fn verify_loop(queue: &Receiver<Check>, answer: &Sender<Checked>, writer: &PieceWriter, waker: &Waker) {
     for check in queue {
         let bytes = &check.buffer[..check.length];
-        let good = check.expected.is_none_or(|expected| hash_piece(bytes) == expected);
+        let good = check.expected.is_none_or(|expected| sha256(bytes) == expected);
         let error = if good && check.write { writer.write(check.offset, bytes).err() } else { None };
         let checked = Checked { source: check.source, piece: check.piece, good, error, buffer: check.buffer };
         // The queue holds `limit` results and at most `limit` are out: this never blocks for long.
@@ -161,7 +161,7 @@ mod tests {
             offset: piece * 4,
             buffer: bytes.to_vec(),
             length: 4,
-            expected: Some(hash_piece(expected)),
+            expected: Some(sha256(expected)),
             write: true,
         };
         verifier.submit(check(0, b"abcd", b"abcd"));

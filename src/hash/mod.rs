@@ -1,7 +1,10 @@
-//! Piece hashing: SHA-256 with the CPU's SHA extensions when present, behind a batch API.
+//! SHA-256, the one place it is computed: with the CPU's SHA extensions when present.
 //!
-//! Callers (publish, scrub, ingest, download) hand over many pieces at once so that a
-//! multi-buffer implementation can replace the loop below without touching them.
+//! - [`sha256`]: the digest of one byte string (a piece, a hash file, a key);
+//! - [`Hasher`]: the digest of bytes that arrive in parts (a whole file);
+//! - [`hash_batch`] and [`hash_batch_parallel`]: many pieces at once. Callers (publish, scrub,
+//!   ingest, download) hand over batches so that a multi-buffer implementation can replace the
+//!   loop below without touching them.
 
 pub mod speed;
 
@@ -52,14 +55,37 @@ impl Backend {
     }
 }
 
-/// SHA-256 of one piece.
-pub fn hash_piece(bytes: &[u8]) -> Digest {
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
+}
+
+/// SHA-256 of bytes fed in parts, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Hasher {
+    state: Sha256,
+}
+
+impl Hasher {
+    /// A hasher that has seen no bytes.
+    pub fn new() -> Hasher {
+        Hasher::default()
+    }
+
+    /// Feeds the next `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.state.update(bytes);
+    }
+
+    /// The digest of every byte fed so far.
+    pub fn finish(self) -> Digest {
+        self.state.finalize().into()
+    }
 }
 
 /// SHA-256 of every piece, on the calling thread, in order.
 pub fn hash_batch(pieces: &[&[u8]]) -> Vec<Digest> {
-    pieces.iter().map(|piece| hash_piece(piece)).collect()
+    pieces.iter().map(|piece| sha256(piece)).collect()
 }
 
 /// SHA-256 of every piece, spread over up to `threads` threads, in order.
@@ -76,7 +102,7 @@ pub fn hash_batch_parallel(pieces: &[&[u8]], threads: usize) -> Vec<Digest> {
         for (inputs, outputs) in pieces.chunks(chunk).zip(out.chunks_mut(chunk)) {
             scope.spawn(move || {
                 for (input, output) in inputs.iter().zip(outputs.iter_mut()) {
-                    *output = hash_piece(input);
+                    *output = sha256(input);
                 }
             });
         }
@@ -95,7 +121,18 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        assert_eq!(hex::encode(hash_piece(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hex::encode(sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn parts_give_the_digest_of_the_whole() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let mut hasher = Hasher::new();
+        for part in bytes.chunks(333) {
+            hasher.update(part);
+        }
+        assert_eq!(hasher.finish(), sha256(&bytes));
+        assert_eq!(Hasher::new().finish(), sha256(b""));
     }
 
     #[test]
@@ -104,7 +141,7 @@ mod tests {
         let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
         let single = hash_batch(&refs);
         assert_eq!(single, hash_batch_parallel(&refs, 4));
-        assert_eq!(single[3], hash_piece(&pieces[3]));
+        assert_eq!(single[3], sha256(&pieces[3]));
         assert!(hash_batch_parallel(&[], 4).is_empty());
     }
 }

@@ -18,11 +18,9 @@ pub struct HashSpeed {
 /// CPU time consumed by the calling thread. `openssl speed` also counts CPU time (not wall
 /// time) unless given `-elapsed`, so the one-core figures compare on a busy machine.
 fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(result, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("CLOCK_THREAD_CPUTIME_ID is available on Linux");
+    Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
 }
 
 /// Hashes batches of `piece_size_bytes` pieces for about `duration` per mode: the one-core

@@ -2,6 +2,8 @@
 
 use std::mem::MaybeUninit;
 
+use crate::http::conditional::Conditions;
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -57,6 +59,18 @@ pub struct Request {
     pub host: Option<String>,
     /// The `Content-Type:` header, if any.
     pub content_type: Option<String>,
+    /// The conditional headers, if any was sent (boxed: most requests have none, and a
+    /// `Request` stays small).
+    pub conditional: Option<Box<ConditionalHeaders>>,
+}
+
+/// The conditional request headers, as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConditionalHeaders {
+    /// `If-None-Match:` (several fields joined with `, `).
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+    pub if_range: Option<String>,
 }
 
 impl Request {
@@ -69,6 +83,16 @@ impl Request {
     pub fn query(&self, name: &str) -> Option<&str> {
         let (_, query) = self.target.split_once('?')?;
         query.split('&').filter_map(|pair| pair.split_once('=')).find(|(key, _)| *key == name).map(|(_, value)| value)
+    }
+
+    /// The conditional headers, borrowed.
+    pub fn conditions(&self) -> Conditions<'_> {
+        let Some(headers) = &self.conditional else { return Conditions::default() };
+        Conditions {
+            if_none_match: headers.if_none_match.as_deref(),
+            if_modified_since: headers.if_modified_since.as_deref(),
+            if_range: headers.if_range.as_deref(),
+        }
     }
 }
 
@@ -174,6 +198,7 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
         authorization: None,
         host: None,
         content_type: None,
+        conditional: None,
     };
     let mut seen_length = false;
     for header in parsed.headers.iter() {
@@ -202,6 +227,20 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
             request.host = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-type") {
             request.content_type = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            let headers = request.conditional.get_or_insert_default();
+            // A list field may be split over several lines (RFC 9110 §5.3).
+            match &mut headers.if_none_match {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => headers.if_none_match = Some(value.to_string()),
+            }
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            request.conditional.get_or_insert_default().if_modified_since = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("if-range") {
+            request.conditional.get_or_insert_default().if_range = Some(value.to_string());
         }
     }
     Ok(Parsed::Complete { request, head_length })
@@ -261,6 +300,17 @@ mod tests {
         assert!(request.keep_alive);
         let (request, _) = complete("HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(!request.keep_alive && request.method == Method::Head);
+    }
+
+    #[test]
+    fn conditional_headers_are_kept_and_if_none_match_lines_joined() {
+        let text = "GET / HTTP/1.1\r\nIf-None-Match: \"a\"\r\nif-none-match: W/\"b\"\r\n\
+                    If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\nIf-Range: \"c\"\r\n\r\n";
+        let (request, _) = complete(text);
+        let conditions = request.conditions();
+        assert_eq!(conditions.if_none_match, Some("\"a\", W/\"b\""));
+        assert_eq!(conditions.if_modified_since, Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(conditions.if_range, Some("\"c\""));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -62,27 +63,17 @@ impl ResponseHead<'_> {
         push_decimal(out, u64::from(self.status));
         out.push(b' ');
         out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        push_decimal(out, self.content_length);
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\n");
-        match self.content_range {
-            Some(ContentRange::Bytes { start, end, length }) => {
-                out.extend_from_slice(b"Content-Range: bytes ");
-                push_decimal(out, start);
-                out.push(b'-');
-                push_decimal(out, end);
-                out.push(b'/');
-                push_decimal(out, length);
-                out.extend_from_slice(b"\r\n");
-            }
-            Some(ContentRange::Unsatisfiable { length }) => {
-                out.extend_from_slice(b"Content-Range: bytes */");
-                push_decimal(out, length);
-                out.extend_from_slice(b"\r\n");
-            }
-            None => {}
+        // A 304 has no body, so no Content-Length or Content-Type describing one (RFC 9110 §15.4.5).
+        if self.status != 304 {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, self.content_length);
+            out.extend_from_slice(b"\r\nContent-Type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(range) = &self.content_range {
+            push_content_range(out, range);
         }
         for (name, value) in self.extra {
             out.extend_from_slice(name.as_bytes());
@@ -95,6 +86,25 @@ impl ResponseHead<'_> {
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends a `Content-Range: …` header line (shared by response heads and multipart part heads).
+pub(crate) fn push_content_range(out: &mut Vec<u8>, range: &ContentRange) {
+    match *range {
+        ContentRange::Bytes { start, end, length } => {
+            out.extend_from_slice(b"Content-Range: bytes ");
+            push_decimal(out, start);
+            out.push(b'-');
+            push_decimal(out, end);
+            out.push(b'/');
+            push_decimal(out, length);
+        }
+        ContentRange::Unsatisfiable { length } => {
+            out.extend_from_slice(b"Content-Range: bytes */");
+            push_decimal(out, length);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `value` in decimal.
@@ -170,5 +180,21 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 22\r\n"), "{text}");
         assert!(text.contains("Content-Range: bytes */1000\r\n") && text.ends_with("Connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn not_modified_has_no_length_or_type() {
+        let extra = [("ETag", "\"t\"")];
+        let head = ResponseHead {
+            status: 304,
+            content_length: 0,
+            content_type: "text/plain",
+            content_range: None,
+            keep_alive: true,
+            extra: &extra,
+        };
+        let mut out = Vec::new();
+        head.write_to(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 304 Not Modified\r\nETag: \"t\"\r\n\r\n");
     }
 }

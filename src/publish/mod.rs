@@ -4,12 +4,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::Digest as _;
-
 use crate::catalog::{Catalog, CatalogError};
-use crate::content::manifest::sha256;
 use crate::content::{ContentId, HashFile, Manifest, PieceSize};
-use crate::hash;
+use crate::hash::{self, sha256};
 use crate::store::{NewPiece, Store, StoreError};
 
 /// Pieces read, hashed and stored per batch (bounds publish's memory to batch × piece size).
@@ -71,7 +68,7 @@ pub fn publish(
     let piece_bytes = request.piece_size.bytes() as usize;
     let mut buffer = vec![0u8; piece_bytes * PUBLISH_BATCH_PIECES];
     let mut digests = Vec::with_capacity(request.piece_size.piece_count(content_length) as usize);
-    let mut whole = request.whole_sha256.then(sha2::Sha256::new);
+    let mut whole = request.whole_sha256.then(hash::Hasher::new);
     let threads = hash::bulk_threads();
     let (mut done, mut stored, mut already) = (0u64, 0usize, 0usize);
     loop {
@@ -86,14 +83,9 @@ pub fn publish(
             whole.update(&buffer[..filled]);
         }
         if let Some(store) = store {
-            let first = digests.len() as u64;
-            let new: Vec<NewPiece<'_>> = pieces
-                .iter()
-                .zip(&batch)
-                .enumerate()
-                .map(|(i, (bytes, digest))| NewPiece { index: first + i as u64, bytes, digest: *digest })
-                .collect();
-            let report = store.ingest(&request.id, request.piece_size, &new)?;
+            let new: Vec<NewPiece<'_>> =
+                pieces.iter().zip(&batch).map(|(bytes, digest)| NewPiece { bytes, digest: *digest }).collect();
+            let report = store.ingest(request.piece_size, &new)?;
             stored += report.stored;
             already += report.already_present;
         }
@@ -118,7 +110,7 @@ pub fn publish(
         hashfile_sha256: hex::encode(sha256(&hashfile)),
         hashfile_urls: request.hashfile_urls.clone(),
         sources: request.sources.clone(),
-        sha256: whole.map(|w| hex::encode(w.finalize())),
+        sha256: whole.map(|w| hex::encode(w.finish())),
     };
     catalog.write(&request.id, &hashfile, &manifest)?;
     Ok(PublishReport {

@@ -1,4 +1,5 @@
 //! The piece store: memory-mapped slab files of fixed-size slots plus a durable index log.
+//! Content-addressed: a piece is stored once, under its SHA-256, whatever contents name it.
 //!
 //! Commit order for every batch of pieces (docs/ARCHITECTURE.md explains why it is safe):
 //! 1. data written into free slots (`pwrite`), 2. slab files flushed (`fdatasync`),
@@ -17,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use guard::{PieceGuard, PieceRef};
-pub use record::RECORD_SIZE;
+pub use index_log::INDEX_LOG_NAME;
+pub use record::{RECORD_SIZE, STORE_FORMAT};
 
 use crate::config::StoreConfig;
-use crate::content::{ContentId, Digest, PieceSize};
-use index_log::IndexLog;
+use crate::content::{Digest, PieceSize};
+use index_log::{IndexLog, LogFormat};
 use record::{Record, RecordKind};
 use slab::Slab;
 
@@ -42,8 +44,12 @@ pub enum StoreError {
     Full { needed: usize, slot_size_bytes: u64, size_bytes_max: u64 },
     #[error("store {path} is in use by another tessera process{holder}; stop it first (one process owns a store: its pins keep slots that are being sent from being rewritten)")]
     Locked { path: PathBuf, holder: String },
-    #[error("piece {index} of {content_id} is {length} bytes, more than its piece size {piece_size}")]
-    PieceTooLarge { content_id: ContentId, index: u64, length: usize, piece_size: u32 },
+    #[error("piece {} is {length} bytes, more than its piece size {piece_size}", hex::encode(.digest))]
+    PieceTooLarge { digest: Digest, length: usize, piece_size: u32 },
+    #[error("store at {path} is format {format}, newer than this tessera reads (format {STORE_FORMAT}, and format 1 it migrates); run the tessera that wrote it, or move {path} away to start an empty store")]
+    NewerFormat { path: PathBuf, format: u32 },
+    #[error("{path} is not a tessera store index log (no format header); move the store directory away to start an empty store")]
+    UnknownFormat { path: PathBuf },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -53,7 +59,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 /// A piece handed to [`Store::ingest`]; the caller has already checked `bytes` against `digest`.
 #[derive(Debug, Clone, Copy)]
 pub struct NewPiece<'a> {
-    pub index: u64,
     pub bytes: &'a [u8],
     pub digest: Digest,
 }
@@ -63,7 +68,8 @@ pub struct NewPiece<'a> {
 pub struct IngestReport {
     /// Pieces written and committed.
     pub stored: usize,
-    /// Pieces skipped because the store already had them.
+    /// Pieces skipped because the store already had their digest (their age is renewed), or
+    /// because the batch named the digest before.
     pub already_present: usize,
     /// Pieces evicted to make room.
     pub evicted: usize,
@@ -84,7 +90,6 @@ struct Entry {
     slot: u32,
     generation: u64,
     length: u32,
-    digest: Digest,
     committed_unix_s: u64,
 }
 
@@ -92,13 +97,28 @@ type SlotAddress = (u32, u32);
 
 #[derive(Default)]
 struct Index {
-    contents: HashMap<ContentId, HashMap<u64, Entry>>,
+    pieces: HashMap<Digest, Entry>,
     slabs: Vec<Option<Arc<Slab>>>,
+}
+
+impl Index {
+    fn piece_ref(&self, digest: &Digest) -> Option<PieceRef> {
+        let entry = self.pieces.get(digest)?;
+        Some(PieceRef {
+            slab: self.slabs.get(entry.slab as usize)?.as_ref()?.clone(),
+            slot: entry.slot,
+            generation: entry.generation,
+            length: entry.length,
+            digest: *digest,
+            committed_unix_s: entry.committed_unix_s,
+        })
+    }
 }
 
 struct Writer {
     log: IndexLog,
-    owners: HashMap<SlotAddress, (ContentId, u64)>,
+    /// Which digest each occupied slot holds: the inverse of `Index::pieces`.
+    owners: HashMap<SlotAddress, Digest>,
     free: HashMap<u8, Vec<SlotAddress>>,
     draining: Vec<SlotAddress>,
     next_slab: u32,
@@ -123,36 +143,27 @@ pub struct Store {
 
 const SWEEP_INTERVAL_S: u64 = 60;
 
+/// One ingest batch, split: pieces to write, and commit records renewing pieces already held
+/// (pinned until the batch is visible).
+struct Batch<'p, 'b> {
+    fresh: Vec<&'p NewPiece<'b>>,
+    renewed: Vec<Record>,
+    _pinned: Vec<PieceGuard>,
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with the wall clock.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
         Self::open_with_clock(dir, config, system_clock())
     }
 
-    /// Opens (or creates) the store in `dir`, replaying the index log.
+    /// Opens (or creates) the store in `dir`, replaying the index log; a format-1 store is
+    /// migrated (its pieces re-keyed by their digests), a newer one refused.
     pub fn open_with_clock(dir: &Path, config: &StoreConfig, clock: Clock) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let lock = lock_store(dir)?;
-        let mut index = Index::default();
-        let mut slab_bytes = 0;
-        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
-            let entry = entry.map_err(io_error(dir))?;
-            let name = entry.file_name();
-            let Some((log2, number)) = Slab::parse_file_name(&name.to_string_lossy()) else { continue };
-            if !(16..=24).contains(&log2) {
-                continue;
-            }
-            let length = entry.metadata().map_err(io_error(&entry.path()))?.len();
-            let slot_count = (length >> log2).max(1) as u32;
-            let slab = Slab::open(dir, log2, number, slot_count).map_err(io_error(&entry.path()))?;
-            slab_bytes += slab.size_bytes();
-            let at = number as usize;
-            if index.slabs.len() <= at {
-                index.slabs.resize(at + 1, None);
-            }
-            index.slabs[at] = Some(Arc::new(slab));
-        }
-        let (log, records) = IndexLog::open(dir).map_err(io_error(dir))?;
+        let (log, records, format) = IndexLog::open(dir)?;
+        let (mut index, slab_bytes) = open_slabs(dir)?;
         let record_count = records.len();
         let owners = replay(&mut index, records);
         let mut free: HashMap<u8, Vec<SlotAddress>> = HashMap::new();
@@ -185,7 +196,10 @@ impl Store {
         {
             let mut writer = store.lock_writer();
             let live = writer.owners.len();
-            if record_count > 2 * live + 1024 {
+            if format == LogFormat::V1 {
+                store.compact(&mut writer)?;
+                tracing::info!(store = %dir.display(), pieces = live, "migrated the store from format 1 to {STORE_FORMAT} (pieces keyed by SHA-256)");
+            } else if record_count > 2 * live + 1024 {
                 store.compact(&mut writer)?;
             }
             store.sweep_expired(&mut writer)?;
@@ -223,24 +237,15 @@ impl Store {
         self.now() >= committed_unix_s.saturating_add(self.config.age_s_max)
     }
 
-    /// Finds a piece. The returned reference may be cached by a worker and pinned many times.
-    pub fn lookup(&self, id: &str, index: u64) -> Option<PieceRef> {
-        let guard = self.read_index();
-        let entry = guard.contents.get(id)?.get(&index)?;
-        let slab = guard.slabs.get(entry.slab as usize)?.as_ref()?.clone();
-        Some(PieceRef {
-            slab,
-            slot: entry.slot,
-            generation: entry.generation,
-            length: entry.length,
-            digest: entry.digest,
-            committed_unix_s: entry.committed_unix_s,
-        })
+    /// Finds the piece whose SHA-256 is `digest`. The returned reference may be cached by a
+    /// worker and pinned many times.
+    pub fn lookup(&self, digest: &Digest) -> Option<PieceRef> {
+        self.read_index().piece_ref(digest)
     }
 
     /// Pins a looked-up piece for reading, without a lock. `None` when it has since been evicted,
     /// expired, or (first read after a restart) its bytes do not match its digest.
-    pub fn pin(&self, id: &str, index: u64, piece: &PieceRef) -> Option<PieceGuard> {
+    pub fn pin(&self, piece: &PieceRef) -> Option<PieceGuard> {
         if self.expired(piece.committed_unix_s) {
             return None;
         }
@@ -253,10 +258,11 @@ impl Store {
             return None;
         }
         if !meta.verified.load(Ordering::Acquire) {
-            if crate::hash::hash_piece(guard.bytes()) != piece.digest {
+            // The digest is the key: bytes that do not hash to it are not this piece.
+            if crate::hash::sha256(guard.bytes()) != piece.digest {
                 drop(guard);
-                tracing::warn!(content = id, piece = index, "stored piece does not match its hash; discarding it");
-                self.discard(id, index, piece.generation);
+                tracing::warn!(piece = %hex::encode(piece.digest), "stored piece does not match its SHA-256; discarding it");
+                self.discard(&piece.digest, piece.generation);
                 return None;
             }
             meta.verified.store(true, Ordering::Release);
@@ -269,126 +275,90 @@ impl Store {
     }
 
     /// Looks up and pins a piece.
-    pub fn get(&self, id: &str, index: u64) -> Option<PieceGuard> {
-        let piece = self.lookup(id, index)?;
-        self.pin(id, index, &piece)
+    pub fn get(&self, digest: &Digest) -> Option<PieceGuard> {
+        let piece = self.lookup(digest)?;
+        self.pin(&piece)
     }
 
-    /// Whether the store holds piece `index` of `id` (not expired; bytes unchecked).
-    pub fn contains(&self, id: &str, index: u64) -> bool {
-        self.lookup(id, index).is_some_and(|piece| !self.expired(piece.committed_unix_s))
+    /// Whether the store holds the piece `digest` (not expired; bytes unchecked).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.lookup(digest).is_some_and(|piece| !self.expired(piece.committed_unix_s))
     }
 
-    /// Indexes of the pieces held for `id`, sorted.
-    pub fn piece_indexes(&self, id: &str) -> Vec<u64> {
+    /// Positions in `digests` (a hash file's list) of the pieces the store holds, ascending.
+    pub fn indexes_held(&self, digests: &[Digest]) -> Vec<u64> {
         let guard = self.read_index();
-        let mut indexes: Vec<u64> = guard.contents.get(id).map(|m| m.keys().copied().collect()).unwrap_or_default();
-        indexes.sort_unstable();
-        indexes
+        let held = |digest: &Digest| guard.pieces.get(digest).is_some_and(|e| !self.expired(e.committed_unix_s));
+        (0..digests.len() as u64).filter(|&i| held(&digests[i as usize])).collect()
     }
 
-    /// Ids of the contents with at least one piece, sorted.
-    pub fn content_ids(&self) -> Vec<ContentId> {
-        let mut ids: Vec<ContentId> = self.read_index().contents.keys().cloned().collect();
-        ids.sort();
-        ids
+    /// Digests of every stored piece, sorted.
+    pub fn digests(&self) -> Vec<Digest> {
+        let mut digests: Vec<Digest> = self.read_index().pieces.keys().copied().collect();
+        digests.sort_unstable();
+        digests
     }
 
     /// Counters for logs and metrics.
     pub fn stats(&self) -> StoreStats {
         let guard = self.read_index();
-        let mut stats = StoreStats { size_bytes_max: self.config.size_bytes_max, ..StoreStats::default() };
-        for pieces in guard.contents.values() {
-            stats.pieces += pieces.len() as u64;
-            stats.piece_bytes += pieces.values().map(|e| u64::from(e.length)).sum::<u64>();
+        StoreStats {
+            pieces: guard.pieces.len() as u64,
+            piece_bytes: guard.pieces.values().map(|e| u64::from(e.length)).sum(),
+            slab_bytes: guard.slabs.iter().flatten().map(|s| s.size_bytes()).sum(),
+            size_bytes_max: self.config.size_bytes_max,
         }
-        stats.slab_bytes = guard.slabs.iter().flatten().map(|s| s.size_bytes()).sum();
-        stats
     }
 
-    /// Stores pieces of one content. Returns once every stored piece is durable and visible.
-    pub fn ingest(
-        &self,
-        id: &ContentId,
-        piece_size: PieceSize,
-        pieces: &[NewPiece<'_>],
-    ) -> Result<IngestReport, StoreError> {
-        let mut report = IngestReport::default();
+    /// Stores a batch of pieces in slots of `piece_size` (the class of the content they come
+    /// from), with one slab sync per touched slab and one log sync for the batch. A digest the
+    /// store already holds is not written again; its age is renewed. Returns once every piece of
+    /// the batch is durable and visible. Safe to call from any thread while others read.
+    pub fn ingest(&self, piece_size: PieceSize, pieces: &[NewPiece<'_>]) -> Result<IngestReport, StoreError> {
         for piece in pieces {
             if piece.bytes.len() > piece_size.bytes() as usize {
                 return Err(StoreError::PieceTooLarge {
-                    content_id: id.clone(),
-                    index: piece.index,
+                    digest: piece.digest,
                     length: piece.bytes.len(),
                     piece_size: piece_size.bytes(),
                 });
             }
         }
+        let mut report = IngestReport::default();
         let mut writer = self.lock_writer();
         if self.now().saturating_sub(writer.last_sweep_unix_s) >= SWEEP_INTERVAL_S {
             report.evicted += self.sweep_expired(&mut writer)?;
         }
-        let mut seen = std::collections::HashSet::new();
-        let fresh: Vec<&NewPiece<'_>> =
-            pieces.iter().filter(|p| !self.contains(id.as_str(), p.index) && seen.insert(p.index)).collect();
+        // `_pinned` lives to the end: the renewed pieces must not be evicted to make room.
+        let Batch { fresh, renewed, _pinned } = self.split_batch(&mut writer, pieces)?;
         report.already_present = pieces.len() - fresh.len();
-        if fresh.is_empty() {
-            return Ok(report);
-        }
         let class = piece_size.log2();
-        let (slots, evicted) = self.allocate(&mut writer, class, fresh.len())?;
+        let (slots, evicted) =
+            if fresh.is_empty() { (Vec::new(), 0) } else { self.allocate(&mut writer, class, fresh.len())? };
         report.evicted += evicted;
         let slabs: Vec<Arc<Slab>> = {
             let guard = self.read_index();
             slots.iter().map(|(slab, _)| guard.slabs[*slab as usize].clone().expect("allocated slab exists")).collect()
         };
-        for ((slab, (_, slot)), piece) in slabs.iter().zip(&slots).zip(&fresh) {
-            slab.write(*slot, piece.bytes).map_err(io_error(slab.path()))?;
-        }
-        let mut synced = std::collections::HashSet::new();
-        for slab in &slabs {
-            if synced.insert(slab.number) {
-                slab.sync().map_err(io_error(slab.path()))?;
-            }
-        }
+        write_durably(&slabs, &slots, &fresh)?;
         let now = self.now();
-        let records: Vec<Record> = slots
+        let commit = |(slab, slot): SlotAddress, length: u32, digest: Digest| Record {
+            kind: RecordKind::Commit,
+            slot_size_log2: class,
+            slab,
+            slot,
+            length,
+            committed_unix_s: now,
+            digest,
+        };
+        let mut records: Vec<Record> = slots
             .iter()
             .zip(&fresh)
-            .map(|((slab, slot), piece)| Record {
-                kind: RecordKind::Commit,
-                slot_size_log2: class,
-                slab: *slab,
-                slot: *slot,
-                content_id: id.clone(),
-                piece_index: piece.index,
-                length: piece.bytes.len() as u32,
-                committed_unix_s: now,
-                digest: piece.digest,
-            })
+            .map(|(&address, piece)| commit(address, piece.bytes.len() as u32, piece.digest))
             .collect();
+        records.extend(renewed.iter().map(|r| Record { committed_unix_s: now, ..r.clone() }));
         writer.log.append(&records).map_err(io_error(&self.dir))?;
-        let mut guard = self.write_index();
-        let contents = guard.contents.entry(id.clone()).or_default();
-        for ((slab, (slab_number, slot)), piece) in slabs.iter().zip(&slots).zip(&fresh) {
-            let meta = &slab.slots[*slot as usize];
-            let generation = meta.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            meta.verified.store(true, Ordering::Release);
-            meta.last_access.store(self.access_tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-            contents.insert(
-                piece.index,
-                Entry {
-                    slab: *slab_number,
-                    slot: *slot,
-                    generation,
-                    length: piece.bytes.len() as u32,
-                    digest: piece.digest,
-                    committed_unix_s: now,
-                },
-            );
-            writer.owners.insert((*slab_number, *slot), (id.clone(), piece.index));
-        }
-        drop(guard);
+        self.publish_batch(&mut writer, &slabs, &slots, &fresh, &renewed, now);
         report.stored = fresh.len();
         let live = writer.owners.len() as u64;
         if writer.log.record_count() > 4 * live + 4096 {
@@ -397,11 +367,82 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes every piece of `id`; pinned pieces stay readable through their guards until dropped.
-    pub fn remove_content(&self, id: &str) -> Result<usize, StoreError> {
+    /// Splits a batch into pieces to write (first mention of a digest the store lacks) and
+    /// records renewing the age of digests it holds; those are pinned (and count as just used)
+    /// so that making room for the rest cannot evict them. Expired holdings are evicted first,
+    /// so a digest is never indexed twice.
+    fn split_batch<'p, 'b>(
+        &self,
+        writer: &mut Writer,
+        pieces: &'p [NewPiece<'b>],
+    ) -> Result<Batch<'p, 'b>, StoreError> {
+        let mut seen = std::collections::HashSet::with_capacity(pieces.len());
+        let mut stale = Vec::new();
+        let mut batch = Batch { fresh: Vec::new(), renewed: Vec::new(), _pinned: Vec::new() };
+        {
+            let guard = self.read_index();
+            for piece in pieces.iter().filter(|p| seen.insert(p.digest)) {
+                match guard.pieces.get(&piece.digest) {
+                    Some(entry) if !self.expired(entry.committed_unix_s) => {
+                        let slab = guard.slabs[entry.slab as usize].clone().expect("indexed slab exists");
+                        let meta = &slab.slots[entry.slot as usize];
+                        // Under the writer lock nothing evicts, so this pin needs no generation check.
+                        meta.pins.fetch_add(1, Ordering::SeqCst);
+                        meta.last_access.store(self.access_tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                        batch.renewed.push(entry_record(RecordKind::Commit, slab.slot_size_log2, &piece.digest, entry));
+                        batch._pinned.push(PieceGuard::new(slab, entry.slot, entry.length));
+                    }
+                    Some(entry) => {
+                        stale.push((entry.slab, entry.slot));
+                        batch.fresh.push(piece);
+                    }
+                    None => batch.fresh.push(piece),
+                }
+            }
+        }
+        self.evict(writer, &stale)?;
+        Ok(batch)
+    }
+
+    /// Makes a durable batch visible: new pieces get their slots (generation bumped, already
+    /// verified), renewed ones their new commit time.
+    fn publish_batch(
+        &self,
+        writer: &mut Writer,
+        slabs: &[Arc<Slab>],
+        slots: &[SlotAddress],
+        fresh: &[&NewPiece<'_>],
+        renewed: &[Record],
+        now: u64,
+    ) {
+        let mut guard = self.write_index();
+        for ((slab, &(slab_number, slot)), piece) in slabs.iter().zip(slots).zip(fresh) {
+            let meta = &slab.slots[slot as usize];
+            let generation = meta.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            meta.verified.store(true, Ordering::Release);
+            meta.last_access.store(self.access_tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+            let entry =
+                Entry { slab: slab_number, slot, generation, length: piece.bytes.len() as u32, committed_unix_s: now };
+            let previous = guard.pieces.insert(piece.digest, entry);
+            assert!(previous.is_none(), "a digest is indexed once");
+            let replaced = writer.owners.insert((slab_number, slot), piece.digest);
+            assert!(replaced.is_none(), "an allocated slot was free");
+        }
+        for record in renewed {
+            if let Some(entry) = guard.pieces.get_mut(&record.digest) {
+                entry.committed_unix_s = now;
+            }
+        }
+    }
+
+    /// Removes the pieces `digests` (those held); pinned ones stay readable through their guards
+    /// until dropped. Returns how many were removed.
+    pub fn remove(&self, digests: &[Digest]) -> Result<usize, StoreError> {
         let mut writer = self.lock_writer();
-        let victims: Vec<SlotAddress> =
-            writer.owners.iter().filter(|(_, (owner, _))| owner.as_str() == id).map(|(slot, _)| *slot).collect();
+        let victims: Vec<SlotAddress> = {
+            let guard = self.read_index();
+            digests.iter().filter_map(|d| guard.pieces.get(d)).map(|e| (e.slab, e.slot)).collect()
+        };
         self.evict(&mut writer, &victims)?;
         Ok(victims.len())
     }
@@ -420,16 +461,19 @@ impl Store {
     /// As [`Store::scrub`], stopping early once `keep_going` says no (checked before each piece).
     pub fn scrub_while(&self, keep_going: &dyn Fn() -> bool) -> (u64, u64) {
         let (mut good, mut bad) = (0, 0);
-        for id in self.content_ids() {
-            for index in self.piece_indexes(id.as_str()) {
-                if !keep_going() {
-                    return (good, bad);
-                }
-                match self.get(id.as_str(), index) {
-                    Some(_) => good += 1,
-                    None if !self.contains(id.as_str(), index) => bad += 1,
-                    None => {}
-                }
+        for digest in self.digests() {
+            if !keep_going() {
+                break;
+            }
+            let Some(piece) = self.lookup(&digest) else { continue };
+            if self.expired(piece.committed_unix_s) {
+                continue;
+            }
+            match self.pin(&piece) {
+                Some(_) => good += 1,
+                // Gone: discarded because its bytes did not hash to its digest (or, rarely, evicted meanwhile).
+                None if self.lookup(&digest).is_none() => bad += 1,
+                None => {}
             }
         }
         (good, bad)
@@ -440,9 +484,8 @@ impl Store {
         let victims: Vec<SlotAddress> = {
             let guard = self.read_index();
             guard
-                .contents
+                .pieces
                 .values()
-                .flat_map(|pieces| pieces.values())
                 .filter(|entry| self.expired(entry.committed_unix_s))
                 .map(|entry| (entry.slab, entry.slot))
                 .collect()
@@ -451,14 +494,13 @@ impl Store {
         Ok(victims.len())
     }
 
-    fn discard(&self, id: &str, index: u64, generation: u64) {
+    fn discard(&self, digest: &Digest, generation: u64) {
         let mut writer = self.lock_writer();
-        let still_there =
-            self.read_index().contents.get(id).and_then(|m| m.get(&index)).map(|e| (e.generation, e.slab, e.slot));
+        let still_there = self.read_index().pieces.get(digest).map(|e| (e.generation, e.slab, e.slot));
         if let Some((current, slab, slot)) = still_there {
             if current == generation {
                 if let Err(error) = self.evict(&mut writer, &[(slab, slot)]) {
-                    tracing::error!(%error, content = id, piece = index, "could not record the discard of a corrupt piece");
+                    tracing::error!(%error, piece = %hex::encode(digest), "could not record the discard of a corrupt piece");
                 }
             }
         }
@@ -546,36 +588,19 @@ impl Store {
             return Ok(());
         }
         let mut records = Vec::with_capacity(victims.len());
-        let mut slabs = Vec::with_capacity(victims.len());
         {
             let mut guard = self.write_index();
             for &(slab_number, slot) in victims {
-                let Some((id, index)) = writer.owners.remove(&(slab_number, slot)) else { continue };
+                let Some(digest) = writer.owners.remove(&(slab_number, slot)) else { continue };
                 let slab = guard.slabs[slab_number as usize].clone().expect("owned slot's slab exists");
                 slab.slots[slot as usize].generation.fetch_add(1, Ordering::SeqCst);
-                let entry = guard.contents.get_mut(&id).and_then(|pieces| pieces.remove(&index));
-                if guard.contents.get(&id).is_some_and(HashMap::is_empty) {
-                    guard.contents.remove(&id);
-                }
-                let entry = entry.expect("owned slot has an index entry");
-                records.push(Record {
-                    kind: RecordKind::Evict,
-                    slot_size_log2: slab.slot_size_log2,
-                    slab: slab_number,
-                    slot,
-                    content_id: id,
-                    piece_index: index,
-                    length: entry.length,
-                    committed_unix_s: entry.committed_unix_s,
-                    digest: entry.digest,
-                });
-                slabs.push(slab);
+                let entry = guard.pieces.remove(&digest).expect("owned slot has an index entry");
+                assert_eq!((entry.slab, entry.slot), (slab_number, slot), "owners and index agree");
+                records.push(entry_record(RecordKind::Evict, slab.slot_size_log2, &digest, &entry));
             }
         }
         writer.log.append(&records).map_err(io_error(&self.dir))?;
-        for (slab, record) in slabs.iter().zip(&records) {
-            writer.draining.push((slab.number, record.slot));
-        }
+        writer.draining.extend(records.iter().map(|record| (record.slab, record.slot)));
         self.reclaim_drained(writer);
         Ok(())
     }
@@ -598,21 +623,11 @@ impl Store {
         let live: Vec<Record> = {
             let guard = self.read_index();
             guard
-                .contents
+                .pieces
                 .iter()
-                .flat_map(|(id, pieces)| {
-                    let guard = &guard;
-                    pieces.iter().map(move |(index, entry)| Record {
-                        kind: RecordKind::Commit,
-                        slot_size_log2: guard.slabs[entry.slab as usize].as_ref().map_or(0, |s| s.slot_size_log2),
-                        slab: entry.slab,
-                        slot: entry.slot,
-                        content_id: id.clone(),
-                        piece_index: *index,
-                        length: entry.length,
-                        committed_unix_s: entry.committed_unix_s,
-                        digest: entry.digest,
-                    })
+                .map(|(digest, entry)| {
+                    let class = guard.slabs[entry.slab as usize].as_ref().map_or(0, |s| s.slot_size_log2);
+                    entry_record(RecordKind::Commit, class, digest, entry)
                 })
                 .collect()
         };
@@ -678,9 +693,61 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
     Ok(file)
 }
 
-/// Applies the log in order; returns which piece each occupied slot holds.
-fn replay(index: &mut Index, records: Vec<Record>) -> HashMap<SlotAddress, (ContentId, u64)> {
-    let mut owners: HashMap<SlotAddress, (ContentId, u64)> = HashMap::new();
+/// Writes each fresh piece into its slot, then syncs every touched slab once (commit steps 1-2).
+fn write_durably(slabs: &[Arc<Slab>], slots: &[SlotAddress], fresh: &[&NewPiece<'_>]) -> Result<(), StoreError> {
+    for ((slab, (_, slot)), piece) in slabs.iter().zip(slots).zip(fresh) {
+        slab.write(*slot, piece.bytes).map_err(io_error(slab.path()))?;
+    }
+    let mut synced = std::collections::HashSet::new();
+    for slab in slabs {
+        if synced.insert(slab.number) {
+            slab.sync().map_err(io_error(slab.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The record that commits (or evicts) `entry`.
+fn entry_record(kind: RecordKind, slot_size_log2: u8, digest: &Digest, entry: &Entry) -> Record {
+    Record {
+        kind,
+        slot_size_log2,
+        slab: entry.slab,
+        slot: entry.slot,
+        length: entry.length,
+        committed_unix_s: entry.committed_unix_s,
+        digest: *digest,
+    }
+}
+
+/// Maps every slab file in `dir`; returns the index (no pieces yet) and the slabs' total bytes.
+fn open_slabs(dir: &Path) -> Result<(Index, u64), StoreError> {
+    let mut index = Index::default();
+    let mut slab_bytes = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some((log2, number)) = Slab::parse_file_name(&name.to_string_lossy()) else { continue };
+        if !(16..=24).contains(&log2) {
+            continue;
+        }
+        let length = entry.metadata().map_err(io_error(&entry.path()))?.len();
+        let slot_count = (length >> log2).max(1) as u32;
+        let slab = Slab::open(dir, log2, number, slot_count).map_err(io_error(&entry.path()))?;
+        slab_bytes += slab.size_bytes();
+        let at = number as usize;
+        if index.slabs.len() <= at {
+            index.slabs.resize(at + 1, None);
+        }
+        index.slabs[at] = Some(Arc::new(slab));
+    }
+    Ok((index, slab_bytes))
+}
+
+/// Applies the log in order; returns which digest each occupied slot holds. A digest committed
+/// again in another slot (format 1 could hold one piece twice) moves there; its old slot is free.
+fn replay(index: &mut Index, records: Vec<Record>) -> HashMap<SlotAddress, Digest> {
+    let mut owners: HashMap<SlotAddress, Digest> = HashMap::new();
     for record in records {
         let address = (record.slab, record.slot);
         let slab = match index.slabs.get(record.slab as usize) {
@@ -696,48 +763,35 @@ fn replay(index: &mut Index, records: Vec<Record>) -> HashMap<SlotAddress, (Cont
                 if u64::from(record.length) > slab.slot_size() {
                     continue;
                 }
-                if let Some((old_id, old_index)) = owners.remove(&address) {
-                    remove_entry(index, &old_id, old_index);
+                if let Some(old) = owners.remove(&address) {
+                    index.pieces.remove(&old);
                 }
-                let pieces = index.contents.entry(record.content_id.clone()).or_default();
-                if let Some(previous) = pieces.insert(
-                    record.piece_index,
-                    Entry {
-                        slab: record.slab,
-                        slot: record.slot,
-                        generation: 1,
-                        length: record.length,
-                        digest: record.digest,
-                        committed_unix_s: record.committed_unix_s,
-                    },
-                ) {
+                let entry = Entry {
+                    slab: record.slab,
+                    slot: record.slot,
+                    generation: 1,
+                    length: record.length,
+                    committed_unix_s: record.committed_unix_s,
+                };
+                if let Some(previous) = index.pieces.insert(record.digest, entry) {
                     owners.remove(&(previous.slab, previous.slot));
                 }
-                owners.insert(address, (record.content_id, record.piece_index));
+                owners.insert(address, record.digest);
             }
             RecordKind::Evict => {
-                if owners.get(&address).is_some_and(|(id, i)| *id == record.content_id && *i == record.piece_index) {
+                if owners.get(&address) == Some(&record.digest) {
                     owners.remove(&address);
-                    remove_entry(index, &record.content_id, record.piece_index);
+                    index.pieces.remove(&record.digest);
                 }
             }
         }
     }
-    for (&(slab_number, slot), _) in owners.iter() {
+    for &(slab_number, slot) in owners.keys() {
         if let Some(Some(slab)) = index.slabs.get(slab_number as usize) {
             slab.slots[slot as usize].generation.store(1, Ordering::SeqCst);
         }
     }
     owners
-}
-
-fn remove_entry(index: &mut Index, id: &ContentId, piece_index: u64) {
-    if let Some(pieces) = index.contents.get_mut(id) {
-        pieces.remove(&piece_index);
-        if pieces.is_empty() {
-            index.contents.remove(id);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub struct PinMismatch {
 /// SHA-256 of a certificate's SubjectPublicKeyInfo (the DER SEQUENCE), the value pins hold.
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
-    Ok(crate::content::manifest::sha256(parsed.subject_public_key_info().as_ref()))
+    Ok(crate::hash::sha256(parsed.subject_public_key_info().as_ref()))
 }
 
 /// A client config trusting the CA certificates in `ca_file` (PEM), or the web roots without it:
@@ -140,7 +140,8 @@ mod tests {
         let ca = DevCa::generate().unwrap();
         let now = std::time::SystemTime::now();
         let issued = ca.issue_server(&["localhost".into()], now, now + std::time::Duration::from_secs(60)).unwrap();
-        let der = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes()).next().unwrap().unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(spki_sha256(&der).unwrap(), issued.spki_sha256);
     }
 

@@ -80,7 +80,7 @@ impl DevCa {
         let mut params = CertificateParams::default();
         // The key's fingerprint in the name keeps two development CAs apart: clients find an issuer
         // by name, and a shared name turns "unknown CA" into a confusing bad-signature error.
-        let fingerprint = hex::encode(&crate::content::manifest::sha256(&key.public_key_der())[..8]);
+        let fingerprint = hex::encode(&crate::hash::sha256(&key.public_key_der())[..8]);
         params.distinguished_name.push(DnType::CommonName, format!("tessera development CA {fingerprint}"));
         params.distinguished_name.push(DnType::OrganizationName, "tessera");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -124,7 +124,7 @@ impl DevCa {
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
-            spki_sha256: crate::content::manifest::sha256(&key.public_key_der()),
+            spki_sha256: crate::hash::sha256(&key.public_key_der()),
         })
     }
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::pem::{self, PemObject};
 
 use crate::tls::TlsError;
 
@@ -24,9 +25,11 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Every certificate in a PEM file, in order; at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read_limited(path)?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), message: e.to_string() })?;
+    let certs = match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) => certs,
+        Err(pem::Error::NoItemsFound) => Vec::new(),
+        Err(e) => return Err(TlsError::BadPem { path: path.to_path_buf(), message: e.to_string() }),
+    };
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
@@ -36,9 +39,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The first private key in a PEM file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read_limited(path)?;
-    rustls_pemfile::private_key(&mut bytes.as_slice())
-        .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), message: e.to_string() })?
-        .ok_or_else(|| TlsError::NoPrivateKey { path: path.to_path_buf() })
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey { path: path.to_path_buf() },
+        e => TlsError::BadPem { path: path.to_path_buf(), message: e.to_string() },
+    })
 }
 
 #[cfg(test)]

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tessera::content::manifest::sha256;
 use tessera::content::{ContentId, HashFile, Manifest, MetadataFailure, PieceSize};
 use tessera::download::MetadataSource;
-use tessera::hash::hash_piece;
+use tessera::hash::sha256;
 use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
 
 /// Longest a fake lives, whatever the test does.
@@ -43,7 +42,7 @@ impl Content {
             })
             .collect();
         let piece_size = 65536u32;
-        let digests = bytes.chunks(piece_size as usize).map(hash_piece).collect();
+        let digests = bytes.chunks(piece_size as usize).map(sha256).collect();
         let hashes = HashFile::new(PieceSize::new(piece_size).unwrap(), length as u64, digests).unwrap();
         let hashfile = hashes.to_bytes();
         Content { id: ContentId::parse(id).unwrap(), bytes: Arc::new(bytes), hashes, hashfile, piece_size }
@@ -83,6 +82,10 @@ pub enum Behavior {
     WrongPiece,
     /// Half the piece, with a matching Content-Length.
     Truncate,
+    /// The piece and as many bytes again, with a matching Content-Length.
+    Overlong,
+    /// Zeros of the piece's length.
+    Zeros,
     /// Reads requests, never answers.
     Stall,
     /// Honest for this many pieces, then flips bits.
@@ -91,6 +94,8 @@ pub enum Behavior {
     HasBelow(u64),
     /// HTTP origin: the content at `/content.bin`, with Range.
     Origin,
+    /// The same origin, sending every body chunked (with a trailer), as many CDNs do.
+    ChunkedOrigin,
     /// Metadata service: manifest, hash file and peer list at the control plane's paths.
     Service,
 }
@@ -291,6 +296,18 @@ fn head(status: u16, length: usize, extra: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{extra}\r\n").into_bytes()
 }
 
+/// A chunked response: chunks of uneven sizes, a chunk extension, a trailer.
+fn chunked(status: u16, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: chunked\r\n{extra}\r\n").into_bytes();
+    for (index, chunk) in body.chunks(7_001).enumerate() {
+        out.extend_from_slice(format!("{:x};n={index}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\nX-Checksum: none\r\n\r\n");
+    out
+}
+
 fn respond(
     request: &tessera::http::Request,
     content: &Content,
@@ -299,14 +316,19 @@ fn respond(
     served: &Mutex<u64>,
 ) -> Option<Vec<u8>> {
     let path = request.path().to_string();
-    if behavior == Behavior::Origin {
+    if matches!(behavior, Behavior::Origin | Behavior::ChunkedOrigin) {
         counters.requests.fetch_add(1, Ordering::SeqCst);
-        if path != "/content.bin" {
-            return Some(head(404, 0, ""));
+        match path.as_str() {
+            // A relative Location, as CDNs send.
+            "/moved" => return Some(head(302, 0, "Location: content.bin\r\n")),
+            "/loop" => return Some(head(307, 0, "Location: /loop\r\n")),
+            "/content.bin" => {}
+            _ => return Some(head(404, 0, "")),
         }
         let length = content.bytes.len() as u64;
-        let (status, start, end) = match parse_range(request.range.as_deref(), length) {
-            RangeOutcome::Full => (200, 0, length.saturating_sub(1)),
+        // One range at most: like many origins, the fake answers several with the whole content.
+        let (status, start, end) = match parse_range(request.range.as_deref(), length, 1) {
+            RangeOutcome::Full | RangeOutcome::Multiple(_) => (200, 0, length.saturating_sub(1)),
             RangeOutcome::Partial { start, end } => {
                 counters.range_requests.fetch_add(1, Ordering::SeqCst);
                 (206, start, end)
@@ -316,6 +338,10 @@ fn respond(
         let body = if length == 0 { &[][..] } else { &content.bytes[start as usize..=end as usize] };
         let extra =
             if status == 206 { format!("Content-Range: bytes {start}-{end}/{length}\r\n") } else { String::new() };
+        if behavior == Behavior::ChunkedOrigin && request.method != Method::Head {
+            counters.good_sent.fetch_add(1, Ordering::SeqCst);
+            return Some(chunked(status, &extra, body));
+        }
         let mut out = head(status, body.len(), &extra);
         if request.method != Method::Head {
             out.extend_from_slice(body);
@@ -344,12 +370,12 @@ fn respond(
     };
     let piece = content.piece(index).to_vec();
     let lie = match behavior {
-        Behavior::Honest | Behavior::Origin | Behavior::Service => false,
+        Behavior::Honest | Behavior::Origin | Behavior::ChunkedOrigin | Behavior::Service => false,
         Behavior::Stall => return None,
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
         Behavior::LieAfter(good) => served_before >= good,
-        Behavior::BitFlip | Behavior::WrongPiece | Behavior::Truncate => true,
+        Behavior::BitFlip | Behavior::WrongPiece | Behavior::Truncate | Behavior::Overlong | Behavior::Zeros => true,
     };
     let body = if !lie {
         piece
@@ -357,6 +383,8 @@ fn respond(
         match behavior {
             Behavior::WrongPiece => content.piece((index + 1) % content.piece_count()).to_vec(),
             Behavior::Truncate => piece[..piece.len() / 2].to_vec(),
+            Behavior::Overlong => [piece.as_slice(), piece.as_slice()].concat(),
+            Behavior::Zeros => vec![0; piece.len()],
             _ => {
                 let mut flipped = piece;
                 let middle = flipped.len() / 2;

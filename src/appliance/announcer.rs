@@ -194,7 +194,7 @@ pub fn holdings(catalog: &Catalog, store: &Store, contents_max: usize) -> Vec<An
             continue;
         };
         let Mode::P2p { hashes } = decide(Ok(&manifest), Ok(&hashfile)) else { continue };
-        let held = store.piece_indexes(id.as_str());
+        let held = store.indexes_held(hashes.digests());
         if held.is_empty() && hashes.piece_count() > 0 {
             continue;
         }

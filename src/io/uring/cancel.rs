@@ -3,8 +3,8 @@
 
 use io_uring::opcode;
 
-use crate::dataplane::slots::SlotKey;
-use crate::dataplane::uring::op::{encode, OpKind, Submissions};
+use crate::io::slots::SlotKey;
+use crate::io::uring::op::{encode, OpKind, Submissions};
 
 /// Queues a cancel of the operation with `target` user data.
 pub fn cancel(target: u64, queue: &mut Submissions) {

@@ -1,33 +1,31 @@
 //! The io_uring driver: one ring per worker, completions in, [`Connection`] decisions out.
 //!
-//! Per connection at most one receive and one send are in flight; their buffers (the receive
-//! buffer, the iovec array and message header, and the queued responses the iovecs point into)
-//! live in the connection's slot, which is freed only once every operation has completed and
-//! every zero-copy notification has arrived — whether the connection closed, failed or was cut
-//! off by shutdown. The completion queue is sized for every operation that can be in flight, and
+//! Per connection at most one receive and one send are in flight (`crate::io::uring`); each
+//! operation owns its descriptor and the memory it lends (the send holds `Rc`s of the responses
+//! its iovecs point into), so the connection state may drop a response as soon as its bytes
+//! count as sent. A closing connection's slot is kept until its operations are idle so that
+//! their completions still find it; were it dropped early, its operations would leak their
+//! memory rather than free it under the kernel. The completion queue is sized for every operation that can be in flight, and
 //! the kernel's overflow backlog (`IORING_FEAT_NODROP`) is counted if it is ever used.
 
-mod accept;
-mod cancel;
-mod op;
-mod recv;
-mod send;
-mod send_zc;
-
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, types, IoUring, Probe};
+use io_uring::cqueue;
+use socket2::SockRef;
 
 use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::slots::{SlotKey, Slots};
 use crate::dataplane::worker::{WorkerContext, WorkerError};
-use accept::{AcceptOp, Accepted};
-use op::{decode, OpKind, Submissions};
-use recv::{Received, RecvOp};
-use send::{SendOp, SendResult};
+use crate::io::slots::{SlotKey, Slots};
+use crate::io::uring::accept::{AcceptOp, Accepted};
+use crate::io::uring::op::{decode, OpKind};
+use crate::io::uring::recv::{Received, RecvOp};
+use crate::io::uring::ring::{Completion, Ring};
+use crate::io::uring::send::{SendOp, SendResult};
+use crate::io::uring::{build_ring, describe_setup_error, detect};
 
 /// After the shutdown grace period, how long cut-off connections get for their last completions
 /// before their buffers are leaked rather than freed under the kernel.
@@ -35,75 +33,9 @@ const TEARDOWN_WAIT: Duration = Duration::from_secs(2);
 /// Completions reaped per turn at most.
 const COMPLETIONS_PER_TURN_MAX: usize = 4096;
 
-/// What this kernel's io_uring offers the driver.
-#[derive(Debug, Clone, Copy)]
-struct Support {
-    zero_copy: bool,
-}
-
-fn detect(ring: &IoUring) -> Result<Support, String> {
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
-    for (code, name) in [
-        (opcode::Accept::CODE, "accept"),
-        (opcode::Recv::CODE, "recv"),
-        (opcode::SendMsg::CODE, "sendmsg"),
-        (opcode::AsyncCancel::CODE, "async_cancel"),
-    ] {
-        if !probe.is_supported(code) {
-            return Err(format!("the kernel's io_uring lacks the {name} operation"));
-        }
-    }
-    if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
-        return Err("the kernel's io_uring lacks EXT_ARG or NODROP (Linux 5.11+ needed)".into());
-    }
-    Ok(Support { zero_copy: probe.is_supported(opcode::SendMsgZc::CODE) })
-}
-
-/// Whether io_uring can run here; the reason when it cannot.
-pub fn probe() -> Result<(), String> {
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        if text.trim() == "2" {
-            return Err("/proc/sys/kernel/io_uring_disabled is 2".into());
-        }
-    }
-    let ring = IoUring::new(8).map_err(describe_setup_error)?;
-    detect(&ring).map(|_| ())
-}
-
-/// Whether this kernel's io_uring has zero-copy `sendmsg` (Linux 6.1+).
-pub fn zero_copy_supported() -> bool {
-    IoUring::new(8).ok().and_then(|ring| detect(&ring).ok()).is_some_and(|support| support.zero_copy)
-}
-
-fn describe_setup_error(error: std::io::Error) -> String {
-    match error.raw_os_error() {
-        Some(libc::EPERM) => "io_uring_setup: permission denied (seccomp policy or io_uring_disabled)".into(),
-        Some(libc::ENOSYS) => "io_uring_setup: the kernel has no io_uring".into(),
-        _ => format!("io_uring_setup: {error}"),
-    }
-}
-
-/// A ring with `submission_entries` and `completion_entries`. Only this thread submits and reaps,
-/// so task work is deferred to our own `io_uring_enter` (6.1+); older kernels get a plain ring.
-fn build_ring(submission_entries: u32, completion_entries: u32) -> std::io::Result<IoUring> {
-    let tuned = IoUring::builder()
-        .setup_cqsize(completion_entries)
-        .setup_clamp()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(submission_entries);
-    match tuned {
-        Ok(ring) => Ok(ring),
-        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-            IoUring::builder().setup_cqsize(completion_entries).setup_clamp().build(submission_entries)
-        }
-        Err(error) => Err(error),
-    }
-}
-
 struct Conn {
-    stream: TcpStream,
+    /// Also held by the operations (each owns its descriptor); closed when the last goes.
+    socket: Rc<OwnedFd>,
     state: Connection,
     recv: RecvOp,
     send: SendOp,
@@ -118,8 +50,7 @@ impl Conn {
 }
 
 struct Worker {
-    ring: IoUring,
-    queue: Submissions,
+    ring: Ring,
     accept: AcceptOp,
     conns: Slots<Conn>,
     handler: Handler,
@@ -131,7 +62,6 @@ struct Worker {
     dirty: Vec<SlotKey>,
     stopping: bool,
     accept_retry_at: Option<Instant>,
-    overflow_seen: u32,
 }
 
 /// Runs one worker on io_uring until the server stops. `ready` is called once, before serving.
@@ -170,8 +100,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         );
     }
     let mut worker = Worker {
-        ring,
-        queue: Submissions::default(),
+        ring: Ring::new(ring),
         accept: AcceptOp::new(listener, true),
         conns: Slots::new(connections_max),
         handler: context.handler(),
@@ -183,7 +112,6 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         dirty: Vec::new(),
         stopping: false,
         accept_retry_at: None,
-        overflow_seen: 0,
     };
     ready(Ok(()));
     let result = worker.serve(&context);
@@ -197,7 +125,7 @@ impl Worker {
         let mut next_tick = Instant::now() + tick;
         let mut grace_deadline = None;
         let mut completions = Vec::with_capacity(COMPLETIONS_PER_TURN_MAX);
-        self.accept.arm(&mut self.queue);
+        self.accept.arm(&mut self.ring.queue);
         loop {
             let now = Instant::now();
             let wait = if self.dirty.is_empty() { next_tick.saturating_duration_since(now) } else { Duration::ZERO };
@@ -220,7 +148,7 @@ impl Worker {
             if !self.stopping && context.stopping() {
                 self.stopping = true;
                 grace_deadline = Some(context.grace_deadline(now));
-                self.accept.cancel(&mut self.queue);
+                self.accept.cancel(&mut self.ring.queue);
                 for key in self.conns.keys() {
                     if let Some(conn) = self.conns.get_mut(key) {
                         conn.state.begin_shutdown();
@@ -230,7 +158,7 @@ impl Worker {
             }
             if !self.stopping && self.accept_retry_at.is_some_and(|at| now >= at) {
                 self.accept_retry_at = None;
-                self.accept.arm(&mut self.queue);
+                self.accept.arm(&mut self.ring.queue);
             }
             self.advance_dirty();
             if let Some(deadline) = grace_deadline {
@@ -245,41 +173,13 @@ impl Worker {
         }
     }
 
-    /// Pushes queued entries to the kernel and waits up to `wait` for a completion.
     fn submit_and_wait(&mut self, wait: Duration) -> std::io::Result<()> {
-        loop {
-            self.queue.flush(&mut self.ring);
-            if self.queue.is_empty() {
-                break;
-            }
-            // The submission queue is full: hand it to the kernel and refill.
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(error) if error.raw_os_error() == Some(libc::EBUSY) => break,
-                Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        let wait = if self.queue.is_empty() { wait } else { Duration::ZERO };
-        let timespec = types::Timespec::from(wait);
-        let args = types::SubmitArgs::new().timespec(&timespec);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
-            Err(error) => Err(error),
-        }
+        self.ring.submit_and_wait(wait)
     }
 
-    fn reap(&mut self, completions: &mut Vec<(u64, i32, u32)>) {
-        let mut queue = self.ring.completion();
-        let overflow = queue.overflow();
-        for entry in queue.by_ref().take(COMPLETIONS_PER_TURN_MAX) {
-            completions.push((entry.user_data(), entry.result(), entry.flags()));
-        }
-        drop(queue);
-        if overflow != self.overflow_seen {
-            let count = overflow.wrapping_sub(self.overflow_seen);
-            self.overflow_seen = overflow;
+    fn reap(&mut self, completions: &mut Vec<Completion>) {
+        let count = self.ring.reap(completions, COMPLETIONS_PER_TURN_MAX);
+        if count > 0 {
             self.handler.metrics().completion_overflow(u64::from(count));
             tracing::warn!(count, "io_uring completion queue overflowed (completions kept by the kernel)");
         }
@@ -292,7 +192,7 @@ impl Worker {
         };
         match kind {
             OpKind::Accept => self.accepted(result, flags, now),
-            OpKind::Cancel => {}
+            OpKind::Cancel | OpKind::Connect | OpKind::Timeout | OpKind::Wake => {}
             OpKind::Recv => {
                 let Some(conn) = self.conns.get_mut(key) else { return };
                 match conn.recv.complete(result) {
@@ -314,6 +214,9 @@ impl Worker {
                         SendResult::Sent(bytes) => {
                             self.handler.metrics().sent(bytes);
                             conn.state.sent(bytes, now);
+                            // The send op keeps its own references to the bytes for as long as
+                            // the kernel needs them (zero-copy: until the notification).
+                            conn.state.release_through(u64::MAX, now, &mut self.handler);
                         }
                         SendResult::Failed(errno) => {
                             tracing::debug!(error = %std::io::Error::from_raw_os_error(errno), "send failed");
@@ -321,9 +224,6 @@ impl Worker {
                         }
                         SendResult::Ignored => {}
                     }
-                }
-                if let Some(seq) = conn.send.releasable() {
-                    conn.state.release_through(seq, now, &mut self.handler);
                 }
                 self.dirty.push(key);
             }
@@ -339,13 +239,14 @@ impl Worker {
                 } else {
                     let _ = stream.set_nodelay(true);
                     let (limits, recv_bytes, iovecs) = (self.limits, self.recv_buffer_bytes, self.iovecs_max);
+                    let socket = Rc::new(OwnedFd::from(stream));
                     let key = self
                         .conns
-                        .insert_with(|_| Conn {
-                            stream,
-                            state: Connection::new(limits, now),
-                            recv: RecvOp::new(recv_bytes),
-                            send: SendOp::new(iovecs),
+                        .insert_with(|key| Conn {
+                            recv: RecvOp::new(socket.clone(), recv_bytes),
+                            send: SendOp::new(socket.clone(), iovecs),
+                            socket,
+                            state: Connection::new(limits, key, now),
                             closing: false,
                         })
                         .expect("checked not full");
@@ -362,7 +263,7 @@ impl Worker {
             Accepted::Nothing => {}
         }
         if !self.stopping && self.accept_retry_at.is_none() {
-            self.accept.arm(&mut self.queue);
+            self.accept.arm(&mut self.ring.queue);
         }
     }
 
@@ -395,25 +296,18 @@ impl Worker {
             }
             return;
         }
-        let fd = conn.stream.as_raw_fd();
         if conn.send.is_idle()
             && conn.state.has_unsent()
             && conn.send.notifications_pending() < self.zero_copy_pending_max
         {
-            let mut slices = Vec::with_capacity(conn.send.iovecs_max().min(16));
-            let plan = conn.state.fill_send(&mut slices, conn.send.iovecs_max());
-            let zero_copy = self.zero_copy_bytes_min.is_some_and(|min| plan.bytes >= min);
+            let parts = conn.state.unsent_parts(conn.send.iovecs_max());
+            let (_, zero_copy) = conn.send.submit(key, parts, self.zero_copy_bytes_min, &mut self.ring.queue);
             if zero_copy {
                 self.handler.metrics().zero_copy_send();
             }
-            // SAFETY: the slices point into responses queued on `conn.state`; they are released
-            // (and their pins dropped) only through `release_through(seq)` with `seq` from
-            // `send.releasable()`, which covers this send only after its completion and every
-            // pending notification; the slot itself is not freed while `owns_buffers()`.
-            unsafe { conn.send.submit(fd, key, &slices, plan.through_seq, zero_copy, &mut self.queue) };
         }
         if !conn.recv.owns_buffer() && conn.state.wants_read() {
-            conn.recv.submit(fd, key, &mut self.queue);
+            conn.recv.submit(key, &mut self.ring.queue);
         }
     }
 
@@ -425,7 +319,7 @@ impl Worker {
         conn.recv.abandon();
         conn.send.abandon();
         // Queued bytes still go out before the FIN; a pending receive completes at once.
-        let _ = conn.stream.shutdown(Shutdown::Both);
+        let _ = SockRef::from(&*conn.socket).shutdown(Shutdown::Both);
         self.handler.metrics().closed(reason);
         self.dirty.push(key);
     }
@@ -433,7 +327,7 @@ impl Worker {
     /// After serving: cut every connection, wait (bounded) for their completions, and leak the
     /// buffers of any the kernel still holds rather than free memory under it.
     fn teardown(&mut self) {
-        self.accept.cancel(&mut self.queue);
+        self.accept.cancel(&mut self.ring.queue);
         for key in self.conns.keys() {
             if self.conns.get_mut(key).is_some_and(|c| !c.closing) {
                 self.begin_close(key, CloseReason::Shutdown);

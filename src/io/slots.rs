@@ -2,10 +2,22 @@
 //! so that a stale event or completion for a reused slot is recognised and ignored.
 
 /// Where an entry lives: its index and the generation it was inserted with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotKey {
     pub index: u32,
     pub generation: u32,
+}
+
+impl SlotKey {
+    /// The key as one number (for readiness tokens): generation above the 24-bit index.
+    pub fn to_bits(self) -> usize {
+        ((self.generation as usize) << 24) | self.index as usize
+    }
+
+    /// The key [`SlotKey::to_bits`] made `bits` from.
+    pub fn from_bits(bits: usize) -> SlotKey {
+        SlotKey { index: (bits & 0xff_ffff) as u32, generation: (bits >> 24) as u32 }
+    }
 }
 
 /// A table of at most `capacity` entries, allocated up front.
@@ -108,6 +120,7 @@ mod tests {
         assert_eq!(slots.get_mut(first), None);
         assert_eq!(slots.get_mut(second), Some(&mut "c"));
         assert_eq!(slots.keys(), vec![second]);
+        assert_eq!(SlotKey::from_bits(second.to_bits()), second);
         assert_eq!(slots.drain(), vec!["c"]);
         assert!(slots.is_empty());
     }

@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 
 use io_uring::{cqueue, opcode, types};
 
-use crate::dataplane::slots::SlotKey;
-use crate::dataplane::uring::op::{encode, OpKind, OpState, Submissions};
+use crate::io::slots::SlotKey;
+use crate::io::uring::op::{encode, OpKind, OpState, Submissions};
 
 /// The listener's `user_data` key (no connection slot).
 const LISTENER_KEY: SlotKey = SlotKey { index: 0, generation: 0 };
@@ -84,7 +84,7 @@ impl AcceptOp {
     /// Stops accepting: cancels the in-flight accept (its completion still arrives).
     pub fn cancel(&mut self, queue: &mut Submissions) {
         if self.state == OpState::InFlight {
-            crate::dataplane::uring::cancel::cancel(Self::user_data(), queue);
+            crate::io::uring::cancel::cancel(Self::user_data(), queue);
             self.state = OpState::Abandoned;
         }
         self.close_when_idle();

@@ -9,14 +9,18 @@
 //!                       └──owner gives up (close, shutdown)──► Abandoned ──completion──► Idle
 //! ```
 //!
-//! The owner of a buffer (a connection slot) is freed only when all its operations are `Idle`:
-//! a cancelled or abandoned operation keeps its buffer until its completion arrives.
+//! Every operation owns what it lends to the kernel: its descriptor (an `Rc<OwnedFd>` shared with
+//! its connection's other operations) and its buffers (the receive buffer; the iovec array,
+//! message header and `Rc`s of the bytes a send points at). A cancelled or abandoned operation
+//! keeps them until its completion (and zero-copy notification) arrives. Dropping an operation
+//! while the kernel may still use its memory leaks that memory instead of freeing it (see each
+//! op's `Drop`), so no caller can free memory under the kernel, whatever it does.
 
 use std::collections::VecDeque;
 
 use io_uring::{squeue, IoUring};
 
-use crate::dataplane::slots::SlotKey;
+use crate::io::slots::SlotKey;
 
 /// The operation kinds, each in its own file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,9 @@ pub enum OpKind {
     Send = 3,
     SendZc = 4,
     Cancel = 5,
+    Connect = 6,
+    Timeout = 7,
+    Wake = 8,
 }
 
 impl OpKind {
@@ -37,6 +44,9 @@ impl OpKind {
             3 => OpKind::Send,
             4 => OpKind::SendZc,
             5 => OpKind::Cancel,
+            6 => OpKind::Connect,
+            7 => OpKind::Timeout,
+            8 => OpKind::Wake,
             _ => return None,
         })
     }
@@ -84,7 +94,7 @@ impl Submissions {
     /// # Safety
     /// Every buffer the entry points to must stay valid, and not be moved or freed, until the
     /// entry's completion (and, for zero-copy sends, its notification) has been reaped.
-    pub unsafe fn push(&mut self, entry: squeue::Entry) {
+    pub(crate) unsafe fn push(&mut self, entry: squeue::Entry) {
         self.pending.push_back(entry);
     }
 
@@ -110,13 +120,29 @@ impl Submissions {
     }
 }
 
+/// Keeps `memory` out of reach forever: an operation dropped while the kernel may still write
+/// into (or read from) its memory must not free it.
+pub(crate) fn leak_in_flight<T>(what: &'static str, memory: T) {
+    tracing::debug!(what, "operation dropped while in flight; leaking its memory");
+    std::mem::forget(memory);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn user_data_round_trips() {
-        for kind in [OpKind::Accept, OpKind::Recv, OpKind::Send, OpKind::SendZc, OpKind::Cancel] {
+        for kind in [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::Send,
+            OpKind::SendZc,
+            OpKind::Cancel,
+            OpKind::Connect,
+            OpKind::Timeout,
+            OpKind::Wake,
+        ] {
             let key = SlotKey { index: 0xab_cdef, generation: u32::MAX - 3 };
             assert_eq!(decode(encode(kind, key)), Some((kind, key)));
         }

@@ -1,0 +1,154 @@
+//! What `tessera serve` runs, assembled in one place: the data plane, the check of the store
+//! after a restart, the embedded metadata service, the announcer, and (next) the fill engine.
+//! `cli/serve.rs` only turns arguments into a [`Config`] and calls [`Appliance::start`].
+//!
+//! Start order: data plane (it opens the store) → store check → embedded service → announcer
+//! (it needs both addresses). Stop order: store check → data plane (in-flight responses finish)
+//! → announcer → service.
+
+pub mod announcer;
+pub mod store_check;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::control::{Service, ServiceError, ServiceHandle};
+use crate::dataplane::{ServeError, Server, ServerHandle};
+use announcer::{AnnounceTarget, AnnouncerError, AnnouncerHandle, TargetError};
+use store_check::StoreCheck;
+
+/// How often [`Appliance::run_until`] looks for a stop request or a dead worker.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the appliance did not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    AnnounceTarget(#[from] TargetError),
+    #[error(transparent)]
+    Announcer(#[from] AnnouncerError),
+    #[error("cannot start the store check thread: {0}")]
+    StoreCheck(std::io::Error),
+    #[error("a data-plane worker stopped unexpectedly")]
+    WorkerStopped,
+}
+
+/// A running appliance; dropping it stops every part.
+pub struct Appliance {
+    store_check: Option<StoreCheck>,
+    server: Option<ServerHandle>,
+    // The fill engine (cache box misses → upstream) starts here, after the data plane whose
+    // workers it wakes and before the announcer that offers what it stored.
+    announcer: Option<AnnouncerHandle>,
+    service: Option<ServiceHandle>,
+}
+
+impl Appliance {
+    /// Starts every part `config` asks for; on an error, the parts already started are stopped.
+    pub fn start(config: &Config) -> Result<Appliance, ApplianceError> {
+        let server = Server::start(config)?;
+        let mut appliance = Appliance { store_check: None, server: None, announcer: None, service: None };
+        if config.store.verify_at_start {
+            appliance.store_check =
+                Some(StoreCheck::start(server.store().clone()).map_err(ApplianceError::StoreCheck)?);
+        }
+        appliance.server = Some(server);
+        if config.service.enabled {
+            appliance.service = Some(Service::start(config)?);
+        }
+        appliance.announcer = start_announcer(config, appliance.server(), appliance.service())?;
+        Ok(appliance)
+    }
+
+    /// The data plane.
+    pub fn server(&self) -> &ServerHandle {
+        self.server.as_ref().expect("the server runs until the appliance stops")
+    }
+
+    /// The embedded metadata service, when it runs.
+    pub fn service(&self) -> Option<&ServiceHandle> {
+        self.service.as_ref()
+    }
+
+    /// Serves until `stop` is set (e.g. by a signal) or a data-plane worker dies, then stops.
+    pub fn run_until(self, stop: &AtomicBool) -> Result<(), ApplianceError> {
+        while !stop.load(Ordering::Acquire) && !self.server().any_worker_finished() {
+            std::thread::sleep(STOP_POLL_INTERVAL);
+        }
+        if stop.load(Ordering::Acquire) {
+            tracing::info!("stop requested: no new connections; finishing in-flight responses");
+        } else {
+            tracing::error!("a worker stopped unexpectedly; shutting down");
+        }
+        let clean = !self.server().any_worker_finished();
+        self.shutdown()?;
+        if clean {
+            Ok(())
+        } else {
+            Err(ApplianceError::WorkerStopped)
+        }
+    }
+
+    /// Stops every part, the data plane first letting in-flight responses finish.
+    pub fn shutdown(mut self) -> Result<(), ApplianceError> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<(), ApplianceError> {
+        if let Some(check) = self.store_check.take() {
+            check.stop();
+        }
+        let result = match self.server.take() {
+            Some(server) => server.shutdown().map_err(ApplianceError::from),
+            None => Ok(()),
+        };
+        if result.is_ok() {
+            tracing::info!("data plane stopped");
+        }
+        drop(self.announcer.take());
+        drop(self.service.take());
+        result
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop_all() {
+            tracing::error!(%error, "appliance stopped with an error");
+        }
+    }
+}
+
+/// Announces this seed's content to the metadata service (the embedded one by default).
+fn start_announcer(
+    config: &Config,
+    server: &ServerHandle,
+    service: Option<&ServiceHandle>,
+) -> Result<Option<AnnouncerHandle>, ApplianceError> {
+    let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
+    let resolved =
+        AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms);
+    let target = match resolved {
+        Ok(target) => target,
+        // Serving matters more than being found: say why, and serve unannounced.
+        Err(error @ TargetError::UnspecifiedAddress(_)) => {
+            tracing::warn!(%error, "not announcing");
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let Some(target) = target else {
+        tracing::info!(
+            "not announcing: no metadata service to announce to ([announce] service_url, or the embedded service)"
+        );
+        return Ok(None);
+    };
+    tracing::info!(service = %target.service_url, peer_id = %target.peer_id, group = %target.group, address = %target.address, "announcing held content");
+    Ok(Some(announcer::start(target, Catalog::new(config.catalog_dir()), server.store().clone())?))
+}

@@ -1,0 +1,18 @@
+//! What every data-plane worker is given a reference to, whichever backend drives it.
+
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::config::ServeConfig;
+use crate::dataplane::library::Content;
+use crate::dataplane::metrics::Metrics;
+use crate::store::Store;
+
+/// What every worker shares: the store, the catalog snapshot taken at startup, the counters.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub catalog: Catalog,
+    pub contents: Vec<Content>,
+    pub metrics: Metrics,
+    pub config: ServeConfig,
+}
