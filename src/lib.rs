@@ -21,6 +21,9 @@ pub mod dataplane;
 pub mod download;
 #[forbid(unsafe_code)]
 pub mod fill;
+#[doc(hidden)]
+#[forbid(unsafe_code)]
+pub mod fuzzing;
 #[forbid(unsafe_code)]
 pub mod hash;
 #[forbid(unsafe_code)]
