@@ -84,8 +84,11 @@ pub fn http_client(data: &[u8]) {
     fuzz_responses(bytes, usize::from(split), usize::from(requests % 8));
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target by name, for the corpus replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("request_head", request_head),
     ("hashfile", hashfile),
     ("manifest", manifest),
