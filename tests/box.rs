@@ -2,7 +2,6 @@
 //! serve --upstream` with an empty store fills what devices ask for from it (metadata over TLS
 //! from the seed's service, pieces from the seed's piece API), verified, and serves it.
 
-#[allow(dead_code)]
 mod fakes;
 
 use std::io::{BufRead, BufReader, Read, Write};
