@@ -107,15 +107,33 @@ fn get(address: &str, target: &str, range: Option<&str>) -> (u16, String, Vec<u8
     (status, head, wire[split..].to_vec())
 }
 
-/// `tessera_http_requests_total` with status 200, over the server's workers.
-fn ok_responses(address: &str) -> u64 {
+/// The sum of the `/metrics` samples whose line starts with `prefix` and contains `label`.
+fn metric(address: &str, prefix: &str, label: &str) -> u64 {
     let (_, _, body) = get(address, "/metrics", None);
     String::from_utf8(body)
         .unwrap()
         .lines()
-        .filter(|line| line.starts_with("tessera_http_requests_total{") && line.contains("status=\"200\""))
+        .filter(|line| line.starts_with(prefix) && line.contains(label))
         .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
+}
+
+/// [`metric`] once it reaches `expected`, or its last value after [`WAIT`] (the fill thread
+/// publishes its counters just after it answers).
+fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(address, prefix, "");
+        if value == expected || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tessera_http_requests_total` with status 200, over the server's workers.
+fn ok_responses(address: &str) -> u64 {
+    metric(address, "tessera_http_requests_total{", "status=\"200\"")
 }
 
 /// A seed holding `content`, and the flags that make a box fill from it.
@@ -155,6 +173,9 @@ fn cold_box_fills_once_and_serves_exact_bytes(backend: &str) {
         assert!(body == *content.bytes, "a client got other bytes ({} of {})", body.len(), content.bytes.len());
     }
     assert_eq!(ok_responses(&seed.data_plane), content.piece_count(), "the seed served each piece once");
+    let length = content.bytes.len() as u64;
+    let upstream = metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"parent\"}", length);
+    assert_eq!(upstream, length, "the box's /metrics counts each verified byte from its parent once");
 
     let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{id}/piece/3"), None);
     assert_eq!(status, 200, "{head}");
@@ -206,6 +227,8 @@ fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
     assert!(liar.bad_sent() >= 1, "the liar was asked");
     let log = cache.log();
     assert!(log.contains("upstream source banned") && log.contains(&liar.address.to_string()), "{log}");
+    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_bans_total ", 1), 1);
+    assert!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", "") >= 2);
     // A piece it lied about is whole in the box's store: asked again, the box answers it itself.
     let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{}/piece/0", content.id.as_str()), None);
     assert_eq!((status, body.as_slice()), (200, content.piece(0)));

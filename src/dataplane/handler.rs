@@ -209,7 +209,10 @@ impl Handler {
         let (id, piece) = match resource {
             Route::Health => return reply.text(200, "ok\n", TEXT, &reply.extra()),
             Route::Metrics => {
-                let text = self.shared.metrics.render(&self.shared.store.stats());
+                let mut text = self.shared.metrics.render(&self.shared.store.stats());
+                if let Some(link) = &self.shared.upstream {
+                    text.push_str(&link.metrics_text());
+                }
                 return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
             }
             Route::HashFile { ref id } | Route::Content { ref id } => (id, None),

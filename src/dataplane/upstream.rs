@@ -5,7 +5,7 @@
 //! Every miss sent gets exactly one [`Done`] back, so a worker's table of pending responses
 //! empties itself.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -74,6 +74,8 @@ pub struct WorkerLink {
 pub struct UpstreamLink {
     misses: Sender<Miss>,
     workers: Vec<WorkerLink>,
+    /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
+    metrics_text: Mutex<String>,
 }
 
 impl UpstreamLink {
@@ -86,7 +88,7 @@ impl UpstreamLink {
                 WorkerLink { done_tx, done_rx, waker: OnceLock::new() }
             })
             .collect();
-        (UpstreamLink { misses, workers }, misses_rx)
+        (UpstreamLink { misses, workers, metrics_text: Mutex::new(String::new()) }, misses_rx)
     }
 
     /// Number of workers.
@@ -117,6 +119,16 @@ impl UpstreamLink {
                 tracing::warn!(worker, %error, "cannot wake a worker");
             }
         }
+    }
+
+    /// The fill thread publishes its counters (Prometheus text).
+    pub fn set_metrics_text(&self, text: String) {
+        *self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner) = text;
+    }
+
+    /// The fill thread's counters, for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A worker takes its answers.
