@@ -19,13 +19,15 @@ fn tessera() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
 }
 
-/// Publishes `content` on the seed's data dir, 64 KiB pieces (the fakes' piece size).
-fn publish(data: &Path, content: &Content) {
+/// Publishes `content` on the seed's data dir, 64 KiB pieces (the fakes' piece size), with
+/// `extra` flags.
+fn publish(data: &Path, content: &Content, extra: &[String]) {
     let file = data.with_extension("bin");
     std::fs::write(&file, &*content.bytes).unwrap();
     let output = tessera()
         .args(["publish", file.to_str().unwrap(), "--id", content.id.as_str(), "--piece-size", "64K", "--data-dir"])
         .arg(data)
+        .args(extra)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -136,10 +138,10 @@ fn ok_responses(address: &str) -> u64 {
     metric(address, "tessera_http_requests_total{", "status=\"200\"")
 }
 
-/// A seed holding `content`, and the flags that make a box fill from it.
-fn seed(dir: &Path, content: &Content) -> (Serve, Vec<String>) {
+/// A seed holding `content` (published with `extra`), and the flags that make a box fill from it.
+fn seed_with(dir: &Path, content: &Content, extra: &[String]) -> (Serve, Vec<String>) {
     let data = dir.join("seed");
-    publish(&data, content);
+    publish(&data, content, extra);
     let seed = Serve::start(&data, &[]);
     let flags = vec![
         "--upstream".to_string(),
@@ -148,6 +150,11 @@ fn seed(dir: &Path, content: &Content) -> (Serve, Vec<String>) {
         data.join("tls/ca.pem").to_str().unwrap().to_string(),
     ];
     (seed, flags)
+}
+
+/// A seed holding `content`, and the flags that make a box fill from it.
+fn seed(dir: &Path, content: &Content) -> (Serve, Vec<String>) {
+    seed_with(dir, content, &[])
 }
 
 /// A box on `backend` with an empty store: 16 cold devices at once, then a piece and a range.
@@ -245,4 +252,21 @@ fn without_metadata_the_piece_api_is_404_and_whole_content_502() {
     let (status, _, body) = get(&cache.data_plane, "/v1/content/unknown", None);
     assert_eq!(status, 502);
     assert!(String::from_utf8_lossy(&body).contains("Simple mode"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn without_parents_the_box_fills_from_the_manifests_http_source_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("origin", 6 * 65536 + 99);
+    let origin = Fake::start(&content, Behavior::Origin);
+    // The seed only serves the metadata here: the box is given no parent.
+    let (_seed, flags) = seed_with(dir.path(), &content, &["--source".to_string(), origin.url()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/origin", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let ranges = fakes::Counters::get(&origin.counters.range_requests);
+    assert_eq!(ranges, content.piece_count(), "one Range request per piece");
+    let length = content.bytes.len() as u64;
+    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"origin\"}", length), length);
 }
