@@ -7,14 +7,17 @@
 //! → announcer → service.
 
 pub mod announcer;
+pub mod fill;
 pub mod store_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::control::{Service, ServiceError, ServiceHandle};
+use crate::dataplane::upstream::UpstreamLink;
 use crate::dataplane::{ServeError, Server, ServerHandle};
 use announcer::{AnnounceTarget, AnnouncerError, AnnouncerHandle, TargetError};
 use store_check::StoreCheck;
@@ -35,6 +38,8 @@ pub enum ApplianceError {
     Announcer(#[from] AnnouncerError),
     #[error("cannot start the store check thread: {0}")]
     StoreCheck(std::io::Error),
+    #[error(transparent)]
+    Fill(#[from] fill::FillStartError),
     #[error("a data-plane worker stopped unexpectedly")]
     WorkerStopped,
 }
@@ -43,8 +48,9 @@ pub enum ApplianceError {
 pub struct Appliance {
     store_check: Option<StoreCheck>,
     server: Option<ServerHandle>,
-    // The fill engine (cache box misses → upstream) starts here, after the data plane whose
-    // workers it wakes and before the announcer that offers what it stored.
+    /// A cache box's fill thread (misses → upstream); started after the data plane whose
+    /// workers it wakes, stopped after it.
+    fill: Option<fill::FillHandle>,
     announcer: Option<AnnouncerHandle>,
     service: Option<ServiceHandle>,
 }
@@ -52,8 +58,18 @@ pub struct Appliance {
 impl Appliance {
     /// Starts every part `config` asks for; on an error, the parts already started are stopped.
     pub fn start(config: &Config) -> Result<Appliance, ApplianceError> {
-        let server = Server::start(config)?;
-        let mut appliance = Appliance { store_check: None, server: None, announcer: None, service: None };
+        let upstream = config.upstream.as_ref().filter(|upstream| !upstream.service_url.is_empty());
+        let link = upstream.map(|_| UpstreamLink::new(crate::dataplane::worker_count(&config.serve)));
+        let (link, misses) = match link {
+            Some((link, misses)) => (Some(Arc::new(link)), Some(misses)),
+            None => (None, None),
+        };
+        let server = Server::start_with_upstream(config, link.clone())?;
+        let mut appliance = Appliance { store_check: None, server: None, fill: None, announcer: None, service: None };
+        if let (Some(upstream), Some(link), Some(misses)) = (upstream, link, misses) {
+            tracing::info!(service = %upstream.service_url, parents = ?upstream.peers, "cache box: filling misses from upstream");
+            appliance.fill = Some(fill::start(config, upstream, server.store().clone(), link, misses)?);
+        }
         if config.store.verify_at_start {
             appliance.store_check =
                 Some(StoreCheck::start(server.store().clone()).map_err(ApplianceError::StoreCheck)?);
@@ -111,6 +127,7 @@ impl Appliance {
         if result.is_ok() {
             tracing::info!("data plane stopped");
         }
+        drop(self.fill.take());
         drop(self.announcer.take());
         drop(self.service.take());
         result

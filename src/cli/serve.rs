@@ -25,6 +25,15 @@ pub struct ServeArgs {
     /// Event-loop backend: auto, uring or epoll (overrides `[serve] backend`).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
+    /// Upstream metadata service of this cache box, `https://HOST:PORT` (overrides `[upstream] service_url`).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// CA certificate(s) (PEM) for `--upstream` (overrides `[upstream] ca_file`).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// A parent that speaks the piece API, `HOST:PORT`; repeatable (replaces `[upstream] peers`).
+    #[arg(long = "upstream-peer", value_name = "HOST:PORT")]
+    pub upstream_peers: Vec<String>,
 }
 
 impl From<ApplianceError> for CliError {
@@ -53,6 +62,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
     }
     args.service.apply(&mut config);
+    apply_upstream(&args.upstream, &args.upstream_ca, &args.upstream_peers, &mut config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -64,4 +74,33 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     appliance.run_until(&stop)?;
     Ok(())
+}
+
+/// Applies `--upstream`, `--upstream-ca` and `--upstream-peer` over `[upstream]` (creating the
+/// section when a flag is given) and checks the result.
+fn apply_upstream(
+    url: &Option<String>,
+    ca: &Option<std::path::PathBuf>,
+    peers: &[String],
+    config: &mut crate::config::Config,
+) -> Result<(), CliError> {
+    if url.is_none() && ca.is_none() && peers.is_empty() {
+        return Ok(());
+    }
+    let upstream = config.upstream.get_or_insert_with(Default::default);
+    if let Some(url) = url {
+        upstream.service_url = url.clone();
+    }
+    if let Some(ca) = ca {
+        upstream.ca_file = Some(ca.clone());
+    }
+    if !peers.is_empty() {
+        upstream.peers = peers.to_vec();
+    }
+    if upstream.service_url.is_empty() {
+        return Err(CliError::Usage(
+            "--upstream-ca and --upstream-peer need --upstream URL (or [upstream] service_url)".into(),
+        ));
+    }
+    upstream.validate().map_err(|error| CliError::Usage(format!("upstream: {error}")))
 }

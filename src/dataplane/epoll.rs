@@ -16,6 +16,8 @@ use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
+/// A cache box's wake-up from its fill thread.
+const WAKE: Token = Token(usize::MAX - 1);
 /// Connections accepted per loop turn, so a flood of connects cannot starve established ones.
 const ACCEPTS_PER_TURN_MAX: usize = 64;
 /// Reads per connection per loop turn (fairness between connections).
@@ -43,10 +45,15 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let index = context.index;
     let io = |what: &'static str| move |source| WorkerError::Io { index, what, source };
     let std_listener = context.listener.take().expect("a worker is started with its listener");
+    let upstream = context.shared.upstream.clone();
     let setup = move || -> Result<(Poll, TcpListener), std::io::Error> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(std_listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(link) = upstream {
+            let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+            link.set_waker(index, crate::io::client::Waker::Epoll(waker));
+        }
         Ok((poll, listener))
     };
     let (mut poll, listener) = match setup() {
@@ -84,9 +91,14 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         let now = Instant::now();
         worker.handler.set_now(now);
         dirty.append(&mut carry);
+        let mut woken = false;
         for event in events.iter() {
             if event.token() == LISTENER {
                 accept_ready = true;
+                continue;
+            }
+            if event.token() == WAKE {
+                woken = true;
                 continue;
             }
             let key = key(event.token());
@@ -95,6 +107,9 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
                 socket.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
                 dirty.push(key);
             }
+        }
+        if woken {
+            worker.complete_filled(now, &mut dirty);
         }
         if accept_ready && grace_deadline.is_none() {
             accept_ready = worker.accept(&poll, now, &mut dirty);
@@ -234,6 +249,17 @@ impl Worker {
             return false;
         }
         reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read()
+    }
+
+    /// The fill thread answered pending responses: complete them.
+    fn complete_filled(&mut self, now: Instant, dirty: &mut Vec<SlotKey>) {
+        for (token, outgoing) in self.handler.take_filled() {
+            let Some(socket) = self.sockets.get_mut(token.connection) else { continue };
+            // Not waiting any more (the client went away): the answer is dropped.
+            if socket.state.complete(token, outgoing, now).is_ok() {
+                dirty.push(token.connection);
+            }
+        }
     }
 
     fn close(&mut self, poll: &Poll, key: SlotKey, reason: CloseReason) {

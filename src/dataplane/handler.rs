@@ -5,6 +5,7 @@
 //! (`ETag`, `Last-Modified`) and honour `If-None-Match`, `If-Modified-Since` and (for ranges)
 //! `If-Range` (`http::conditional`).
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::response::{Body, Outgoing, PieceSlice, Reply, Segment};
 use crate::dataplane::route::{route, Route};
 use crate::dataplane::shared::Shared;
+use crate::dataplane::upstream::{Done, Filled, Miss, Need};
 use crate::http::conditional::format_date;
 use crate::http::{
     parse_range, ByteRange, ContentRange, DigestTag, Framing, Method, RangeOutcome, Request, ResponseHead, Validators,
@@ -141,6 +143,14 @@ impl<'a> Answer<'a> {
     }
 }
 
+/// A response pending on a cache box's fill.
+struct PendingFill {
+    request: Request,
+    keep_alive: bool,
+    id: crate::content::ContentId,
+    need: Need,
+}
+
 /// One worker's request handler.
 pub struct Handler {
     shared: Arc<Shared>,
@@ -148,6 +158,10 @@ pub struct Handler {
     library: Library,
     now: Instant,
     clock: Clock,
+    /// What the request being answered lacks (set by `answer`; acted on with an upstream).
+    miss: Option<(crate::content::ContentId, Need)>,
+    /// Responses waiting for the fill thread (each gets one `Done`).
+    pending: HashMap<ResponseToken, PendingFill>,
 }
 
 impl Handler {
@@ -162,7 +176,7 @@ impl Handler {
             std::time::Duration::from_millis(shared.config.catalog_recheck_ms),
             now,
         );
-        Handler { shared, worker, library, now, clock: Clock::new(now) }
+        Handler { shared, worker, library, now, clock: Clock::new(now), miss: None, pending: HashMap::new() }
     }
 
     /// Sets the time the next requests are handled at (drivers call it once per loop turn).
@@ -195,13 +209,24 @@ impl Handler {
         let (id, piece) = match resource {
             Route::Health => return reply.text(200, "ok\n", TEXT, &reply.extra()),
             Route::Metrics => {
-                let text = self.shared.metrics.render(&self.shared.store.stats());
+                let mut text = self.shared.metrics.render(&self.shared.store.stats());
+                if let Some(link) = &self.shared.upstream {
+                    text.push_str(&link.metrics_text());
+                }
                 return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
             }
             Route::HashFile { ref id } | Route::Content { ref id } => (id, None),
             Route::Piece { ref id, index } => (id, Some(index)),
         };
-        let Some(content) = self.content(id) else { return reply.error(404, &format!("no such content: {id}\n")) };
+        let Some(content) = self.content(id) else {
+            let need = match resource {
+                Route::Piece { index, .. } => Need::Piece(index),
+                Route::Content { .. } if !reply.head_only => Need::Content { range: request.range.clone() },
+                _ => Need::Metadata,
+            };
+            self.miss = Some((id.clone(), need));
+            return reply.error(404, &format!("no such content: {id}\n"));
+        };
         // RFC 9110 §8.8.2: never a Last-Modified later than the Date (a clock stepped back).
         let future = content.last_modified_s > self.clock.now_s;
         let last_modified =
@@ -251,11 +276,15 @@ impl Handler {
         }
         let body = if reply.head_only {
             if !self.library.has_piece(content, index) {
+                self.miss = Some((id.clone(), Need::Piece(index)));
                 return reply.missing_piece(id, index);
             }
             Body::Empty
         } else {
-            let Some(guard) = self.library.pin(content, index) else { return reply.missing_piece(id, index) };
+            let Some(guard) = self.library.pin(content, index) else {
+                self.miss = Some((id.clone(), Need::Piece(index)));
+                return reply.missing_piece(id, index);
+            };
             Body::Pieces(vec![PieceSlice::new(guard, 0, length)])
         };
         Outgoing::with_head(&reply.head(200, u64::from(length), OCTETS, extra.as_slice()), body)
@@ -284,7 +313,7 @@ impl Handler {
                 RangeOutcome::Partial { start, end } => {
                     (206, start, end + 1, Some(ContentRange::Bytes { start, end, length }))
                 }
-                RangeOutcome::Multiple(ranges) => return self.multipart(content, &ranges, reply, &extra),
+                RangeOutcome::Multiple(ranges) => return self.multipart(content, range, &ranges, reply, &extra),
                 RangeOutcome::Unsatisfiable => {
                     let text = "range not satisfiable\n";
                     let mut head = reply.head(416, text.len() as u64, TEXT, extra.as_slice());
@@ -299,6 +328,7 @@ impl Handler {
             };
         let mut slices = Vec::new();
         if let Err(index) = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice)) {
+            self.miss = Some((content.id.clone(), Need::Content { range: request.range.clone() }));
             return reply.missing_piece(&content.id, index);
         }
         let mut head = reply.head(status, end - start, OCTETS, extra.as_slice());
@@ -311,6 +341,7 @@ impl Handler {
     fn multipart(
         &mut self,
         content: &Content,
+        range_header: Option<&str>,
         ranges: &[ByteRange],
         reply: &Answer<'_>,
         extra: &Extra<'_>,
@@ -323,6 +354,7 @@ impl Handler {
                 segments.push(Segment::Piece(slice))
             });
             if let Err(index) = pinned {
+                self.miss = Some((content.id.clone(), Need::Content { range: range_header.map(str::to_string) }));
                 return reply.missing_piece(&content.id, index);
             }
         }
@@ -350,7 +382,8 @@ impl Handler {
         let piece_bytes = u64::from(content.piece_size.bytes());
         for index in start / piece_bytes..=(end - 1) / piece_bytes {
             if head_only {
-                if !self.library.has_piece(content, index) {
+                // A cache box answers HEAD from the metadata alone: the pieces come when asked.
+                if self.shared.upstream.is_none() && !self.library.has_piece(content, index) {
                     return Err(index);
                 }
                 continue;
@@ -365,9 +398,78 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// Answers the pending responses whose fills ended, for the driver to complete (it calls
+    /// this when the fill thread woke it).
+    pub fn take_filled(&mut self) -> Vec<(ResponseToken, Outgoing)> {
+        let Some(link) = self.shared.upstream.clone() else { return Vec::new() };
+        let mut answers = Vec::new();
+        for Done { token, filled } in link.take_done(self.worker) {
+            let Some(pending) = self.pending.remove(&token) else { continue };
+            let outgoing = self.answer_filled(pending, filled);
+            self.metrics().response(outgoing.status);
+            answers.push((token, outgoing));
+        }
+        answers
+    }
+
+    fn answer_filled(&mut self, pending: PendingFill, filled: Filled) -> Outgoing {
+        let PendingFill { request, keep_alive, id, need } = pending;
+        match filled {
+            Filled::Ready => {
+                self.library.forget(&id);
+                let outgoing = self.answer(&request, keep_alive);
+                self.miss = None;
+                outgoing
+            }
+            // Simple mode: never the piece API; whole content would be a pass-through (not yet).
+            Filled::Simple { reason } if matches!(need, Need::Content { .. }) => {
+                let message = format!("{id} is in Simple mode ({reason}) and this box cannot pass it through yet\n");
+                self.fill_error(keep_alive, 502, &message, None)
+            }
+            Filled::Simple { reason } => {
+                self.fill_error(keep_alive, 404, &format!("{id} is in Simple mode: {reason}\n"), None)
+            }
+            Filled::Failed { reason } => {
+                self.fill_error(keep_alive, 502, &format!("cannot fill {id} from upstream: {reason}\n"), None)
+            }
+            Filled::Busy { retry_after_s } => self.fill_error(
+                keep_alive,
+                503,
+                "the box's fill limits are reached; retry later\n",
+                Some(retry_after_s),
+            ),
+        }
+    }
+
+    /// An error answer to a request that waited on a fill.
+    fn fill_error(&self, keep_alive: bool, status: u16, message: &str, retry_after_s: Option<u32>) -> Outgoing {
+        let date = self.clock.date;
+        let date = std::str::from_utf8(&date).expect("ASCII date");
+        let reply = Answer { keep_alive, head_only: false, http10_keep_alive: false, date };
+        let mut extra = reply.extra();
+        let retry = retry_after_s.map(|s| s.to_string());
+        if let Some(retry) = &retry {
+            extra.push("Retry-After", retry);
+        }
+        reply.text(status, message, TEXT, &extra)
+    }
+}
+
 impl Respond for Handler {
-    fn respond(&mut self, request: &Request, keep_alive: bool, _token: ResponseToken) -> Reply {
+    fn respond(&mut self, request: &Request, keep_alive: bool, token: ResponseToken) -> Reply {
+        self.miss = None;
         let outgoing = self.answer(request, keep_alive);
+        if let (Some((id, need)), Some(link)) = (self.miss.take(), self.shared.upstream.as_ref()) {
+            let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone() };
+            if link.send_miss(miss) {
+                self.pending.insert(token, PendingFill { request: request.clone(), keep_alive, id, need });
+                return Reply::Pending;
+            }
+            let busy = self.fill_error(keep_alive, 503, "the fill queue is full; retry shortly\n", Some(1));
+            self.metrics().response(busy.status);
+            return Reply::Ready(busy);
+        }
         self.metrics().response(outgoing.status);
         Reply::Ready(outgoing)
     }
@@ -421,8 +523,14 @@ mod tests {
         }
         let (contents, refused) = Content::load_all(&catalog).unwrap();
         assert!(refused.is_empty());
-        let shared =
-            Arc::new(Shared { store, catalog, contents, metrics: Metrics::new(1), config: ServeConfig::default() });
+        let shared = Arc::new(Shared {
+            store,
+            catalog,
+            contents,
+            metrics: Metrics::new(1),
+            config: ServeConfig::default(),
+            upstream: None,
+        });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }
 

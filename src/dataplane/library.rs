@@ -165,6 +165,11 @@ impl Library {
         content
     }
 
+    /// Drops what is cached of `id`, so the next lookup reads the catalog (a fill just wrote it).
+    pub fn forget(&mut self, id: &ContentId) {
+        self.entries.remove(id);
+    }
+
     /// Pins piece `index` of `content` if the store holds the digest its hash file names.
     pub fn pin(&mut self, content: &Content, index: u64) -> Option<PieceGuard> {
         let (digest, expected) = piece_of(content, index)?;

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod response;
 pub mod route;
 pub mod shared;
+pub mod upstream;
 pub mod uring;
 pub mod worker;
 
@@ -74,14 +75,31 @@ impl Server {
     /// Opens the store and catalog under `config.data_dir` (creating it), binds one listener per
     /// worker and starts the workers. Returns once every worker is ready to accept.
     pub fn start(config: &Config) -> Result<ServerHandle, ServeError> {
+        Self::start_with_upstream(config, None)
+    }
+
+    /// Like [`Server::start`]; with `upstream`, misses are handed to a cache box's fill thread
+    /// through it (it must have [`worker_count`] workers).
+    pub fn start_with_upstream(
+        config: &Config,
+        upstream: Option<Arc<upstream::UpstreamLink>>,
+    ) -> Result<ServerHandle, ServeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
         let store = Arc::new(Store::open(&config.store_dir(), &config.store)?);
-        Self::start_with_store(config, store)
+        Self::start_inner(config, store, upstream)
     }
 
     /// Like [`Server::start`], with a store the caller already opened (and may keep ingesting into).
     pub fn start_with_store(config: &Config, store: Arc<Store>) -> Result<ServerHandle, ServeError> {
+        Self::start_inner(config, store, None)
+    }
+
+    fn start_inner(
+        config: &Config,
+        store: Arc<Store>,
+        upstream: Option<Arc<upstream::UpstreamLink>>,
+    ) -> Result<ServerHandle, ServeError> {
         let serve = &config.serve;
         let address = resolve(&serve.listen)?;
         let (backend, why) = choose_backend(serve.backend)?;
@@ -91,7 +109,8 @@ impl Server {
             tracing::warn!(%error, "catalog entry refused: its metadata does not verify, so it is not served");
         }
         let cpus = sys::allowed_cpus();
-        let worker_count = if serve.workers == 0 { cpus.len().max(1) } else { serve.workers };
+        let worker_count = worker_count(serve);
+        assert!(upstream.as_ref().is_none_or(|link| link.worker_count() == worker_count), "one link per worker");
         let ListenerGroup { listeners, local_addr, lock: listen_lock } =
             sys::owned_listener_group(address, worker_count, serve.listen_backlog)?;
         tracing::info!(
@@ -108,8 +127,14 @@ impl Server {
         if contents.len() > 32 {
             tracing::info!(more = contents.len() - 32, "serving more contents");
         }
-        let shared =
-            Arc::new(Shared { store, catalog, contents, metrics: Metrics::new(worker_count), config: serve.clone() });
+        let shared = Arc::new(Shared {
+            store,
+            catalog,
+            contents,
+            metrics: Metrics::new(worker_count),
+            config: serve.clone(),
+            upstream,
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut workers = Vec::with_capacity(worker_count);
@@ -230,6 +255,15 @@ impl Drop for ServerHandle {
         if let Err(error) = self.join_all() {
             tracing::error!(%error, "data plane stopped with an error");
         }
+    }
+}
+
+/// Worker threads `serve` runs: `workers`, or one per allowed CPU when 0.
+pub fn worker_count(serve: &crate::config::ServeConfig) -> usize {
+    if serve.workers == 0 {
+        sys::allowed_cpus().len().max(1)
+    } else {
+        serve.workers
     }
 }
 

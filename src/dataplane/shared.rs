@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::config::ServeConfig;
 use crate::dataplane::library::Content;
 use crate::dataplane::metrics::Metrics;
+use crate::dataplane::upstream::UpstreamLink;
 use crate::store::Store;
 
 /// What every worker shares: the store, the catalog snapshot taken at startup, the counters.
@@ -15,4 +16,6 @@ pub struct Shared {
     pub contents: Vec<Content>,
     pub metrics: Metrics,
     pub config: ServeConfig,
+    /// A cache box's way to its fill thread; `None` for a seed.
+    pub upstream: Option<Arc<UpstreamLink>>,
 }

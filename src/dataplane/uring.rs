@@ -25,6 +25,7 @@ use crate::io::uring::op::{decode, OpKind};
 use crate::io::uring::recv::{Received, RecvOp};
 use crate::io::uring::ring::{Completion, Ring};
 use crate::io::uring::send::{SendOp, SendResult};
+use crate::io::uring::wake::WakeOp;
 use crate::io::uring::{build_ring, describe_setup_error, detect};
 
 /// After the shutdown grace period, how long cut-off connections get for their last completions
@@ -63,6 +64,8 @@ struct Worker {
     dirty: Vec<SlotKey>,
     stopping: bool,
     accept_retry_at: Option<Instant>,
+    /// A cache box's wake-up from its fill thread (answers to pending responses are waiting).
+    wake: Option<WakeOp>,
 }
 
 /// Runs one worker on io_uring until the server stops. `ready` is called once, before serving.
@@ -87,6 +90,17 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         Err(message) => {
             ready(Err(message.clone()));
             return Err(WorkerError::Io { index, what: "io_uring probe", source: std::io::Error::other(message) });
+        }
+    };
+    let wake = match context.shared.upstream.as_ref().map(|link| (link, WakeOp::new())) {
+        None => None,
+        Some((link, Ok(op))) => {
+            link.set_waker(index, crate::io::client::Waker::Uring(op.waker()));
+            Some(op)
+        }
+        Some((_, Err(source))) => {
+            ready(Err(format!("eventfd: {source}")));
+            return Err(WorkerError::Io { index, what: "eventfd", source });
         }
     };
     let listener = context.listener.take().expect("a worker is started with its listener");
@@ -114,6 +128,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         dirty: Vec::new(),
         stopping: false,
         accept_retry_at: None,
+        wake,
     };
     ready(Ok(()));
     let result = worker.serve(&context);
@@ -128,6 +143,9 @@ impl Worker {
         let mut grace_deadline = None;
         let mut completions = Vec::with_capacity(COMPLETIONS_PER_TURN_MAX);
         self.accept.arm(&mut self.ring.queue);
+        if let Some(wake) = &mut self.wake {
+            wake.arm(&mut self.ring.queue);
+        }
         loop {
             let now = Instant::now();
             let wait = if self.dirty.is_empty() { next_tick.saturating_duration_since(now) } else { Duration::ZERO };
@@ -194,7 +212,8 @@ impl Worker {
         };
         match kind {
             OpKind::Accept => self.accepted(result, flags, now),
-            OpKind::Cancel | OpKind::Connect | OpKind::Timeout | OpKind::Wake => {}
+            OpKind::Cancel | OpKind::Connect | OpKind::Timeout => {}
+            OpKind::Wake => self.woken(now),
             OpKind::Recv => {
                 let Some(conn) = self.conns.get_mut(key) else { return };
                 match conn.recv.complete(result) {
@@ -228,6 +247,20 @@ impl Worker {
                     }
                 }
                 self.dirty.push(key);
+            }
+        }
+    }
+
+    /// The fill thread answered pending responses: complete them and re-arm the wake-up.
+    fn woken(&mut self, now: Instant) {
+        let Some(wake) = &mut self.wake else { return };
+        wake.complete();
+        wake.arm(&mut self.ring.queue);
+        for (token, outgoing) in self.handler.take_filled() {
+            let Some(conn) = self.conns.get_mut(token.connection) else { continue };
+            // Not waiting any more (the client went away): the answer is dropped.
+            if conn.state.complete(token, outgoing, now).is_ok() {
+                self.dirty.push(token.connection);
             }
         }
     }

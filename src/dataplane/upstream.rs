@@ -1,0 +1,138 @@
+//! The data plane's side of a cache box's fill: what a worker sends the fill thread on a miss
+//! ([`Miss`]), what it gets back ([`Filled`]), and how it is woken (one [`Waker`] per worker,
+//! an event source on the worker's own ring or poll; no lock shared with other workers).
+//!
+//! Every miss sent gets exactly one [`Done`] back, so a worker's table of pending responses
+//! empties itself.
+
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::content::ContentId;
+use crate::dataplane::connection::ResponseToken;
+use crate::io::client::Waker;
+
+/// Misses queued to the fill thread at most; past it the request gets 503.
+pub const MISSES_QUEUED_MAX: usize = 4096;
+/// Answers queued to one worker at most.
+pub const DONE_QUEUED_MAX: usize = 65_536;
+
+/// What a pending response needs before it can be answered from the catalog and the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// Only the metadata (HEAD, the hash file).
+    Metadata,
+    /// One piece.
+    Piece(u64),
+    /// The pieces under the request's `Range:` (all of them without one).
+    Content { range: Option<String> },
+}
+
+/// One miss of one worker.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    /// The worker holding the pending response.
+    pub worker: usize,
+    /// The response.
+    pub token: ResponseToken,
+    /// The content.
+    pub id: ContentId,
+    /// What it needs.
+    pub need: Need,
+}
+
+/// How a miss ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filled {
+    /// What it needs is in the catalog and the store: answer it again.
+    Ready,
+    /// The content is in Simple mode (its metadata cannot be had or does not verify).
+    Simple { reason: String },
+    /// The pieces could not be had.
+    Failed { reason: String },
+    /// A limit was hit.
+    Busy { retry_after_s: u32 },
+}
+
+/// The answer to one [`Miss`].
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub token: ResponseToken,
+    pub filled: Filled,
+}
+
+/// One worker's mailbox.
+pub struct WorkerLink {
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    /// Set by the worker's driver once its ring or poll exists.
+    waker: OnceLock<Waker>,
+}
+
+/// The channels between the workers and the fill thread.
+pub struct UpstreamLink {
+    misses: Sender<Miss>,
+    workers: Vec<WorkerLink>,
+    /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
+    metrics_text: Mutex<String>,
+}
+
+impl UpstreamLink {
+    /// A link for `workers` workers, and the fill thread's end of the miss queue.
+    pub fn new(workers: usize) -> (UpstreamLink, Receiver<Miss>) {
+        let (misses, misses_rx) = crossbeam_channel::bounded(MISSES_QUEUED_MAX);
+        let workers = (0..workers)
+            .map(|_| {
+                let (done_tx, done_rx) = crossbeam_channel::bounded(DONE_QUEUED_MAX);
+                WorkerLink { done_tx, done_rx, waker: OnceLock::new() }
+            })
+            .collect();
+        (UpstreamLink { misses, workers, metrics_text: Mutex::new(String::new()) }, misses_rx)
+    }
+
+    /// Number of workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// A worker's driver registers its wake-up.
+    pub fn set_waker(&self, worker: usize, waker: Waker) {
+        let _ = self.workers[worker].waker.set(waker);
+    }
+
+    /// Hands a miss to the fill thread; `false` when its queue is full (answer 503).
+    pub fn send_miss(&self, miss: Miss) -> bool {
+        !matches!(self.misses.try_send(miss), Err(TrySendError::Full(_) | TrySendError::Disconnected(_)))
+    }
+
+    /// The fill thread answers a miss and wakes its worker.
+    pub fn send_done(&self, worker: usize, done: Done) {
+        let link = &self.workers[worker];
+        if let Err(error) = link.done_tx.try_send(done) {
+            // The response then ends by its pending timeout (504); the queue bound is huge.
+            tracing::warn!(worker, error = %error, "a worker's fill answers are not being taken");
+            return;
+        }
+        if let Some(waker) = link.waker.get() {
+            if let Err(error) = waker.wake() {
+                tracing::warn!(worker, %error, "cannot wake a worker");
+            }
+        }
+    }
+
+    /// The fill thread publishes its counters (Prometheus text).
+    pub fn set_metrics_text(&self, text: String) {
+        *self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner) = text;
+    }
+
+    /// The fill thread's counters, for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A worker takes its answers.
+    pub fn take_done(&self, worker: usize) -> impl Iterator<Item = Done> + '_ {
+        self.workers[worker].done_rx.try_iter()
+    }
+}

@@ -1,0 +1,272 @@
+//! The cache box end to end: a seed `tessera serve` holds published content; a box `tessera
+//! serve --upstream` with an empty store fills what devices ask for from it (metadata over TLS
+//! from the seed's service, pieces from the seed's piece API), verified, and serves it.
+
+mod fakes;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fakes::{Behavior, Content, Fake};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn tessera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+/// Publishes `content` on the seed's data dir, 64 KiB pieces (the fakes' piece size), with
+/// `extra` flags.
+fn publish(data: &Path, content: &Content, extra: &[String]) {
+    let file = data.with_extension("bin");
+    std::fs::write(&file, &*content.bytes).unwrap();
+    let output = tessera()
+        .args(["publish", file.to_str().unwrap(), "--id", content.id.as_str(), "--piece-size", "64K", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A running `tessera serve`, killed on drop; its log lines are kept.
+struct Serve {
+    child: Child,
+    data_plane: String,
+    service_url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(data: &Path, extra: &[String]) -> Serve {
+        let mut child = tessera()
+            .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "2"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
+            let (tx, log) = (tx.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let (mut data_plane, mut service_url) = (None, None);
+        let deadline = Instant::now() + WAIT;
+        while data_plane.is_none() || service_url.is_none() {
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                let _ = child.kill();
+                panic!("serve did not report its addresses:\n{}", log.lock().unwrap());
+            };
+            if line.contains("data plane listening") {
+                data_plane = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(str::to_string);
+            }
+            if let Some(url) = line.strip_prefix("tessera service: listening on ") {
+                service_url = Some(url.trim().to_string());
+            }
+        }
+        Serve { child, data_plane: data_plane.unwrap(), service_url: service_url.unwrap(), log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `GET` with `Connection: close`: (status, head, body).
+fn get(address: &str, target: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: box\r\n{range}Connection: close\r\n\r\n").unwrap();
+    let mut wire = Vec::new();
+    stream.read_to_end(&mut wire).unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let head = String::from_utf8_lossy(&wire[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    (status, head, wire[split..].to_vec())
+}
+
+/// The sum of the `/metrics` samples whose line starts with `prefix` and contains `label`.
+fn metric(address: &str, prefix: &str, label: &str) -> u64 {
+    let (_, _, body) = get(address, "/metrics", None);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with(prefix) && line.contains(label))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// [`metric`] once it reaches `expected`, or its last value after [`WAIT`] (the fill thread
+/// publishes its counters just after it answers).
+fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(address, prefix, "");
+        if value == expected || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tessera_http_requests_total` with status 200, over the server's workers.
+fn ok_responses(address: &str) -> u64 {
+    metric(address, "tessera_http_requests_total{", "status=\"200\"")
+}
+
+/// A seed holding `content` (published with `extra`), and the flags that make a box fill from it.
+fn seed_with(dir: &Path, content: &Content, extra: &[String]) -> (Serve, Vec<String>) {
+    let data = dir.join("seed");
+    publish(&data, content, extra);
+    let seed = Serve::start(&data, &[]);
+    let flags = vec![
+        "--upstream".to_string(),
+        seed.service_url.clone(),
+        "--upstream-ca".to_string(),
+        data.join("tls/ca.pem").to_str().unwrap().to_string(),
+    ];
+    (seed, flags)
+}
+
+/// A seed holding `content`, and the flags that make a box fill from it.
+fn seed(dir: &Path, content: &Content) -> (Serve, Vec<String>) {
+    seed_with(dir, content, &[])
+}
+
+/// A box on `backend` with an empty store: 16 cold devices at once, then a piece and a range.
+fn cold_box_fills_once_and_serves_exact_bytes(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("cold", 12 * 65536 + 1234);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone(), "--backend".to_string(), backend.into()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let id = content.id.as_str();
+
+    // 16 devices at once on the cold content: one upstream fetch per piece.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let address = cache.data_plane.clone();
+            let target = format!("/v1/content/{id}");
+            std::thread::spawn(move || get(&address, &target, None))
+        })
+        .collect();
+    for client in clients {
+        let (status, head, body) = client.join().unwrap();
+        assert_eq!(status, 200, "{head}\n{}", cache.log());
+        assert!(body == *content.bytes, "a client got other bytes ({} of {})", body.len(), content.bytes.len());
+    }
+    assert_eq!(ok_responses(&seed.data_plane), content.piece_count(), "the seed served each piece once");
+    let length = content.bytes.len() as u64;
+    let upstream = metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"parent\"}", length);
+    assert_eq!(upstream, length, "the box's /metrics counts each verified byte from its parent once");
+
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{id}/piece/3"), None);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, content.piece(3));
+    let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{id}"), Some("bytes=200000-330000"));
+    assert_eq!(status, 206);
+    assert_eq!(body, content.bytes[200_000..=330_000]);
+    assert!(!cache.log().contains("banned"), "{}", cache.log());
+}
+
+#[test]
+fn a_cold_box_on_the_default_backend_fills_once_and_serves_exact_bytes() {
+    cold_box_fills_once_and_serves_exact_bytes("auto");
+}
+
+#[test]
+fn a_cold_box_on_epoll_fills_once_and_serves_exact_bytes() {
+    cold_box_fills_once_and_serves_exact_bytes("epoll");
+}
+
+#[test]
+fn a_cold_range_through_the_box_is_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("ranged", 8 * 65536);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/ranged", Some("bytes=300000-400000"));
+    assert_eq!(status, 206, "{head}\n{}", cache.log());
+    assert_eq!(body, content.bytes[300_000..=400_000]);
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/ranged/piece/7", None);
+    assert_eq!((status, body.as_slice()), (200, content.piece(7)));
+}
+
+#[test]
+fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("lied", 10 * 65536);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    for parent in [liar.address.to_string(), seed.data_plane.clone()] {
+        flags.extend(["--upstream-peer".to_string(), parent]);
+    }
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{}", content.id.as_str()), None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert!(liar.bad_sent() >= 1, "the liar was asked");
+    let log = cache.log();
+    assert!(log.contains("upstream source banned") && log.contains(&liar.address.to_string()), "{log}");
+    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_bans_total ", 1), 1);
+    assert!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", "") >= 2);
+    // A piece it lied about is whole in the box's store: asked again, the box answers it itself.
+    let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{}/piece/0", content.id.as_str()), None);
+    assert_eq!((status, body.as_slice()), (200, content.piece(0)));
+}
+
+#[test]
+fn without_metadata_the_piece_api_is_404_and_whole_content_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("known", 65536);
+    let (_seed, flags) = seed(dir.path(), &content);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/unknown/piece/0", None);
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/unknown", None);
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("Simple mode"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn without_parents_the_box_fills_from_the_manifests_http_source_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("origin", 6 * 65536 + 99);
+    let origin = Fake::start(&content, Behavior::Origin);
+    // The seed only serves the metadata here: the box is given no parent.
+    let (_seed, flags) = seed_with(dir.path(), &content, &["--source".to_string(), origin.url()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/origin", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let ranges = fakes::Counters::get(&origin.counters.range_requests);
+    assert_eq!(ranges, content.piece_count(), "one Range request per piece");
+    let length = content.bytes.len() as u64;
+    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"origin\"}", length), length);
+}
