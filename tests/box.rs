@@ -270,3 +270,48 @@ fn without_parents_the_box_fills_from_the_manifests_http_source_by_range() {
     let length = content.bytes.len() as u64;
     assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"origin\"}", length), length);
 }
+
+/// A box whose only parent takes `PIECE_DELAY_MS` per piece, one piece at a time, so the whole
+/// fill takes several times the box's `pending_timeout_ms` while each piece takes less.
+fn a_slow_fill_streams_past_the_pending_timeout(backend: &str) {
+    const PIECE_DELAY_MS: u64 = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("slow", 8 * 65536 + 777);
+    let (_seed, mut flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Slow(PIECE_DELAY_MS));
+    let config = dir.path().join("box.toml");
+    let text = "[serve]\npending_timeout_ms = 1000\n[upstream]\nconnections_per_source_max = 1\npipeline_depth = 1\n";
+    std::fs::write(&config, text).unwrap();
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/slow", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(head.contains(&format!("Content-Length: {}\r\n", content.bytes.len())), "{head}");
+    assert!(head.contains("ETag: "), "the streamed head carries the validators: {head}");
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    // A cold range over several pieces streams the same way.
+    let content = Content::new("slow2", 6 * 65536);
+    let parent = Fake::start(&content, Behavior::Slow(PIECE_DELAY_MS));
+    drop(cache);
+    std::fs::create_dir_all(dir.path().join("second")).unwrap();
+    let (_seed2, mut flags) = seed(&dir.path().join("second"), &content);
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box2"), &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/slow2", Some("bytes=1000-300000"));
+    assert_eq!(status, 206, "{head}\n{}", cache.log());
+    assert!(body == content.bytes[1000..=300_000], "other bytes ({} of {})", body.len(), 300_000 - 999);
+}
+
+#[test]
+fn a_slow_fill_streams_past_the_pending_timeout_on_the_default_backend() {
+    a_slow_fill_streams_past_the_pending_timeout("auto");
+}
+
+#[test]
+fn a_slow_fill_streams_past_the_pending_timeout_on_epoll() {
+    a_slow_fill_streams_past_the_pending_timeout("epoll");
+}

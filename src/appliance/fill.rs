@@ -22,7 +22,8 @@ use crate::catalog::Catalog;
 use crate::config::{Config, UpstreamConfig};
 use crate::content::ContentId;
 use crate::control::client::{ClientError, MetadataClient};
-use crate::dataplane::upstream::{Done, Filled, Miss, Need, UpstreamLink};
+use crate::dataplane::connection::ResponseToken;
+use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
 use crate::fill::{ContentVersion, FailReason};
 use crate::fill::{
@@ -71,7 +72,7 @@ pub fn start(
     upstream: &UpstreamConfig,
     store: Arc<Store>,
     link: Arc<UpstreamLink>,
-    misses: Receiver<Miss>,
+    misses: Receiver<FromWorker>,
 ) -> Result<FillHandle, FillStartError> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -136,6 +137,8 @@ struct FillThread {
     origin: bool,
     ranges_max: usize,
     waiting: HashMap<WaiterKey, Waiting>,
+    /// The waiter of each response waiting, to hear when it leaves.
+    by_response: HashMap<(usize, ResponseToken), WaiterKey>,
     next_token: u64,
     /// Content versions written to the catalog (so workers and the embedded service know them).
     cataloged: HashMap<ContentId, u64>,
@@ -175,6 +178,7 @@ impl FillThread {
             origin: upstream.origin,
             ranges_max: config.serve.ranges_per_request_max,
             waiting: HashMap::new(),
+            by_response: HashMap::new(),
             next_token: 0,
             cataloged: HashMap::new(),
             started: Instant::now(),
@@ -185,14 +189,15 @@ impl FillThread {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn run(mut self, misses: &Receiver<Miss>, results: &Receiver<JobResult>, stop: &AtomicBool) {
+    fn run(mut self, misses: &Receiver<FromWorker>, results: &Receiver<JobResult>, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
             let now = self.now_ms();
             let due = [self.engine.poll_timeout(), self.meta.poll_timeout()].into_iter().flatten().min();
             let wait_ms = due.map_or(STOP_POLL_MS, |at| at.saturating_sub(now)).min(STOP_POLL_MS);
             crossbeam_channel::select! {
-                recv(misses) -> miss => match miss {
-                    Ok(miss) => self.on_miss(miss),
+                recv(misses) -> message => match message {
+                    Ok(FromWorker::Miss(miss)) => self.on_miss(miss),
+                    Ok(FromWorker::Gone { worker, token }) => self.on_gone(worker, token),
                     Err(_) => return,
                 },
                 recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
@@ -256,6 +261,7 @@ impl FillThread {
         self.next_token += 1;
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
+        self.by_response.insert((miss.worker, miss.token), key);
         self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new() });
         let now = self.now_ms();
         match self.meta.request(key, &id, now) {
@@ -263,6 +269,15 @@ impl FillThread {
             MetaAnswer::Pending => {}
             MetaAnswer::Busy { retry_after_s } => self.finish(key, Filled::Busy { retry_after_s }),
         }
+    }
+
+    /// A response stopped waiting: its claims go (with `fill_whole` the fill goes on in the
+    /// background), and it is answered no more.
+    fn on_gone(&mut self, worker: usize, token: ResponseToken) {
+        let Some(key) = self.by_response.remove(&(worker, token)) else { return };
+        self.waiting.remove(&key);
+        let now = self.now_ms();
+        self.engine.handle_cancel(key, now);
     }
 
     /// The metadata of a waiter's content is known: catalog it, then want its pieces.
@@ -411,11 +426,13 @@ impl FillThread {
                     waiting.next += 1;
                 }
                 let (next, end) = (waiting.next, waiting.end);
+                let (worker, token) = (waiting.miss.worker, waiting.miss.token);
                 if next == end {
                     self.finish(key, Filled::Ready);
                 } else if next > before {
                     let now = self.now_ms();
                     self.engine.handle_progress(key, next, now);
+                    self.link.send_done(worker, Done { token, filled: Filled::Landed { end_piece: next } });
                 }
             }
             WaiterEvent::Failed { reason, .. } => {
@@ -436,6 +453,7 @@ impl FillThread {
         let now = self.now_ms();
         self.engine.handle_cancel(key, now);
         let Miss { worker, token, .. } = waiting.miss;
+        self.by_response.remove(&(worker, token));
         self.link.send_done(worker, Done { token, filled });
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
+use crate::dataplane::connection::{CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
@@ -204,7 +204,8 @@ impl Worker {
     }
 
     /// Moves bytes both ways as far as the socket allows (within a turn's budget), then closes if
-    /// the connection is done. Returns whether the budget ran out with bytes still readable.
+    /// the connection is done. Returns whether it wants another turn (the budget ran out with
+    /// bytes still readable, or a stream got parts after the last write).
     fn drive(&mut self, poll: &Poll, key: SlotKey, now: Instant) -> bool {
         let Some(socket) = self.sockets.get_mut(key) else { return false };
         let handler = &mut self.handler;
@@ -244,21 +245,29 @@ impl Worker {
                 Err(_) => socket.state.fail(),
             }
         }
+        // Responses given up (release their fills) or with room again (append what waits).
+        let mut appended = false;
+        while let Some(event) = socket.state.poll_event() {
+            appended |= matches!(event, ConnectionEvent::Writable(_));
+            handler.connection_event(event, &mut socket.state, now);
+        }
         if let Some(reason) = socket.state.close_reason() {
             self.close(poll, key, reason);
             return false;
         }
-        reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read()
+        let more_to_send = appended && socket.writable && socket.state.has_unsent();
+        more_to_send || (reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read())
     }
 
     /// The fill thread answered pending responses: complete them.
     fn complete_filled(&mut self, now: Instant, dirty: &mut Vec<SlotKey>) {
-        for (token, outgoing) in self.handler.take_filled() {
-            let Some(socket) = self.sockets.get_mut(token.connection) else { continue };
-            // Not waiting any more (the client went away): the answer is dropped.
-            if socket.state.complete(token, outgoing, now).is_ok() {
-                dirty.push(token.connection);
-            }
+        for token in self.handler.take_filled() {
+            let Some(socket) = self.sockets.get_mut(token.connection) else {
+                self.handler.forget_response(token);
+                continue;
+            };
+            self.handler.deliver(token, &mut socket.state, now);
+            dirty.push(token.connection);
         }
     }
 
