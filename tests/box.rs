@@ -315,3 +315,47 @@ fn a_slow_fill_streams_past_the_pending_timeout_on_the_default_backend() {
 fn a_slow_fill_streams_past_the_pending_timeout_on_epoll() {
     a_slow_fill_streams_past_the_pending_timeout("epoll");
 }
+
+#[test]
+fn a_box_announces_what_it_filled_and_devices_get_it_from_the_box() {
+    use tessera::control::client::MetadataClient;
+    use tessera::tls::TlsClientOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("announced", 5 * 65536 + 321);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    let box_dir = dir.path().join("box");
+    let cache = Serve::start(&box_dir, &flags);
+    let (status, head, _) = get(&cache.data_plane, "/v1/content/announced", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+
+    // The box's startup announce held nothing; its next timed one is minutes away.
+    let ca = box_dir.join("tls/ca.pem");
+    let client = MetadataClient::new(TlsClientOptions { ca_file: Some(ca.clone()), ..Default::default() }).unwrap();
+    let id = tessera::content::ContentId::parse("announced").unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let peers = client.peers(&cache.service_url, &id, "default", None).unwrap();
+        if peers.iter().any(|peer| peer.address == cache.data_plane) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the box never announced what it filled:\n{}", cache.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = dir.path().join("got.bin");
+    let output = tessera()
+        .args(["get", "announced", "--service", &cache.service_url, "--json", "--ca"])
+        .arg(&ca)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "{summary}");
+    let sources = summary["sources"].as_array().unwrap();
+    let from_box = sources.iter().find(|s| s["source"] == cache.data_plane.as_str());
+    let from_box = from_box.unwrap_or_else(|| panic!("the box was not used as a peer: {summary}"));
+    assert_eq!(from_box["kind"].as_str(), Some("peer"), "{summary}");
+    assert!(std::fs::read(&out).unwrap() == *content.bytes, "other bytes");
+}

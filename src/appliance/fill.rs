@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::appliance::announcer::AnnounceTrigger;
 use crate::catalog::Catalog;
 use crate::config::{Config, UpstreamConfig};
 use crate::content::ContentId;
@@ -73,6 +74,7 @@ pub fn start(
     store: Arc<Store>,
     link: Arc<UpstreamLink>,
     misses: Receiver<FromWorker>,
+    announce: AnnounceTrigger,
 ) -> Result<FillHandle, FillStartError> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -105,7 +107,8 @@ pub fn start(
         bad_pieces_max: config.download.ban_after_bad_pieces.max(1),
         duration_ms: config.download.ban_duration_s.saturating_mul(1000),
     });
-    let fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
+    let mut fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
+    fill.announce = announce;
     let thread = std::thread::Builder::new()
         .name("tessera-fill".into())
         .spawn(move || fill.run(&misses, &results_rx, &stop))
@@ -143,6 +146,8 @@ struct FillThread {
     /// Content versions written to the catalog (so workers and the embedded service know them).
     cataloged: HashMap<ContentId, u64>,
     started: Instant,
+    /// Pieces stored are announced soon, so devices find this box for what it just filled.
+    announce: AnnounceTrigger,
 }
 
 impl FillThread {
@@ -182,6 +187,7 @@ impl FillThread {
             next_token: 0,
             cataloged: HashMap::new(),
             started: Instant::now(),
+            announce: AnnounceTrigger::default(),
         }
     }
 
@@ -353,6 +359,7 @@ impl FillThread {
                         engine.handle_received(fetch, now);
                         engine.handle_verified(fetch, now);
                         engine.handle_stored(fetch, now);
+                        self.announce.announce_soon();
                     }
                     PieceOutcome::Bad => {
                         engine.handle_received(fetch, now);
