@@ -170,8 +170,10 @@ struct Stream {
 enum Fed {
     /// Every byte is appended.
     Whole,
-    /// The next piece has not landed, or the connection holds enough for now.
-    Later,
+    /// The next piece is not in the store (yet).
+    Missing,
+    /// The connection holds enough for now: wait for its `Writable`.
+    Full,
     /// The connection no longer takes parts for it.
     Gone,
 }
@@ -498,11 +500,11 @@ impl Handler {
         match self.feed(token, stream, connection, now) {
             Fed::Whole | Fed::Gone => self.gone(token),
             // A fill that ended (failed, or its piece since evicted) cannot finish the body.
-            Fed::Later if pending.done.is_some() => {
+            Fed::Missing if pending.done.is_some() => {
                 let _ = connection.abort(token, now);
                 self.gone(token);
             }
-            Fed::Later => {
+            Fed::Missing | Fed::Full => {
                 self.pending.insert(token, pending);
             }
         }
@@ -562,11 +564,11 @@ impl Handler {
         let piece_bytes = u64::from(stream.content.piece_size.bytes());
         while stream.next_piece * piece_bytes < stream.end {
             let Some(slice) = self.pin_within(&stream.content, stream.next_piece, stream.start, stream.end) else {
-                return Fed::Later;
+                return Fed::Missing;
             };
             match connection.append(token, vec![slice], now) {
                 Ok(()) => stream.next_piece += 1,
-                Err(ResponseError::Full { .. }) => return Fed::Later,
+                Err(ResponseError::Full { .. }) => return Fed::Full,
                 Err(_) => return Fed::Gone,
             }
         }
