@@ -359,3 +359,31 @@ fn a_box_announces_what_it_filled_and_devices_get_it_from_the_box() {
     assert_eq!(from_box["kind"].as_str(), Some("peer"), "{summary}");
     assert!(std::fs::read(&out).unwrap() == *content.bytes, "other bytes");
 }
+
+#[test]
+fn a_simple_mode_content_is_passed_through_from_its_http_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("simple", 3 * 65536 + 10);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let data = dir.path().join("seed");
+    publish(&data, &content, &["--source".to_string(), origin.url(), "--no-store".to_string()]);
+    // The hash file no longer verifies against the manifest: Simple mode.
+    let hashfile = data.join("catalog/simple.hashfile");
+    let mut bytes = std::fs::read(&hashfile).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&hashfile, bytes).unwrap();
+    let seed = Serve::start(&data, &[]);
+    let ca = data.join("tls/ca.pem");
+    let flags = ["--upstream", &seed.service_url, "--upstream-ca", ca.to_str().unwrap()].map(String::from);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/simple", None);
+    assert_eq!(status, 200, "{head}\n{}\n{}", cache.log(), seed.log());
+    assert!(head.contains("X-Tessera-Mode: simple; reason="), "{head}");
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let (status, _, _) = get(&cache.data_plane, "/v1/content/simple/piece/0", None);
+    assert_eq!(status, 404, "Simple-mode content is never on the piece API");
+    let (_, _, metrics) = get(&cache.data_plane, "/metrics", None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("tessera_store_pieces 0"), "nothing was stored:\n{metrics}");
+}

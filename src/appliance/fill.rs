@@ -40,6 +40,8 @@ use fetcher::{Job, JobResult, PieceOutcome};
 const FETCH_THREADS_MAX: u32 = 16;
 /// Jobs queued to the fetch threads at most (the engine bounds what it starts far below this).
 const JOBS_QUEUED_MAX: usize = 4096;
+/// Largest Simple-mode body passed through (held in memory while it is sent).
+const PASS_THROUGH_BYTES_MAX: u64 = 64 << 20;
 /// The fill thread looks for a stop request at least this often.
 const STOP_POLL_MS: u64 = 50;
 
@@ -125,6 +127,8 @@ struct Waiting {
     next: u64,
     end: u64,
     landed: HashSet<u64>,
+    /// Set while the content is passed through in Simple mode: why.
+    simple_reason: Option<String>,
 }
 
 struct FillThread {
@@ -268,7 +272,8 @@ impl FillThread {
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
-        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new() });
+        self.waiting
+            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
         let now = self.now_ms();
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
@@ -292,7 +297,16 @@ impl FillThread {
             Metadata::Simple(simple) => {
                 let reason = simple.reason.to_string();
                 tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
-                return self.finish(key, Filled::Simple { reason });
+                let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
+                let source = simple.sources.iter().find(|url| url.starts_with("http://"));
+                let Some(url) = source.filter(|_| whole && self.origin) else {
+                    return self.finish(key, Filled::Simple { reason });
+                };
+                if let Some(waiting) = self.waiting.get_mut(&key) {
+                    waiting.simple_reason = Some(reason);
+                }
+                let job = Job::Whole { waiter: key, url: url.clone(), body_bytes_max: PASS_THROUGH_BYTES_MAX };
+                return self.queue(job);
             }
             Metadata::P2p(content) => content,
         };
@@ -351,6 +365,14 @@ impl FillThread {
         match result {
             JobResult::Manifest(fetch, manifest) => self.meta.handle_manifest(fetch, manifest, now),
             JobResult::HashFile(fetch, hashfile) => self.meta.handle_hashfile(fetch, hashfile, now),
+            JobResult::Whole(key, body) => {
+                let Some(reason) = self.waiting.get_mut(&key).and_then(|w| w.simple_reason.take()) else { return };
+                let filled = match body {
+                    Ok(bytes) => Filled::PassThrough { reason, bytes: bytes.into() },
+                    Err(error) => Filled::Simple { reason: format!("{reason}; its HTTP source failed: {error}") },
+                };
+                self.finish(key, filled);
+            }
             JobResult::Piece(fetch, outcome) => {
                 let engine = &mut self.engine;
                 match outcome {

@@ -585,9 +585,11 @@ impl Handler {
                 self.miss = None;
                 outgoing
             }
-            // Simple mode: never the piece API; whole content would be a pass-through (not yet).
+            Filled::PassThrough { reason, bytes } => self.pass_through(keep_alive, &reason, bytes),
+            // Simple mode: never the piece API; whole content only through its HTTP source.
             Filled::Simple { reason } if matches!(need, Need::Content { .. }) => {
-                let message = format!("{id} is in Simple mode ({reason}) and this box cannot pass it through yet\n");
+                let message =
+                    format!("{id} is in Simple mode ({reason}) and no HTTP source of it can be passed through\n");
                 self.fill_error(keep_alive, 502, &message, None)
             }
             Filled::Simple { reason } => {
@@ -603,6 +605,20 @@ impl Handler {
                 Some(retry_after_s),
             ),
         }
+    }
+
+    /// A Simple-mode content's bytes from its HTTP source, marked as such.
+    fn pass_through(&self, keep_alive: bool, reason: &str, bytes: Arc<[u8]>) -> Outgoing {
+        let date = self.clock.date;
+        let date = std::str::from_utf8(&date).expect("ASCII date");
+        let reply = Answer { keep_alive, head_only: false, http10_keep_alive: false, date };
+        // A header value holds no control characters.
+        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let mode = format!("simple; reason={reason}");
+        let mut extra = reply.extra();
+        extra.push("X-Tessera-Mode", &mode);
+        let head = reply.head(200, bytes.len() as u64, OCTETS, extra.as_slice());
+        Outgoing::with_head(&head, Body::Shared(bytes))
     }
 
     /// An error answer to a request that waited on a fill.

@@ -7,7 +7,7 @@
 //! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
 //! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -54,6 +54,9 @@ pub enum Filled {
     Ready,
     /// The content is in Simple mode (its metadata cannot be had or does not verify).
     Simple { reason: String },
+    /// Simple mode, and the whole content was passed through from the manifest's HTTP source
+    /// (not stored, never served as pieces).
+    PassThrough { reason: String, bytes: Arc<[u8]> },
     /// The pieces could not be had.
     Failed { reason: String },
     /// A limit was hit.
