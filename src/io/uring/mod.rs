@@ -3,6 +3,7 @@
 //! the data plane's server driver (`dataplane::uring`) and the client loop ([`crate::io::client`]).
 
 pub mod accept;
+pub mod buf_ring;
 pub mod cancel;
 pub mod connect;
 pub mod op;
