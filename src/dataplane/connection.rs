@@ -524,7 +524,8 @@ impl Connection {
     /// Since when the connection has been idle: no request started, nothing queued, not closing
     /// (nginx's "reusable" state). `None` while it has work; only idle ones may be reclaimed.
     pub fn idle_since(&self) -> Option<Instant> {
-        let idle = self.queue.is_empty() && self.pending_input().is_empty() && !self.close_now && !self.close_after_output;
+        let idle =
+            self.queue.is_empty() && self.pending_input().is_empty() && !self.close_now && !self.close_after_output;
         idle.then_some(self.waiting_since)
     }
 
@@ -1256,12 +1257,14 @@ mod tests {
         connections[4].receive(b"GET /c HTTP/1.1\r\n\r\n", at(5), &mut Echo);
         assert_eq!(connections[2].idle_since(), None);
         assert_eq!(connections[4].idle_since(), None);
-        let pairs = || connections.iter().enumerate().map(|(i, c)| (key(i as u32), c));
-        assert_eq!(oldest_idle(pairs(), 2), vec![key(0), key(3)]);
-        assert_eq!(oldest_idle(pairs(), 10), vec![key(0), key(3), key(1)]);
-        assert_eq!(oldest_idle(pairs(), 0), vec![]);
+        fn keyed(connections: &[Connection]) -> impl Iterator<Item = (SlotKey, &Connection)> {
+            connections.iter().enumerate().map(|(i, c)| (SlotKey { index: i as u32, generation: 1 }, c))
+        }
+        assert_eq!(oldest_idle(keyed(&connections), 2), vec![key(0), key(3)]);
+        assert_eq!(oldest_idle(keyed(&connections), 10), vec![key(0), key(3), key(1)]);
+        assert_eq!(oldest_idle(keyed(&connections), 0), vec![]);
         connections[0].reclaim();
         assert_eq!(connections[0].close_reason(), Some(CloseReason::Reclaimed));
-        assert_eq!(oldest_idle(pairs(), 10), vec![key(3), key(1)]);
+        assert_eq!(oldest_idle(keyed(&connections), 10), vec![key(3), key(1)]);
     }
 }
