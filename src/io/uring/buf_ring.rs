@@ -49,11 +49,17 @@ impl BufRing {
         if entries.is_null() {
             return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
         }
+        let mut buffers = vec![0u8; count * size_bytes].into_boxed_slice();
+        // Fault the pool in now: it is a fixed cost of the worker, not something that grows (as
+        // a lazily touched pool would seem to) with the connections that happen to use it.
+        for page in buffers.chunks_mut(PAGE_BYTES) {
+            page[0] = 1;
+        }
         let mut buf_ring = BufRing {
             group,
             entries,
             entries_layout,
-            buffers: vec![0; count * size_bytes].into_boxed_slice(),
+            buffers,
             size_bytes,
             mask: (count - 1) as u16,
             tail: 0,
