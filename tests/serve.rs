@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera::appliance::Appliance;
@@ -81,8 +82,9 @@ fn config_for(root: &Path, backend: BackendChoice) -> Config {
 
 /// Runs `test` against a fresh server on each backend, then checks the server stops cleanly.
 fn each_backend(published: &Published, test: impl Fn(BackendChoice, &ServerHandle)) {
+    let store = open_store(published);
     for backend in backends() {
-        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
+        let server = Server::start_with_store(&config_for(published.dir.path(), backend), store.clone()).unwrap();
         test(backend, &server);
         server.shutdown().unwrap();
     }
@@ -706,14 +708,26 @@ fn wget_resumes_a_partial_download_byte_exact() {
     });
 }
 
-/// A one-worker server holding at most `connections_max` connections.
-fn start_limited(published: &Published, backend: BackendChoice, connections_max: usize) -> ServerHandle {
+/// A one-worker server on `store` holding at most `connections_max` connections. The store is
+/// opened once per test: reopening it between backends could race its lock with a child process
+/// another test forks (the lock's descriptor lives in the child until it execs).
+fn start_limited(
+    published: &Published,
+    store: &Arc<Store>,
+    backend: BackendChoice,
+    connections_max: usize,
+) -> ServerHandle {
     let mut config = config_for(published.dir.path(), backend);
     config.serve.workers = 1;
     config.serve.connections_per_worker_max = connections_max;
     // Half-read request heads must stay in progress for the whole test.
     config.serve.header_timeout_ms = 10_000;
-    Server::start(&config).unwrap()
+    Server::start_with_store(&config, store.clone()).unwrap()
+}
+
+fn open_store(published: &Published) -> Arc<Store> {
+    let config = config_for(published.dir.path(), BackendChoice::Epoll);
+    Arc::new(Store::open(&config.store_dir(), &config.store).unwrap())
 }
 
 /// Waits (at most 5 s) until the server holds `count` open connections.
@@ -731,8 +745,9 @@ fn wait_open(server: &ServerHandle, count: u64) {
 fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     let published = published();
     let piece = "/v1/content/small/piece/1";
+    let store = open_store(&published);
     for backend in backends() {
-        let server = start_limited(&published, backend, 8);
+        let server = start_limited(&published, &store, backend, 8);
         // Eight keep-alive connections, each served once, the first idle longest.
         let mut idle: Vec<Client> = (0..8).map(|_| Client::connect(server.local_addr())).collect();
         for client in &mut idle {
@@ -758,8 +773,9 @@ fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
 fn a_request_in_progress_is_never_reclaimed() {
     let published = published();
     let piece = "/v1/content/small/piece/2";
+    let store = open_store(&published);
     for backend in backends() {
-        let server = start_limited(&published, backend, 8);
+        let server = start_limited(&published, &store, backend, 8);
         // Eight connections, each with a request head half sent.
         let mut busy: Vec<Client> = (0..8).map(|_| Client::connect(server.local_addr())).collect();
         for client in &mut busy {
