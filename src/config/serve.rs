@@ -83,7 +83,7 @@ pub struct ServeConfig {
     /// Zero-copy sends per connection still waiting for their notification; sending pauses past it.
     pub send_zc_pending_max: usize,
     /// io_uring submission queue entries per worker (the completion queue is sized from the
-    /// connection limit, within the kernel's 65,536; overflow is kept by the kernel, not lost).
+    /// connection limit, at most 16,384; overflow is kept by the kernel, not lost).
     pub ring_entries: u32,
     /// Listen backlog per worker socket.
     pub listen_backlog: u32,

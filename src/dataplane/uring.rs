@@ -6,7 +6,7 @@
 //! count as sent. A closing connection's slot is kept until its operations are idle so that
 //! their completions still find it; were it dropped early, its operations would leak their
 //! memory rather than free it under the kernel. The completion queue is sized for every operation that can be in flight
-//! (within the kernel's 65,536 entries), and the kernel's overflow backlog (`IORING_FEAT_NODROP`)
+//! (at most 16,384 entries: idle connections post none), and the kernel's overflow backlog (`IORING_FEAT_NODROP`)
 //! is counted if it is ever used.
 //!
 //! Receives draw from the worker's provided-buffer ring ([`BufRing`]): a connection waiting for
@@ -38,8 +38,10 @@ use crate::io::uring::{build_ring, describe_setup_error, detect};
 const TEARDOWN_WAIT: Duration = Duration::from_secs(2);
 /// Completions reaped per turn at most.
 const COMPLETIONS_PER_TURN_MAX: usize = 4096;
-/// The kernel's largest completion queue (`IORING_MAX_CQ_ENTRIES`).
-const COMPLETION_ENTRIES_MAX: usize = 65536;
+/// Largest completion queue asked for (256 KiB of ring, which the kernel wants physically
+/// contiguous). Idle connections post no completions, and a turn reaps at most
+/// `COMPLETIONS_PER_TURN_MAX`; a rare excess waits in the kernel's overflow backlog (NODROP).
+const COMPLETION_ENTRIES_MAX: usize = 16384;
 /// The buffer group of the receive buffer ring.
 const RECV_BUFFER_GROUP: u16 = 0;
 
@@ -98,7 +100,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         .max(2 * submission_entries as usize)
         .next_power_of_two()
         .min(COMPLETION_ENTRIES_MAX);
-    let ring = build_ring(submission_entries, completion_entries as u32);
+    let ring = build_ring_fitting(submission_entries, completion_entries as u32);
     let ring = match ring {
         Ok(ring) => ring,
         Err(error) => {
@@ -160,6 +162,23 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let result = worker.serve(&context);
     worker.teardown();
     result.map_err(|source| WorkerError::Io { index, what: "io_uring_enter", source })
+}
+
+/// [`build_ring`], halving the completion queue (down to twice the submission queue) while the
+/// kernel cannot find the contiguous memory for it.
+fn build_ring_fitting(submission_entries: u32, mut completion_entries: u32) -> std::io::Result<io_uring::IoUring> {
+    loop {
+        match build_ring(submission_entries, completion_entries) {
+            Err(error) if error.raw_os_error() == Some(libc::ENOMEM) && completion_entries > 2 * submission_entries => {
+                completion_entries /= 2;
+                tracing::warn!(
+                    completion_entries,
+                    "io_uring ring does not fit in memory; trying a smaller completion queue"
+                );
+            }
+            built => return built,
+        }
+    }
 }
 
 impl Worker {
