@@ -297,4 +297,14 @@ mod tests {
         trim_to(&mut slices, 100);
         assert_eq!(slices.concat().len(), 15);
     }
+
+    #[test]
+    fn an_idle_connection_costs_under_1_kib() {
+        // Its boxed state (with malloc's size word) and its slot in the table; it reads into the
+        // worker's buffer and keeps no input or queue while idle.
+        let bytes = (std::mem::size_of::<Socket>() + 16).next_multiple_of(16)
+            + std::mem::size_of::<Option<Box<Socket>>>()
+            + 2 * std::mem::size_of::<u32>();
+        assert!(bytes <= 1024, "an idle epoll connection holds {bytes} bytes");
+    }
 }

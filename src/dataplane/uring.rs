@@ -462,3 +462,25 @@ impl Worker {
         self.buffers.unregister(self.ring.inner(), receives_idle);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heap bytes malloc adds to each allocation (glibc: one size word, 16-byte granules).
+    const MALLOC_OVERHEAD_BYTES: usize = 16;
+
+    #[test]
+    fn an_idle_connection_costs_under_1_kib() {
+        // What an idle connection holds in user space: its boxed state, the send's message
+        // header, the shared descriptor's `Rc` box, and its slot in the table (box pointer,
+        // generation, free-list entry). No receive buffer, iovecs, input or queue while idle.
+        let boxed = |bytes: usize| (bytes + MALLOC_OVERHEAD_BYTES).next_multiple_of(16);
+        let bytes = boxed(std::mem::size_of::<Conn>())
+            + boxed(std::mem::size_of::<libc::msghdr>())
+            + boxed(2 * std::mem::size_of::<usize>() + std::mem::size_of::<OwnedFd>())
+            + std::mem::size_of::<Option<Box<Conn>>>()
+            + 2 * std::mem::size_of::<u32>();
+        assert!(bytes <= 1024, "an idle io_uring connection holds {bytes} bytes");
+    }
+}
