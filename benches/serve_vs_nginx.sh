@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # tessera serve vs nginx (sendfile on), one worker each, the same wrk load in the same run.
 #
-#   bash benches/serve_vs_nginx.sh            # DURATION=8s CONNECTIONS=16 to change the load
+#   bash benches/serve_vs_nginx.sh            # DURATION=8s CONNECTIONS=16 MANY_CONNECTIONS=512
 #
 # Publishes 64 random 1 MiB pieces, writes the same bytes as files for nginx, then measures
 #   1. whole 1 MiB pieces (GB/s, p50, p99), 2. 64 KiB ranges at random offsets (req/s, p50, p99),
+#   3. whole 1 MiB pieces over MANY_CONNECTIONS connections (GB/s, p99, max: fairness),
 # for nginx (tcp_nopush on and off), tessera on io_uring (plain send and SendMsgZc) and tessera on epoll, and prints the
 # iperf3 loopback single-stream rate as the ceiling. Servers run on CPU 0, wrk on CPU 1.
 set -euo pipefail
@@ -13,44 +14,17 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}
 THREADS=${THREADS:-1}
 CONNECTIONS=${CONNECTIONS:-16}
+MANY_CONNECTIONS=${MANY_CONNECTIONS:-512}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    [ ${#missing[@]} -eq 0 ] && return
-    echo "installing: ${missing[*]}" >&2
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-install_missing
+# shellcheck source=benches/common.sh
+source benches/common.sh
+install_missing nginx wrk iperf3 curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PIN_SERVER=""
-PIN_CLIENT=""
-if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-    PIN_SERVER="taskset -c $SERVER_CPU"
-    PIN_CLIENT="taskset -c $CLIENT_CPU"
-fi
+pin_setup
 
-cargo build --release --bin tessera >&2
-TESSERA=$PWD/target/release/tessera
-
-WORK=$(mktemp -d /tmp/tessera-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT_BASE=$((20000 + RANDOM % 20000))
+bench_setup bench
 NGINX_PORT=$PORT_BASE
 TESSERA_PORT=$((PORT_BASE + 1))
 IPERF_PORT=$((PORT_BASE + 2))
@@ -89,8 +63,8 @@ NGINX
 # Both scripts end with the same report line, parsed by run_wrk.
 cat > "$WORK/done.lua" <<'LUA'
 done = function(summary, latency, requests)
-    io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.bytes, summary.duration, summary.requests,
-        latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.read))
+    io.write(string.format("RESULT %d %d %d %d %d %d %d\n", summary.bytes, summary.duration, summary.requests,
+        latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.read, latency.max))
 end
 LUA
 
@@ -116,15 +90,6 @@ end
 LUA
 cat "$WORK/done.lua" >> "$WORK/pieces.lua"
 cat "$WORK/done.lua" >> "$WORK/ranges.lua"
-
-wait_ready() {
-    for _ in $(seq 1 100); do
-        curl -sf -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "server at $1 did not come up" >&2
-    return 1
-}
 
 start_tessera() { # backend zero_copy_bytes_min
     cat > "$WORK/tessera.toml" <<TOML
@@ -154,22 +119,24 @@ stop_tessera() {
     wait "$TESSERA_PID" || { echo "tessera exited badly" >&2; exit 1; }
 }
 
-# Prints "<GB/s> <req/s> <p50 ms> <p99 ms> <errors>" for one wrk run.
+# Prints "<GB/s> <req/s> <p50 ms> <p99 ms> <errors> <max ms>" for one wrk run (WRK_CONNECTIONS
+# connections, CONNECTIONS by default).
 run_wrk() { # script url [env...]
     local script=$1 url=$2
     shift 2
     local line
-    line=$(env "$@" $PIN_CLIENT wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" | grep '^RESULT')
+    line=$(env "$@" $PIN_CLIENT wrk -t"$THREADS" -c"${WRK_CONNECTIONS:-$CONNECTIONS}" -d"$DURATION" --latency -s "$script" "$url" | grep '^RESULT')
     # shellcheck disable=SC2086
     set -- $line
-    awk -v bytes="$2" -v us="$3" -v reqs="$4" -v p50="$5" -v p99="$6" -v errors="$7" 'BEGIN {
-        printf "%.2f %.0f %.2f %.2f %d\n", bytes / us / 1000, reqs / (us / 1e6), p50 / 1000, p99 / 1000, errors }'
+    awk -v bytes="$2" -v us="$3" -v reqs="$4" -v p50="$5" -v p99="$6" -v errors="$7" -v max="$8" 'BEGIN {
+        printf "%.2f %.0f %.2f %.2f %d %.2f\n", bytes / us / 1000, reqs / (us / 1e6), p50 / 1000, p99 / 1000, errors, max / 1000 }'
 }
 
-declare -A PIECES RANGES
+declare -A PIECES RANGES MANY
 measure() { # name base_url pieces_prefix range_path
     PIECES[$1]=$(run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")
     RANGES[$1]=$(run_wrk "$WORK/ranges.lua" "$2" BENCH_PATH="$4")
+    MANY[$1]=$(WRK_CONNECTIONS=$MANY_CONNECTIONS run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")
 }
 
 # nginx is measured twice: tcp_nopush (TCP_CORK) on is the usual sendfile setting, but it stalls
@@ -221,6 +188,13 @@ table() { # title, then the name of an associative array
 }
 table "1 MiB pieces " PIECES
 table "64 KiB ranges" RANGES
+echo "1 MiB pieces, $MANY_CONNECTIONS connections    GB/s   p99 ms   max ms  errors"
+for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-zc tessera-epoll; do
+    # shellcheck disable=SC2086
+    set -- ${MANY[$name]}
+    printf "%-30s %6s %8s %8s %7s\n" "$name" "$1" "$4" "$6" "$5"
+done
+echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
 field() { # array-row field-number
@@ -235,4 +209,8 @@ uring_gbs=$(field "${PIECES[tessera-uring]}" 1)
 uring_rps=$(field "${RANGES[tessera-uring]}" 2)
 echo "tessera(uring)/best nginx, 1 MiB pieces (GB/s):  $(ratio "$uring_gbs" "$nginx_gbs")x   (goal >= 1.0x)"
 echo "tessera(uring)/best nginx, 64 KiB ranges (req/s): $(ratio "$uring_rps" "$nginx_rps")x   (goal >= 1.5x)"
+nginx_many_gbs=$(best "$(field "${MANY[nginx-nopush-on]}" 1)" "$(field "${MANY[nginx-nopush-off]}" 1)")
+nginx_many_max=$(awk -v a="$(field "${MANY[nginx-nopush-on]}" 6)" -v b="$(field "${MANY[nginx-nopush-off]}" 6)" 'BEGIN { print (a < b ? a : b) }')
+echo "tessera(uring)/best nginx, $MANY_CONNECTIONS connections (GB/s): $(ratio "$(field "${MANY[tessera-uring]}" 1)" "$nginx_many_gbs")x   (goal >= 1.0x)"
+echo "tessera(uring) max latency / nginx's, $MANY_CONNECTIONS connections: $(ratio "$(field "${MANY[tessera-uring]}" 6)" "$nginx_many_max")x   (goal <= 1.0x)"
 echo "iperf3 loopback single stream:        $(awk -v g="$IPERF" 'BEGIN { printf "%.2f", g / 8 }') GB/s ($IPERF Gbit/s)"

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera::appliance::Appliance;
@@ -81,8 +82,9 @@ fn config_for(root: &Path, backend: BackendChoice) -> Config {
 
 /// Runs `test` against a fresh server on each backend, then checks the server stops cleanly.
 fn each_backend(published: &Published, test: impl Fn(BackendChoice, &ServerHandle)) {
+    let store = open_store(published);
     for backend in backends() {
-        let server = Server::start(&config_for(published.dir.path(), backend)).unwrap();
+        let server = Server::start_with_store(&config_for(published.dir.path(), backend), store.clone()).unwrap();
         test(backend, &server);
         server.shutdown().unwrap();
     }
@@ -704,4 +706,94 @@ fn wget_resumes_a_partial_download_byte_exact() {
         let got = std::fs::read(scratch.path().join("big")).unwrap();
         assert!(got == published.big, "{backend:?}: resumed file differs ({} bytes)", got.len());
     });
+}
+
+/// A one-worker server on `store` holding at most `connections_max` connections. The store is
+/// opened once per test: reopening it between backends could race its lock with a child process
+/// another test forks (the lock's descriptor lives in the child until it execs).
+fn start_limited(
+    published: &Published,
+    store: &Arc<Store>,
+    backend: BackendChoice,
+    connections_max: usize,
+) -> ServerHandle {
+    let mut config = config_for(published.dir.path(), backend);
+    config.serve.workers = 1;
+    config.serve.connections_per_worker_max = connections_max;
+    // Half-read request heads must stay in progress for the whole test.
+    config.serve.header_timeout_ms = 10_000;
+    Server::start_with_store(&config, store.clone()).unwrap()
+}
+
+fn open_store(published: &Published) -> Arc<Store> {
+    let config = config_for(published.dir.path(), BackendChoice::Epoll);
+    Arc::new(Store::open(&config.store_dir(), &config.store).unwrap())
+}
+
+/// Waits (at most 5 s) until the server holds `count` open connections.
+fn wait_open(server: &ServerHandle, count: u64) {
+    for _ in 0..500 {
+        if server.metrics().worker(0).connections_open() == count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the server never held {count} connections (holds {})", server.metrics().worker(0).connections_open());
+}
+
+#[test]
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    let published = published();
+    let piece = "/v1/content/small/piece/1";
+    let store = open_store(&published);
+    for backend in backends() {
+        let server = start_limited(&published, &store, backend, 8);
+        // Eight keep-alive connections, each served once, the first idle longest.
+        let mut idle: Vec<Client> = (0..8).map(|_| Client::connect(server.local_addr())).collect();
+        for client in &mut idle {
+            assert_eq!(client.get(piece, "").status, 200);
+        }
+        wait_open(&server, 8);
+        let mut newcomer = Client::connect(server.local_addr());
+        let response = newcomer.get(piece, "");
+        assert_eq!(response.status, 200, "{backend:?}: the new client is served");
+        assert!(response.body == published.small[SMALL_PIECE..2 * SMALL_PIECE]);
+        assert_eq!(server.metrics().idle_reclaimed(), 1, "{backend:?}");
+        assert!(idle[0].closed_by_server(), "{backend:?}: the longest-idle connection was the one closed");
+        for client in &mut idle[1..] {
+            assert_eq!(client.get(piece, "").status, 200, "{backend:?}: the others are kept");
+        }
+        let metrics = String::from_utf8(idle[1].get("/metrics", "").body).unwrap();
+        assert!(metrics.contains("tessera_idle_reclaimed_total{worker=\"0\"} 1"), "{metrics}");
+        server.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_request_in_progress_is_never_reclaimed() {
+    let published = published();
+    let piece = "/v1/content/small/piece/2";
+    let store = open_store(&published);
+    for backend in backends() {
+        let server = start_limited(&published, &store, backend, 8);
+        // Eight connections, each with a request head half sent.
+        let mut busy: Vec<Client> = (0..8).map(|_| Client::connect(server.local_addr())).collect();
+        for client in &mut busy {
+            client.send(&format!("GET {piece} HTTP/1.1\r\n"));
+        }
+        wait_open(&server, 8);
+        // No idle connection to reclaim: the newcomer is turned away.
+        let mut refused = Client::connect(server.local_addr());
+        let _ = refused.reader.get_mut().write_all(format!("GET {piece} HTTP/1.1\r\n\r\n").as_bytes());
+        assert!(refused.closed_by_server(), "{backend:?}");
+        assert_eq!(server.metrics().idle_reclaimed(), 0, "{backend:?}");
+        // Every request in progress is answered.
+        for client in &mut busy {
+            client.send("Host: t\r\n\r\n");
+            let response = client.read(false);
+            assert_eq!(response.status, 200, "{backend:?}");
+            assert!(response.body == published.small[2 * SMALL_PIECE..3 * SMALL_PIECE]);
+        }
+        server.shutdown().unwrap();
+    }
 }

@@ -37,7 +37,9 @@ pub struct ServeConfig {
     pub workers: usize,
     /// `auto`, `uring` or `epoll`.
     pub backend: BackendChoice,
-    /// Open connections per worker; further connections are accepted and closed at once.
+    /// Open connections per worker. At the limit the longest-idle keep-alive connections (no
+    /// request in progress, nothing queued) are closed to make room; when none is idle, further
+    /// connections are accepted and closed at once.
     pub connections_per_worker_max: usize,
     /// Largest request head (request line, headers, blank line).
     pub header_bytes_max: usize,
@@ -60,20 +62,28 @@ pub struct ServeConfig {
     pub pipeline_depth_max: usize,
     /// Unparsed request bytes buffered per connection; reading pauses past it.
     pub input_bytes_max: usize,
-    /// Bytes one receive reads at most (the per-connection receive buffer).
+    /// Bytes one receive reads at most: the size of a worker's shared receive buffers (held
+    /// only while bytes are being taken in, never by an idle connection).
     pub recv_buffer_bytes: usize,
+    /// Receive buffers per worker in io_uring's provided-buffer ring (a power of two, at most
+    /// 32768); a receive finding none free waits for one. epoll reads into one per-worker buffer.
+    pub recv_buffers_per_worker: usize,
     /// Body parts one streaming response holds pinned (appended, not yet sent and released).
     pub stream_queued_parts_max: usize,
     /// Bytes of those parts.
     pub stream_queued_bytes_max: u64,
     /// Slices (iovecs) handed to one send call.
     pub send_iovecs_max: usize,
+    /// Bytes one connection may hand the kernel per turn of the event loop (one io_uring send,
+    /// or the `writev` calls of one epoll turn), so a fast reader cannot starve the others.
+    pub send_bytes_per_turn_max: usize,
     /// Bodies of at least this many bytes are sent with io_uring `SendMsgZc` (zero-copy); smaller
     /// ones with plain `SendMsg`. 0 disables zero-copy sends. See docs/performance.md.
     pub send_zc_bytes_min: u64,
     /// Zero-copy sends per connection still waiting for their notification; sending pauses past it.
     pub send_zc_pending_max: usize,
-    /// io_uring submission queue entries per worker (the completion queue is sized from the limits).
+    /// io_uring submission queue entries per worker (the completion queue is sized from the
+    /// connection limit, at most 16,384; overflow is kept by the kernel, not lost).
     pub ring_entries: u32,
     /// Listen backlog per worker socket.
     pub listen_backlog: u32,
@@ -94,7 +104,7 @@ impl Default for ServeConfig {
             listen: "127.0.0.1:7680".into(),
             workers: 0,
             backend: BackendChoice::Auto,
-            connections_per_worker_max: 1024,
+            connections_per_worker_max: 16384,
             header_bytes_max: 8192,
             header_count_max: 64,
             target_bytes_max: 2048,
@@ -105,9 +115,11 @@ impl Default for ServeConfig {
             pipeline_depth_max: 32,
             input_bytes_max: 16384,
             recv_buffer_bytes: 16384,
+            recv_buffers_per_worker: 128,
             stream_queued_parts_max: 64,
             stream_queued_bytes_max: 64 << 20,
             send_iovecs_max: 64,
+            send_bytes_per_turn_max: 256 * 1024,
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
             ring_entries: 1024,

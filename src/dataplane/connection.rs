@@ -120,6 +120,20 @@ impl ConnectionLimits {
     }
 }
 
+/// The idle connections to reclaim at the connection limit: up to `count_max` of those whose
+/// [`Connection::idle_since`] is set, the longest idle first (nginx's reusable connections).
+/// A connection with a request in progress or a response queued is never among them.
+pub fn oldest_idle<'a>(connections: impl Iterator<Item = (SlotKey, &'a Connection)>, count_max: usize) -> Vec<SlotKey> {
+    let mut idle: Vec<(Instant, SlotKey)> =
+        connections.filter_map(|(key, connection)| Some((connection.idle_since()?, key))).collect();
+    if idle.len() > count_max && count_max > 0 {
+        idle.select_nth_unstable_by_key(count_max - 1, |&(since, _)| since);
+    }
+    idle.truncate(count_max);
+    idle.sort_unstable_by_key(|&(since, key)| (since, key.index));
+    idle.into_iter().map(|(_, key)| key).collect()
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -139,6 +153,8 @@ pub enum CloseReason {
     Aborted,
     /// The server is shutting down.
     Shutdown,
+    /// Idle at the connection limit: closed, oldest first, to make room for a new client.
+    Reclaimed,
     /// The socket failed.
     Error,
 }
@@ -155,6 +171,7 @@ impl CloseReason {
             CloseReason::PendingTimeout => "pending_timeout",
             CloseReason::Aborted => "aborted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Reclaimed => "reclaimed",
             CloseReason::Error => "error",
         }
     }
@@ -393,6 +410,10 @@ impl Connection {
         if self.sent_count == 0 {
             self.trim_front(seq);
         }
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            // An idle connection keeps no queue either (a few dozen bytes per slot, per idle client).
+            self.queue = VecDeque::new();
+        }
         self.parse(now, responder);
     }
 
@@ -498,6 +519,21 @@ impl Connection {
                 self.close(reason);
             }
         }
+    }
+
+    /// Since when the connection has been idle: no request started, nothing queued, not closing
+    /// (nginx's "reusable" state). `None` while it has work; only idle ones may be reclaimed.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let idle =
+            self.queue.is_empty() && self.pending_input().is_empty() && !self.close_now && !self.close_after_output;
+        idle.then_some(self.waiting_since)
+    }
+
+    /// Closes an idle connection to make room at the connection limit (no response is lost:
+    /// it has none, and its client's next request finds the socket closed, as after an idle timeout).
+    pub fn reclaim(&mut self) {
+        debug_assert!(self.idle_since().is_some(), "only idle connections are reclaimed");
+        self.close(CloseReason::Reclaimed);
     }
 
     /// The server is stopping: finish the responses already queued, read no further requests.
@@ -694,7 +730,11 @@ impl Connection {
                 }
             }
         }
-        if self.input_start > 0 && (self.input_start == self.input.len() || self.input_start >= 4096) {
+        if self.input_start > 0 && self.input_start == self.input.len() {
+            // Everything parsed: an idle connection keeps no input buffer.
+            self.input = Vec::new();
+            self.input_start = 0;
+        } else if self.input_start >= 4096 {
             self.input.drain(..self.input_start);
             self.input_start = 0;
         }
@@ -1199,5 +1239,32 @@ mod tests {
         c.append(token, refused, now).unwrap();
         assert_eq!(drain(&mut c, now), "d");
         assert!(c.queued_count() == 0 && !c.should_close());
+    }
+
+    #[test]
+    fn idle_connections_are_reclaimed_longest_idle_first_and_busy_ones_never() {
+        let start = Instant::now();
+        let key = |index| SlotKey { index, generation: 1 };
+        let at = |ms| start + Duration::from_millis(ms);
+        // 0: idle since it opened; 1: served, idle since 30 ms; 2: a request head half read;
+        // 3: served, idle since 20 ms; 4: a response queued and not sent.
+        let mut connections: Vec<Connection> = (0..5).map(|i| Connection::new(limits(), key(i), start)).collect();
+        connections[1].receive(b"GET /a HTTP/1.1\r\n\r\n", at(5), &mut Echo);
+        drain(&mut connections[1], at(30));
+        connections[2].receive(b"GET /a HTTP/1.1\r\n", at(1), &mut Echo);
+        connections[3].receive(b"GET /b HTTP/1.1\r\n\r\n", at(5), &mut Echo);
+        drain(&mut connections[3], at(20));
+        connections[4].receive(b"GET /c HTTP/1.1\r\n\r\n", at(5), &mut Echo);
+        assert_eq!(connections[2].idle_since(), None);
+        assert_eq!(connections[4].idle_since(), None);
+        fn keyed(connections: &[Connection]) -> impl Iterator<Item = (SlotKey, &Connection)> {
+            connections.iter().enumerate().map(|(i, c)| (SlotKey { index: i as u32, generation: 1 }, c))
+        }
+        assert_eq!(oldest_idle(keyed(&connections), 2), vec![key(0), key(3)]);
+        assert_eq!(oldest_idle(keyed(&connections), 10), vec![key(0), key(3), key(1)]);
+        assert_eq!(oldest_idle(keyed(&connections), 0), vec![]);
+        connections[0].reclaim();
+        assert_eq!(connections[0].close_reason(), Some(CloseReason::Reclaimed));
+        assert_eq!(oldest_idle(keyed(&connections), 10), vec![key(3), key(1)]);
     }
 }

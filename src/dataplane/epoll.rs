@@ -2,7 +2,10 @@
 //! `read`/`writev` calls, all decisions left to [`Connection`].
 //!
 //! Bodies still leave from the mapping without a user-space copy: `writev` points the kernel at
-//! the pinned piece slices directly.
+//! the pinned piece slices directly. Reads go into one per-worker buffer; a connection keeps only
+//! the bytes it has not parsed yet. At the connection limit the longest-idle connections are
+//! closed to make room ([`oldest_idle`]), and each connection hands the kernel at most
+//! `send_bytes_per_turn_max` bytes per turn, so one fast reader cannot starve the others.
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::time::Instant;
@@ -10,9 +13,9 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::dataplane::connection::{CloseReason, Connection, ConnectionEvent, ConnectionLimits};
+use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::worker::{reclaim_batch, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -71,6 +74,8 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         sockets: Slots::new(context.connections_max()),
         recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
+        send_bytes_max: context.shared.config.send_bytes_per_turn_max.max(1),
+        reclaim_batch: reclaim_batch(context.connections_max()),
         listener: Some(listener),
     };
     let tick = context.tick();
@@ -160,17 +165,23 @@ struct Worker {
     limits: ConnectionLimits,
     handler: Handler,
     counters: WorkerCounters,
-    sockets: Slots<Socket>,
+    /// Boxed: the table is allocated for the whole limit up front, and empty slots stay small.
+    sockets: Slots<Box<Socket>>,
+    /// Every connection reads into this one buffer.
     recv_buffer: Vec<u8>,
     iovecs_max: usize,
+    /// Bytes one connection may write per turn.
+    send_bytes_max: usize,
+    /// Idle connections reclaimed at once at the limit.
+    reclaim_batch: usize,
     listener: Option<TcpListener>,
 }
 
 impl Worker {
     /// Accepts up to a turn's worth of connections; returns whether more may be waiting.
     fn accept(&mut self, poll: &Poll, now: Instant, dirty: &mut Vec<SlotKey>) -> bool {
-        let Some(listener) = &self.listener else { return false };
         for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let Some(listener) = &self.listener else { return false };
             let mut stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
@@ -181,6 +192,9 @@ impl Worker {
                 }
             };
             if self.sockets.is_full() {
+                self.reclaim_idle(poll);
+            }
+            if self.sockets.is_full() {
                 self.counters.refused();
                 continue;
             }
@@ -189,7 +203,7 @@ impl Worker {
             let mut registered = Ok(());
             let key = self.sockets.insert_with(|key| {
                 registered = poll.registry().register(&mut stream, token(key), Interest::READABLE | Interest::WRITABLE);
-                Socket { stream, state: Connection::new(limits, key, now), readable: true, writable: true }
+                Box::new(Socket { stream, state: Connection::new(limits, key, now), readable: true, writable: true })
             });
             let key = key.expect("checked not full");
             if let Err(error) = registered {
@@ -203,23 +217,38 @@ impl Worker {
         true
     }
 
-    /// Moves bytes both ways as far as the socket allows (within a turn's budget), then closes if
-    /// the connection is done. Returns whether it wants another turn (the budget ran out with
-    /// bytes still readable, or a stream got parts after the last write).
+    /// At the connection limit: closes the longest-idle connections to make room. One whose
+    /// socket may hold unread bytes (readable since its last read) is not idle.
+    fn reclaim_idle(&mut self, poll: &Poll) {
+        let open = self.sockets.iter().filter(|(_, socket)| !socket.readable).map(|(key, socket)| (key, &socket.state));
+        for key in oldest_idle(open, self.reclaim_batch) {
+            if let Some(socket) = self.sockets.get_mut(key) {
+                socket.state.reclaim();
+                self.close(poll, key, CloseReason::Reclaimed);
+            }
+        }
+    }
+
+    /// Moves bytes both ways as far as the socket allows (within a turn's budgets), then closes
+    /// if the connection is done. Returns whether it wants another turn: a budget ran out with
+    /// bytes still readable or still to send, or a stream got parts after the last write.
     fn drive(&mut self, poll: &Poll, key: SlotKey, now: Instant) -> bool {
         let Some(socket) = self.sockets.get_mut(key) else { return false };
         let handler = &mut self.handler;
         let mut reads = 0;
+        let mut send_budget = self.send_bytes_max;
         loop {
-            while socket.writable && socket.state.has_unsent() && !socket.state.should_close() {
+            while socket.writable && socket.state.has_unsent() && !socket.state.should_close() && send_budget > 0 {
                 let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
                 socket.state.fill_send(&mut slices, self.iovecs_max);
+                trim_to(&mut slices, send_budget);
                 let iovecs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
                 let written = socket.stream.write_vectored(&iovecs);
                 drop(iovecs);
                 drop(slices);
                 match written {
                     Ok(bytes) => {
+                        send_budget -= bytes.min(send_budget);
                         self.counters.sent(bytes as u64);
                         socket.state.sent(bytes as u64, now);
                         // writev is done with the bytes when it returns.
@@ -255,8 +284,9 @@ impl Worker {
             self.close(poll, key, reason);
             return false;
         }
-        let more_to_send = appended && socket.writable && socket.state.has_unsent();
-        more_to_send || (reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read())
+        let read_more = reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read();
+        let send_more = (send_budget == 0 || appended) && socket.writable && socket.state.has_unsent();
+        read_more || send_more
     }
 
     /// The fill thread answered pending responses: complete them.
@@ -276,5 +306,40 @@ impl Worker {
             let _ = poll.registry().deregister(&mut socket.stream);
             self.counters.closed(reason);
         }
+    }
+}
+
+/// Shortens `slices` to their first `bytes_max` bytes.
+fn trim_to(slices: &mut Vec<&[u8]>, mut bytes_max: usize) {
+    slices.retain_mut(|slice| {
+        let keep = slice.len().min(bytes_max);
+        *slice = &slice[..keep];
+        bytes_max -= keep;
+        keep > 0
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_are_trimmed_to_the_turn_budget() {
+        let (a, b, c) = (vec![1u8; 10], vec![2u8; 10], vec![3u8; 10]);
+        let mut slices: Vec<&[u8]> = vec![&a, &b, &c];
+        trim_to(&mut slices, 15);
+        assert_eq!(slices, vec![&a[..], &b[..5]]);
+        trim_to(&mut slices, 100);
+        assert_eq!(slices.concat().len(), 15);
+    }
+
+    #[test]
+    fn an_idle_connection_costs_under_1_kib() {
+        // Its boxed state (with malloc's size word) and its slot in the table; it reads into the
+        // worker's buffer and keeps no input or queue while idle.
+        let bytes = (std::mem::size_of::<Socket>() + 16).next_multiple_of(16)
+            + std::mem::size_of::<Option<Box<Socket>>>()
+            + 2 * std::mem::size_of::<u32>();
+        assert!(bytes <= 1024, "an idle epoll connection holds {bytes} bytes");
     }
 }

@@ -11,7 +11,7 @@ use crate::store::StoreStats;
 pub const COUNTED_STATUSES: [u16; 17] =
     [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 503, 504, 505, 0];
 
-const CLOSE_REASONS: [CloseReason; 9] = [
+const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::PeerClosed,
     CloseReason::Finished,
     CloseReason::HeaderTimeout,
@@ -21,7 +21,10 @@ const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::Aborted,
     CloseReason::Shutdown,
     CloseReason::Error,
+    CloseReason::Reclaimed,
 ];
+/// Where `Reclaimed` sits in [`CLOSE_REASONS`] (its closes are also rendered on their own).
+const RECLAIMED_AT: usize = CLOSE_REASONS.len() - 1;
 
 /// Counters of one worker.
 #[derive(Debug, Default)]
@@ -91,6 +94,11 @@ impl WorkerMetrics {
         self.zero_copy_sends.load(Ordering::Relaxed)
     }
 
+    /// Idle connections reclaimed at the connection limit so far.
+    pub fn idle_reclaimed(&self) -> u64 {
+        self.closed[RECLAIMED_AT].load(Ordering::Relaxed)
+    }
+
     /// Connections open now.
     pub fn connections_open(&self) -> u64 {
         self.connections_open.load(Ordering::Relaxed)
@@ -122,6 +130,11 @@ impl Metrics {
         self.workers.iter().map(|w| w.requests_with_status(status)).sum()
     }
 
+    /// Sum over workers of idle connections reclaimed at the connection limit.
+    pub fn idle_reclaimed(&self) -> u64 {
+        self.workers.iter().map(WorkerMetrics::idle_reclaimed).sum()
+    }
+
     /// Sum over workers of zero-copy sends.
     pub fn zero_copy_sends(&self) -> u64 {
         self.workers.iter().map(WorkerMetrics::zero_copy_sends).sum()
@@ -143,7 +156,7 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, &str, Field); 6] = [
+        let simple: [(&str, &str, &str, Field); 7] = [
             ("tessera_http_sent_bytes_total", "counter", "Bytes handed to the kernel.", |m| &m.bytes_sent),
             ("tessera_connections_open", "gauge", "Open data-plane connections.", |m| &m.connections_open),
             ("tessera_connections_accepted_total", "counter", "Accepted connections.", |m| &m.connections_accepted),
@@ -152,6 +165,12 @@ impl Metrics {
                 "counter",
                 "Connections closed at once: the worker was at connections_per_worker_max.",
                 |m| &m.connections_refused,
+            ),
+            (
+                "tessera_idle_reclaimed_total",
+                "counter",
+                "Idle keep-alive connections closed, oldest first, to make room at connections_per_worker_max.",
+                |m| &m.closed[RECLAIMED_AT],
             ),
             ("tessera_zero_copy_sends_total", "counter", "io_uring SendMsgZc operations.", |m| &m.zero_copy_sends),
             (
@@ -206,12 +225,16 @@ mod tests {
         metrics.worker(0).opened();
         metrics.worker(0).opened();
         metrics.worker(0).closed(CloseReason::HeaderTimeout);
+        metrics.worker(1).opened();
+        metrics.worker(1).closed(CloseReason::Reclaimed);
         let text = metrics.render(&StoreStats::default());
         assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"other\"} 1"));
         assert!(text.contains("tessera_http_sent_bytes_total{worker=\"1\"} 1234"));
         assert!(text.contains("tessera_connections_open{worker=\"0\"} 1"));
         assert!(text.contains("tessera_connections_closed_total{worker=\"0\",reason=\"header_timeout\"} 1"));
+        assert!(text.contains("tessera_idle_reclaimed_total{worker=\"1\"} 1"), "{text}");
+        assert!(text.contains("tessera_idle_reclaimed_total{worker=\"0\"} 0"), "{text}");
         assert_eq!(metrics.requests_with_status(200), 2);
     }
 }

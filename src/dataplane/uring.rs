@@ -5,8 +5,14 @@
 //! its iovecs point into), so the connection state may drop a response as soon as its bytes
 //! count as sent. A closing connection's slot is kept until its operations are idle so that
 //! their completions still find it; were it dropped early, its operations would leak their
-//! memory rather than free it under the kernel. The completion queue is sized for every operation that can be in flight, and
-//! the kernel's overflow backlog (`IORING_FEAT_NODROP`) is counted if it is ever used.
+//! memory rather than free it under the kernel. The completion queue is sized for every operation that can be in flight
+//! (at most 16,384 entries: idle connections post none), and the kernel's overflow backlog (`IORING_FEAT_NODROP`)
+//! is counted if it is ever used.
+//!
+//! Receives draw from the worker's provided-buffer ring ([`BufRing`]): a connection waiting for
+//! its next request holds no receive buffer, and the buffer a completion names goes back to the
+//! ring as soon as its bytes are taken in. At the connection limit the longest-idle connections
+//! are reclaimed ([`oldest_idle`]); the slot table has room for those still draining.
 
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -16,13 +22,13 @@ use std::time::{Duration, Instant};
 use io_uring::cqueue;
 use socket2::SockRef;
 
-use crate::dataplane::connection::{CloseReason, Connection, ConnectionLimits};
+use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::worker::{reclaim_batch, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::accept::{AcceptOp, Accepted};
+use crate::io::uring::buf_ring::{BufRing, Pooled, PooledRecvOp};
 use crate::io::uring::op::{decode, OpKind};
-use crate::io::uring::recv::{Received, RecvOp};
 use crate::io::uring::ring::{Completion, Ring};
 use crate::io::uring::send::{SendOp, SendResult};
 use crate::io::uring::wake::WakeOp;
@@ -33,12 +39,18 @@ use crate::io::uring::{build_ring, describe_setup_error, detect};
 const TEARDOWN_WAIT: Duration = Duration::from_secs(2);
 /// Completions reaped per turn at most.
 const COMPLETIONS_PER_TURN_MAX: usize = 4096;
+/// Largest completion queue asked for (256 KiB of ring, which the kernel wants physically
+/// contiguous). Idle connections post no completions, and a turn reaps at most
+/// `COMPLETIONS_PER_TURN_MAX`; a rare excess waits in the kernel's overflow backlog (NODROP).
+const COMPLETION_ENTRIES_MAX: usize = 16384;
+/// The buffer group of the receive buffer ring.
+const RECV_BUFFER_GROUP: u16 = 0;
 
 struct Conn {
     /// Also held by the operations (each owns its descriptor); closed when the last goes.
     socket: Rc<OwnedFd>,
     state: Connection,
-    recv: RecvOp,
+    recv: PooledRecvOp,
     send: SendOp,
     closing: bool,
 }
@@ -53,12 +65,20 @@ impl Conn {
 struct Worker {
     ring: Ring,
     accept: AcceptOp,
-    conns: Slots<Conn>,
+    /// Boxed: the table is allocated for the whole limit up front, and empty slots stay small.
+    conns: Slots<Box<Conn>>,
+    /// Open connections at most (the table has `reclaim_batch` more slots for closing ones).
+    connections_max: usize,
+    /// Idle connections reclaimed at once at the limit.
+    reclaim_batch: usize,
+    /// Connections in the table that are closing (waiting for their last completions).
+    closing_count: usize,
+    buffers: BufRing,
     handler: Handler,
     counters: WorkerCounters,
     limits: ConnectionLimits,
-    recv_buffer_bytes: usize,
     iovecs_max: usize,
+    send_bytes_max: u64,
     zero_copy_bytes_min: Option<u64>,
     zero_copy_pending_max: usize,
     dirty: Vec<SlotKey>,
@@ -75,8 +95,16 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let connections_max = context.connections_max();
     let zero_copy_pending_max = config.send_zc_pending_max.max(1);
     // Per connection: a receive, a send, its zero-copy notifications; plus accepts and cancels.
-    let completion_entries = (connections_max * (2 + zero_copy_pending_max) + 256).next_power_of_two();
-    let ring = build_ring(config.ring_entries.max(8), completion_entries.min(u32::MAX as usize) as u32);
+    // Past the kernel's maximum, the overflow backlog (NODROP) keeps the rare excess.
+    let notifications = if config.send_zc_bytes_min > 0 { zero_copy_pending_max } else { 0 };
+    let reclaim_batch = reclaim_batch(connections_max);
+    // The kernel wants at least as many completion entries as submission entries.
+    let submission_entries = config.ring_entries.clamp(8, 32768);
+    let completion_entries = ((connections_max + reclaim_batch) * (2 + notifications) + 256)
+        .max(2 * submission_entries as usize)
+        .next_power_of_two()
+        .min(COMPLETION_ENTRIES_MAX);
+    let ring = build_ring_fitting(submission_entries, completion_entries as u32);
     let ring = match ring {
         Ok(ring) => ring,
         Err(error) => {
@@ -90,6 +118,19 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         Err(message) => {
             ready(Err(message.clone()));
             return Err(WorkerError::Io { index, what: "io_uring probe", source: std::io::Error::other(message) });
+        }
+    };
+    let buffers = BufRing::new(&ring, RECV_BUFFER_GROUP, config.recv_buffers_per_worker, config.recv_buffer_bytes);
+    let buffers = match buffers {
+        Ok(buffers) => buffers,
+        Err(error) => {
+            let message = format!("io_uring provided-buffer ring (Linux 5.19+): {error}");
+            ready(Err(message.clone()));
+            return Err(WorkerError::Io {
+                index,
+                what: "io_uring buffer ring",
+                source: std::io::Error::other(message),
+            });
         }
     };
     let wake = match context.shared.upstream.as_ref().map(|link| (link, WakeOp::new())) {
@@ -117,12 +158,16 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let mut worker = Worker {
         ring: Ring::new(ring),
         accept: AcceptOp::new(listener, true),
-        conns: Slots::new(connections_max),
+        conns: Slots::new(connections_max + reclaim_batch),
+        connections_max,
+        reclaim_batch,
+        closing_count: 0,
+        buffers,
         handler: context.handler(),
         counters: context.counters(),
         limits: context.limits(),
-        recv_buffer_bytes: config.recv_buffer_bytes,
         iovecs_max: config.send_iovecs_max.clamp(1, 1024),
+        send_bytes_max: config.send_bytes_per_turn_max as u64,
         zero_copy_bytes_min,
         zero_copy_pending_max,
         dirty: Vec::new(),
@@ -134,6 +179,23 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let result = worker.serve(&context);
     worker.teardown();
     result.map_err(|source| WorkerError::Io { index, what: "io_uring_enter", source })
+}
+
+/// [`build_ring`], halving the completion queue (down to twice the submission queue) while the
+/// kernel cannot find the contiguous memory for it.
+fn build_ring_fitting(submission_entries: u32, mut completion_entries: u32) -> std::io::Result<io_uring::IoUring> {
+    loop {
+        match build_ring(submission_entries, completion_entries) {
+            Err(error) if error.raw_os_error() == Some(libc::ENOMEM) && completion_entries > 2 * submission_entries => {
+                completion_entries /= 2;
+                tracing::warn!(
+                    completion_entries,
+                    "io_uring ring does not fit in memory; trying a smaller completion queue"
+                );
+            }
+            built => return built,
+        }
+    }
 }
 
 impl Worker {
@@ -153,6 +215,9 @@ impl Worker {
             self.reap(&mut completions);
             let now = Instant::now();
             self.handler.set_now(now);
+            // Accepts last: bytes that came in this batch make their connection busy before an
+            // idle one is picked for reclaiming.
+            completions.sort_by_key(|&(user_data, _, _)| matches!(decode(user_data), Some((OpKind::Accept, _))));
             for (user_data, result, flags) in completions.drain(..) {
                 self.dispatch(user_data, result, flags, now);
             }
@@ -215,14 +280,28 @@ impl Worker {
             OpKind::Cancel | OpKind::Connect | OpKind::Timeout => {}
             OpKind::Wake => self.woken(now),
             OpKind::Recv => {
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                match conn.recv.complete(result) {
-                    Received::Bytes(bytes) => conn.state.receive(bytes, now, &mut self.handler),
-                    Received::End => conn.state.receive_eof(now, &mut self.handler),
-                    Received::Failed(errno) => {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        self.buffers.recycle(bid);
+                    }
+                    return;
+                };
+                let (received, bid) = conn.recv.complete(result, flags);
+                match received {
+                    Pooled::Bytes { bid, length } => {
+                        conn.state.receive(self.buffers.bytes(bid, length), now, &mut self.handler)
+                    }
+                    Pooled::End => conn.state.receive_eof(now, &mut self.handler),
+                    // Every buffer was taken when the bytes came: `advance` receives again.
+                    Pooled::NoBuffer => {}
+                    Pooled::Failed(errno) => {
                         tracing::debug!(error = %std::io::Error::from_raw_os_error(errno), "receive failed");
                         conn.state.fail();
                     }
+                }
+                // The connection copied what it has not parsed yet: the buffer is free again.
+                if let Some(bid) = bid {
+                    self.buffers.recycle(bid);
                 }
                 self.dirty.push(key);
             }
@@ -269,21 +348,29 @@ impl Worker {
     fn accepted(&mut self, result: i32, flags: u32, now: Instant) {
         match self.accept.complete(result, flags) {
             Accepted::Connection(stream) => {
-                if self.stopping || self.conns.is_full() {
+                if !self.stopping && self.conns.len() - self.closing_count >= self.connections_max {
+                    self.reclaim_idle();
+                }
+                if self.stopping
+                    || self.conns.len() - self.closing_count >= self.connections_max
+                    || self.conns.is_full()
+                {
                     self.counters.refused();
                     drop(stream);
                 } else {
                     let _ = stream.set_nodelay(true);
-                    let (limits, recv_bytes, iovecs) = (self.limits, self.recv_buffer_bytes, self.iovecs_max);
+                    let (limits, iovecs, send_bytes_max) = (self.limits, self.iovecs_max, self.send_bytes_max);
                     let socket = Rc::new(OwnedFd::from(stream));
                     let key = self
                         .conns
-                        .insert_with(|key| Conn {
-                            recv: RecvOp::new(socket.clone(), recv_bytes),
-                            send: SendOp::new(socket.clone(), iovecs),
-                            socket,
-                            state: Connection::new(limits, key, now),
-                            closing: false,
+                        .insert_with(|key| {
+                            Box::new(Conn {
+                                recv: PooledRecvOp::new(socket.clone()),
+                                send: SendOp::new(socket.clone(), iovecs).with_bytes_max(send_bytes_max),
+                                socket,
+                                state: Connection::new(limits, key, now),
+                                closing: false,
+                            })
                         })
                         .expect("checked not full");
                     self.counters.opened();
@@ -300,6 +387,17 @@ impl Worker {
         }
         if !self.stopping && self.accept_retry_at.is_none() {
             self.accept.arm(&mut self.ring.queue);
+        }
+    }
+
+    /// At the connection limit: closes the longest-idle connections to make room.
+    fn reclaim_idle(&mut self) {
+        let open = self.conns.iter().filter(|(_, conn)| !conn.closing).map(|(key, conn)| (key, &conn.state));
+        for key in oldest_idle(open, self.reclaim_batch) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.state.reclaim();
+                self.begin_close(key, CloseReason::Reclaimed);
+            }
         }
     }
 
@@ -334,6 +432,7 @@ impl Worker {
                 // Every completion and notification is in: the kernel holds no pointer into the
                 // slot any more, so the socket, buffers and pinned pieces can go.
                 self.conns.remove(key);
+                self.closing_count -= 1;
             }
             return;
         }
@@ -348,7 +447,7 @@ impl Worker {
             }
         }
         if !conn.recv.owns_buffer() && conn.state.wants_read() {
-            conn.recv.submit(key, &mut self.ring.queue);
+            conn.recv.submit(key, &self.buffers, &mut self.ring.queue);
         }
     }
 
@@ -357,6 +456,7 @@ impl Worker {
     fn begin_close(&mut self, key: SlotKey, reason: CloseReason) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.closing = true;
+        self.closing_count += 1;
         conn.recv.abandon();
         conn.send.abandon();
         // Queued bytes still go out before the FIN; a pending receive completes at once.
@@ -394,9 +494,34 @@ impl Worker {
                 self.dispatch(user_data, result, flags, now);
             }
         }
-        if !self.conns.is_empty() {
+        let receives_idle = self.conns.is_empty();
+        if !receives_idle {
             tracing::warn!(connections = self.conns.len(), "operations still in flight at exit; leaking their buffers");
             std::mem::forget(std::mem::replace(&mut self.conns, Slots::new(1)));
         }
+        // Receives still in flight could yet write into a buffer: then the ring is leaked.
+        self.buffers.unregister(self.ring.inner(), receives_idle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heap bytes malloc adds to each allocation (glibc: one size word, 16-byte granules).
+    const MALLOC_OVERHEAD_BYTES: usize = 16;
+
+    #[test]
+    fn an_idle_connection_costs_under_1_kib() {
+        // What an idle connection holds in user space: its boxed state, the send's message
+        // header, the shared descriptor's `Rc` box, and its slot in the table (box pointer,
+        // generation, free-list entry). No receive buffer, iovecs, input or queue while idle.
+        let boxed = |bytes: usize| (bytes + MALLOC_OVERHEAD_BYTES).next_multiple_of(16);
+        let bytes = boxed(std::mem::size_of::<Conn>())
+            + boxed(std::mem::size_of::<libc::msghdr>())
+            + boxed(2 * std::mem::size_of::<usize>() + std::mem::size_of::<OwnedFd>())
+            + std::mem::size_of::<Option<Box<Conn>>>()
+            + 2 * std::mem::size_of::<u32>();
+        assert!(bytes <= 1024, "an idle io_uring connection holds {bytes} bytes");
     }
 }

@@ -96,6 +96,14 @@ impl<T> Slots<T> {
             .collect()
     }
 
+    /// Every entry in use, with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (SlotKey, &T)> {
+        self.entries.iter().enumerate().filter_map(|(index, entry)| {
+            let key = SlotKey { index: index as u32, generation: self.generations[index] };
+            entry.as_ref().map(|entry| (key, entry))
+        })
+    }
+
     /// Takes every entry out (for teardown).
     pub fn drain(&mut self) -> Vec<T> {
         let drained: Vec<T> = self.entries.iter_mut().filter_map(Option::take).collect();
@@ -120,6 +128,7 @@ mod tests {
         assert_eq!(slots.get_mut(first), None);
         assert_eq!(slots.get_mut(second), Some(&mut "c"));
         assert_eq!(slots.keys(), vec![second]);
+        assert_eq!(slots.iter().collect::<Vec<_>>(), vec![(second, &"c")]);
         assert_eq!(SlotKey::from_bits(second.to_bits()), second);
         assert_eq!(slots.drain(), vec!["c"]);
         assert!(slots.is_empty());

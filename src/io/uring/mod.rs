@@ -3,6 +3,7 @@
 //! the data plane's server driver (`dataplane::uring`) and the client loop ([`crate::io::client`]).
 
 pub mod accept;
+pub mod buf_ring;
 pub mod cancel;
 pub mod connect;
 pub mod op;
@@ -43,6 +44,10 @@ pub fn detect(ring: &IoUring) -> Result<Support, String> {
     if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
         return Err("the kernel's io_uring lacks EXT_ARG or NODROP (Linux 5.11+ needed)".into());
     }
+    // The server's receives draw from a provided-buffer ring: try registering a small one.
+    let mut buffers = buf_ring::BufRing::new(ring, u16::MAX, 1, 512)
+        .map_err(|e| format!("the kernel's io_uring lacks provided-buffer rings (Linux 5.19+ needed): {e}"))?;
+    buffers.unregister(ring, true);
     Ok(Support { zero_copy: probe.is_supported(opcode::SendMsgZc::CODE) })
 }
 

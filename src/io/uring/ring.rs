@@ -24,6 +24,11 @@ impl Ring {
         Ring { ring, queue: Submissions::default(), overflow_seen: 0 }
     }
 
+    /// The ring itself (to register resources with it).
+    pub fn inner(&self) -> &IoUring {
+        &self.ring
+    }
+
     /// The ring's setup parameters.
     pub fn params(&self) -> &io_uring::Parameters {
         self.ring.params()

@@ -49,9 +49,14 @@ pub enum SendResult {
 }
 
 /// A connection's send operation: its socket, the iovec array and message header it lends to the
-/// kernel, and the buffers the iovecs point into.
+/// kernel, and the buffers the iovecs point into. The iovec array exists only while a send is in
+/// flight, so an idle connection does not pay for it.
 pub struct SendOp {
     socket: Rc<OwnedFd>,
+    iovecs_max: usize,
+    /// Most bytes one send hands the kernel (fairness between connections).
+    bytes_max: u64,
+    /// Empty while idle; `iovecs_max` entries while a send is in flight.
     iovecs: Box<[libc::iovec]>,
     header: Box<libc::msghdr>,
     state: OpState,
@@ -67,12 +72,13 @@ pub struct SendOp {
 impl SendOp {
     /// A send operation on `socket` with room for `iovecs_max` slices.
     pub fn new(socket: Rc<OwnedFd>, iovecs_max: usize) -> SendOp {
-        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         // SAFETY: msghdr is plain old data; all-zero is a valid (empty) header.
         let header: libc::msghdr = unsafe { std::mem::zeroed() };
         SendOp {
             socket,
-            iovecs: vec![empty; iovecs_max.max(1)].into_boxed_slice(),
+            iovecs_max: iovecs_max.max(1),
+            bytes_max: u64::MAX,
+            iovecs: Box::default(),
             header: Box::new(header),
             state: OpState::Idle,
             in_flight: Vec::new(),
@@ -81,9 +87,16 @@ impl SendOp {
         }
     }
 
+    /// Caps the bytes one send hands the kernel at `bytes_max` (at least 1); the rest goes in
+    /// later sends.
+    pub fn with_bytes_max(mut self, bytes_max: u64) -> SendOp {
+        self.bytes_max = bytes_max.max(1);
+        self
+    }
+
     /// Most slices one send takes.
     pub fn iovecs_max(&self) -> usize {
-        self.iovecs.len()
+        self.iovecs_max
     }
 
     /// Whether no send is in flight (a new one may be submitted).
@@ -113,12 +126,16 @@ impl SendOp {
         queue: &mut Submissions,
     ) -> (u64, bool) {
         assert_eq!(self.state, OpState::Idle, "one send at a time");
+        if self.iovecs.is_empty() {
+            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+            self.iovecs = vec![empty; self.iovecs_max].into_boxed_slice();
+        }
         let mut count = 0;
         let mut bytes = 0u64;
         'parts: for part in &parts {
             let mut skip = part.skip_bytes;
             for at in 0..part.owner.segment_count() {
-                if count == self.iovecs.len() {
+                if count == self.iovecs.len() || bytes >= self.bytes_max {
                     break 'parts;
                 }
                 let segment = part.owner.segment(at);
@@ -127,6 +144,7 @@ impl SendOp {
                     continue;
                 }
                 let rest = &segment[skip as usize..];
+                let rest = &rest[..rest.len().min((self.bytes_max - bytes).try_into().unwrap_or(usize::MAX))];
                 skip = 0;
                 self.iovecs[count] = libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() };
                 count += 1;
@@ -134,6 +152,7 @@ impl SendOp {
             }
         }
         if count == 0 {
+            self.iovecs = Box::default();
             return (0, false);
         }
         let zero_copy = zero_copy_bytes_min.is_some_and(|min| bytes >= min);
@@ -170,6 +189,9 @@ impl SendOp {
     pub fn complete(&mut self, result: i32, more: bool) -> SendResult {
         let abandoned = self.state == OpState::Abandoned;
         self.state = OpState::Idle;
+        // The kernel took the header and iovecs when it issued the send (a zero-copy one keeps
+        // only the pages, held by `awaiting_notification`).
+        self.iovecs = Box::default();
         let parts = std::mem::take(&mut self.in_flight);
         if more {
             self.notifications_pending += 1;
