@@ -270,3 +270,120 @@ fn without_parents_the_box_fills_from_the_manifests_http_source_by_range() {
     let length = content.bytes.len() as u64;
     assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_upstream_bytes_total{kind=\"origin\"}", length), length);
 }
+
+/// A box whose only parent takes `PIECE_DELAY_MS` per piece, one piece at a time, so the whole
+/// fill takes several times the box's `pending_timeout_ms` while each piece takes less.
+fn a_slow_fill_streams_past_the_pending_timeout(backend: &str) {
+    const PIECE_DELAY_MS: u64 = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("slow", 8 * 65536 + 777);
+    let (_seed, mut flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Slow(PIECE_DELAY_MS));
+    let config = dir.path().join("box.toml");
+    let text = "[serve]\npending_timeout_ms = 1000\n[upstream]\nconnections_per_source_max = 1\npipeline_depth = 1\n";
+    std::fs::write(&config, text).unwrap();
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/slow", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(head.contains(&format!("Content-Length: {}\r\n", content.bytes.len())), "{head}");
+    assert!(head.contains("ETag: "), "the streamed head carries the validators: {head}");
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    // A cold range over several pieces streams the same way.
+    let content = Content::new("slow2", 6 * 65536);
+    let parent = Fake::start(&content, Behavior::Slow(PIECE_DELAY_MS));
+    drop(cache);
+    std::fs::create_dir_all(dir.path().join("second")).unwrap();
+    let (_seed2, mut flags) = seed(&dir.path().join("second"), &content);
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box2"), &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/slow2", Some("bytes=1000-300000"));
+    assert_eq!(status, 206, "{head}\n{}", cache.log());
+    assert!(body == content.bytes[1000..=300_000], "other bytes ({} of {})", body.len(), 300_000 - 999);
+}
+
+#[test]
+fn a_slow_fill_streams_past_the_pending_timeout_on_the_default_backend() {
+    a_slow_fill_streams_past_the_pending_timeout("auto");
+}
+
+#[test]
+fn a_slow_fill_streams_past_the_pending_timeout_on_epoll() {
+    a_slow_fill_streams_past_the_pending_timeout("epoll");
+}
+
+#[test]
+fn a_box_announces_what_it_filled_and_devices_get_it_from_the_box() {
+    use tessera::control::client::MetadataClient;
+    use tessera::tls::TlsClientOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("announced", 5 * 65536 + 321);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    let box_dir = dir.path().join("box");
+    let cache = Serve::start(&box_dir, &flags);
+    let (status, head, _) = get(&cache.data_plane, "/v1/content/announced", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+
+    // The box's startup announce held nothing; its next timed one is minutes away.
+    let ca = box_dir.join("tls/ca.pem");
+    let client = MetadataClient::new(TlsClientOptions { ca_file: Some(ca.clone()), ..Default::default() }).unwrap();
+    let id = tessera::content::ContentId::parse("announced").unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let peers = client.peers(&cache.service_url, &id, "default", None).unwrap();
+        if peers.iter().any(|peer| peer.address == cache.data_plane) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the box never announced what it filled:\n{}", cache.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = dir.path().join("got.bin");
+    let output = tessera()
+        .args(["get", "announced", "--service", &cache.service_url, "--json", "--ca"])
+        .arg(&ca)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "{summary}");
+    let sources = summary["sources"].as_array().unwrap();
+    let from_box = sources.iter().find(|s| s["source"] == cache.data_plane.as_str());
+    let from_box = from_box.unwrap_or_else(|| panic!("the box was not used as a peer: {summary}"));
+    assert_eq!(from_box["kind"].as_str(), Some("peer"), "{summary}");
+    assert!(std::fs::read(&out).unwrap() == *content.bytes, "other bytes");
+}
+
+#[test]
+fn a_simple_mode_content_is_passed_through_from_its_http_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("simple", 3 * 65536 + 10);
+    let origin = Fake::start(&content, Behavior::Origin);
+    let data = dir.path().join("seed");
+    publish(&data, &content, &["--source".to_string(), origin.url(), "--no-store".to_string()]);
+    // The hash file no longer verifies against the manifest: Simple mode.
+    let hashfile = data.join("catalog/simple.hashfile");
+    let mut bytes = std::fs::read(&hashfile).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&hashfile, bytes).unwrap();
+    let seed = Serve::start(&data, &[]);
+    let ca = data.join("tls/ca.pem");
+    let flags = ["--upstream", &seed.service_url, "--upstream-ca", ca.to_str().unwrap()].map(String::from);
+    let cache = Serve::start(&dir.path().join("box"), &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/simple", None);
+    assert_eq!(status, 200, "{head}\n{}\n{}", cache.log(), seed.log());
+    assert!(head.contains("X-Tessera-Mode: simple; reason="), "{head}");
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let (status, _, _) = get(&cache.data_plane, "/v1/content/simple/piece/0", None);
+    assert_eq!(status, 404, "Simple-mode content is never on the piece API");
+    let (_, _, metrics) = get(&cache.data_plane, "/metrics", None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("tessera_store_pieces 0"), "nothing was stored:\n{metrics}");
+}

@@ -1,12 +1,14 @@
 //! The seed side of peer matching: a thread that tells the metadata service, every interval,
-//! which verified content this `serve` holds (all pieces, or a bitfield of them).
+//! which verified content this `serve` holds (all pieces, or a bitfield of them). A cache box also
+//! asks for an announce as soon as it stores filled pieces ([`AnnounceTrigger`]), at most one per
+//! [`TRIGGERED_GAP`], so devices find it right after it filled what they want.
 //!
 //! Only content whose hash file verifies against its manifest is announced: content that would
 //! be downloaded in Simple mode is never offered to peers (rule 5).
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -105,6 +107,52 @@ fn default_peer_id(port: u16) -> String {
     format!("{}-{port}", if host.is_empty() { "tessera" } else { &host })
 }
 
+/// Least time between an announce and a triggered one: 10 a minute at most, under the metadata
+/// service's default 12 announces per peer per minute (the interval's announce has room).
+pub const TRIGGERED_GAP: Duration = Duration::from_secs(6);
+
+#[derive(Debug, Default)]
+struct Signals {
+    stop: bool,
+    due: bool,
+}
+
+/// Asks the announcer for an announce soon (after [`TRIGGERED_GAP`] since the last one), not at
+/// its next interval. Cheap: a flag and a wake-up; triggers before the announce coalesce.
+#[derive(Debug, Clone, Default)]
+pub struct AnnounceTrigger(Arc<(Mutex<Signals>, Condvar)>);
+
+impl AnnounceTrigger {
+    /// Something new is held: announce soon.
+    pub fn announce_soon(&self) {
+        self.lock().due = true;
+        self.0 .1.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Signals> {
+        self.0 .0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until `wait` after `announced_at`, or a trigger past the gap; `false` on stop.
+    fn wait_next(&self, announced_at: Instant, wait: Duration) -> bool {
+        let deadline = announced_at + wait;
+        let earliest = announced_at + TRIGGERED_GAP.min(wait);
+        let mut signals = self.lock();
+        loop {
+            let now = Instant::now();
+            if signals.stop {
+                return false;
+            }
+            if now >= deadline || (signals.due && now >= earliest) {
+                signals.due = false;
+                return true;
+            }
+            let until = if signals.due { earliest } else { deadline };
+            signals = self.0 .1.wait_timeout(signals, until - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
 /// Why the announcer did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnouncerError {
@@ -116,29 +164,28 @@ pub enum AnnouncerError {
 
 /// A running announcer; dropping it stops the thread.
 pub struct AnnouncerHandle {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    signals: AnnounceTrigger,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts announcing what `store` holds of `catalog`'s content.
-pub fn start(target: AnnounceTarget, catalog: Catalog, store: Arc<Store>) -> Result<AnnouncerHandle, AnnouncerError> {
+/// Starts announcing what `store` holds of `catalog`'s content, every interval and when
+/// `trigger` asks.
+pub fn start(
+    target: AnnounceTarget,
+    catalog: Catalog,
+    store: Arc<Store>,
+    trigger: AnnounceTrigger,
+) -> Result<AnnouncerHandle, AnnouncerError> {
     let client = MetadataClient::new(target.tls.clone())?;
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let stopped = stop.clone();
+    let signals = trigger.clone();
     let thread = std::thread::Builder::new()
         .name("tessera-announce".into())
-        .spawn(move || run(&client, &target, &catalog, &store, &stopped))
+        .spawn(move || run(&client, &target, &catalog, &store, &trigger))
         .map_err(AnnouncerError::Spawn)?;
-    Ok(AnnouncerHandle { stop, thread: Some(thread) })
+    Ok(AnnouncerHandle { signals, thread: Some(thread) })
 }
 
-fn run(
-    client: &MetadataClient,
-    target: &AnnounceTarget,
-    catalog: &Catalog,
-    store: &Store,
-    stop: &(Mutex<bool>, Condvar),
-) {
+fn run(client: &MetadataClient, target: &AnnounceTarget, catalog: &Catalog, store: &Store, signals: &AnnounceTrigger) {
     let mut failing = false;
     loop {
         let contents = holdings(catalog, store, target.contents_max);
@@ -167,10 +214,7 @@ fn run(
                 target.retry
             }
         };
-        let (lock, wake) = stop;
-        let guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (guard, _) = wake.wait_timeout_while(guard, wait, |stopped| !*stopped).unwrap_or_else(|p| p.into_inner());
-        if *guard {
+        if !signals.wait_next(Instant::now(), wait) {
             return;
         }
     }
@@ -220,9 +264,8 @@ impl AnnouncerHandle {
     }
 
     fn stop_and_join(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
-        wake.notify_all();
+        self.signals.lock().stop = true;
+        self.signals.0 .1.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::appliance::announcer::AnnounceTrigger;
 use crate::catalog::Catalog;
 use crate::config::{Config, UpstreamConfig};
 use crate::content::ContentId;
 use crate::control::client::{ClientError, MetadataClient};
-use crate::dataplane::upstream::{Done, Filled, Miss, Need, UpstreamLink};
+use crate::dataplane::connection::ResponseToken;
+use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
 use crate::fill::{ContentVersion, FailReason};
 use crate::fill::{
@@ -38,6 +40,8 @@ use fetcher::{Job, JobResult, PieceOutcome};
 const FETCH_THREADS_MAX: u32 = 16;
 /// Jobs queued to the fetch threads at most (the engine bounds what it starts far below this).
 const JOBS_QUEUED_MAX: usize = 4096;
+/// Largest Simple-mode body passed through (held in memory while it is sent).
+const PASS_THROUGH_BYTES_MAX: u64 = 64 << 20;
 /// The fill thread looks for a stop request at least this often.
 const STOP_POLL_MS: u64 = 50;
 
@@ -71,7 +75,8 @@ pub fn start(
     upstream: &UpstreamConfig,
     store: Arc<Store>,
     link: Arc<UpstreamLink>,
-    misses: Receiver<Miss>,
+    misses: Receiver<FromWorker>,
+    announce: AnnounceTrigger,
 ) -> Result<FillHandle, FillStartError> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -104,7 +109,8 @@ pub fn start(
         bad_pieces_max: config.download.ban_after_bad_pieces.max(1),
         duration_ms: config.download.ban_duration_s.saturating_mul(1000),
     });
-    let fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
+    let mut fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
+    fill.announce = announce;
     let thread = std::thread::Builder::new()
         .name("tessera-fill".into())
         .spawn(move || fill.run(&misses, &results_rx, &stop))
@@ -121,6 +127,8 @@ struct Waiting {
     next: u64,
     end: u64,
     landed: HashSet<u64>,
+    /// Set while the content is passed through in Simple mode: why.
+    simple_reason: Option<String>,
 }
 
 struct FillThread {
@@ -136,10 +144,14 @@ struct FillThread {
     origin: bool,
     ranges_max: usize,
     waiting: HashMap<WaiterKey, Waiting>,
+    /// The waiter of each response waiting, to hear when it leaves.
+    by_response: HashMap<(usize, ResponseToken), WaiterKey>,
     next_token: u64,
     /// Content versions written to the catalog (so workers and the embedded service know them).
     cataloged: HashMap<ContentId, u64>,
     started: Instant,
+    /// Pieces stored are announced soon, so devices find this box for what it just filled.
+    announce: AnnounceTrigger,
 }
 
 impl FillThread {
@@ -175,9 +187,11 @@ impl FillThread {
             origin: upstream.origin,
             ranges_max: config.serve.ranges_per_request_max,
             waiting: HashMap::new(),
+            by_response: HashMap::new(),
             next_token: 0,
             cataloged: HashMap::new(),
             started: Instant::now(),
+            announce: AnnounceTrigger::default(),
         }
     }
 
@@ -185,14 +199,15 @@ impl FillThread {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn run(mut self, misses: &Receiver<Miss>, results: &Receiver<JobResult>, stop: &AtomicBool) {
+    fn run(mut self, misses: &Receiver<FromWorker>, results: &Receiver<JobResult>, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
             let now = self.now_ms();
             let due = [self.engine.poll_timeout(), self.meta.poll_timeout()].into_iter().flatten().min();
             let wait_ms = due.map_or(STOP_POLL_MS, |at| at.saturating_sub(now)).min(STOP_POLL_MS);
             crossbeam_channel::select! {
-                recv(misses) -> miss => match miss {
-                    Ok(miss) => self.on_miss(miss),
+                recv(misses) -> message => match message {
+                    Ok(FromWorker::Miss(miss)) => self.on_miss(miss),
+                    Ok(FromWorker::Gone { worker, token }) => self.on_gone(worker, token),
                     Err(_) => return,
                 },
                 recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
@@ -256,7 +271,9 @@ impl FillThread {
         self.next_token += 1;
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
-        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new() });
+        self.by_response.insert((miss.worker, miss.token), key);
+        self.waiting
+            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
         let now = self.now_ms();
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
@@ -265,13 +282,31 @@ impl FillThread {
         }
     }
 
+    /// A response stopped waiting: its claims go (with `fill_whole` the fill goes on in the
+    /// background), and it is answered no more.
+    fn on_gone(&mut self, worker: usize, token: ResponseToken) {
+        let Some(key) = self.by_response.remove(&(worker, token)) else { return };
+        self.waiting.remove(&key);
+        let now = self.now_ms();
+        self.engine.handle_cancel(key, now);
+    }
+
     /// The metadata of a waiter's content is known: catalog it, then want its pieces.
     fn on_metadata(&mut self, key: WaiterKey, metadata: Metadata) {
         let content = match metadata {
             Metadata::Simple(simple) => {
                 let reason = simple.reason.to_string();
                 tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
-                return self.finish(key, Filled::Simple { reason });
+                let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
+                let source = simple.sources.iter().find(|url| url.starts_with("http://"));
+                let Some(url) = source.filter(|_| whole && self.origin) else {
+                    return self.finish(key, Filled::Simple { reason });
+                };
+                if let Some(waiting) = self.waiting.get_mut(&key) {
+                    waiting.simple_reason = Some(reason);
+                }
+                let job = Job::Whole { waiter: key, url: url.clone(), body_bytes_max: PASS_THROUGH_BYTES_MAX };
+                return self.queue(job);
             }
             Metadata::P2p(content) => content,
         };
@@ -330,6 +365,14 @@ impl FillThread {
         match result {
             JobResult::Manifest(fetch, manifest) => self.meta.handle_manifest(fetch, manifest, now),
             JobResult::HashFile(fetch, hashfile) => self.meta.handle_hashfile(fetch, hashfile, now),
+            JobResult::Whole(key, body) => {
+                let Some(reason) = self.waiting.get_mut(&key).and_then(|w| w.simple_reason.take()) else { return };
+                let filled = match body {
+                    Ok(bytes) => Filled::PassThrough { reason, bytes: bytes.into() },
+                    Err(error) => Filled::Simple { reason: format!("{reason}; its HTTP source failed: {error}") },
+                };
+                self.finish(key, filled);
+            }
             JobResult::Piece(fetch, outcome) => {
                 let engine = &mut self.engine;
                 match outcome {
@@ -338,6 +381,7 @@ impl FillThread {
                         engine.handle_received(fetch, now);
                         engine.handle_verified(fetch, now);
                         engine.handle_stored(fetch, now);
+                        self.announce.announce_soon();
                     }
                     PieceOutcome::Bad => {
                         engine.handle_received(fetch, now);
@@ -411,11 +455,13 @@ impl FillThread {
                     waiting.next += 1;
                 }
                 let (next, end) = (waiting.next, waiting.end);
+                let (worker, token) = (waiting.miss.worker, waiting.miss.token);
                 if next == end {
                     self.finish(key, Filled::Ready);
                 } else if next > before {
                     let now = self.now_ms();
                     self.engine.handle_progress(key, next, now);
+                    self.link.send_done(worker, Done { token, filled: Filled::Landed { end_piece: next } });
                 }
             }
             WaiterEvent::Failed { reason, .. } => {
@@ -436,6 +482,7 @@ impl FillThread {
         let now = self.now_ms();
         self.engine.handle_cancel(key, now);
         let Miss { worker, token, .. } = waiting.miss;
+        self.by_response.remove(&(worker, token));
         self.link.send_done(worker, Done { token, filled });
     }
 }

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::control::{Service, ServiceError, ServiceHandle};
 use crate::dataplane::upstream::UpstreamLink;
 use crate::dataplane::{ServeError, Server, ServerHandle};
-use announcer::{AnnounceTarget, AnnouncerError, AnnouncerHandle, TargetError};
+use announcer::{AnnounceTarget, AnnounceTrigger, AnnouncerError, AnnouncerHandle, TargetError};
 use store_check::StoreCheck;
 
 /// How often [`Appliance::run_until`] looks for a stop request or a dead worker.
@@ -66,9 +66,12 @@ impl Appliance {
         };
         let server = Server::start_with_upstream(config, link.clone())?;
         let mut appliance = Appliance { store_check: None, server: None, fill: None, announcer: None, service: None };
+        // The fill asks the announcer to announce what it just stored.
+        let trigger = AnnounceTrigger::default();
         if let (Some(upstream), Some(link), Some(misses)) = (upstream, link, misses) {
             tracing::info!(service = %upstream.service_url, parents = ?upstream.peers, "cache box: filling misses from upstream");
-            appliance.fill = Some(fill::start(config, upstream, server.store().clone(), link, misses)?);
+            let store = server.store().clone();
+            appliance.fill = Some(fill::start(config, upstream, store, link, misses, trigger.clone())?);
         }
         if config.store.verify_at_start {
             appliance.store_check =
@@ -78,7 +81,7 @@ impl Appliance {
         if config.service.enabled {
             appliance.service = Some(Service::start(config)?);
         }
-        appliance.announcer = start_announcer(config, appliance.server(), appliance.service())?;
+        appliance.announcer = start_announcer(config, appliance.server(), appliance.service(), trigger)?;
         Ok(appliance)
     }
 
@@ -147,6 +150,7 @@ fn start_announcer(
     config: &Config,
     server: &ServerHandle,
     service: Option<&ServiceHandle>,
+    trigger: AnnounceTrigger,
 ) -> Result<Option<AnnouncerHandle>, ApplianceError> {
     let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
     let resolved =
@@ -167,5 +171,5 @@ fn start_announcer(
         return Ok(None);
     };
     tracing::info!(service = %target.service_url, peer_id = %target.peer_id, group = %target.group, address = %target.address, "announcing held content");
-    Ok(Some(announcer::start(target, Catalog::new(config.catalog_dir()), server.store().clone())?))
+    Ok(Some(announcer::start(target, Catalog::new(config.catalog_dir()), server.store().clone(), trigger)?))
 }

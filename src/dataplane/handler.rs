@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::dataplane::connection::{Respond, ResponseToken};
+use crate::dataplane::connection::{Connection, ConnectionEvent, Respond, ResponseError, ResponseToken};
 use crate::dataplane::library::{Content, Library};
 use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::response::{Body, Outgoing, PieceSlice, Reply, Segment};
@@ -149,6 +149,33 @@ struct PendingFill {
     keep_alive: bool,
     id: crate::content::ContentId,
     need: Need,
+    /// The fill said pieces landed since this was last looked at.
+    landed: bool,
+    /// The fill's final answer, not yet acted on.
+    done: Option<Filled>,
+    /// Once its head is out: the body still to append.
+    stream: Option<Stream>,
+}
+
+/// A streaming answer: bytes `start..end` of `content`, pieces from `next_piece` on still to be
+/// appended as they land.
+struct Stream {
+    content: Rc<Content>,
+    start: u64,
+    end: u64,
+    next_piece: u64,
+}
+
+/// How far appending a stream got.
+enum Fed {
+    /// Every byte is appended.
+    Whole,
+    /// The next piece is not in the store (yet).
+    Missing,
+    /// The connection holds enough for now: wait for its `Writable`.
+    Full,
+    /// The connection no longer takes parts for it.
+    Gone,
 }
 
 /// One worker's request handler.
@@ -160,8 +187,13 @@ pub struct Handler {
     clock: Clock,
     /// What the request being answered lacks (set by `answer`; acted on with an upstream).
     miss: Option<(crate::content::ContentId, Need)>,
-    /// Responses waiting for the fill thread (each gets one `Done`).
+    /// Responses waiting for the fill thread (each gets one final `Done`).
     pending: HashMap<ResponseToken, PendingFill>,
+    /// Set while answering a response whose fill has pieces landing: a content answer missing a
+    /// later piece streams (its head and the pieces there) instead of missing.
+    streaming: bool,
+    /// The stream such an answer started.
+    stream: Option<Stream>,
 }
 
 impl Handler {
@@ -176,7 +208,17 @@ impl Handler {
             std::time::Duration::from_millis(shared.config.catalog_recheck_ms),
             now,
         );
-        Handler { shared, worker, library, now, clock: Clock::new(now), miss: None, pending: HashMap::new() }
+        Handler {
+            shared,
+            worker,
+            library,
+            now,
+            clock: Clock::new(now),
+            miss: None,
+            pending: HashMap::new(),
+            streaming: false,
+            stream: None,
+        }
     }
 
     /// Sets the time the next requests are handled at (drivers call it once per loop turn).
@@ -292,7 +334,7 @@ impl Handler {
 
     fn content_range(
         &mut self,
-        content: &Content,
+        content: &Rc<Content>,
         request: &Request,
         reply: &Answer<'_>,
         validators: &Validators<'_>,
@@ -327,14 +369,21 @@ impl Handler {
                 }
             };
         let mut slices = Vec::new();
-        if let Err(index) = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice)) {
-            self.miss = Some((content.id.clone(), Need::Content { range: request.range.clone() }));
-            return reply.missing_piece(&content.id, index);
-        }
+        let pinned = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice));
         let mut head = reply.head(status, end - start, OCTETS, extra.as_slice());
         head.content_range = content_range;
-        let body = if reply.head_only { Body::Empty } else { Body::Pieces(slices) };
-        Outgoing::with_head(&head, body)
+        match pinned {
+            Ok(()) => Outgoing::with_head(&head, if reply.head_only { Body::Empty } else { Body::Pieces(slices) }),
+            // The pieces before it are here and the rest are coming: send what there is.
+            Err(index) if self.streaming && !slices.is_empty() => {
+                self.stream = Some(Stream { content: content.clone(), start, end, next_piece: index });
+                Outgoing::streaming(&head, slices)
+            }
+            Err(index) => {
+                self.miss = Some((content.id.clone(), Need::Content { range: request.range.clone() }));
+                reply.missing_piece(&content.id, index)
+            }
+        }
     }
 
     /// A 206 `multipart/byteranges`: small framing spans between slices of pinned pieces.
@@ -388,43 +437,159 @@ impl Handler {
                 }
                 continue;
             }
-            let guard = self.library.pin(content, index).ok_or(index)?;
-            let piece_start = index * piece_bytes;
-            let from = (start.max(piece_start) - piece_start) as u32;
-            let to = (end.min(piece_start + piece_bytes) - piece_start) as u32;
-            push(PieceSlice::new(guard, from, to));
+            push(self.pin_within(content, index, start, end).ok_or(index)?);
         }
         Ok(())
+    }
+
+    /// Pins piece `index` of `content`, cut to bytes `start..end` of the content.
+    fn pin_within(&mut self, content: &Content, index: u64, start: u64, end: u64) -> Option<PieceSlice> {
+        let piece_bytes = u64::from(content.piece_size.bytes());
+        let guard = self.library.pin(content, index)?;
+        let piece_start = index * piece_bytes;
+        let from = (start.max(piece_start) - piece_start) as u32;
+        let to = (end.min(piece_start + piece_bytes) - piece_start) as u32;
+        Some(PieceSlice::new(guard, from, to))
     }
 }
 
 impl Handler {
-    /// Answers the pending responses whose fills ended, for the driver to complete (it calls
-    /// this when the fill thread woke it).
-    pub fn take_filled(&mut self) -> Vec<(ResponseToken, Outgoing)> {
+    /// Takes the fill thread's answers (the driver calls this when the fill thread woke it) and
+    /// names the responses that have news, for the driver to [`Handler::deliver`].
+    pub fn take_filled(&mut self) -> Vec<ResponseToken> {
         let Some(link) = self.shared.upstream.clone() else { return Vec::new() };
-        let mut answers = Vec::new();
+        let mut tokens = Vec::new();
         for Done { token, filled } in link.take_done(self.worker) {
-            let Some(pending) = self.pending.remove(&token) else { continue };
-            let outgoing = self.answer_filled(pending, filled);
-            self.metrics().response(outgoing.status);
-            answers.push((token, outgoing));
+            let Some(pending) = self.pending.get_mut(&token) else { continue };
+            match filled {
+                Filled::Landed { .. } => pending.landed = true,
+                filled => pending.done = Some(filled),
+            }
+            tokens.push(token);
         }
-        answers
+        tokens.dedup();
+        tokens
     }
 
-    fn answer_filled(&mut self, pending: PendingFill, filled: Filled) -> Outgoing {
-        let PendingFill { request, keep_alive, id, need } = pending;
+    /// Gives response `token` on `connection` what its fill has for it: its whole answer, the
+    /// head and first pieces of a streaming answer, or the next pieces of one.
+    pub fn deliver(&mut self, token: ResponseToken, connection: &mut Connection, now: Instant) {
+        let Some(mut pending) = self.pending.remove(&token) else { return };
+        if pending.stream.is_none() {
+            if let Some(filled) = pending.done.take() {
+                let outgoing = self.answer_filled(&pending, filled);
+                return self.give(token, connection, outgoing, now);
+            }
+            if !std::mem::take(&mut pending.landed) || pending.request.method != Method::Get {
+                self.pending.insert(token, pending);
+                return;
+            }
+            let Some(outgoing) = self.answer_landed(&pending) else {
+                self.pending.insert(token, pending);
+                return;
+            };
+            pending.stream = self.stream.take();
+            let streaming = pending.stream.is_some();
+            self.give(token, connection, outgoing, now);
+            if !streaming {
+                // Whole already (or a 304): the fill need not go on for it.
+                return self.gone(token);
+            }
+        }
+        let Some(stream) = pending.stream.as_mut() else { return };
+        match self.feed(token, stream, connection, now) {
+            Fed::Whole | Fed::Gone => self.gone(token),
+            // A fill that ended (failed, or its piece since evicted) cannot finish the body.
+            Fed::Missing if pending.done.is_some() => {
+                let _ = connection.abort(token, now);
+                self.gone(token);
+            }
+            Fed::Missing | Fed::Full => {
+                self.pending.insert(token, pending);
+            }
+        }
+    }
+
+    /// A connection's news about a pending or streaming response (drivers drain
+    /// [`Connection::poll_event`] into this after every input).
+    pub fn connection_event(&mut self, event: ConnectionEvent, connection: &mut Connection, now: Instant) {
+        match event {
+            ConnectionEvent::Released(token) => {
+                if self.pending.remove(&token).is_some() {
+                    self.gone(token);
+                }
+            }
+            ConnectionEvent::Writable(token) => self.deliver(token, connection, now),
+        }
+    }
+
+    /// A response whose connection is gone: forget it, and tell the fill.
+    pub fn forget_response(&mut self, token: ResponseToken) {
+        if self.pending.remove(&token).is_some() {
+            self.gone(token);
+        }
+    }
+
+    fn gone(&self, token: ResponseToken) {
+        if let Some(link) = &self.shared.upstream {
+            link.send_gone(self.worker, token);
+        }
+    }
+
+    /// Completes a pending response (dropped if it is not waiting any more).
+    fn give(&mut self, token: ResponseToken, connection: &mut Connection, outgoing: Outgoing, now: Instant) {
+        self.metrics().response(outgoing.status);
+        if connection.complete(token, outgoing, now).is_err() {
+            self.gone(token);
+        }
+    }
+
+    /// The answer to a content request some of whose pieces landed: streaming when its first
+    /// piece is here, `None` while it is not.
+    fn answer_landed(&mut self, pending: &PendingFill) -> Option<Outgoing> {
+        self.library.forget(&pending.id);
+        self.streaming = true;
+        let outgoing = self.answer(&pending.request, pending.keep_alive);
+        self.streaming = false;
+        if self.miss.take().is_some() {
+            self.stream = None;
+            return None;
+        }
+        Some(outgoing)
+    }
+
+    /// Appends the pieces of a stream that are in the store, in order, as far as the connection
+    /// takes them.
+    fn feed(&mut self, token: ResponseToken, stream: &mut Stream, connection: &mut Connection, now: Instant) -> Fed {
+        let piece_bytes = u64::from(stream.content.piece_size.bytes());
+        while stream.next_piece * piece_bytes < stream.end {
+            let Some(slice) = self.pin_within(&stream.content, stream.next_piece, stream.start, stream.end) else {
+                return Fed::Missing;
+            };
+            match connection.append(token, vec![slice], now) {
+                Ok(()) => stream.next_piece += 1,
+                Err(ResponseError::Full { .. }) => return Fed::Full,
+                Err(_) => return Fed::Gone,
+            }
+        }
+        Fed::Whole
+    }
+
+    fn answer_filled(&mut self, pending: &PendingFill, filled: Filled) -> Outgoing {
+        let PendingFill { request, keep_alive, id, need, .. } = pending;
+        let keep_alive = *keep_alive;
         match filled {
-            Filled::Ready => {
-                self.library.forget(&id);
-                let outgoing = self.answer(&request, keep_alive);
+            Filled::Ready | Filled::Landed { .. } => {
+                self.library.forget(id);
+                let outgoing = self.answer(request, keep_alive);
                 self.miss = None;
                 outgoing
             }
-            // Simple mode: never the piece API; whole content would be a pass-through (not yet).
+            Filled::PassThrough { reason, bytes } => self.pass_through(keep_alive, &reason, bytes),
+            // Simple mode: never the piece API; whole content only through its HTTP source.
             Filled::Simple { reason } if matches!(need, Need::Content { .. }) => {
-                let message = format!("{id} is in Simple mode ({reason}) and this box cannot pass it through yet\n");
+                let message =
+                    format!("{id} is in Simple mode ({reason}) and no HTTP source of it can be passed through\n");
                 self.fill_error(keep_alive, 502, &message, None)
             }
             Filled::Simple { reason } => {
@@ -440,6 +605,20 @@ impl Handler {
                 Some(retry_after_s),
             ),
         }
+    }
+
+    /// A Simple-mode content's bytes from its HTTP source, marked as such.
+    fn pass_through(&self, keep_alive: bool, reason: &str, bytes: Arc<[u8]>) -> Outgoing {
+        let date = self.clock.date;
+        let date = std::str::from_utf8(&date).expect("ASCII date");
+        let reply = Answer { keep_alive, head_only: false, http10_keep_alive: false, date };
+        // A header value holds no control characters.
+        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let mode = format!("simple; reason={reason}");
+        let mut extra = reply.extra();
+        extra.push("X-Tessera-Mode", &mode);
+        let head = reply.head(200, bytes.len() as u64, OCTETS, extra.as_slice());
+        Outgoing::with_head(&head, Body::Shared(bytes))
     }
 
     /// An error answer to a request that waited on a fill.
@@ -463,7 +642,16 @@ impl Respond for Handler {
         if let (Some((id, need)), Some(link)) = (self.miss.take(), self.shared.upstream.as_ref()) {
             let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone() };
             if link.send_miss(miss) {
-                self.pending.insert(token, PendingFill { request: request.clone(), keep_alive, id, need });
+                let pending = PendingFill {
+                    request: request.clone(),
+                    keep_alive,
+                    id,
+                    need,
+                    landed: false,
+                    done: None,
+                    stream: None,
+                };
+                self.pending.insert(token, pending);
                 return Reply::Pending;
             }
             let busy = self.fill_error(keep_alive, 503, "the fill queue is full; retry shortly\n", Some(1));

@@ -2,10 +2,12 @@
 //! ([`Miss`]), what it gets back ([`Filled`]), and how it is woken (one [`Waker`] per worker,
 //! an event source on the worker's own ring or poll; no lock shared with other workers).
 //!
-//! Every miss sent gets exactly one [`Done`] back, so a worker's table of pending responses
-//! empties itself.
+//! Every miss sent gets exactly one final [`Done`] back (any [`Filled`] but `Landed`), so a
+//! worker's table of pending responses empties itself; before it, a streaming miss may get
+//! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
+//! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -42,17 +44,32 @@ pub struct Miss {
     pub need: Need,
 }
 
-/// How a miss ended.
+/// How a miss ended, or how far it got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filled {
+    /// Not final: the pieces the miss needs have landed in order up to this one (exclusive), so
+    /// a streaming response can send what it has.
+    Landed { end_piece: u64 },
     /// What it needs is in the catalog and the store: answer it again.
     Ready,
     /// The content is in Simple mode (its metadata cannot be had or does not verify).
     Simple { reason: String },
+    /// Simple mode, and the whole content was passed through from the manifest's HTTP source
+    /// (not stored, never served as pieces).
+    PassThrough { reason: String, bytes: Arc<[u8]> },
     /// The pieces could not be had.
     Failed { reason: String },
     /// A limit was hit.
     Busy { retry_after_s: u32 },
+}
+
+/// What a worker tells the fill thread.
+#[derive(Debug, Clone)]
+pub enum FromWorker {
+    /// A response needs what the store lacks.
+    Miss(Miss),
+    /// A response no longer waits (client gone, or it has all it needs).
+    Gone { worker: usize, token: ResponseToken },
 }
 
 /// The answer to one [`Miss`].
@@ -72,7 +89,7 @@ pub struct WorkerLink {
 
 /// The channels between the workers and the fill thread.
 pub struct UpstreamLink {
-    misses: Sender<Miss>,
+    misses: Sender<FromWorker>,
     workers: Vec<WorkerLink>,
     /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
     metrics_text: Mutex<String>,
@@ -80,7 +97,7 @@ pub struct UpstreamLink {
 
 impl UpstreamLink {
     /// A link for `workers` workers, and the fill thread's end of the miss queue.
-    pub fn new(workers: usize) -> (UpstreamLink, Receiver<Miss>) {
+    pub fn new(workers: usize) -> (UpstreamLink, Receiver<FromWorker>) {
         let (misses, misses_rx) = crossbeam_channel::bounded(MISSES_QUEUED_MAX);
         let workers = (0..workers)
             .map(|_| {
@@ -103,7 +120,16 @@ impl UpstreamLink {
 
     /// Hands a miss to the fill thread; `false` when its queue is full (answer 503).
     pub fn send_miss(&self, miss: Miss) -> bool {
-        !matches!(self.misses.try_send(miss), Err(TrySendError::Full(_) | TrySendError::Disconnected(_)))
+        !matches!(
+            self.misses.try_send(FromWorker::Miss(miss)),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
+        )
+    }
+
+    /// Tells the fill thread a response stopped waiting. Best effort: when the queue is full the
+    /// fill goes on for it (as a background fill) and its answers are dropped.
+    pub fn send_gone(&self, worker: usize, token: ResponseToken) {
+        let _ = self.misses.try_send(FromWorker::Gone { worker, token });
     }
 
     /// The fill thread answers a miss and wakes its worker.

@@ -335,12 +335,13 @@ impl Worker {
         let Some(wake) = &mut self.wake else { return };
         wake.complete();
         wake.arm(&mut self.ring.queue);
-        for (token, outgoing) in self.handler.take_filled() {
-            let Some(conn) = self.conns.get_mut(token.connection) else { continue };
-            // Not waiting any more (the client went away): the answer is dropped.
-            if conn.state.complete(token, outgoing, now).is_ok() {
-                self.dirty.push(token.connection);
-            }
+        for token in self.handler.take_filled() {
+            let Some(conn) = self.conns.get_mut(token.connection) else {
+                self.handler.forget_response(token);
+                continue;
+            };
+            self.handler.deliver(token, &mut conn.state, now);
+            self.dirty.push(token.connection);
         }
     }
 
@@ -404,8 +405,9 @@ impl Worker {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable_by_key(|k| (k.index, k.generation));
         dirty.dedup();
+        let now = Instant::now();
         for key in dirty.drain(..) {
-            self.advance(key);
+            self.advance(key, now);
         }
         if self.dirty.is_empty() {
             self.dirty = dirty;
@@ -413,8 +415,12 @@ impl Worker {
     }
 
     /// Starts the next send and receive a connection needs, or closes it.
-    fn advance(&mut self, key: SlotKey) {
+    fn advance(&mut self, key: SlotKey, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        // Responses given up (release their fills) or with room again (append what waits).
+        while let Some(event) = conn.state.poll_event() {
+            self.handler.connection_event(event, &mut conn.state, now);
+        }
         if !conn.closing {
             if let Some(reason) = conn.state.close_reason() {
                 self.begin_close(key, reason);
@@ -474,7 +480,7 @@ impl Worker {
             let now = Instant::now();
             self.advance_dirty();
             for key in self.conns.keys() {
-                self.advance(key);
+                self.advance(key, now);
             }
             let listener_closed = self.accept.close_when_idle();
             if (self.conns.is_empty() && listener_closed) || now >= deadline {

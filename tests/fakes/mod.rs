@@ -88,6 +88,8 @@ pub enum Behavior {
     Zeros,
     /// Reads requests, never answers.
     Stall,
+    /// Honest, but waits this many milliseconds before answering each piece.
+    Slow(u64),
     /// Honest for this many pieces, then flips bits.
     LieAfter(u64),
     /// Honest for pieces below this index, 404 for the rest.
@@ -372,6 +374,10 @@ fn respond(
     let lie = match behavior {
         Behavior::Honest | Behavior::Origin | Behavior::ChunkedOrigin | Behavior::Service => false,
         Behavior::Stall => return None,
+        Behavior::Slow(delay_ms) => {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            false
+        }
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
         Behavior::LieAfter(good) => served_before >= good,
