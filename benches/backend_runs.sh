@@ -3,6 +3,7 @@
 # backend's rate, not one run. For the "occasional slow io_uring runs" question (docs/performance.md).
 #
 #   bash benches/backend_runs.sh            # RUNS=10 DURATION=4s CONNECTIONS=16
+#   SERVE_EXTRA='send_bytes_per_turn_max = 1048576' bash benches/backend_runs.sh   # extra [serve] keys
 #
 # One worker pinned on CPU 0, wrk on CPU 1, 64 random 1 MiB pieces requested round-robin. Each
 # run starts a fresh `tessera serve`; the backends alternate (uring, epoll, uring, …). Prints every
@@ -46,6 +47,7 @@ data_dir = "$WORK/data"
 listen = "127.0.0.1:$PORT"
 workers = 1
 backend = "$1"
+${SERVE_EXTRA:-}
 [service]
 enabled = false
 [announce]

@@ -198,9 +198,10 @@ echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
 field() { # array-row field-number
+    local index=$2
     # shellcheck disable=SC2086
     set -- $1
-    shift $(($2 - 1))
+    shift $((index - 1))
     echo "$1"
 }
 nginx_gbs=$(best "$(field "${PIECES[nginx-nopush-on]}" 1)" "$(field "${PIECES[nginx-nopush-off]}" 1)")

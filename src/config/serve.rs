@@ -119,7 +119,7 @@ impl Default for ServeConfig {
             stream_queued_parts_max: 64,
             stream_queued_bytes_max: 64 << 20,
             send_iovecs_max: 64,
-            send_bytes_per_turn_max: 256 * 1024,
+            send_bytes_per_turn_max: 2 * 1024 * 1024,
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
             ring_entries: 1024,
