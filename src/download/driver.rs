@@ -477,7 +477,11 @@ impl Driver<'_> {
                 conn.deadline = Instant::now() + Duration::from_millis(self.job.config.request_timeout_ms);
                 (token, flush(&mut self.client, conn))
             }
-            io_client::Event::Received { conn: token, bytes } => (token, self.receive(token, &bytes)),
+            io_client::Event::Received { conn: token, bytes } => {
+                let end = self.receive(token, &bytes);
+                self.client.recycle(bytes);
+                (token, end)
+            }
             io_client::Event::Closed { conn: token, error } => {
                 let Some(conn) = self.conns.get_mut(&token) else { return };
                 conn.http.handle_eof();

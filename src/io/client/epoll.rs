@@ -36,6 +36,7 @@ pub struct EpollLoop {
     conns: Slots<Conn>,
     timers: Timers,
     read_buffer: Vec<u8>,
+    pub(super) spare: super::Spare,
     /// Connections with readiness or sends left over from an earlier poll.
     dirty: Vec<SlotKey>,
     send_queued_bytes_max: u64,
@@ -54,6 +55,7 @@ impl EpollLoop {
             conns: Slots::new(config.connections_max.clamp(1, (1 << 24) - 1)),
             timers: Timers::default(),
             read_buffer: vec![0; config.recv_buffer_bytes.max(512)],
+            spare: super::Spare::default(),
             dirty: Vec::new(),
             send_queued_bytes_max: config.send_queued_bytes_max,
         })
@@ -190,7 +192,7 @@ impl EpollLoop {
         if let Some(error) = write_queued(conn, key, events) {
             return Some(Some(error));
         }
-        read_some(conn, key, &mut self.read_buffer, events, &mut self.dirty)
+        read_some(conn, key, &mut self.read_buffer, &mut self.spare, events, &mut self.dirty)
     }
 }
 
@@ -224,6 +226,7 @@ fn read_some(
     conn: &mut Conn,
     key: SlotKey,
     buffer: &mut [u8],
+    spare: &mut super::Spare,
     events: &mut Vec<Event>,
     dirty: &mut Vec<SlotKey>,
 ) -> Option<Option<std::io::Error>> {
@@ -233,7 +236,7 @@ fn read_some(
         }
         match conn.stream.read(buffer) {
             Ok(0) => return Some(None),
-            Ok(bytes) => events.push(Event::Received { conn: key.into(), bytes: buffer[..bytes].to_vec() }),
+            Ok(bytes) => events.push(Event::Received { conn: key.into(), bytes: spare.copy_of(&buffer[..bytes]) }),
             Err(error) if error.kind() == ErrorKind::WouldBlock => conn.readable = false,
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(error) => return Some(Some(error)),

@@ -81,6 +81,32 @@ pub enum Event {
     Woken,
 }
 
+/// Received-byte buffers the caller handed back ([`ClientLoop::recycle`]), reused for the next
+/// [`Event::Received`], so a busy connection does not allocate a buffer per receive.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    buffers: Vec<Vec<u8>>,
+}
+
+/// Buffers kept for reuse at most (each up to `recv_buffer_bytes`).
+const SPARE_BUFFERS_MAX: usize = 16;
+
+impl Spare {
+    /// `bytes` in a reused buffer when one is spare.
+    pub(crate) fn copy_of(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut buffer = self.buffers.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        buffer
+    }
+
+    fn put(&mut self, buffer: Vec<u8>) {
+        if self.buffers.len() < SPARE_BUFFERS_MAX {
+            self.buffers.push(buffer);
+        }
+    }
+}
+
 /// Limits of a client loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientConfig {
@@ -217,6 +243,14 @@ impl ClientLoop {
         match self {
             ClientLoop::Uring(inner) => inner.connection_count(),
             ClientLoop::Epoll(inner) => inner.connection_count(),
+        }
+    }
+
+    /// Hands back the bytes of an [`Event::Received`] once read, for the next receive to reuse.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        match self {
+            ClientLoop::Uring(client) => client.spare.put(bytes),
+            ClientLoop::Epoll(client) => client.spare.put(bytes),
         }
     }
 

@@ -69,6 +69,7 @@ pub struct UringLoop {
     timeout: TimeoutOp,
     wake: WakeOp,
     recv_buffer_bytes: usize,
+    pub(super) spare: super::Spare,
     /// Connections whose operations need (re)submitting.
     dirty: Vec<SlotKey>,
     send_queued_bytes_max: u64,
@@ -96,6 +97,7 @@ impl UringLoop {
             timeout: TimeoutOp::default(),
             wake: WakeOp::new().map_err(setup)?,
             recv_buffer_bytes: config.recv_buffer_bytes,
+            spare: super::Spare::default(),
             dirty: Vec::new(),
             send_queued_bytes_max: config.send_queued_bytes_max,
             ready: Vec::new(),
@@ -236,7 +238,7 @@ impl UringLoop {
             },
             OpKind::Recv => match state.recv.complete(result) {
                 Received::Bytes(bytes) if !state.closing => {
-                    events.push(Event::Received { conn, bytes: bytes.to_vec() });
+                    events.push(Event::Received { conn, bytes: self.spare.copy_of(bytes) });
                     None
                 }
                 Received::Bytes(_) => None,
