@@ -3,21 +3,17 @@
 //! from the seed's service, pieces from the seed's piece API), verified, and serves it.
 
 mod fakes;
+mod harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fakes::{Behavior, Content, Fake};
+use harness::{tessera, Serve};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn tessera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-}
 
 /// Publishes `content` on the seed's data dir, 64 KiB pieces (the fakes' piece size), with
 /// `extra` flags.
@@ -31,68 +27,6 @@ fn publish(data: &Path, content: &Content, extra: &[String]) {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// A running `tessera serve`, killed on drop; its log lines are kept.
-struct Serve {
-    child: Child,
-    data_plane: String,
-    service_url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(data: &Path, extra: &[String]) -> Serve {
-        let mut child = tessera()
-            .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers", "2"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let log = Arc::new(Mutex::new(String::new()));
-        for stream in
-            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-        {
-            let (tx, log) = (tx.clone(), log.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push_str(&format!("{line}\n"));
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let (mut data_plane, mut service_url) = (None, None);
-        let deadline = Instant::now() + WAIT;
-        while data_plane.is_none() || service_url.is_none() {
-            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-                let _ = child.kill();
-                panic!("serve did not report its addresses:\n{}", log.lock().unwrap());
-            };
-            if line.contains("data plane listening") {
-                data_plane = line.split_whitespace().find_map(|w| w.strip_prefix("address=")).map(str::to_string);
-            }
-            if let Some(url) = line.strip_prefix("tessera service: listening on ") {
-                service_url = Some(url.trim().to_string());
-            }
-        }
-        Serve { child, data_plane: data_plane.unwrap(), service_url: service_url.unwrap(), log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One `GET` with `Connection: close`: (status, head, body).
@@ -142,7 +76,7 @@ fn ok_responses(address: &str) -> u64 {
 fn seed_with(dir: &Path, content: &Content, extra: &[String]) -> (Serve, Vec<String>) {
     let data = dir.join("seed");
     publish(&data, content, extra);
-    let seed = Serve::start(&data, &[]);
+    let seed = Serve::start(&data, 2, &[]);
     let flags = vec![
         "--upstream".to_string(),
         seed.service_url.clone(),
@@ -163,7 +97,7 @@ fn cold_box_fills_once_and_serves_exact_bytes(backend: &str) {
     let content = Content::new("cold", 12 * 65536 + 1234);
     let (seed, mut flags) = seed(dir.path(), &content);
     flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone(), "--backend".to_string(), backend.into()]);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let id = content.id.as_str();
 
     // 16 devices at once on the cold content: one upstream fetch per piece.
@@ -209,7 +143,7 @@ fn a_cold_range_through_the_box_is_byte_exact() {
     let content = Content::new("ranged", 8 * 65536);
     let (seed, mut flags) = seed(dir.path(), &content);
     flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let (status, head, body) = get(&cache.data_plane, "/v1/content/ranged", Some("bytes=300000-400000"));
     assert_eq!(status, 206, "{head}\n{}", cache.log());
     assert_eq!(body, content.bytes[300_000..=400_000]);
@@ -226,7 +160,7 @@ fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
     for parent in [liar.address.to_string(), seed.data_plane.clone()] {
         flags.extend(["--upstream-peer".to_string(), parent]);
     }
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
 
     let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{}", content.id.as_str()), None);
     assert_eq!(status, 200, "{head}\n{}", cache.log());
@@ -246,7 +180,7 @@ fn without_metadata_the_piece_api_is_404_and_whole_content_502() {
     let dir = tempfile::tempdir().unwrap();
     let content = Content::new("known", 65536);
     let (_seed, flags) = seed(dir.path(), &content);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let (status, _, body) = get(&cache.data_plane, "/v1/content/unknown/piece/0", None);
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     let (status, _, body) = get(&cache.data_plane, "/v1/content/unknown", None);
@@ -261,7 +195,7 @@ fn without_parents_the_box_fills_from_the_manifests_http_source_by_range() {
     let origin = Fake::start(&content, Behavior::Origin);
     // The seed only serves the metadata here: the box is given no parent.
     let (_seed, flags) = seed_with(dir.path(), &content, &["--source".to_string(), origin.url()]);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let (status, head, body) = get(&cache.data_plane, "/v1/content/origin", None);
     assert_eq!(status, 200, "{head}\n{}", cache.log());
     assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
@@ -284,7 +218,7 @@ fn a_slow_fill_streams_past_the_pending_timeout(backend: &str) {
     std::fs::write(&config, text).unwrap();
     flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
     flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
 
     let (status, head, body) = get(&cache.data_plane, "/v1/content/slow", None);
     assert_eq!(status, 200, "{head}\n{}", cache.log());
@@ -300,7 +234,7 @@ fn a_slow_fill_streams_past_the_pending_timeout(backend: &str) {
     let (_seed2, mut flags) = seed(&dir.path().join("second"), &content);
     flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
     flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
-    let cache = Serve::start(&dir.path().join("box2"), &flags);
+    let cache = Serve::start(&dir.path().join("box2"), 2, &flags);
     let (status, head, body) = get(&cache.data_plane, "/v1/content/slow2", Some("bytes=1000-300000"));
     assert_eq!(status, 206, "{head}\n{}", cache.log());
     assert!(body == content.bytes[1000..=300_000], "other bytes ({} of {})", body.len(), 300_000 - 999);
@@ -325,7 +259,7 @@ fn a_box_announces_what_it_filled_and_devices_get_it_from_the_box() {
     let (seed, mut flags) = seed(dir.path(), &content);
     flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
     let box_dir = dir.path().join("box");
-    let cache = Serve::start(&box_dir, &flags);
+    let cache = Serve::start(&box_dir, 2, &flags);
     let (status, head, _) = get(&cache.data_plane, "/v1/content/announced", None);
     assert_eq!(status, 200, "{head}\n{}", cache.log());
 
@@ -372,10 +306,10 @@ fn a_simple_mode_content_is_passed_through_from_its_http_source() {
     let mut bytes = std::fs::read(&hashfile).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&hashfile, bytes).unwrap();
-    let seed = Serve::start(&data, &[]);
+    let seed = Serve::start(&data, 2, &[]);
     let ca = data.join("tls/ca.pem");
     let flags = ["--upstream", &seed.service_url, "--upstream-ca", ca.to_str().unwrap()].map(String::from);
-    let cache = Serve::start(&dir.path().join("box"), &flags);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
 
     let (status, head, body) = get(&cache.data_plane, "/v1/content/simple", None);
     assert_eq!(status, 200, "{head}\n{}\n{}", cache.log(), seed.log());
