@@ -663,6 +663,10 @@ impl Store {
 /// Name of the lock file inside the store directory; it holds the owner's process id.
 pub const LOCK_FILE_NAME: &str = "lock";
 
+/// Tries of a lock this process itself released (see [`lock_store`]), and the wait between them.
+const OWN_LOCK_RETRIES_MAX: u32 = 50;
+const OWN_LOCK_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Takes the store's exclusive lock, or says which process holds it.
 fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
     use std::io::{Seek, Write};
@@ -674,17 +678,27 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .open(&path)
         .map_err(io_error(&path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = match pid.trim() {
-                "" => String::new(),
-                pid => format!(" (pid {pid})"),
-            };
-            return Err(StoreError::Locked { path: dir.to_path_buf(), holder });
+    let mut attempts = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                // Held under this process's own id: this process closed the store, but a child
+                // forked meanwhile still has the lock's descriptor until it execs (close-on-exec).
+                if pid.trim() == std::process::id().to_string() && attempts < OWN_LOCK_RETRIES_MAX {
+                    attempts += 1;
+                    std::thread::sleep(OWN_LOCK_RETRY_WAIT);
+                    continue;
+                }
+                let holder = match pid.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                return Err(StoreError::Locked { path: dir.to_path_buf(), holder });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Io { path, source }),
         }
-        Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Io { path, source }),
     }
     file.set_len(0)
         .and_then(|()| file.rewind())
