@@ -40,70 +40,16 @@ SERVICE_PORT=$((PORT_BASE + 4))
 SIZE=$((SIZE_MIB << 20))
 
 echo "== preparing $SIZE_MIB MiB of random bytes in $WORK" >&2
-mkdir -p "$WORK/www" "$WORK/seed"
+mkdir -p "$WORK/www"
 head -c "$SIZE" /dev/urandom > "$WORK/www/content.bin"
-chmod 755 "$WORK"
-chmod -R a+rX "$WORK/www"
 
-# --- the origin (nginx, its own access log) ---
-cat > "$WORK/origin.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 4096; }
-http {
-    log_format sent '\$body_bytes_sent "\$http_range" \$status';
-    access_log $WORK/origin-access.log sent;
-    sendfile on;
-    keepalive_requests 100000000;
-    default_type application/octet-stream;
-    server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }
-}
-NGINX
-$PIN_CLIENT "$NGINX" -c "$WORK/origin.conf" -p "$WORK" &
-PIDS+=("$!")
+box_upstream_setup "$ORIGIN_PORT" "$SEED_PORT" "$SERVICE_PORT" content
 ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT/content.bin"
-wait_ready "$ORIGIN_URL"
-
-# --- tessera's upstream: a metadata service that knows the content, holds none of its pieces ---
-cat > "$WORK/seed.toml" <<TOML
-data_dir = "$WORK/seed"
-[serve]
-listen = "127.0.0.1:$SEED_PORT"
-workers = 1
-[service]
-listen = "127.0.0.1:$SERVICE_PORT"
-[announce]
-enabled = false
-TOML
-"$TESSERA" publish "$WORK/www/content.bin" --id content --no-store --source "$ORIGIN_URL" \
-    --config "$WORK/seed.toml" >&2
-RUST_LOG=warn $PIN_CLIENT "$TESSERA" serve --config "$WORK/seed.toml" 2>>"$WORK/seed.log" &
-PIDS+=("$!")
-wait_ready "http://127.0.0.1:$SEED_PORT/healthz"
 
 # --- the two caches, each started empty ---
 start_box() {
-    rm -rf "$WORK/box"
-    mkdir -p "$WORK/box"
-    cat > "$WORK/box.toml" <<TOML
-data_dir = "$WORK/box"
-[serve]
-listen = "127.0.0.1:$BOX_PORT"
-workers = 1
-[service]
-enabled = false
-[announce]
-enabled = false
-[upstream]
-service_url = "https://localhost:$SERVICE_PORT"
-ca_file = "$WORK/seed/tls/ca.pem"
-TOML
-    RUST_LOG=warn $PIN_SERVER "$TESSERA" serve --config "$WORK/box.toml" 2>>"$WORK/box.log" &
-    CACHE_PID=$!
-    PIDS+=("$CACHE_PID")
-    wait_ready "http://127.0.0.1:$BOX_PORT/healthz"
+    box_start "$BOX_PORT" "$SERVICE_PORT"
+    CACHE_PID=$BOX_PID
 }
 
 # lancache's cache settings (lancachenet/monolithic): 1 MiB slices, the slice range in the key,
