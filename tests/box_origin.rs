@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use harness::nginx::Nginx;
-use harness::{get, metric, metric_settled, tessera, Serve};
+use harness::{get, get_with_service, metric, metric_settled, summary_source, tessera, Serve};
 use tessera::config::StoreConfig;
 use tessera::content::{ContentId, Digest};
 use tessera::control::MetadataClient;
@@ -270,19 +270,9 @@ fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     let branch_ca = dir.path().join("branch/tls/ca.pem");
     wait_listed(&branch, &branch_ca, &blob.id, &branch.data_plane);
     let out = dir.path().join("got.bin");
-    let output = tessera()
-        .args(["get", &blob.id, "--service", &branch.service_url, "--json", "--ca"])
-        .arg(&branch_ca)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = get_with_service(&blob.id, &branch.service_url, &branch_ca, &out);
     assert_eq!(summary["mode"], "p2p", "{summary}");
-    let sources = summary["sources"].as_array().unwrap();
-    let from_branch = sources.iter().find(|s| s["source"] == branch.data_plane.as_str());
-    let from_branch = from_branch.unwrap_or_else(|| panic!("the branch was not used as a peer: {summary}"));
+    let from_branch = summary_source(&summary, &branch.data_plane);
     assert_eq!(from_branch["kind"], "peer", "{summary}");
     assert_eq!(from_branch["bytes"], length, "every byte came from the branch: {summary}");
     assert_bytes("tessera get from the branch", &std::fs::read(&out).unwrap(), &blob.bytes);

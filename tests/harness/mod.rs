@@ -124,3 +124,22 @@ pub fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `tessera get ID --service URL --ca CA -o OUT --json`, which must succeed: its JSON summary.
+pub fn get_with_service(id: &str, service_url: &str, ca: &Path, out: &Path) -> serde_json::Value {
+    let output = tessera()
+        .args(["get", id, "--service", service_url, "--json", "--ca"])
+        .arg(ca)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The entry of a `get` summary's `sources` for `source` (HOST:PORT), which must be there.
+pub fn summary_source<'a>(summary: &'a serde_json::Value, source: &str) -> &'a serde_json::Value {
+    let sources = summary["sources"].as_array().unwrap();
+    sources.iter().find(|s| s["source"] == source).unwrap_or_else(|| panic!("{source} was not used: {summary}"))
+}
