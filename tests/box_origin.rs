@@ -246,6 +246,8 @@ fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     let upstream = Upstream::start(dir.path(), &[&blob], &[]);
     let seed = upstream.cache_box(dir.path(), "seed", "", &[]);
     // The seed learns the content's metadata (a HEAD needs nothing else) and holds no piece of it.
+    // Without this the branch would get 502: a box's embedded service answers only what is in its
+    // catalog; it does not fetch an unknown id's metadata from its own upstream.
     let output = curl(&["-I", &format!("http://{}/v1/content/{}", seed.data_plane, blob.id)]);
     let head = String::from_utf8_lossy(&output.stdout);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", seed.log());
@@ -313,7 +315,10 @@ fn a_tampered_upstream_hash_file_is_passed_through_never_stored_nor_announced() 
     let tampered = Blob::new("tampered", (3 << 20) + 17, 256 << 10);
     // The tampered hash file no longer matches the manifest's digest of it: Simple mode.
     let upstream = Upstream::start(dir.path(), &[&good, &tampered], &[&tampered.id]);
-    let cache = upstream.cache_box(dir.path(), "box", "", &[]);
+    // The box announces what it holds to its upstream service, as a branch box does to its datacenter.
+    let (service, ca) = (&upstream.service.service_url, upstream.ca.display());
+    let announce = format!("[announce]\nservice_url = \"{service}\"\nca_file = \"{ca}\"\n");
+    let cache = upstream.cache_box(dir.path(), "box", &announce, &[]);
 
     // A verified content, filled and announced, next to the tampered one.
     let (status, _, body) = curl_content(&cache.data_plane, &good.id, None, &dir.path().join("good.bin"));
@@ -327,9 +332,9 @@ fn a_tampered_upstream_hash_file_is_passed_through_never_stored_nor_announced() 
         curl_content(&cache.data_plane, &format!("{}/piece/0", tampered.id), None, &dir.path().join("p"));
     assert_eq!(status, 404, "a Simple-mode content is not on the piece API");
 
-    let box_ca = dir.path().join("box/tls/ca.pem");
-    wait_listed(&cache, &box_ca, &good.id, &cache.data_plane);
-    assert_eq!(peers(&cache, &box_ca, &tampered.id), Vec::<String>::new(), "the tampered content is announced");
+    wait_listed(&upstream.service, &upstream.ca, &good.id, &cache.data_plane);
+    let listed = peers(&upstream.service, &upstream.ca, &tampered.id);
+    assert!(listed.is_empty(), "the tampered content is announced: {listed:?}");
     let stored = metric_settled(&cache.data_plane, "tessera_store_pieces ", good.piece_count() as u64);
     assert_eq!(stored, good.piece_count() as u64, "the store holds the verified content's pieces only");
     drop(cache);
@@ -366,11 +371,19 @@ fn with_the_upstream_down_hits_are_served_and_misses_get_a_clear_error() {
     }
     // A miss, with its metadata known (pieces fail) or not (no manifest): an error, not a hang.
     for blob in [&known, &other] {
-        let (status, _, body) = curl_content(&cache.data_plane, &blob.id, None, &dir.path().join("miss.bin"));
+        let (status, head, body) = curl_content(&cache.data_plane, &blob.id, None, &dir.path().join("miss.bin"));
         let body = String::from_utf8_lossy(&body);
-        assert!(status == 502 || status == 503, "a miss on {} with the upstream down: {status} {body}", blob.id);
+        let clear = ["HTTP/1.1 502 Bad Gateway\r\n", "HTTP/1.1 503 Service Unavailable\r\n"];
+        assert!(
+            clear.iter().any(|line| head.starts_with(line)),
+            "a miss on {} with the upstream down: {head}{body}",
+            blob.id
+        );
         assert!(body.contains(&blob.id), "the {status} names what failed: {body}");
     }
+    let errors = metric(&cache.data_plane, "tessera_http_requests_total{", "status=\"502\"")
+        + metric(&cache.data_plane, "tessera_http_requests_total{", "status=\"503\"");
+    assert_eq!(errors, 2, "/metrics counts the two misses by their status");
 }
 
 #[test]
