@@ -226,13 +226,43 @@ fn wait_log(serve: &Serve, needle: &str) -> String {
     }
 }
 
+/// Set in the child that [`held_after_scrub`] runs: the store directory it scrubs.
+const SCRUB_CHILD_ENV: &str = "TESSERA_BOX_ORIGIN_SCRUB_STORE";
+/// The test whose run in a child process with [`SCRUB_CHILD_ENV`] set is the scrub.
+const SCRUB_CHILD_TEST: &str = "kill_9_during_fills_twenty_times_loses_no_committed_piece_and_serves_no_bad_one";
+
 /// Which pieces of `blob` the store at `store_dir` holds (the box that owned it is gone), after a
-/// scrub that must find no bad piece.
+/// scrub that must find no bad piece. The store is opened in a child process: opened here, its
+/// lock would be inherited by whatever another test thread forks meanwhile, until that child
+/// execs, and a box restarted at that moment would find its store locked.
 fn held_after_scrub(store_dir: &Path, blob: &Blob) -> BTreeSet<u64> {
+    let digests: Vec<String> = blob.digests().iter().map(hex::encode).collect();
+    std::fs::write(store_dir.with_extension("digests"), digests.join("\n")).unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", SCRUB_CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(SCRUB_CHILD_ENV, store_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // After libtest's `test NAME ... ` on the same line.
+    let line = stdout.lines().find_map(|line| line.split_once("scrubbed ").map(|(_, result)| result));
+    let line = line
+        .unwrap_or_else(|| panic!("the scrub did not finish:\n{stdout}{}", String::from_utf8_lossy(&output.stderr)));
+    let mut fields = line.split_whitespace();
+    let bad: u64 = fields.next().unwrap().parse().unwrap();
+    assert_eq!(bad, 0, "the scrub found pieces whose bytes do not match their digest");
+    fields.map(|index| index.parse().unwrap()).collect()
+}
+
+/// The child side of [`held_after_scrub`]: prints `scrubbed BAD HELD...` and exits.
+fn scrub_child(store_dir: &Path) -> ! {
+    let digests = std::fs::read_to_string(store_dir.with_extension("digests")).unwrap();
+    let digests: Vec<Digest> = digests.lines().map(|hex| hex::decode(hex).unwrap().try_into().unwrap()).collect();
     let store = Store::open(store_dir, &StoreConfig::default()).unwrap();
     let (_, bad) = store.scrub();
-    assert_eq!(bad, 0, "the scrub found pieces whose bytes do not match their digest");
-    store.indexes_held(&blob.digests()).into_iter().collect()
+    let held: Vec<String> = store.indexes_held(&digests).iter().map(u64::to_string).collect();
+    println!("scrubbed {bad} {}", held.join(" "));
+    std::process::exit(0)
 }
 
 fn assert_bytes(what: &str, got: &[u8], expected: &[u8]) {
@@ -243,7 +273,7 @@ fn assert_bytes(what: &str, got: &[u8], expected: &[u8]) {
 fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     let dir = tempfile::tempdir().unwrap();
     let blob = Blob::new("tiers", (6 << 20) + 12_345, 256 << 10);
-    let upstream = Upstream::start(dir.path(), &[&blob], &[]);
+    let mut upstream = Upstream::start(dir.path(), &[&blob], &[]);
     let seed = upstream.cache_box(dir.path(), "seed", "", &[]);
     // The seed learns the content's metadata (a HEAD needs nothing else) and holds no piece of it.
     // Without this the branch would get 502: a box's embedded service answers only what is in its
@@ -268,7 +298,10 @@ fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     let origin_bytes = "tessera_fill_upstream_bytes_total{kind=\"origin\"}";
     assert_eq!(metric_settled(&seed.data_plane, origin_bytes, length), length, "the seed filled from nginx");
 
-    // A device asking the branch's service is sent to the branch, in P2P mode.
+    // A device asking the branch's service is sent to the branch, in P2P mode. nginx is stopped
+    // first: the manifest's HTTP source would otherwise race the branch for the last pieces
+    // (the download's end game asks a second source).
+    upstream.origin.stop();
     let branch_ca = dir.path().join("branch/tls/ca.pem");
     wait_listed(&branch, &branch_ca, &blob.id, &branch.data_plane);
     let out = dir.path().join("got.bin");
@@ -445,6 +478,9 @@ fn read_prefix(address: &str, id: &str, range: &str, want: usize) -> Vec<u8> {
 
 #[test]
 fn kill_9_during_fills_twenty_times_loses_no_committed_piece_and_serves_no_bad_one() {
+    if let Some(store_dir) = std::env::var_os(SCRUB_CHILD_ENV) {
+        scrub_child(Path::new(&store_dir));
+    }
     const ROUNDS: usize = 20;
     const PIECES_PER_ROUND: usize = 3;
     // Only the pieces a request covers are filled, so every round is killed with the content unfinished.
