@@ -105,9 +105,10 @@ impl Upstream {
         Upstream { origin, service, ca: data.join("tls/ca.pem") }
     }
 
-    /// A box with an empty store in `dir/name` filling from this upstream, with `config` (TOML).
-    fn cache_box(&self, dir: &Path, name: &str, config: &str, extra: &[String]) -> Serve {
-        box_of(dir, name, &self.service, &self.ca, config, extra)
+    /// A box on the data dir `dir/name` (new, or left by an earlier box) filling from this
+    /// upstream, with `config` (TOML).
+    fn cache_box(&self, dir: &Path, name: &str, config: &str) -> Serve {
+        box_of(dir, name, &self.service, &self.ca, config, &[])
     }
 }
 
@@ -274,7 +275,7 @@ fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     let dir = tempfile::tempdir().unwrap();
     let blob = Blob::new("tiers", (6 << 20) + 12_345, 256 << 10);
     let mut upstream = Upstream::start(dir.path(), &[&blob], &[]);
-    let seed = upstream.cache_box(dir.path(), "seed", "", &[]);
+    let seed = upstream.cache_box(dir.path(), "seed", "");
     // The seed learns the content's metadata (a HEAD needs nothing else) and holds no piece of it.
     // Without this the branch would get 502: a box's embedded service answers only what is in its
     // catalog; it does not fetch an unknown id's metadata from its own upstream.
@@ -319,7 +320,7 @@ fn thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once() {
     let dir = tempfile::tempdir().unwrap();
     let blob = Blob::new("coalesced", (8 << 20) + 4321, 256 << 10);
     let upstream = Upstream::start(dir.path(), &[&blob], &[]);
-    let cache = upstream.cache_box(dir.path(), "box", "", &[]);
+    let cache = upstream.cache_box(dir.path(), "box", "");
     let url = format!("http://{}/v1/content/{}", cache.data_plane, blob.id);
     let outs: Vec<PathBuf> = (0..CLIENTS).map(|i| dir.path().join(format!("curl{i}.bin"))).collect();
     let curls: Vec<_> = outs
@@ -351,7 +352,7 @@ fn a_tampered_upstream_hash_file_is_passed_through_never_stored_nor_announced() 
     // The box announces what it holds to its upstream service, as a branch box does to its datacenter.
     let (service, ca) = (&upstream.service.service_url, upstream.ca.display());
     let announce = format!("[announce]\nservice_url = \"{service}\"\nca_file = \"{ca}\"\n");
-    let cache = upstream.cache_box(dir.path(), "box", &announce, &[]);
+    let cache = upstream.cache_box(dir.path(), "box", &announce);
 
     // A verified content, filled and announced, next to the tampered one.
     let (status, _, body) = curl_content(&cache.data_plane, &good.id, None, &dir.path().join("good.bin"));
@@ -382,7 +383,7 @@ fn with_the_upstream_down_hits_are_served_and_misses_get_a_clear_error() {
     let known = Blob::new("known", (1 << 20) + 3, 256 << 10);
     let other = Blob::new("other", 1 << 20, 256 << 10);
     let mut upstream = Upstream::start(dir.path(), &[&filled, &known, &other], &[]);
-    let cache = upstream.cache_box(dir.path(), "box", "", &[]);
+    let cache = upstream.cache_box(dir.path(), "box", "");
     let (status, _, body) = curl_content(&cache.data_plane, &filled.id, None, &dir.path().join("fill.bin"));
     assert_eq!(status, 200, "{}", cache.log());
     assert_bytes("the fill", &body, &filled.bytes);
@@ -430,13 +431,13 @@ fn cold_ranges_and_a_segmented_aria2_download_are_byte_exact() {
     let boundary = format!("{}-{}", 3 * blob.piece_size - 100, 3 * blob.piece_size + 99);
     let last = format!("{}-{}", length - 10, length - 1);
     for (index, range) in ["0-99", &boundary, "1000000-2600000", &last, "-70000"].into_iter().enumerate() {
-        let cache = upstream.cache_box(dir.path(), &format!("box{index}"), "", &[]);
+        let cache = upstream.cache_box(dir.path(), &format!("box{index}"), "");
         let (status, headers, body) = curl_content(&cache.data_plane, &blob.id, Some(range), &dir.path().join("r"));
         assert_eq!(status, 206, "{range}: {headers}\n{}", cache.log());
         assert_bytes(range, &body, blob.range(range));
     }
 
-    let cache = upstream.cache_box(dir.path(), "aria2", "", &[]);
+    let cache = upstream.cache_box(dir.path(), "aria2", "");
     let output = Command::new("aria2c")
         .args(["-x4", "-s4", "--min-split-size=1M", "--file-allocation=none", "--allow-overwrite=true"])
         .args(["--auto-file-renaming=false", "--max-tries=1", "--timeout=20", "--summary-interval=0"])
@@ -491,7 +492,7 @@ fn kill_9_during_fills_twenty_times_loses_no_committed_piece_and_serves_no_bad_o
     let (store_dir, piece_size) = (dir.path().join("box/store"), blob.piece_size);
     let mut held_before = BTreeSet::new();
     for round in 0..ROUNDS {
-        let cache = upstream.cache_box(dir.path(), "box", NO_BACKGROUND_FILL, &[]);
+        let cache = upstream.cache_box(dir.path(), "box", NO_BACKGROUND_FILL);
         // A few pieces from the first one the store lacks; the kill comes after a varied part of
         // them reached the client: none, half a piece, one, one and a half.
         let first = (0..).find(|index| !held_before.contains(index)).unwrap() as usize;
@@ -512,7 +513,7 @@ fn kill_9_during_fills_twenty_times_loses_no_committed_piece_and_serves_no_bad_o
         held_before = held;
     }
     // The fill resumes where it stopped: the rest comes from nginx once, the whole is exact.
-    let cache = upstream.cache_box(dir.path(), "box", "", &[]);
+    let cache = upstream.cache_box(dir.path(), "box", "");
     let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{}", blob.id), None);
     assert_eq!(status, 200, "{}", cache.log());
     assert_bytes("after 20 kills", &body, &blob.bytes);
