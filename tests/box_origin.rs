@@ -314,13 +314,13 @@ fn three_tiers_origin_seed_branch_serve_exact_bytes_and_the_branch_is_a_peer() {
     assert_bytes("tessera get from the branch", &std::fs::read(&out).unwrap(), &blob.bytes);
 }
 
-#[test]
-fn thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once() {
+/// 32 `curl`s at once of one cold content on a box on `backend`.
+fn thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once(backend: &str) {
     const CLIENTS: usize = 32;
     let dir = tempfile::tempdir().unwrap();
     let blob = Blob::new("coalesced", (8 << 20) + 4321, 256 << 10);
     let upstream = Upstream::start(dir.path(), &[&blob], &[]);
-    let cache = upstream.cache_box(dir.path(), "box", "");
+    let cache = upstream.cache_box(dir.path(), "box", &format!("[serve]\nbackend = \"{backend}\"\n"));
     let url = format!("http://{}/v1/content/{}", cache.data_plane, blob.id);
     let outs: Vec<PathBuf> = (0..CLIENTS).map(|i| dir.path().join(format!("curl{i}.bin"))).collect();
     let curls: Vec<_> = outs
@@ -340,6 +340,16 @@ fn thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once() {
     assert_eq!(origin_bytes_once(&upstream.origin, &blob, length), length, "nginx sent every byte exactly once");
     let coalesced = metric(&cache.data_plane, "tessera_fill_coalesced_waiters_total", "");
     assert!(coalesced > 0, "the box reports the waiters that shared a fetch");
+}
+
+#[test]
+fn thirty_two_cold_curls_on_the_default_backend_get_exact_bytes_and_nginx_sends_each_byte_once() {
+    thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once("auto");
+}
+
+#[test]
+fn thirty_two_cold_curls_on_epoll_get_exact_bytes_and_nginx_sends_each_byte_once() {
+    thirty_two_cold_curls_get_exact_bytes_and_nginx_sends_each_byte_once("epoll");
 }
 
 #[test]
