@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod harness;
 
-use harness::{tessera, Serve};
+use harness::{get_with_service, summary_source, tessera, Serve};
 use tessera::content::ContentId;
 use tessera::control::MetadataClient;
 use tessera::tls::TlsClientOptions;
@@ -57,18 +57,9 @@ fn serve_announces_what_it_holds_and_get_finds_it_by_peer_matching() {
     assert!(peers(&client, &serve, "tampered").is_empty(), "Simple-mode content is never offered to peers");
 
     let out = dir.path().join("got.bin");
-    let output = tessera()
-        .args(["get", "held", "--service", &serve.service_url, "--json", "--ca"])
-        .arg(&ca)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = get_with_service("held", &serve.service_url, &ca, &out);
     assert_eq!(summary["mode"], "p2p", "{summary}");
-    let seed = summary["sources"].as_array().unwrap().iter().find(|s| s["source"] == serve.data_plane.as_str());
-    let seed = seed.unwrap_or_else(|| panic!("the matched seed was not used: {summary}"));
+    let seed = summary_source(&summary, &serve.data_plane);
     assert_eq!((seed["kind"].as_str(), seed["pieces"].as_u64()), (Some("peer"), Some(6)), "{summary}");
     assert_eq!(std::fs::read(&out).unwrap(), content);
 }

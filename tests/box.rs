@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fakes::{Behavior, Content, Fake};
-use harness::{tessera, Serve};
+use harness::{get_with_service, summary_source, tessera, Serve};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -277,19 +277,9 @@ fn a_box_announces_what_it_filled_and_devices_get_it_from_the_box() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = dir.path().join("got.bin");
-    let output = tessera()
-        .args(["get", "announced", "--service", &cache.service_url, "--json", "--ca"])
-        .arg(&ca)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = get_with_service("announced", &cache.service_url, &ca, &out);
     assert_eq!(summary["mode"], "p2p", "{summary}");
-    let sources = summary["sources"].as_array().unwrap();
-    let from_box = sources.iter().find(|s| s["source"] == cache.data_plane.as_str());
-    let from_box = from_box.unwrap_or_else(|| panic!("the box was not used as a peer: {summary}"));
+    let from_box = summary_source(&summary, &cache.data_plane);
     assert_eq!(from_box["kind"].as_str(), Some("peer"), "{summary}");
     assert!(std::fs::read(&out).unwrap() == *content.bytes, "other bytes");
 }

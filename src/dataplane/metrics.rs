@@ -8,8 +8,8 @@ use crate::dataplane::connection::CloseReason;
 use crate::store::StoreStats;
 
 /// Status codes counted individually; anything else is counted as `other`.
-pub const COUNTED_STATUSES: [u16; 17] =
-    [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 503, 504, 505, 0];
+pub const COUNTED_STATUSES: [u16; 18] =
+    [200, 206, 400, 404, 405, 408, 411, 413, 414, 416, 431, 500, 501, 502, 503, 504, 505, 0];
 
 const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::PeerClosed,

@@ -1,7 +1,11 @@
-//! What the whole-system tests share: the `tessera` binary and a running `tessera serve`.
+//! What the whole-system tests share: the `tessera` binary, a running `tessera serve`, plain
+//! HTTP requests and `/metrics` samples, and a real nginx ([`nginx`]).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+pub mod nginx;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -81,4 +85,61 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One `GET` with `Connection: close`: (status, head, body).
+pub fn get(address: &str, target: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: box\r\n{range}Connection: close\r\n\r\n").unwrap();
+    let mut wire = Vec::new();
+    stream.read_to_end(&mut wire).unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let head = String::from_utf8_lossy(&wire[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    (status, head, wire[split..].to_vec())
+}
+
+/// The sum of the `/metrics` samples whose line starts with `prefix` and contains `label`.
+pub fn metric(address: &str, prefix: &str, label: &str) -> u64 {
+    let (_, _, body) = get(address, "/metrics", None);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with(prefix) && line.contains(label))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// [`metric`] once it reaches `expected`, or its last value after [`WAIT`] (the fill thread
+/// publishes its counters just after it answers).
+pub fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(address, prefix, "");
+        if value == expected || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tessera get ID --service URL --ca CA -o OUT --json`, which must succeed: its JSON summary.
+pub fn get_with_service(id: &str, service_url: &str, ca: &Path, out: &Path) -> serde_json::Value {
+    let output = tessera()
+        .args(["get", id, "--service", service_url, "--json", "--ca"])
+        .arg(ca)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The entry of a `get` summary's `sources` for `source` (HOST:PORT), which must be there.
+pub fn summary_source<'a>(summary: &'a serde_json::Value, source: &str) -> &'a serde_json::Value {
+    let sources = summary["sources"].as_array().unwrap();
+    sources.iter().find(|s| s["source"] == source).unwrap_or_else(|| panic!("{source} was not used: {summary}"))
 }
