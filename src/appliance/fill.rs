@@ -130,6 +130,8 @@ struct Waiting {
     landed: HashSet<u64>,
     /// Set while the content is passed through in Simple mode: why.
     simple_reason: Option<String>,
+    /// When it missed (the fill's first-byte latency runs from here).
+    missed_at_ms: u64,
 }
 
 struct FillThread {
@@ -228,9 +230,9 @@ impl FillThread {
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
-        self.waiting
-            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
         let now = self.now_ms();
+        let (landed, simple_reason, missed_at_ms) = (HashSet::new(), None, now);
+        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed, simple_reason, missed_at_ms });
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
             MetaAnswer::Pending => {}
@@ -285,6 +287,7 @@ impl FillThread {
         waiting.content = Some(content.clone());
         waiting.next = first;
         waiting.end = end;
+        let missed_at_ms = waiting.missed_at_ms;
         let sources = if self.origin {
             let origins = content.manifest.sources.iter().filter(|url| url.starts_with("http://"));
             let (engine, names) = (&mut self.engine, &self.names);
@@ -299,7 +302,8 @@ impl FillThread {
             Vec::new()
         };
         let now = self.now_ms();
-        self.engine.handle_want(Want { waiter: key, content, first_piece: first, end_piece: end, sources }, now);
+        let want = Want { waiter: key, content, first_piece: first, end_piece: end, sources, missed_at_ms };
+        self.engine.handle_want(want, now);
     }
 
     /// Writes a content version's manifest and hash file to the catalog once.
