@@ -155,6 +155,8 @@ struct FillThread {
     started: Instant,
     /// Pieces stored are announced soon, so devices find this box for what it just filled.
     announce: AnnounceTrigger,
+    /// Simple-mode answers, for `/metrics`.
+    simple: metrics::SimpleCounts,
 }
 
 impl FillThread {
@@ -195,6 +197,7 @@ impl FillThread {
             cataloged: HashMap::new(),
             started: Instant::now(),
             announce: AnnounceTrigger::default(),
+            simple: metrics::SimpleCounts::default(),
         }
     }
 
@@ -258,8 +261,10 @@ impl FillThread {
                 let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
                 let source = simple.sources.iter().find(|url| url.starts_with("http://"));
                 let Some(url) = source.filter(|_| whole && self.origin) else {
+                    self.simple.count(&simple.reason, false);
                     return self.finish(key, Filled::Simple { reason });
                 };
+                self.simple.count(&simple.reason, true);
                 if let Some(waiting) = self.waiting.get_mut(&key) {
                     waiting.simple_reason = Some(reason);
                 }

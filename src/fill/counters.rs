@@ -52,14 +52,29 @@ impl LatencyHistogram {
         self.histogram.count_between(0, bound_ms)
     }
 
+    /// Samples of at most each of [`LATENCY_BUCKETS_MS`], in one pass over the recorded values
+    /// (rendering runs often: `count_at_most` per bucket would scan the counts once per bucket).
+    fn cumulative(&self) -> [u64; LATENCY_BUCKETS_MS.len()] {
+        let mut counts = [0u64; LATENCY_BUCKETS_MS.len()];
+        for value in self.histogram.iter_recorded() {
+            let lowest_ms = self.histogram.lowest_equivalent(value.value_iterated_to());
+            if let Some(at) = LATENCY_BUCKETS_MS.iter().position(|&bound| lowest_ms <= bound) {
+                counts[at] += value.count_at_value();
+            }
+        }
+        for at in 1..counts.len() {
+            counts[at] += counts[at - 1];
+        }
+        counts
+    }
+
     /// Writes a Prometheus histogram in seconds (`_bucket{le=…}`, `_sum`, `_count`), with
     /// `labels` (`key="value",…` or empty) on every sample.
     pub fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let separator = if labels.is_empty() { "" } else { "," };
-        for bound_ms in LATENCY_BUCKETS_MS {
-            let le = bound_ms as f64 / 1000.0;
-            let count = self.count_at_most(bound_ms);
+        for (bound_ms, count) in LATENCY_BUCKETS_MS.iter().zip(self.cumulative()) {
+            let le = *bound_ms as f64 / 1000.0;
             let _ = writeln!(out, "{name}_bucket{{{labels}{separator}le=\"{le}\"}} {count}");
         }
         let count = self.count();

@@ -203,6 +203,11 @@ impl FillEngine {
         self.parents = parents;
     }
 
+    /// Sources registered (their ids are `0..source_count`).
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
     /// The kind and name of a source.
     pub fn source(&self, source: SourceId) -> (SourceKind, &str) {
         let state = &self.sources[source.0 as usize];
