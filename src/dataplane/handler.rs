@@ -539,6 +539,9 @@ impl Handler {
     /// Completes a pending response (dropped if it is not waiting any more).
     fn give(&mut self, token: ResponseToken, connection: &mut Connection, outgoing: Outgoing, now: Instant) {
         self.metrics().response(outgoing.status);
+        if outgoing.is_from_store() {
+            self.metrics().miss_bytes(outgoing.body_bytes());
+        }
         if connection.complete(token, outgoing, now).is_err() {
             self.gone(token);
         }
@@ -566,8 +569,12 @@ impl Handler {
             let Some(slice) = self.pin_within(&stream.content, stream.next_piece, stream.start, stream.end) else {
                 return Fed::Missing;
             };
+            let bytes = slice.bytes().len() as u64;
             match connection.append(token, vec![slice], now) {
-                Ok(()) => stream.next_piece += 1,
+                Ok(()) => {
+                    stream.next_piece += 1;
+                    self.metrics().miss_bytes(bytes);
+                }
                 Err(ResponseError::Full { .. }) => return Fed::Full,
                 Err(_) => return Fed::Gone,
             }
@@ -652,6 +659,7 @@ impl Respond for Handler {
                     stream: None,
                 };
                 self.pending.insert(token, pending);
+                self.metrics().miss();
                 return Reply::Pending;
             }
             let busy = self.fill_error(keep_alive, 503, "the fill queue is full; retry shortly\n", Some(1));
@@ -659,6 +667,9 @@ impl Respond for Handler {
             return Reply::Ready(busy);
         }
         self.metrics().response(outgoing.status);
+        if outgoing.is_from_store() {
+            self.metrics().hit(outgoing.body_bytes());
+        }
         Reply::Ready(outgoing)
     }
 
@@ -998,5 +1009,11 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains("tessera_http_requests_total{worker=\"0\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_store_pieces 3"), "{text}");
+        let (_, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n");
+        assert_eq!(body.len(), 10);
+        let (_, _, text) = get(&mut f.handler, "GET /metrics HTTP/1.1\r\n\r\n");
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 1\n"), "{text}");
+        assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 10\n"), "{text}");
     }
 }
