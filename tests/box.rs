@@ -321,3 +321,53 @@ fn a_simple_mode_content_is_passed_through_from_its_http_source() {
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("tessera_store_pieces 0"), "nothing was stored:\n{metrics}");
 }
+
+/// What a user checks on a box's `/metrics` after a cold fill and a hit: one miss then one hit
+/// with the content's bytes each, the fill latency histograms, upstream bytes by kind, and a
+/// lying parent's bad pieces and ban under its own address.
+#[test]
+fn metrics_show_the_miss_the_hit_the_fill_latency_and_the_liar() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("watched", 9 * 65536 + 4321);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let liar_address = liar.address.to_string();
+    for parent in [liar_address.clone(), seed.data_plane.clone()] {
+        flags.extend(["--upstream-peer".to_string(), parent]);
+    }
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let address = cache.data_plane.as_str();
+    let length = content.bytes.len() as u64;
+    let target = "/v1/content/watched";
+
+    let (status, head, body) = get(address, target, None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"miss\""), 1);
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"hit\""), 0);
+    assert_eq!(metric(address, "tessera_cache_bytes_total{", "result=\"miss\""), length);
+    let (status, _, body) = get(address, target, None);
+    assert!(status == 200 && body == *content.bytes, "the hit has the bytes");
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"hit\""), 1);
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"miss\""), 1, "the hit is no miss");
+    assert_eq!(metric(address, "tessera_cache_bytes_total{", "result=\"hit\""), length);
+
+    let upstream = metric_settled(address, "tessera_fill_upstream_bytes_total{kind=\"parent\"}", length);
+    assert_eq!(upstream, length, "each verified byte came from a parent once");
+    assert_eq!(metric(address, "tessera_fill_first_byte_seconds_count", ""), 1, "one miss, one first byte");
+    let buckets = metric(address, "tessera_fill_first_byte_seconds_bucket{le=\"+Inf\"}", "");
+    assert_eq!(buckets, 1, "the +Inf bucket holds every sample");
+    assert!(metric(address, "tessera_fill_piece_fetch_seconds_count", "") >= content.piece_count());
+    let seed_label = format!("source=\"{}\"", seed.data_plane);
+    assert_eq!(metric(address, "tessera_fill_source_bytes_total{", &seed_label), length);
+
+    let liar_label = format!("source=\"{liar_address}\"");
+    assert!(liar.bad_sent() >= 1, "the liar was asked");
+    assert!(metric(address, "tessera_fill_source_bad_pieces_total{", &liar_label) >= 1);
+    assert_eq!(metric(address, "tessera_fill_source_bytes_total{", &liar_label), 0, "no byte of a liar counts");
+    assert_eq!(metric(address, "tessera_fill_source_banned{", &liar_label), 1, "{}", cache.log());
+    assert_eq!(metric(address, "tessera_fill_source_banned{", &seed_label), 0);
+    let log = cache.log();
+    let ban = log.lines().find(|line| line.contains("upstream source banned")).unwrap_or_else(|| panic!("{log}"));
+    assert!(ban.contains(&liar_address) && ban.contains("bad_pieces="), "{ban}");
+}
