@@ -371,3 +371,53 @@ fn metrics_show_the_miss_the_hit_the_fill_latency_and_the_liar() {
     let ban = log.lines().find(|line| line.contains("upstream source banned")).unwrap_or_else(|| panic!("{log}"));
     assert!(ban.contains(&liar_address) && ban.contains("bad_pieces="), "{ban}");
 }
+
+/// Republishes `content` on a running seed's catalog (catalog only: the seed holds its store),
+/// with `origin` as its HTTP source.
+fn republish(data: &Path, content: &Content, origin: &Fake) {
+    publish(data, content, &["--source".to_string(), origin.url(), "--no-store".to_string()]);
+}
+
+/// Metadata expires: after `metadata_expiry_ms` the box refetches it, and once the id's hash
+/// file has changed upstream the box serves the new version (whole and on the piece API), never
+/// a mix of the two.
+#[test]
+fn after_the_metadata_expiry_a_republished_id_is_served_in_its_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Content::new("renewed", 5 * 65536 + 10), Content::new("renewed", 4 * 65536 + 77));
+    let (old_origin, new_origin) = (Fake::start(&old, Behavior::Origin), Fake::start(&new, Behavior::Origin));
+    let data = dir.path().join("seed");
+    republish(&data, &old, &old_origin);
+    let seed_config = dir.path().join("seed.toml");
+    std::fs::write(&seed_config, "[service]\ncatalog_rescan_ms = 100\n").unwrap();
+    let seed = Serve::start(&data, 1, &["--config".to_string(), seed_config.to_str().unwrap().to_string()]);
+    let box_config = dir.path().join("box.toml");
+    std::fs::write(&box_config, "[upstream]\nmetadata_expiry_ms = 300\n").unwrap();
+    let ca = data.join("tls/ca.pem");
+    let flags = ["--upstream", &seed.service_url, "--upstream-ca", ca.to_str().unwrap(), "--config"].map(String::from);
+    let mut flags = flags.to_vec();
+    flags.push(box_config.to_str().unwrap().to_string());
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/renewed", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *old.bytes, "the first version ({} of {} bytes)", body.len(), old.bytes.len());
+    republish(&data, &new, &new_origin);
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, head, body) = get(&cache.data_plane, "/v1/content/renewed", None);
+        assert_eq!(status, 200, "{head}\n{}", cache.log());
+        if body == *new.bytes {
+            break;
+        }
+        assert!(body == *old.bytes, "neither version: a mix of the two ({} bytes)", body.len());
+        assert!(Instant::now() < deadline, "the new version was never served:\n{}", cache.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/renewed/hashfile", None);
+    assert_eq!((status, body), (200, new.hashfile.clone()), "every worker serves the new hash file");
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/renewed/piece/4", None);
+    assert_eq!((status, body.as_slice()), (200, new.piece(4)));
+    assert!(cache.log().contains("serving the new version"), "{}", cache.log());
+}

@@ -7,6 +7,7 @@
 //! that sends a bad piece is counted in the node-wide [`NodeBans`] and, once banned, is not
 //! picked for any content until the ban expires.
 
+mod expiry;
 mod fetcher;
 mod metrics;
 mod policy;
@@ -181,6 +182,7 @@ impl FillThread {
             })
             .collect();
         engine.set_parents(parents);
+        link.set_refresh_after_ms(upstream.metadata_expiry_ms);
         FillThread {
             engine,
             names,
@@ -214,6 +216,7 @@ impl FillThread {
                 recv(misses) -> message => match message {
                     Ok(FromWorker::Miss(miss)) => self.on_miss(miss),
                     Ok(FromWorker::Gone { worker, token }) => self.on_gone(worker, token),
+                    Ok(FromWorker::Refresh { id }) => self.on_refresh(&id),
                     Err(_) => return,
                 },
                 recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
@@ -322,6 +325,7 @@ impl FillThread {
             .map_err(|error| format!("cannot write the catalog entry: {error}"))?;
         tracing::info!(id = %content.id, version = content.version, pieces = content.piece_count(), "metadata verified and cataloged");
         self.cataloged.insert(content.id.clone(), content.version);
+        self.link.catalog_changed(&content.id);
         Ok(())
     }
 
@@ -370,6 +374,10 @@ impl FillThread {
             while let Some(MetaReady { waiter, metadata }) = self.meta.poll_ready() {
                 progress = true;
                 self.on_metadata(waiter, metadata);
+            }
+            while let Some(version) = self.meta.poll_version() {
+                progress = true;
+                self.on_version(&version);
             }
             while let Some(action) = self.meta.poll_action() {
                 progress = true;

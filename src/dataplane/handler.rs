@@ -194,6 +194,8 @@ pub struct Handler {
     streaming: bool,
     /// The stream such an answer started.
     stream: Option<Stream>,
+    /// The upstream link's catalog generation this worker's library has followed.
+    catalog_seen: u64,
 }
 
 impl Handler {
@@ -218,6 +220,7 @@ impl Handler {
             pending: HashMap::new(),
             streaming: false,
             stream: None,
+            catalog_seen: 0,
         }
     }
 
@@ -233,7 +236,23 @@ impl Handler {
     }
 
     fn content(&mut self, id: &crate::content::ContentId) -> Option<Rc<Content>> {
-        self.library.content(id, self.now)
+        let Some(link) = self.shared.upstream.as_deref() else { return self.library.content(id, self.now) };
+        // A cache box: entries the fill rewrote are read again; an entry served past the
+        // metadata expiry has its metadata refetched in the background (the hit does not wait).
+        if link.catalog_generation() != self.catalog_seen {
+            let (generation, changed) = link.catalog_changes_since(self.catalog_seen);
+            match changed {
+                Some(ids) => ids.iter().for_each(|id| self.library.forget(id)),
+                None => self.library.forget_all(),
+            }
+            self.catalog_seen = generation;
+        }
+        let content = self.library.content(id, self.now)?;
+        let every = Duration::from_millis(link.refresh_after_ms());
+        if !every.is_zero() && self.library.refresh_due(id, self.now, self.clock.now_s, every) {
+            link.send_refresh(id);
+        }
+        Some(content)
     }
 
     fn answer(&mut self, request: &Request, keep_alive: bool) -> Outgoing {
