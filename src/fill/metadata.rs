@@ -19,7 +19,8 @@ use super::WaiterKey;
 pub struct ContentVersion {
     /// The content id.
     pub id: ContentId,
-    /// Counts hash-file changes of this id in this process, from 1.
+    /// Numbers the versions of this process, from 1: a new version of an id always gets a larger
+    /// number, even after its entry was dropped from the cache and fetched again.
     pub version: u64,
     /// The manifest.
     pub manifest: Manifest,
@@ -134,12 +135,11 @@ struct Entry {
     fetch: Option<InFlight>,
     waiters: Vec<WaiterKey>,
     last_used_ms: u64,
-    versions: u64,
 }
 
 impl Entry {
     fn new(now_ms: u64) -> Entry {
-        Entry { current: None, expires_at_ms: 0, fetch: None, waiters: Vec::new(), last_used_ms: now_ms, versions: 0 }
+        Entry { current: None, expires_at_ms: 0, fetch: None, waiters: Vec::new(), last_used_ms: now_ms }
     }
 }
 
@@ -154,6 +154,8 @@ pub struct MetadataCache {
     ready: VecDeque<MetaReady>,
     /// New versions not yet taken; at most one per cached id (older ones of an id are dropped).
     versions: VecDeque<Arc<ContentVersion>>,
+    /// The last version number given.
+    last_version: u64,
 }
 
 impl MetadataCache {
@@ -168,6 +170,7 @@ impl MetadataCache {
             actions: VecDeque::new(),
             ready: VecDeque::new(),
             versions: VecDeque::new(),
+            last_version: 0,
         }
     }
 
@@ -335,9 +338,9 @@ impl MetadataCache {
             _ => false,
         };
         if !unchanged {
-            entry.versions += 1;
+            self.last_version += 1;
             let version =
-                ContentVersion { id: id.clone(), version: entry.versions, manifest: manifest.clone(), hashes };
+                ContentVersion { id: id.clone(), version: self.last_version, manifest: manifest.clone(), hashes };
             let version = Arc::new(version);
             entry.current = Some(Metadata::P2p(version.clone()));
             // Bounded by the entries: an id's older version not yet taken is superseded.
