@@ -421,3 +421,47 @@ fn after_the_metadata_expiry_a_republished_id_is_served_in_its_new_version() {
     assert_eq!((status, body.as_slice()), (200, new.piece(4)));
     assert!(cache.log().contains("serving the new version"), "{}", cache.log());
 }
+
+/// At a fill limit a device gets 503 with `Retry-After` at once, never a hang, and the fill
+/// already running still completes byte-exact.
+#[test]
+fn at_the_fill_limit_another_content_gets_503_with_retry_after_and_the_running_fill_completes() {
+    const PIECE_DELAY_MS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, refused) = (Content::new("running", 8 * 65536 + 5), Content::new("refused", 2 * 65536));
+    let data = dir.path().join("seed");
+    publish(&data, &refused, &[]);
+    let (seed, mut flags) = seed(dir.path(), &running);
+    // The only parent is slow: the first fill lasts several seconds.
+    let parent = Fake::start(&running, Behavior::Slow(PIECE_DELAY_MS));
+    let config = dir.path().join("box.toml");
+    let text = "[upstream]\nfills_in_flight_max = 1\nconnections_per_source_max = 1\npipeline_depth = 1\n";
+    std::fs::write(&config, text).unwrap();
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+
+    let mut first = TcpStream::connect(&cache.data_plane).unwrap();
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    write!(first, "GET /v1/content/running HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n").unwrap();
+    // Its head comes with its first piece: the fill is running, with a waiter.
+    let mut wire = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !wire.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = first.read(&mut buffer).unwrap();
+        assert!(read > 0, "closed before its head:\n{}", cache.log());
+        wire.extend_from_slice(&buffer[..read]);
+    }
+    assert!(wire.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&wire));
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/refused", None);
+    assert_eq!(status, 503, "{head}\n{}\n{}", String::from_utf8_lossy(&body), cache.log());
+    assert!(head.contains("Retry-After: 1\r\n"), "{head}");
+    assert!(metric(&cache.data_plane, "tessera_fill_busy_total ", "") >= 1);
+
+    first.read_to_end(&mut wire).unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(wire[split..] == *running.bytes, "other bytes ({} of {})", wire.len() - split, running.bytes.len());
+    assert_eq!(parent.good_sent(), running.piece_count(), "each piece was fetched once");
+    drop(seed);
+}
