@@ -114,9 +114,12 @@ fn source_rows(engine: &mut FillEngine, bans: &BanPolicy<String>, now_ms: u64) -
     rows
 }
 
-/// Writes one per-source family.
+/// Picks one number out of a [`SourceRow`].
+type RowField = fn(&SourceRow) -> u64;
+
+/// Writes the per-source families.
 fn render_sources(out: &mut String, rows: &[(String, SourceRow)]) {
-    let families: [(&str, &str, &str, fn(&SourceRow) -> u64); 4] = [
+    let families: [(&str, &str, &str, RowField); 4] = [
         ("tessera_fill_source_bytes_total", "counter", "Verified bytes received, by source.", |r| r.bytes),
         ("tessera_fill_source_bad_pieces_total", "counter", "Pieces that failed verification, by source.", |r| {
             r.bad_pieces
