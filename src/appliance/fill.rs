@@ -7,7 +7,9 @@
 //! that sends a bad piece is counted in the node-wide [`NodeBans`] and, once banned, is not
 //! picked for any content until the ban expires.
 
+mod expiry;
 mod fetcher;
+mod metrics;
 mod policy;
 
 use std::collections::{HashMap, HashSet};
@@ -129,6 +131,8 @@ struct Waiting {
     landed: HashSet<u64>,
     /// Set while the content is passed through in Simple mode: why.
     simple_reason: Option<String>,
+    /// When it missed (the fill's first-byte latency runs from here).
+    missed_at_ms: u64,
 }
 
 struct FillThread {
@@ -152,6 +156,8 @@ struct FillThread {
     started: Instant,
     /// Pieces stored are announced soon, so devices find this box for what it just filled.
     announce: AnnounceTrigger,
+    /// Simple-mode answers, for `/metrics`.
+    simple: metrics::SimpleCounts,
 }
 
 impl FillThread {
@@ -176,6 +182,7 @@ impl FillThread {
             })
             .collect();
         engine.set_parents(parents);
+        link.set_refresh_after_ms(upstream.metadata_expiry_ms);
         FillThread {
             engine,
             names,
@@ -192,6 +199,7 @@ impl FillThread {
             cataloged: HashMap::new(),
             started: Instant::now(),
             announce: AnnounceTrigger::default(),
+            simple: metrics::SimpleCounts::default(),
         }
     }
 
@@ -208,6 +216,7 @@ impl FillThread {
                 recv(misses) -> message => match message {
                     Ok(FromWorker::Miss(miss)) => self.on_miss(miss),
                     Ok(FromWorker::Gone { worker, token }) => self.on_gone(worker, token),
+                    Ok(FromWorker::Refresh { id }) => self.on_refresh(&id),
                     Err(_) => return,
                 },
                 recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
@@ -222,59 +231,14 @@ impl FillThread {
         }
     }
 
-    /// The fill's counters and gauges in Prometheus text.
-    fn render_metrics(&mut self) -> String {
-        use std::fmt::Write as _;
-        let now = self.now_ms();
-        let (bans, banned) = {
-            let bans = self.bans.lock();
-            (bans.counts(), bans.banned_count(now))
-        };
-        let gauges = [
-            ("tessera_fill_fills_in_flight", "Contents being filled.", self.engine.fills_in_flight() as u64),
-            ("tessera_fill_pieces_in_flight", "Piece fetches in flight.", self.engine.pieces_in_flight() as u64),
-            ("tessera_fill_piece_memory_bytes", "Bytes fetched, not yet stored.", self.engine.piece_memory_bytes()),
-            ("tessera_fill_waiters", "Requests waiting for pieces.", self.engine.waiters() as u64),
-            ("tessera_fill_sources_banned", "Upstream sources banned now.", banned as u64),
-        ];
-        let c = self.engine.counters();
-        let counters = [
-            ("tessera_fill_fetches_started_total", "Upstream piece fetches started.", c.fetches_started_total),
-            (
-                "tessera_fill_coalesced_waiters_total",
-                "Waiters that joined a fetch in flight.",
-                c.coalesced_waiters_total,
-            ),
-            ("tessera_fill_bad_pieces_total", "Pieces that failed verification.", c.bad_pieces_total),
-            ("tessera_fill_retries_total", "Fetches asked again after a failure.", c.retries_total),
-            ("tessera_fill_failed_pieces_total", "Pieces given up.", c.failed_pieces_total),
-            ("tessera_fill_busy_total", "Busy answers (a fill limit was hit).", c.busy_total),
-            ("tessera_fill_pieces_stored_total", "Pieces verified and stored.", c.pieces_stored_total),
-            ("tessera_fill_bans_total", "Upstream sources banned.", bans.bans_total),
-        ];
-        let mut out = String::with_capacity(2048);
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-        }
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        }
-        let name = "tessera_fill_upstream_bytes_total";
-        let _ = writeln!(out, "# HELP {name} Verified bytes received, by source kind.\n# TYPE {name} counter");
-        for kind in [SourceKind::Parent, SourceKind::Peer, SourceKind::Origin] {
-            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", kind.name(), c.bytes_from(kind));
-        }
-        out
-    }
-
     fn on_miss(&mut self, miss: Miss) {
         self.next_token += 1;
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
-        self.waiting
-            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
         let now = self.now_ms();
+        let (landed, simple_reason, missed_at_ms) = (HashSet::new(), None, now);
+        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed, simple_reason, missed_at_ms });
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
             MetaAnswer::Pending => {}
@@ -300,8 +264,10 @@ impl FillThread {
                 let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
                 let source = simple.sources.iter().find(|url| url.starts_with("http://"));
                 let Some(url) = source.filter(|_| whole && self.origin) else {
+                    self.simple.count(&simple.reason, false);
                     return self.finish(key, Filled::Simple { reason });
                 };
+                self.simple.count(&simple.reason, true);
                 if let Some(waiting) = self.waiting.get_mut(&key) {
                     waiting.simple_reason = Some(reason);
                 }
@@ -329,6 +295,7 @@ impl FillThread {
         waiting.content = Some(content.clone());
         waiting.next = first;
         waiting.end = end;
+        let missed_at_ms = waiting.missed_at_ms;
         let sources = if self.origin {
             let origins = content.manifest.sources.iter().filter(|url| url.starts_with("http://"));
             let (engine, names) = (&mut self.engine, &self.names);
@@ -343,7 +310,8 @@ impl FillThread {
             Vec::new()
         };
         let now = self.now_ms();
-        self.engine.handle_want(Want { waiter: key, content, first_piece: first, end_piece: end, sources }, now);
+        let want = Want { waiter: key, content, first_piece: first, end_piece: end, sources, missed_at_ms };
+        self.engine.handle_want(want, now);
     }
 
     /// Writes a content version's manifest and hash file to the catalog once.
@@ -357,6 +325,7 @@ impl FillThread {
             .map_err(|error| format!("cannot write the catalog entry: {error}"))?;
         tracing::info!(id = %content.id, version = content.version, pieces = content.piece_count(), "metadata verified and cataloged");
         self.cataloged.insert(content.id.clone(), content.version);
+        self.link.catalog_changed(&content.id);
         Ok(())
     }
 
@@ -405,6 +374,10 @@ impl FillThread {
             while let Some(MetaReady { waiter, metadata }) = self.meta.poll_ready() {
                 progress = true;
                 self.on_metadata(waiter, metadata);
+            }
+            while let Some(version) = self.meta.poll_version() {
+                progress = true;
+                self.on_version(&version);
             }
             while let Some(action) = self.meta.poll_action() {
                 progress = true;
