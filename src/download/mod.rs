@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod get;
 pub mod metadata;
 pub mod output;
+mod piece_response;
 pub mod prometheus;
 pub mod scheduler;
 pub mod service_metadata;
