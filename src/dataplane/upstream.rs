@@ -6,6 +6,8 @@
 //! worker's table of pending responses empties itself; before it, a streaming miss may get
 //! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
 //! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
+//! Both wake the fill thread's client loop (its [`Waker`], registered with
+//! [`UpstreamLink::set_fill_waker`]).
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -91,6 +93,8 @@ pub struct WorkerLink {
 pub struct UpstreamLink {
     misses: Sender<FromWorker>,
     workers: Vec<WorkerLink>,
+    /// Wakes the fill thread's client loop; set once it runs.
+    fill_waker: OnceLock<Waker>,
     /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
     metrics_text: Mutex<String>,
 }
@@ -105,7 +109,10 @@ impl UpstreamLink {
                 WorkerLink { done_tx, done_rx, waker: OnceLock::new() }
             })
             .collect();
-        (UpstreamLink { misses, workers, metrics_text: Mutex::new(String::new()) }, misses_rx)
+        (
+            UpstreamLink { misses, workers, fill_waker: OnceLock::new(), metrics_text: Mutex::new(String::new()) },
+            misses_rx,
+        )
     }
 
     /// Number of workers.
@@ -118,18 +125,35 @@ impl UpstreamLink {
         let _ = self.workers[worker].waker.set(waker);
     }
 
+    /// The fill thread registers the wake-up of its client loop.
+    pub fn set_fill_waker(&self, waker: Waker) {
+        let _ = self.fill_waker.set(waker);
+    }
+
     /// Hands a miss to the fill thread; `false` when its queue is full (answer 503).
     pub fn send_miss(&self, miss: Miss) -> bool {
-        !matches!(
+        let sent = !matches!(
             self.misses.try_send(FromWorker::Miss(miss)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
-        )
+        );
+        self.wake_fill();
+        sent
     }
 
     /// Tells the fill thread a response stopped waiting. Best effort: when the queue is full the
     /// fill goes on for it (as a background fill) and its answers are dropped.
     pub fn send_gone(&self, worker: usize, token: ResponseToken) {
         let _ = self.misses.try_send(FromWorker::Gone { worker, token });
+        self.wake_fill();
+    }
+
+    /// Wakes the fill thread after a message was queued (it also looks every few tens of ms).
+    fn wake_fill(&self) {
+        if let Some(waker) = self.fill_waker.get() {
+            if let Err(error) = waker.wake() {
+                tracing::warn!(%error, "cannot wake the fill thread");
+            }
+        }
     }
 
     /// The fill thread answers a miss and wakes its worker.
