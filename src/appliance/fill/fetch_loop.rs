@@ -282,10 +282,8 @@ impl Fetches {
         let Some(state) = self.conns.get_mut(&conn) else { return End::Open };
         // Progress: the request timeout starts again.
         let _ = self.client.set_timer(conn, Duration::from_millis(self.limits.request_timeout_ms));
-        let asked = &self.asked;
-        let expect = |id: &FetchId| asked.get(id).map_or(Expect { start: 0, length: 0, ranged: false }, |a| a.expect);
         let mut landed = Vec::new();
-        let end = state.rx.receive(bytes, &expect, &mut self.pool, &mut landed);
+        let end = state.rx.receive(bytes, &expect_in(&self.asked), &mut self.pool, &mut landed);
         self.landed(landed);
         end
     }
@@ -293,10 +291,8 @@ impl Fetches {
     /// Frames what the connection's HTTP state has; `Some` when the connection ends.
     fn frame(&mut self, conn: ConnId) -> Option<End<FetchId>> {
         let state = self.conns.get_mut(&conn)?;
-        let asked = &self.asked;
-        let expect = |id: &FetchId| asked.get(id).map_or(Expect { start: 0, length: 0, ranged: false }, |a| a.expect);
         let mut landed = Vec::new();
-        let end = state.rx.frame(&expect, &mut self.pool, &mut landed);
+        let end = state.rx.frame(&expect_in(&self.asked), &mut self.pool, &mut landed);
         self.landed(landed);
         end
     }
@@ -347,6 +343,11 @@ impl Fetches {
             }
         }
     }
+}
+
+/// What each fetch on the wire asked for (nothing, for one the loop no longer knows).
+fn expect_in(asked: &HashMap<FetchId, Asked>) -> impl Fn(&FetchId) -> Expect + '_ {
+    |id: &FetchId| asked.get(id).map_or(Expect { start: 0, length: 0, ranged: false }, |asked| asked.expect)
 }
 
 /// Queues what the HTTP connection has to send; `Open` unless that failed.

@@ -57,3 +57,37 @@ impl PieceSink for StoreSink {
         results
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::hash::sha256;
+
+    #[test]
+    fn a_batch_lands_per_piece_size_and_a_refused_group_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { size_bytes_max: 4 << 20, slab_size_bytes: 1 << 20, ..StoreConfig::default() };
+        let store = Arc::new(Store::open(dir.path(), &config).unwrap());
+        let mut sink = StoreSink { store: store.clone() };
+        let small = PieceSize::new(64 * 1024).unwrap();
+        let large = PieceSize::new(128 * 1024).unwrap();
+        let bytes: Vec<Vec<u8>> = vec![vec![1; 1000], vec![2; 64 * 1024], vec![3; 100 * 1024], vec![4; 70 * 1024]];
+        // The last one is larger than its class: the store refuses it (and only it).
+        let sizes = [small, small, large, small];
+        let tags: Vec<StorePiece> = (0..4)
+            .map(|at| StorePiece { fetch: FetchId(at), source: SourceId(0), piece: at, piece_size: sizes[at as usize] })
+            .collect();
+        let pieces: Vec<Verified<'_, StorePiece>> =
+            (0..4).map(|at| Verified { tag: &tags[at], digest: Some(sha256(&bytes[at])), bytes: &bytes[at] }).collect();
+        let results = sink.land(&pieces[..3]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for piece in &bytes[..3] {
+            let guard = store.get(&sha256(piece)).expect("stored");
+            assert_eq!(guard.bytes(), piece.as_slice());
+        }
+        let results = sink.land(&pieces[2..]);
+        assert!(results[0].is_ok() && results[1].is_err(), "{results:?}");
+        assert!(!store.contains(&sha256(&bytes[3])));
+    }
+}
