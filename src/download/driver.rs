@@ -473,11 +473,7 @@ impl Driver<'_> {
     /// Removes a connection that ended and tells the scheduler about its unanswered requests.
     fn settle_end(&mut self, token: ConnId, end: End) {
         let now_ms = self.now_ms();
-        let (mut pieces, reason) = match end {
-            End::Open => return,
-            End::Closed(pieces) => (pieces, None),
-            End::Failed(pieces, reason) => (pieces, Some(reason)),
-        };
+        let Some((mut pieces, reason)) = end.ended() else { return };
         let Some(mut conn) = self.conns.remove(&token) else { return };
         // A no-op when the loop reported the close itself.
         self.client.close(token);

@@ -43,6 +43,17 @@ pub(crate) enum End<T> {
     Failed(Vec<T>, String),
 }
 
+impl<T> End<T> {
+    /// For an ended connection, its unanswered requests and, if it broke, why; `None` if open.
+    pub(crate) fn ended(self) -> Option<(Vec<T>, Option<String>)> {
+        match self {
+            End::Open => None,
+            End::Closed(unanswered) => Some((unanswered, None)),
+            End::Failed(unanswered, reason) => Some((unanswered, Some(reason))),
+        }
+    }
+}
+
 /// Piece-sized buffers, reused so that receiving a piece neither allocates nor faults pages in.
 pub(crate) struct BufferPool {
     free: Vec<Vec<u8>>,

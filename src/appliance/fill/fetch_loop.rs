@@ -324,11 +324,7 @@ impl Fetches {
     /// Removes a connection that ended; the fetches it still carried fail with `failure` (or as
     /// failed, when the connection broke).
     fn settle(&mut self, conn: ConnId, end: End<FetchId>, failure: FetchFailure) {
-        let (mut unanswered, reason) = match end {
-            End::Open => return,
-            End::Closed(unanswered) => (unanswered, None),
-            End::Failed(unanswered, reason) => (unanswered, Some(reason)),
-        };
+        let Some((mut unanswered, reason)) = end.ended() else { return };
         let Some(mut state) = self.conns.remove(&conn) else { return };
         // A no-op when the loop reported the close itself.
         self.client.close(conn);
