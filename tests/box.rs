@@ -455,3 +455,132 @@ fn at_the_fill_limit_another_content_gets_503_with_retry_after_and_the_running_f
     assert_eq!(parent.good_sent(), running.piece_count(), "each piece was fetched once");
     drop(seed);
 }
+
+/// Flags for a box on `backend` whose only parent is `parent`, with `config` as its config file.
+fn box_flags(dir: &Path, seed_flags: Vec<String>, parents: &[String], backend: &str, config: &str) -> Vec<String> {
+    let file = dir.join("box.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut flags = seed_flags;
+    for parent in parents {
+        flags.extend(["--upstream-peer".to_string(), parent.clone()]);
+    }
+    flags.extend(["--backend".to_string(), backend.into(), "--config".into(), file.to_str().unwrap().into()]);
+    flags
+}
+
+/// Pieces asked of a parent one after another go over one kept-alive connection.
+fn pieces_from_a_parent_share_one_connection(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("kept", 6 * 65536 + 5);
+    let (_seed, flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Honest);
+    let config = "[upstream]\nfill_whole = false\n";
+    let flags = box_flags(dir.path(), flags, &[parent.address.to_string()], backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    for index in 0..content.piece_count() {
+        let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/kept/piece/{index}"), None);
+        assert_eq!(status, 200, "{head}\n{}", cache.log());
+        assert_eq!(body, content.piece(index));
+    }
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    assert_eq!(parent.connections(), 1, "the box opened one connection to its parent for all pieces");
+}
+
+#[test]
+fn pieces_from_a_parent_share_one_connection_on_the_default_backend() {
+    pieces_from_a_parent_share_one_connection("auto");
+}
+
+#[test]
+fn pieces_from_a_parent_share_one_connection_on_epoll() {
+    pieces_from_a_parent_share_one_connection("epoll");
+}
+
+/// With one connection per source, a slow parent gets the read-ahead's requests pipelined.
+fn requests_to_a_parent_are_pipelined(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("piped", 8 * 65536);
+    let (_seed, flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Slow(40));
+    let config = "[upstream]\nconnections_per_source_max = 1\npipeline_depth = 4\n";
+    let flags = box_flags(dir.path(), flags, &[parent.address.to_string()], backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/piped", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(parent.connections(), 1, "one connection (connections_per_source_max = 1)");
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    assert!(parent.pipelined() >= 1, "requests were sent before earlier answers were in");
+}
+
+#[test]
+fn requests_to_a_parent_are_pipelined_on_the_default_backend() {
+    requests_to_a_parent_are_pipelined("auto");
+}
+
+#[test]
+fn requests_to_a_parent_are_pipelined_on_epoll() {
+    requests_to_a_parent_are_pipelined("epoll");
+}
+
+/// A box with two parents, the first failing as `behavior` does, fills content `id` whole with
+/// exact bytes; the failing parent was asked and pieces were asked again. Returns the test's
+/// dir, the box and the failing parent.
+fn fill_past_a_failing_parent(
+    id: &str,
+    behavior: Behavior,
+    backend: &str,
+    config: &str,
+) -> (tempfile::TempDir, Serve, Fake) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new(id, 8 * 65536 + 17);
+    let (seed, flags) = seed(dir.path(), &content);
+    let failing = Fake::start(&content, behavior);
+    let parents = [failing.address.to_string(), seed.data_plane.clone()];
+    let flags = box_flags(dir.path(), flags, &parents, backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{id}"), None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert!(failing.requests() >= 1, "the failing parent was asked");
+    assert!(metric(&cache.data_plane, "tessera_fill_retries_total ", "") >= 1, "{}", cache.log());
+    let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{id}/piece/0"), None);
+    assert_eq!((status, body.as_slice()), (200, content.piece(0)));
+    drop(seed);
+    (dir, cache, failing)
+}
+
+/// A parent that closes its connection in the middle of a body: the piece comes from the other
+/// parent, nothing of the cut body is kept, and nobody is blamed for a lie.
+fn a_parent_closing_mid_body_is_asked_elsewhere(backend: &str) {
+    let (_dir, cache, cutter) = fill_past_a_failing_parent("cut", Behavior::CutMidBody, backend, "");
+    assert!(cutter.bad_sent() >= 1, "a body was cut");
+    assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a cut is not a bad piece");
+}
+
+#[test]
+fn a_parent_closing_mid_body_is_asked_elsewhere_on_the_default_backend() {
+    a_parent_closing_mid_body_is_asked_elsewhere("auto");
+}
+
+#[test]
+fn a_parent_closing_mid_body_is_asked_elsewhere_on_epoll() {
+    a_parent_closing_mid_body_is_asked_elsewhere("epoll");
+}
+
+/// A parent that never answers: its requests time out and the pieces come from the other one.
+fn a_stalled_parent_times_out_and_is_asked_elsewhere(backend: &str) {
+    let config = "[upstream]\nconnect_timeout_ms = 300\nrequest_timeout_ms = 300\n";
+    let (_dir, cache, _) = fill_past_a_failing_parent("stalled", Behavior::Stall, backend, config);
+    assert!(!cache.log().contains("banned"), "a stall is not a lie: {}", cache.log());
+}
+
+#[test]
+fn a_stalled_parent_times_out_and_is_asked_elsewhere_on_the_default_backend() {
+    a_stalled_parent_times_out_and_is_asked_elsewhere("auto");
+}
+
+#[test]
+fn a_stalled_parent_times_out_and_is_asked_elsewhere_on_epoll() {
+    a_stalled_parent_times_out_and_is_asked_elsewhere("epoll");
+}

@@ -6,6 +6,8 @@
 //! worker's table of pending responses empties itself; before it, a streaming miss may get
 //! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
 //! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
+//! Both wake the fill thread's client loop (its [`Waker`], registered with
+//! [`UpstreamLink::set_fill_waker`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +101,8 @@ pub struct WorkerLink {
 pub struct UpstreamLink {
     misses: Sender<FromWorker>,
     workers: Vec<WorkerLink>,
+    /// Wakes the fill thread's client loop; set once it runs.
+    fill_waker: OnceLock<Waker>,
     /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
     metrics_text: Mutex<String>,
     /// Counts catalog entries the fill thread wrote; `catalog_changes` names the last ones.
@@ -122,6 +126,7 @@ impl UpstreamLink {
         let link = UpstreamLink {
             misses,
             workers,
+            fill_waker: OnceLock::new(),
             metrics_text: Mutex::new(String::new()),
             catalog_generation: AtomicU64::new(0),
             catalog_changes: Mutex::new(VecDeque::new()),
@@ -140,18 +145,35 @@ impl UpstreamLink {
         let _ = self.workers[worker].waker.set(waker);
     }
 
+    /// The fill thread registers the wake-up of its client loop.
+    pub fn set_fill_waker(&self, waker: Waker) {
+        let _ = self.fill_waker.set(waker);
+    }
+
     /// Hands a miss to the fill thread; `false` when its queue is full (answer 503).
     pub fn send_miss(&self, miss: Miss) -> bool {
-        !matches!(
+        let sent = !matches!(
             self.misses.try_send(FromWorker::Miss(miss)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
-        )
+        );
+        self.wake_fill();
+        sent
     }
 
     /// Tells the fill thread a response stopped waiting. Best effort: when the queue is full the
     /// fill goes on for it (as a background fill) and its answers are dropped.
     pub fn send_gone(&self, worker: usize, token: ResponseToken) {
         let _ = self.misses.try_send(FromWorker::Gone { worker, token });
+        self.wake_fill();
+    }
+
+    /// Wakes the fill thread after a message was queued (it also looks every few tens of ms).
+    fn wake_fill(&self) {
+        if let Some(waker) = self.fill_waker.get() {
+            if let Err(error) = waker.wake() {
+                tracing::warn!(%error, "cannot wake the fill thread");
+            }
+        }
     }
 
     /// Asks the fill thread to refetch `id`'s metadata in the background. Best effort, and
@@ -159,6 +181,7 @@ impl UpstreamLink {
     pub fn send_refresh(&self, id: &ContentId) {
         if self.misses.len() < MISSES_QUEUED_MAX / 2 {
             let _ = self.misses.try_send(FromWorker::Refresh { id: id.clone() });
+            self.wake_fill();
         }
     }
 
