@@ -8,6 +8,7 @@
 //! picked for any content until the ban expires.
 
 mod fetcher;
+mod passthrough;
 mod policy;
 
 use std::collections::{HashMap, HashSet};
@@ -24,9 +25,9 @@ use crate::config::{Config, UpstreamConfig};
 use crate::content::ContentId;
 use crate::control::client::{ClientError, MetadataClient};
 use crate::dataplane::connection::ResponseToken;
-use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, UpstreamLink};
+use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, ToPassThrough, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
-use crate::fill::{ContentVersion, FailReason};
+use crate::fill::{ContentVersion, FailReason, SimpleContent};
 use crate::fill::{
     FetchAction, FillEngine, FillLimits, MetaAction, MetaAnswer, MetaReady, Metadata, MetadataCache, MetadataLimits,
     SourceKind, WaiterEvent, WaiterKey, WaiterToken, Want, WorkerId,
@@ -40,8 +41,6 @@ use fetcher::{Job, JobResult, PieceOutcome};
 const FETCH_THREADS_MAX: u32 = 16;
 /// Jobs queued to the fetch threads at most (the engine bounds what it starts far below this).
 const JOBS_QUEUED_MAX: usize = 4096;
-/// Largest Simple-mode body passed through (held in memory while it is sent).
-const PASS_THROUGH_BYTES_MAX: u64 = 64 << 20;
 /// The fill thread looks for a stop request at least this often.
 const STOP_POLL_MS: u64 = 50;
 
@@ -52,6 +51,8 @@ pub enum FillStartError {
     Client(#[from] ClientError),
     #[error("cannot start a fill thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the pass-through loop: {0}")]
+    PassThrough(crate::io::client::ClientError),
 }
 
 /// The running fill thread and its fetch threads; dropping it stops them.
@@ -105,6 +106,7 @@ pub fn start(
             .map_err(FillStartError::Thread)?;
         handle.threads.push(thread);
     }
+    handle.threads.push(passthrough::start(config.serve.backend, upstream, link.clone(), stop.clone())?);
     let bans = NodeBans::new(BanLimits {
         bad_pieces_max: config.download.ban_after_bad_pieces.max(1),
         duration_ms: config.download.ban_duration_s.saturating_mul(1000),
@@ -127,8 +129,6 @@ struct Waiting {
     next: u64,
     end: u64,
     landed: HashSet<u64>,
-    /// Set while the content is passed through in Simple mode: why.
-    simple_reason: Option<String>,
 }
 
 struct FillThread {
@@ -272,8 +272,7 @@ impl FillThread {
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
-        self.waiting
-            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
+        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new() });
         let now = self.now_ms();
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
@@ -294,20 +293,7 @@ impl FillThread {
     /// The metadata of a waiter's content is known: catalog it, then want its pieces.
     fn on_metadata(&mut self, key: WaiterKey, metadata: Metadata) {
         let content = match metadata {
-            Metadata::Simple(simple) => {
-                let reason = simple.reason.to_string();
-                tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
-                let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
-                let source = simple.sources.iter().find(|url| url.starts_with("http://"));
-                let Some(url) = source.filter(|_| whole && self.origin) else {
-                    return self.finish(key, Filled::Simple { reason });
-                };
-                if let Some(waiting) = self.waiting.get_mut(&key) {
-                    waiting.simple_reason = Some(reason);
-                }
-                let job = Job::Whole { waiter: key, url: url.clone(), body_bytes_max: PASS_THROUGH_BYTES_MAX };
-                return self.queue(job);
-            }
+            Metadata::Simple(simple) => return self.on_simple(key, &simple),
             Metadata::P2p(content) => content,
         };
         if let Err(error) = self.catalog_version(&content) {
@@ -316,7 +302,7 @@ impl FillThread {
         let Some(waiting) = self.waiting.get_mut(&key) else { return };
         let count = content.piece_count();
         let (first, end) = match &waiting.miss.need {
-            Need::Metadata => (0, 0),
+            Need::Metadata | Need::ContentHead { .. } => (0, 0),
             Need::Piece(index) => (*index, (*index + 1).min(count)),
             Need::Content { range } => {
                 let piece_bytes = u64::from(content.hashes.piece_size().bytes());
@@ -346,6 +332,31 @@ impl FillThread {
         self.engine.handle_want(Want { waiter: key, content, first_piece: first, end_piece: end, sources }, now);
     }
 
+    /// Simple mode (rule 5): nothing of the content is fetched as pieces, stored or announced; a
+    /// request for the content (GET or HEAD, ranges too) is handed to the pass-through thread,
+    /// which streams it from the manifest's HTTP source and answers it from then on.
+    fn on_simple(&mut self, key: WaiterKey, simple: &SimpleContent) {
+        let reason = simple.reason.to_string();
+        tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
+        let content = self
+            .waiting
+            .get(&key)
+            .is_some_and(|w| matches!(w.miss.need, Need::Content { .. } | Need::ContentHead { .. }));
+        let source = simple.sources.iter().find(|url| url.starts_with("http://")).filter(|_| self.origin);
+        let (true, Some(url)) = (content, source) else {
+            let why = if self.origin { "no http:// source of it is known" } else { "[upstream] origin is off" };
+            return self.finish(key, Filled::Simple { reason: format!("{reason}; {why}") });
+        };
+        let Some(waiting) = self.waiting.remove(&key) else { return };
+        let (worker, token) = (waiting.miss.worker, waiting.miss.token);
+        self.by_response.remove(&(worker, token));
+        let now = self.now_ms();
+        self.engine.handle_cancel(key, now);
+        if !self.link.send_pass(ToPassThrough::Start { miss: waiting.miss, url: url.clone(), reason }) {
+            self.link.send_done(worker, Done { token, filled: Filled::Busy { retry_after_s: 1 } });
+        }
+    }
+
     /// Writes a content version's manifest and hash file to the catalog once.
     fn catalog_version(&mut self, content: &ContentVersion) -> Result<(), String> {
         if self.cataloged.get(&content.id) == Some(&content.version) {
@@ -365,14 +376,6 @@ impl FillThread {
         match result {
             JobResult::Manifest(fetch, manifest) => self.meta.handle_manifest(fetch, manifest, now),
             JobResult::HashFile(fetch, hashfile) => self.meta.handle_hashfile(fetch, hashfile, now),
-            JobResult::Whole(key, body) => {
-                let Some(reason) = self.waiting.get_mut(&key).and_then(|w| w.simple_reason.take()) else { return };
-                let filled = match body {
-                    Ok(bytes) => Filled::PassThrough { reason, bytes: bytes.into() },
-                    Err(error) => Filled::Simple { reason: format!("{reason}; its HTTP source failed: {error}") },
-                };
-                self.finish(key, filled);
-            }
             JobResult::Piece(fetch, outcome) => {
                 let engine = &mut self.engine;
                 match outcome {

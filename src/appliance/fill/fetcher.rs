@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::content::{Manifest, MetadataFailure};
 use crate::control::client::MetadataClient;
-use crate::fill::{Fetch, FetchFailure, FetchId, MetaFetch, MetaFetchId, MetaStep, SourceKind, WaiterKey};
+use crate::fill::{Fetch, FetchFailure, FetchId, MetaFetch, MetaFetchId, MetaStep, SourceKind};
 use crate::hash::sha256;
 use crate::http::client::blocking::{exchange, ExchangeError};
 use crate::http::client::{ClientLimits, RequestSpec};
@@ -23,8 +23,6 @@ pub enum Job {
     Meta(MetaFetch),
     /// A piece, from a parent or peer (piece API) or an origin URL (Range).
     Piece { kind: SourceKind, name: String, fetch: Fetch },
-    /// A Simple-mode content's whole body from its HTTP source, for a waiter.
-    Whole { waiter: WaiterKey, url: String, body_bytes_max: u64 },
 }
 
 /// How a job ended.
@@ -32,8 +30,6 @@ pub enum JobResult {
     Manifest(MetaFetchId, Result<Manifest, MetadataFailure>),
     HashFile(MetaFetchId, Result<Vec<u8>, MetadataFailure>),
     Piece(FetchId, PieceOutcome),
-    /// The body, or why it could not be had.
-    Whole(WaiterKey, Result<Vec<u8>, String>),
 }
 
 /// How a piece fetch ended.
@@ -64,9 +60,6 @@ pub fn run(context: &Context, jobs: &Receiver<Job>, results: &Sender<JobResult>)
         let result = match job {
             Job::Meta(fetch) => meta(context, fetch),
             Job::Piece { kind, name, fetch } => JobResult::Piece(fetch.fetch, piece(context, kind, &name, &fetch)),
-            Job::Whole { waiter, url, body_bytes_max } => {
-                JobResult::Whole(waiter, whole(context, &url, body_bytes_max))
-            }
         };
         if results.send(result).is_err() {
             return;
@@ -150,27 +143,6 @@ fn download(context: &Context, kind: SourceKind, name: &str, fetch: &Fetch) -> R
         (SourceKind::Origin, _) => Err(FetchFailure::Failed),
         (_, 200) => Ok(response.body),
         _ => Err(FetchFailure::Failed),
-    }
-}
-
-/// GETs a whole body from an `http://` URL (no redirects): 200 only, at most `body_bytes_max`.
-fn whole(context: &Context, url: &str, body_bytes_max: u64) -> Result<Vec<u8>, String> {
-    let parsed = HttpUrl::parse(url).map_err(|error| format!("{url}: {error}"))?;
-    let address = parsed.resolve().map_err(|error| format!("{url}: {error}"))?;
-    let mut spec = RequestSpec::new("GET", &parsed);
-    spec.close = true;
-    let connect = Duration::from_millis(context.connect_timeout_ms.max(1));
-    let request = Duration::from_millis(context.request_timeout_ms.max(1));
-    let failed = |error: std::io::Error| format!("{url}: {error}");
-    let mut stream = TcpStream::connect_timeout(&address, connect).map_err(failed)?;
-    stream.set_read_timeout(Some(request)).map_err(failed)?;
-    stream.set_write_timeout(Some(request)).map_err(failed)?;
-    let limits = ClientLimits { body_bytes_max, ..ClientLimits::default() };
-    let response = exchange(&mut stream, &spec, limits, Some(Instant::now() + request))
-        .map_err(|error| format!("{url}: {error}"))?;
-    match response.head.status {
-        200 => Ok(response.body),
-        status => Err(format!("{url} answered {status}")),
     }
 }
 
