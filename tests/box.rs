@@ -348,6 +348,8 @@ struct Origin {
     requests: Arc<AtomicU64>,
     cut_by_peer: Arc<AtomicU64>,
     release: Arc<AtomicBool>,
+    /// The `If-Range:` of the last request that had one.
+    if_range: Arc<std::sync::Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -359,9 +361,10 @@ impl Origin {
         let address = listener.local_addr().unwrap();
         let (requests, cut_by_peer) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (release, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let counters = (requests.clone(), cut_by_peer.clone(), release.clone(), stop.clone());
+        let if_range = Arc::new(std::sync::Mutex::new(None));
+        let counters = (requests.clone(), cut_by_peer.clone(), release.clone(), stop.clone(), if_range.clone());
         let thread = std::thread::spawn(move || {
-            let (requests, cut_by_peer, release, stop) = counters;
+            let (requests, cut_by_peer, release, stop, if_range) = counters;
             let born = Instant::now();
             let mut handlers = Vec::new();
             while !stop.load(Ordering::SeqCst) && born.elapsed() < Duration::from_secs(120) {
@@ -369,17 +372,20 @@ impl Origin {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (bytes, requests, cut, release) =
-                    (bytes.clone(), requests.clone(), cut_by_peer.clone(), release.clone());
+                let (bytes, requests, cut, release, if_range) =
+                    (bytes.clone(), requests.clone(), cut_by_peer.clone(), release.clone(), if_range.clone());
                 handlers.push(std::thread::spawn(move || {
-                    origin_serve(stream, &bytes, answer, &requests, &cut, &release);
+                    let seen = origin_serve(stream, &bytes, answer, &requests, &cut, &release);
+                    if seen.is_some() {
+                        *if_range.lock().unwrap() = seen;
+                    }
                 }));
             }
             for handler in handlers {
                 let _ = handler.join();
             }
         });
-        Origin { address, requests, cut_by_peer, release, stop, thread: Some(thread) }
+        Origin { address, requests, cut_by_peer, release, if_range, stop, thread: Some(thread) }
     }
 
     fn url(&self) -> String {
@@ -401,7 +407,7 @@ impl Drop for Origin {
     }
 }
 
-/// Answers one request on `stream` as `answer` says.
+/// Answers one request on `stream` as `answer` says; returns the request's `If-Range:`.
 fn origin_serve(
     mut stream: TcpStream,
     bytes: &[u8],
@@ -409,7 +415,7 @@ fn origin_serve(
     requests: &AtomicU64,
     cut_by_peer: &AtomicU64,
     release: &AtomicBool,
-) {
+) -> Option<String> {
     use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
     stream.set_nonblocking(false).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -418,16 +424,17 @@ fn origin_serve(
     let mut buffer = [0u8; 4096];
     let request = loop {
         match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(count) => input.extend_from_slice(&buffer[..count]),
         }
         match parse_request(&input, &RequestLimits::default()) {
             Ok(Parsed::Complete { request, .. }) => break request,
             Ok(Parsed::Partial) if input.len() < 16_384 => {}
-            _ => return,
+            _ => return None,
         }
     };
     requests.fetch_add(1, Ordering::SeqCst);
+    let if_range = request.conditions().if_range.map(str::to_string);
     let deadline = Instant::now() + WAIT;
     while answer == OriginAnswer::Hold && !release.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -451,7 +458,7 @@ fn origin_serve(
         end - start
     );
     if stream.write_all(head.as_bytes()).is_err() || request.method == Method::Head {
-        return;
+        return if_range;
     }
     let stop_at = match answer {
         OriginAnswer::CutAt(count) => (start + count as u64).min(end),
@@ -462,9 +469,10 @@ fn origin_serve(
             if matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
                 cut_by_peer.fetch_add(1, Ordering::SeqCst);
             }
-            return;
+            return if_range;
         }
     }
+    if_range
 }
 
 /// A seed whose manifests of `contents` name their `(content, origin URL)` but whose hash files
@@ -499,10 +507,15 @@ fn simple_box(dir: &Path, contents: &[(&Content, String)], backend: &str, config
 
 /// One request with `Connection: close`, reading the whole answer: (status, head, body).
 fn ask(address: &str, method: &str, target: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let fields = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    ask_with(address, method, target, &fields)
+}
+
+/// [`ask`] with header `fields` (each line ending in CRLF).
+fn ask_with(address: &str, method: &str, target: &str, fields: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
-    write!(stream, "{method} {target} HTTP/1.1\r\nHost: box\r\n{range}Connection: close\r\n\r\n").unwrap();
+    write!(stream, "{method} {target} HTTP/1.1\r\nHost: box\r\n{fields}Connection: close\r\n\r\n").unwrap();
     let mut wire = Vec::new();
     stream.read_to_end(&mut wire).unwrap();
     let split = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
@@ -533,8 +546,10 @@ fn a_large_simple_mode_content_streams_through_the_box(backend: &str) {
     assert!(body.len() == length && body == *content.bytes, "other bytes ({} of {length})", body.len());
     drop(body);
 
-    let (status, head, body) = ask(&cache.data_plane, "GET", "/v1/content/big", Some("bytes=70000000-70999999"));
+    let fields = "Range: bytes=70000000-70999999\r\nIf-Range: \"v1\"\r\n";
+    let (status, head, body) = ask_with(&cache.data_plane, "GET", "/v1/content/big", fields);
     assert_eq!(status, 206, "{head}");
+    assert_eq!(origin.if_range.lock().unwrap().as_deref(), Some("\"v1\""), "If-Range goes with the range");
     assert!(has_field(&head, "Content-Range", &format!("bytes 70000000-70999999/{length}")), "{head}");
     assert!(head.contains("X-Tessera-Mode: simple"), "{head}");
     assert!(body == content.bytes[70_000_000..71_000_000], "other bytes ({} of 1000000)", body.len());

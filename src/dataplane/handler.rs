@@ -768,7 +768,8 @@ impl Respond for Handler {
         self.miss = None;
         let outgoing = self.answer(request, keep_alive);
         if let (Some((id, need)), Some(link)) = (self.miss.take(), self.shared.upstream.as_ref()) {
-            let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone() };
+            let if_range = request.conditions().if_range.filter(|_| request.range.is_some()).map(str::to_string);
+            let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone(), if_range };
             if link.send_miss(miss) {
                 let pending = PendingFill {
                     request: request.clone(),

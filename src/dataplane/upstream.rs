@@ -55,6 +55,9 @@ pub struct Miss {
     pub id: ContentId,
     /// What it needs.
     pub need: Need,
+    /// The request's `If-Range:` with a `Range:` (a Simple-mode pass-through passes both on, so
+    /// a resumed download is never spliced from two versions).
+    pub if_range: Option<String>,
 }
 
 /// How a miss ended, or how far it got.

@@ -15,7 +15,9 @@
 //! Ends: the body complete → the origin connection closes (it was asked `Connection: close`);
 //! the device gone ([`ToPassThrough::Gone`]) → closed at once, the slot free; the origin closing
 //! early or silent for `request_timeout_ms` → `Filled::Failed`, and the worker aborts the device's
-//! connection after the bytes it has (never a short body presented as whole). Before the head:
+//! connection after the bytes it has (never a short body presented as whole). A device's
+//! `If-Range:` goes with its `Range:`, so the origin decides whether the range still applies.
+//! Before the head:
 //! a status other than 200, 206 or 416 → 502 naming it; unreachable → 502 with the reason; more
 //! than `pass_throughs_max` at once → 503 with `Retry-After`.
 
@@ -86,7 +88,8 @@ pub fn start(
         .name("tessera-pass".into())
         .spawn(move || {
             let config = ClientConfig {
-                connections_max: limits.pass_throughs_max,
+                // Room for connections still closing (their slots go once their operations do).
+                connections_max: 2 * limits.pass_throughs_max,
                 recv_buffer_bytes: RECV_BUFFER_BYTES,
                 ..ClientConfig::default()
             };
@@ -226,7 +229,11 @@ impl PassThroughs {
             let busy = Filled::Busy { retry_after_s: self.limits.retry_after_s };
             return answer(&self.link, miss.worker, miss.token, busy);
         }
-        let (conn, http) = match self.connect(&url, head_only, range) {
+        let mut fields: Vec<(&'static str, String)> = range.into_iter().map(|range| ("Range", range)).collect();
+        if !fields.is_empty() {
+            fields.extend(miss.if_range.clone().map(|tag| ("If-Range", tag)));
+        }
+        let (conn, http) = match self.connect(&url, head_only, fields) {
             Ok(opened) => opened,
             Err(why) => {
                 self.counters.failed_total += 1;
@@ -252,18 +259,19 @@ impl PassThroughs {
         self.passes.insert(conn, pass);
     }
 
-    /// Connects to `url` and queues the request: the device's method and `Range:`, one request.
+    /// Connects to `url` and queues the request: the device's method and `fields` (its `Range:`
+    /// and `If-Range:`), one request.
     fn connect(
         &mut self,
         url: &str,
         head_only: bool,
-        range: Option<String>,
+        fields: Vec<(&'static str, String)>,
     ) -> Result<(ConnId, HttpConnection<()>), String> {
         let parsed = HttpUrl::parse(url).map_err(|error| error.to_string())?;
         let address = parsed.resolve().map_err(|error| error.to_string())?;
         let mut spec = RequestSpec::new(if head_only { "HEAD" } else { "GET" }, &parsed);
         spec.close = true;
-        spec.fields.extend(range.map(|range| ("Range", range)));
+        spec.fields = fields;
         // Any length: the body is relayed as it comes, never held whole.
         let limits = ClientLimits { body_bytes_max: u64::MAX, pipeline_depth_max: 1, ..ClientLimits::default() };
         let mut http = HttpConnection::new(limits);
