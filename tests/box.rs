@@ -341,15 +341,23 @@ enum OriginAnswer {
     Hold,
 }
 
+/// What a test origin's connections report.
+#[derive(Default)]
+struct OriginSeen {
+    requests: AtomicU64,
+    /// Bodies it could not finish because the reader left.
+    cut_by_peer: AtomicU64,
+    /// Lets `Hold` answers go.
+    release: AtomicBool,
+    /// The `If-Range:` of the last request that had one.
+    if_range: std::sync::Mutex<Option<String>>,
+}
+
 /// A loopback HTTP origin writing the content straight from memory (a thread per connection:
-/// test code), counting requests and the bodies it could not finish because the reader left.
+/// test code).
 struct Origin {
     address: std::net::SocketAddr,
-    requests: Arc<AtomicU64>,
-    cut_by_peer: Arc<AtomicU64>,
-    release: Arc<AtomicBool>,
-    /// The `If-Range:` of the last request that had one.
-    if_range: Arc<std::sync::Mutex<Option<String>>>,
+    seen: Arc<OriginSeen>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -359,33 +367,24 @@ impl Origin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
-        let (requests, cut_by_peer) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (release, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let if_range = Arc::new(std::sync::Mutex::new(None));
-        let counters = (requests.clone(), cut_by_peer.clone(), release.clone(), stop.clone(), if_range.clone());
+        let (seen, stop) = (Arc::new(OriginSeen::default()), Arc::new(AtomicBool::new(false)));
+        let (seen_all, stop_seen) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let (requests, cut_by_peer, release, stop, if_range) = counters;
             let born = Instant::now();
             let mut handlers = Vec::new();
-            while !stop.load(Ordering::SeqCst) && born.elapsed() < Duration::from_secs(120) {
+            while !stop_seen.load(Ordering::SeqCst) && born.elapsed() < Duration::from_secs(120) {
                 let Ok((stream, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (bytes, requests, cut, release, if_range) =
-                    (bytes.clone(), requests.clone(), cut_by_peer.clone(), release.clone(), if_range.clone());
-                handlers.push(std::thread::spawn(move || {
-                    let seen = origin_serve(stream, &bytes, answer, &requests, &cut, &release);
-                    if seen.is_some() {
-                        *if_range.lock().unwrap() = seen;
-                    }
-                }));
+                let (bytes, seen) = (bytes.clone(), seen_all.clone());
+                handlers.push(std::thread::spawn(move || origin_serve(stream, &bytes, answer, &seen)));
             }
             for handler in handlers {
                 let _ = handler.join();
             }
         });
-        Origin { address, requests, cut_by_peer, release, if_range, stop, thread: Some(thread) }
+        Origin { address, seen, stop, thread: Some(thread) }
     }
 
     fn url(&self) -> String {
@@ -393,13 +392,13 @@ impl Origin {
     }
 
     fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
+        self.seen.requests.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.release.store(true, Ordering::SeqCst);
+        self.seen.release.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -407,15 +406,8 @@ impl Drop for Origin {
     }
 }
 
-/// Answers one request on `stream` as `answer` says; returns the request's `If-Range:`.
-fn origin_serve(
-    mut stream: TcpStream,
-    bytes: &[u8],
-    answer: OriginAnswer,
-    requests: &AtomicU64,
-    cut_by_peer: &AtomicU64,
-    release: &AtomicBool,
-) -> Option<String> {
+/// Answers one request on `stream` as `answer` says.
+fn origin_serve(mut stream: TcpStream, bytes: &[u8], answer: OriginAnswer, seen: &OriginSeen) {
     use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
     stream.set_nonblocking(false).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -424,19 +416,21 @@ fn origin_serve(
     let mut buffer = [0u8; 4096];
     let request = loop {
         match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return,
             Ok(count) => input.extend_from_slice(&buffer[..count]),
         }
         match parse_request(&input, &RequestLimits::default()) {
             Ok(Parsed::Complete { request, .. }) => break request,
             Ok(Parsed::Partial) if input.len() < 16_384 => {}
-            _ => return None,
+            _ => return,
         }
     };
-    requests.fetch_add(1, Ordering::SeqCst);
-    let if_range = request.conditions().if_range.map(str::to_string);
+    if let Some(tag) = request.conditions().if_range {
+        *seen.if_range.lock().unwrap() = Some(tag.to_string());
+    }
+    seen.requests.fetch_add(1, Ordering::SeqCst);
     let deadline = Instant::now() + WAIT;
-    while answer == OriginAnswer::Hold && !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+    while answer == OriginAnswer::Hold && !seen.release.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let length = bytes.len() as u64;
@@ -458,7 +452,7 @@ fn origin_serve(
         end - start
     );
     if stream.write_all(head.as_bytes()).is_err() || request.method == Method::Head {
-        return if_range;
+        return;
     }
     let stop_at = match answer {
         OriginAnswer::CutAt(count) => (start + count as u64).min(end),
@@ -467,12 +461,11 @@ fn origin_serve(
     for chunk in bytes[start as usize..stop_at as usize].chunks(64 * 1024) {
         if let Err(error) = stream.write_all(chunk) {
             if matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
-                cut_by_peer.fetch_add(1, Ordering::SeqCst);
+                seen.cut_by_peer.fetch_add(1, Ordering::SeqCst);
             }
-            return if_range;
+            return;
         }
     }
-    if_range
 }
 
 /// A seed whose manifests of `contents` name their `(content, origin URL)` but whose hash files
@@ -549,7 +542,8 @@ fn a_large_simple_mode_content_streams_through_the_box(backend: &str) {
     let fields = "Range: bytes=70000000-70999999\r\nIf-Range: \"v1\"\r\n";
     let (status, head, body) = ask_with(&cache.data_plane, "GET", "/v1/content/big", fields);
     assert_eq!(status, 206, "{head}");
-    assert_eq!(origin.if_range.lock().unwrap().as_deref(), Some("\"v1\""), "If-Range goes with the range");
+    let if_range = origin.seen.if_range.lock().unwrap().clone();
+    assert_eq!(if_range.as_deref(), Some("\"v1\""), "If-Range goes with the range");
     assert!(has_field(&head, "Content-Range", &format!("bytes 70000000-70999999/{length}")), "{head}");
     assert!(head.contains("X-Tessera-Mode: simple"), "{head}");
     assert!(body == content.bytes[70_000_000..71_000_000], "other bytes ({} of 1000000)", body.len());
@@ -647,7 +641,7 @@ fn a_pass_through_past_the_limit_gets_503_with_retry_after() {
     let (status, head, _) = ask(&cache.data_plane, "GET", "/v1/content/held", None);
     assert_eq!(status, 503, "{head}");
     assert!(has_field(&head, "Retry-After", "7"), "{head}");
-    origin.release.store(true, Ordering::SeqCst);
+    origin.seen.release.store(true, Ordering::SeqCst);
     let (status, head, body) = first.join().unwrap();
     assert_eq!(status, 200, "{head}");
     assert!(body == *content.bytes, "the first one is whole once the origin answers");
@@ -670,7 +664,7 @@ fn a_device_that_leaves_mid_stream_frees_its_pass_through(backend: &str) {
     drop(stream);
 
     let deadline = Instant::now() + WAIT;
-    while origin.cut_by_peer.load(Ordering::SeqCst) == 0 {
+    while origin.seen.cut_by_peer.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the origin's connection stayed open:\n{}", cache.log());
         std::thread::sleep(Duration::from_millis(20));
     }
