@@ -337,7 +337,7 @@ enum OriginAnswer {
     CutAt(usize),
     /// This status, empty body.
     Status(u16),
-    /// Nothing until [`Origin::release`], then `Bytes`.
+    /// Nothing until [`OriginSeen::release`] is set, then `Bytes`.
     Hold,
 }
 
