@@ -521,8 +521,9 @@ fn has_field(head: &str, name: &str, value: &str) -> bool {
     head.lines().any(|line| line.split_once(": ").is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v == value))
 }
 
-/// 100 MiB in Simple mode through a box on `backend`: whole, a range and a HEAD, each exact and
-/// marked Simple; nothing stored, the piece API 404, the box never listed as a peer of it.
+/// 100 MiB in Simple mode through a box on `backend`: whole, a range, a HEAD and an unsatisfiable
+/// range, each the origin's answer, exact and marked Simple; nothing stored, the piece API 404,
+/// the box never listed as a peer of it.
 fn a_large_simple_mode_content_streams_through_the_box(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let content = Content::new("big", 100 << 20);
@@ -552,12 +553,15 @@ fn a_large_simple_mode_content_streams_through_the_box(backend: &str) {
     assert_eq!(status, 200, "{head}");
     assert!(has_field(&head, "Content-Length", &length.to_string()) && head.contains("X-Tessera-Mode: simple"));
     assert!(body.is_empty(), "a HEAD has no body");
-    assert_eq!(origin.requests(), 3, "each request went to the origin once");
+    let (status, head, _) = ask(&cache.data_plane, "GET", "/v1/content/big", Some("bytes=200000000-"));
+    assert_eq!(status, 416, "the origin's answer: {head}");
+    assert!(has_field(&head, "Content-Range", &format!("bytes */{length}")), "{head}");
+    assert_eq!(origin.requests(), 4, "each request went to the origin once");
 
     let (status, _, _) = get(&cache.data_plane, "/v1/content/big/piece/0", None);
     assert_eq!(status, 404, "Simple-mode content is never on the piece API");
     assert_eq!(metric(&cache.data_plane, "tessera_store_pieces ", ""), 0, "nothing was stored");
-    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_pass_throughs_total ", 3), 3);
+    assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_pass_throughs_total ", 4), 4);
     let passed = metric_settled(&cache.data_plane, "tessera_fill_pass_through_bytes_total ", length as u64 + 1_000_000);
     assert_eq!(passed, length as u64 + 1_000_000);
     use tessera::control::client::MetadataClient;

@@ -823,6 +823,11 @@ mod tests {
 
     /// Publishes `a` (2.5 pieces, stored) and `meta-only` (catalog only, no pieces).
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    /// [`fixture`], a cache box's when `upstream` is set.
+    fn fixture_with(upstream: Option<Arc<crate::dataplane::upstream::UpstreamLink>>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..PIECE * 5 / 2).map(|i| (i * 7 + i / 251) as u8).collect();
         let file = dir.path().join("a.bin");
@@ -849,7 +854,7 @@ mod tests {
             contents,
             metrics: Metrics::new(1),
             config: ServeConfig::default(),
-            upstream: None,
+            upstream,
         });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }
@@ -1130,5 +1135,85 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains("tessera_http_requests_total{worker=\"0\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_store_pieces 3"), "{text}");
+    }
+
+    /// Sends what `connection` has, releases it, and hands the connection's events to `handler`:
+    /// the wire bytes.
+    fn drain(connection: &mut Connection, handler: &mut Handler, now: Instant) -> Vec<u8> {
+        let mut slices = Vec::new();
+        let plan = connection.fill_send(&mut slices, 1024);
+        let wire = slices.concat();
+        connection.sent(plan.bytes, now);
+        connection.release_through(plan.through_seq, now, handler);
+        while let Some(event) = connection.poll_event() {
+            handler.connection_event(event, connection, now);
+        }
+        wire
+    }
+
+    #[test]
+    fn a_pass_through_is_relayed_within_its_bound_and_cut_when_its_origin_ends_early() {
+        use crate::dataplane::connection::ConnectionLimits;
+        use crate::dataplane::upstream::{FromWorker, PassHead, UpstreamLink};
+        let (link, misses) = UpstreamLink::new(1);
+        let link = Arc::new(link);
+        let mut f = fixture_with(Some(link.clone()));
+        let passes = link.pass_receiver();
+        let now = Instant::now();
+        let key = crate::io::slots::SlotKey { index: 0, generation: 1 };
+        let mut c = Connection::new(ConnectionLimits::from_config(&ServeConfig::default()), key, now);
+        c.receive(
+            b"GET /v1/content/simple HTTP/1.1\r\nRange: bytes=0-9\r\nIf-Range: \"t\"\r\n\r\n",
+            now,
+            &mut f.handler,
+        );
+        let Ok(FromWorker::Miss(miss)) = misses.try_recv() else { panic!("no miss sent") };
+        assert_eq!(miss.need, Need::Content { range: Some("bytes=0-9".into()) });
+        assert_eq!(miss.if_range.as_deref(), Some("\"t\""));
+        let fields = vec![("Content-Type", "text/x".to_string()), ("Content-Range", "bytes 0-9/20".to_string())];
+        let head = PassHead {
+            reason: "no manifest".into(),
+            status: 206,
+            content_length: 10,
+            head_only: false,
+            fields,
+            held_bytes_max: 4,
+        };
+        let token = miss.token;
+        link.send_done(0, Done { token, filled: Filled::PassThrough { head } });
+        for chunk in ["abc", "def"] {
+            link.send_done(0, Done { token, filled: Filled::PassThroughBody { bytes: chunk.into() } });
+        }
+        let deliver = |handler: &mut Handler, c: &mut Connection| {
+            for token in handler.take_filled() {
+                handler.deliver(token, c, now);
+            }
+        };
+        deliver(&mut f.handler, &mut c);
+        let taken = |passes: &crossbeam_channel::Receiver<ToPassThrough>| -> Vec<u64> {
+            passes.try_iter().map(|m| if let ToPassThrough::Taken { bytes, .. } = m { bytes } else { 0 }).collect()
+        };
+        // 4 bytes held at most: "abc" is taken, "def" waits in the handler.
+        assert_eq!(taken(&passes), [3]);
+        let wire = String::from_utf8(drain(&mut c, &mut f.handler, now)).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 206 ") && wire.ends_with("\r\n\r\nabc"), "{wire}");
+        for field in [
+            "X-Tessera-Mode: simple; reason=no manifest",
+            "Content-Type: text/x",
+            "Content-Range: bytes 0-9/20",
+            "Content-Length: 10",
+        ] {
+            assert!(wire.contains(&format!("{field}\r\n")), "{field}: {wire}");
+        }
+        assert!(!wire.contains("Accept-Ranges"), "{wire}");
+        // Room again: "def" goes, and is acknowledged.
+        assert_eq!(taken(&passes), [3]);
+        assert_eq!(drain(&mut c, &mut f.handler, now), b"def");
+        // The origin ended early: the response ends short and the connection closes after it.
+        link.send_done(0, Done { token, filled: Filled::Failed { reason: "closed".into() } });
+        deliver(&mut f.handler, &mut c);
+        assert_eq!(drain(&mut c, &mut f.handler, now), b"");
+        assert!(c.should_close(), "a short body is never presented as whole");
+        assert!(passes.try_recv().is_err());
     }
 }
