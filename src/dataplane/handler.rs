@@ -145,7 +145,7 @@ impl<'a> Answer<'a> {
 
 /// How an error answer to a request that waited on a fill is framed.
 #[derive(Clone, Copy)]
-struct FillError {
+struct FillReply {
     keep_alive: bool,
     head_only: bool,
 }
@@ -713,7 +713,7 @@ impl Handler {
 
     fn answer_filled(&mut self, pending: &PendingFill, filled: Filled) -> Outgoing {
         let PendingFill { request, keep_alive, id, need, .. } = pending;
-        let error = FillError { keep_alive: *keep_alive, head_only: request.method == Method::Head };
+        let reply = FillReply { keep_alive: *keep_alive, head_only: request.method == Method::Head };
         match filled {
             Filled::Ready | Filled::Landed { .. } => {
                 self.library.forget(id);
@@ -725,13 +725,13 @@ impl Handler {
             Filled::Simple { reason } => {
                 let status = if matches!(need, Need::Content { .. } | Need::ContentHead { .. }) { 502 } else { 404 };
                 let message = format!("{id} is in Simple mode and cannot be passed through: {reason}\n");
-                self.fill_error(error, status, &message, FillHeader::Simple(&reason))
+                self.fill_error(reply, status, &message, FillHeader::Simple(&reason))
             }
             Filled::Failed { reason } => {
-                self.fill_error(error, 502, &format!("cannot fill {id} from upstream: {reason}\n"), FillHeader::None)
+                self.fill_error(reply, 502, &format!("cannot fill {id} from upstream: {reason}\n"), FillHeader::None)
             }
             Filled::Busy { retry_after_s } => self.fill_error(
-                error,
+                reply,
                 503,
                 "the box's fill limits are reached; retry later\n",
                 FillHeader::RetryAfter(retry_after_s),
@@ -739,16 +739,16 @@ impl Handler {
             // Intercepted by `take_filled`; never a final answer.
             Filled::PassThrough { .. } | Filled::PassThroughBody { .. } => {
                 let message = format!("the pass-through of {id} was answered out of order\n");
-                self.fill_error(error, 502, &message, FillHeader::None)
+                self.fill_error(reply, 502, &message, FillHeader::None)
             }
         }
     }
 
     /// An error answer to a request that waited on a fill.
-    fn fill_error(&self, error: FillError, status: u16, message: &str, header: FillHeader<'_>) -> Outgoing {
+    fn fill_error(&self, framing: FillReply, status: u16, message: &str, header: FillHeader<'_>) -> Outgoing {
         let date = self.clock.date;
         let date = std::str::from_utf8(&date).expect("ASCII date");
-        let FillError { keep_alive, head_only } = error;
+        let FillReply { keep_alive, head_only } = framing;
         let reply = Answer { keep_alive, head_only, http10_keep_alive: false, date };
         let mut extra = reply.extra();
         let value = match header {
@@ -784,9 +784,9 @@ impl Respond for Handler {
                 self.pending.insert(token, pending);
                 return Reply::Pending;
             }
-            let error = FillError { keep_alive, head_only: request.method == Method::Head };
+            let reply = FillReply { keep_alive, head_only: request.method == Method::Head };
             let busy =
-                self.fill_error(error, 503, "the fill queue is full; retry shortly\n", FillHeader::RetryAfter(1));
+                self.fill_error(reply, 503, "the fill queue is full; retry shortly\n", FillHeader::RetryAfter(1));
             self.metrics().response(busy.status);
             return Reply::Ready(busy);
         }

@@ -207,9 +207,9 @@ impl PassThroughs {
                 self.resume_if_room(conn);
             }
             ToPassThrough::Gone { worker, token } => {
-                if let Some(conn) = self.by_response.get(&(worker, token)).copied() {
-                    tracing::debug!(url = %self.passes[&conn].url, "device gone: pass-through ended");
-                    self.close(conn);
+                let conn = self.by_response.get(&(worker, token)).copied();
+                if let Some(pass) = conn.and_then(|conn| self.close(conn)) {
+                    tracing::debug!(url = %pass.url, relaying = pass.relaying, "device gone: pass-through ended");
                 }
             }
         }
