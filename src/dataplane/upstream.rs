@@ -196,19 +196,21 @@ impl UpstreamLink {
         let _ = self.misses.try_send(FromWorker::Gone { worker, token });
     }
 
-    /// The fill thread answers a miss and wakes its worker.
-    pub fn send_done(&self, worker: usize, done: Done) {
+    /// The fill (or pass-through) thread answers a miss and wakes its worker; `false` when the
+    /// worker's queue is full and the answer was dropped.
+    pub fn send_done(&self, worker: usize, done: Done) -> bool {
         let link = &self.workers[worker];
         if let Err(error) = link.done_tx.try_send(done) {
             // The response then ends by its pending timeout (504); the queue bound is huge.
             tracing::warn!(worker, error = %error, "a worker's fill answers are not being taken");
-            return;
+            return false;
         }
         if let Some(waker) = link.waker.get() {
             if let Err(error) = waker.wake() {
                 tracing::warn!(worker, %error, "cannot wake a worker");
             }
         }
+        true
     }
 
     /// The fill thread publishes its counters (Prometheus text).

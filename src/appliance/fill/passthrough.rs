@@ -221,13 +221,15 @@ impl PassThroughs {
             Need::Content { range } => (false, range.clone()),
             Need::ContentHead { range } => (true, range.clone()),
             Need::Metadata | Need::Piece(_) => {
-                return answer(&self.link, miss.worker, miss.token, Filled::Simple { reason });
+                answer(&self.link, miss.worker, miss.token, Filled::Simple { reason });
+                return;
             }
         };
         if self.passes.len() >= self.limits.pass_throughs_max {
             self.counters.busy_total += 1;
             let busy = Filled::Busy { retry_after_s: self.limits.retry_after_s };
-            return answer(&self.link, miss.worker, miss.token, busy);
+            answer(&self.link, miss.worker, miss.token, busy);
+            return;
         }
         let mut fields: Vec<(&'static str, String)> = range.into_iter().map(|range| ("Range", range)).collect();
         if !fields.is_empty() {
@@ -238,7 +240,8 @@ impl PassThroughs {
             Err(why) => {
                 self.counters.failed_total += 1;
                 let reason = format!("{reason}; its HTTP source {url} cannot be asked: {why}");
-                return answer(&self.link, miss.worker, miss.token, Filled::Simple { reason });
+                answer(&self.link, miss.worker, miss.token, Filled::Simple { reason });
+                return;
             }
         };
         self.counters.started_total += 1;
@@ -378,7 +381,9 @@ impl PassThroughs {
             fields,
             held_bytes_max: self.limits.held_bytes_max,
         };
-        answer(&self.link, pass.worker, pass.token, Filled::PassThrough { head });
+        if !answer(&self.link, pass.worker, pass.token, Filled::PassThrough { head }) {
+            drop(self.close(conn));
+        }
     }
 
     /// A body chunk: to the worker; the origin read pauses while too much is not yet taken.
@@ -388,7 +393,11 @@ impl PassThroughs {
         pass.untaken_bytes += count;
         pass.untaken_chunks += 1;
         self.counters.bytes_total += count;
-        answer(&self.link, pass.worker, pass.token, Filled::PassThroughBody { bytes });
+        if !answer(&self.link, pass.worker, pass.token, Filled::PassThroughBody { bytes }) {
+            // A chunk lost would splice the body: send no further one (the response ends short).
+            drop(self.close(conn));
+            return;
+        }
         let full = pass.untaken_bytes >= self.limits.untaken_bytes_max || pass.untaken_chunks >= CHUNKS_UNTAKEN_MAX;
         if full && !pass.paused {
             pass.paused = true;
@@ -457,6 +466,7 @@ impl PassThroughs {
     }
 }
 
-fn answer(link: &UpstreamLink, worker: usize, token: ResponseToken, filled: Filled) {
-    link.send_done(worker, Done { token, filled });
+/// Answers a worker's response; `false` if its queue was full.
+fn answer(link: &UpstreamLink, worker: usize, token: ResponseToken, filled: Filled) -> bool {
+    link.send_done(worker, Done { token, filled })
 }
