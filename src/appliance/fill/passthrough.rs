@@ -144,7 +144,6 @@ struct Counters {
 /// The pass-through thread's state.
 struct PassThroughs {
     client: ClientLoop,
-    inbox: Receiver<ToPassThrough>,
     link: Arc<UpstreamLink>,
     limits: Limits,
     passes: HashMap<ConnId, Pass>,
@@ -166,7 +165,6 @@ impl PassThroughs {
     fn new(client: ClientLoop, link: Arc<UpstreamLink>, limits: Limits) -> PassThroughs {
         PassThroughs {
             client,
-            inbox: link.pass_receiver(),
             link,
             limits,
             passes: HashMap::new(),
@@ -178,7 +176,7 @@ impl PassThroughs {
 
     fn run(mut self, stop: &AtomicBool) {
         let mut events = Vec::new();
-        let inbox = self.inbox.clone();
+        let inbox: Receiver<ToPassThrough> = self.link.pass_receiver();
         while !stop.load(Ordering::Acquire) {
             self.publish_metrics();
             let wait = Some(Duration::from_millis(STOP_POLL_MS));
@@ -389,6 +387,7 @@ impl PassThroughs {
     /// A body chunk: to the worker; the origin read pauses while too much is not yet taken.
     fn on_body(&mut self, conn: ConnId, bytes: Vec<u8>) {
         let Some(pass) = self.passes.get_mut(&conn) else { return };
+        assert!(pass.relaying && !pass.head_only, "body bytes come after a head, never for a HEAD");
         let count = bytes.len() as u64;
         pass.untaken_bytes += count;
         pass.untaken_chunks += 1;
@@ -433,7 +432,9 @@ impl PassThroughs {
     /// Forgets a pass-through and closes its origin connection.
     fn close(&mut self, conn: ConnId) -> Option<Pass> {
         let pass = self.passes.remove(&conn)?;
-        self.by_response.remove(&(pass.worker, pass.token));
+        let indexed = self.by_response.remove(&(pass.worker, pass.token));
+        assert_eq!(indexed, Some(conn), "a pass-through is indexed by its response");
+        debug_assert_eq!(self.passes.len(), self.by_response.len());
         self.client.close(conn);
         Some(pass)
     }
