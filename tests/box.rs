@@ -633,7 +633,8 @@ fn a_pass_through_past_the_limit_gets_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let content = Content::new("held", 300_000);
     let origin = Origin::start(content.bytes.clone(), OriginAnswer::Hold);
-    let config = "[upstream]\npass_throughs_max = 1\nbusy_retry_after_s = 7\n";
+    // The smallest buffer too: one chunk at a time, each taken before the next is read.
+    let config = "[upstream]\npass_throughs_max = 1\nbusy_retry_after_s = 7\npass_through_buffer_bytes = 1\n";
     let (_seed, cache) = simple_box(dir.path(), &[(&content, origin.url())], "auto", config);
     let address = cache.data_plane.clone();
     let first = std::thread::spawn(move || ask(&address, "GET", "/v1/content/held", None));

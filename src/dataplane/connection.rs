@@ -446,8 +446,10 @@ impl Connection {
         if outgoing.length() + staged_bytes + bytes > outgoing.length_declared() {
             return Err(ResponseError::TooLong { token, parts });
         }
+        // A part larger than the byte bound is taken once nothing is held, or it never would be.
         let bytes_max = limits.stream_bytes_max.min(outgoing.held_bytes_max());
-        if held_parts + parts.len() > limits.stream_parts_max || held_bytes + bytes > bytes_max {
+        let over_bytes = held_bytes > 0 && held_bytes + bytes > bytes_max;
+        if held_parts + parts.len() > limits.stream_parts_max || over_bytes {
             queued.append_refused = true;
             return Err(ResponseError::Full { token, parts });
         }
@@ -1026,7 +1028,7 @@ mod tests {
     }
 
     /// Echo, except that `/pending…` is pending, `/stream…` streams a 6-byte body of which
-    /// "aaa" is present, and `/relay…` streams a 6-byte body of owned bytes, 2 held at most.
+    /// "aaa" is present, and `/relay…` streams a 7-byte body of owned bytes, 2 held at most.
     /// Keeps the tokens it was given, in order.
     struct Stub {
         pieces: Pieces,
@@ -1047,7 +1049,7 @@ mod tests {
             } else if request.path().starts_with("/stream") {
                 Reply::Ready(Outgoing::streaming(&text_head(6, keep_alive), vec![self.pieces.slice(0, 3)]))
             } else if request.path().starts_with("/relay") {
-                Reply::Ready(Outgoing::streaming(&text_head(6, keep_alive), vec![]).with_held_bytes_max(2))
+                Reply::Ready(Outgoing::streaming(&text_head(7, keep_alive), vec![]).with_held_bytes_max(2))
             } else {
                 Reply::Ready(echo(request, keep_alive))
             }
@@ -1262,8 +1264,9 @@ mod tests {
         assert_eq!(events(&mut c), [ConnectionEvent::Writable(token)]);
         c.append(token, bytes("cd"), now).unwrap();
         assert_eq!(drain(&mut c, now), "cd");
-        c.append(token, bytes("ef"), now).unwrap();
-        assert_eq!(drain(&mut c, now), "ef");
+        // Larger than the bound: taken since nothing is held (else it never would be).
+        c.append(token, bytes("efg"), now).unwrap();
+        assert_eq!(drain(&mut c, now), "efg");
         assert!(c.queued_count() == 0 && !c.should_close());
     }
 
