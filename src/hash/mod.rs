@@ -101,6 +101,9 @@ impl Hasher {
     }
 }
 
+/// Pieces the AVX-512 path hashes side by side.
+pub const BATCH_LANES: usize = 16;
+
 /// Batches of at least this many pieces go to the 16-lane AVX-512 path, which keeps going while
 /// this many lanes are busy. Below it one SHA-NI stream is faster: 16 lanes cost the same time
 /// whether full or not, and a full set runs about 2.1 times as fast as one stream.

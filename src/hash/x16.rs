@@ -25,9 +25,7 @@ use sha2::digest::consts::U64;
 use sha2::digest::generic_array::GenericArray;
 
 use crate::content::Digest;
-
-/// Messages hashed side by side.
-pub const LANES: usize = 16;
+pub use crate::hash::BATCH_LANES as LANES;
 const BLOCK_BYTES: usize = 64;
 /// SHA-256's initial state (FIPS 180-4, 5.3.3).
 const IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
