@@ -261,14 +261,22 @@ fn rounds16(state: &mut [__m512i; 8], w: &[__m512i; 16], k: &[u32; 16]) {
     *state = [a, b, c, d, e, f, g, h];
 }
 
-/// The next sixteen message words, in place: W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16].
+/// W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16] for each index written out, so that the
+/// words stay in registers (a loop kept them in memory).
+macro_rules! schedule {
+    ($w:ident; $($i:literal)*) => {
+        $(
+            let sum = _mm512_add_epi32(small_sigma1($w[($i + 14) % 16]), $w[($i + 9) % 16]);
+            $w[$i] = _mm512_add_epi32(_mm512_add_epi32($w[$i], sum), small_sigma0($w[($i + 1) % 16]));
+        )*
+    };
+}
+
+/// The next sixteen message words, in place.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 fn schedule16(w: &mut [__m512i; 16]) {
-    for i in 0..16 {
-        let sum = _mm512_add_epi32(small_sigma1(w[(i + 14) % 16]), w[(i + 9) % 16]);
-        w[i] = _mm512_add_epi32(_mm512_add_epi32(w[i], sum), small_sigma0(w[(i + 1) % 16]));
-    }
+    schedule!(w; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 }
 
 /// Block `offset..offset + 64` of each lane as 16 vectors of big-endian words, word-major.
