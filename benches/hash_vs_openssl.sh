@@ -27,10 +27,15 @@ info, openssl = json.loads(sys.argv[1]), float(sys.argv[2]) * 1000
 single = info["hash_single_stream_bytes_per_s"]
 batch = info["hash_one_core_bytes_per_s"]
 every = info["hash_all_cores_bytes_per_s"]
-print(f"tessera one stream ({info['sha256_backend']}), one core : {single / 1e9:6.2f} GB/s")
-print(f"tessera batch ({info['sha256_batch_backend']}), one core  : {batch / 1e9:6.2f} GB/s")
-print(f"tessera batch, all {info['cores']} cores              : {every / 1e9:6.2f} GB/s")
-print(f"openssl speed -evp sha256, one core      : {openssl / 1e9:6.2f} GB/s")
-print(f"ratio one stream / openssl               : {single / openssl:6.3f}")
-print(f"ratio batch / openssl (goal >= 2.0)      : {batch / openssl:6.3f}")
+rows = [
+    (f"tessera one stream ({info['sha256_backend']}), one core", f"{single / 1e9:6.2f} GB/s"),
+    (f"tessera batch ({info['sha256_batch_backend']}), one core", f"{batch / 1e9:6.2f} GB/s"),
+    (f"tessera batch, all {info['cores']} cores", f"{every / 1e9:6.2f} GB/s"),
+    ("openssl speed -evp sha256, one core", f"{openssl / 1e9:6.2f} GB/s"),
+    ("ratio one stream / openssl", f"{single / openssl:6.3f}"),
+    ("ratio batch / openssl (goal >= 2.0)", f"{batch / openssl:6.3f}"),
+]
+width = max(len(label) for label, _ in rows)
+for label, value in rows:
+    print(f"{label.ljust(width)} : {value}")
 PY
