@@ -12,7 +12,7 @@ fn pieces(count: usize) -> Vec<Vec<u8>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let owned = pieces(BATCH_LANES * bulk_threads());
+    let owned = pieces((BATCH_LANES * bulk_threads()).max(BATCH_LANES + 1));
     let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
     let mut group =
         c.benchmark_group(format!("sha256-{}-{}", Backend::detect().name(), Backend::detect_batch().name()));
