@@ -154,7 +154,11 @@ fn print_summary(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> 
         errors.read,
         status.join(", ")
     )?;
-    writeln!(out, "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max")?;
+    writeln!(
+        out,
+        "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    )?;
     print_row(out, "corrected", &summary.latency_ms)?;
     print_row(out, "service time", &summary.service_time_ms)
 }

@@ -139,7 +139,8 @@ pub fn run(options: &LoadOptions, observe: &mut dyn FnMut(&Live)) -> Result<Repo
             go: go.clone(),
             abort: abort.clone(),
         };
-        let spawned = std::thread::Builder::new().name(format!("load-{thread_index}")).spawn(move || worker::run(setup));
+        let spawned =
+            std::thread::Builder::new().name(format!("load-{thread_index}")).spawn(move || worker::run(setup));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(source) => {

@@ -42,7 +42,11 @@ pub fn render(curves: &[Curve]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
-    let _ = writeln!(out, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">Latency by percentile</text>"#, WIDTH / 2.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">Latency by percentile</text>"#,
+        WIDTH / 2.0
+    );
     write_axes(&mut out, nines, y_max, &x_of, &y_of);
     for (index, curve) in curves.iter().enumerate() {
         let mut points = String::new();
@@ -75,7 +79,11 @@ pub fn render(curves: &[Curve]) -> String {
 
 fn write_axes(out: &mut String, nines: u32, y_max: f64, x_of: &dyn Fn(f64) -> f64, y_of: &dyn Fn(f64) -> f64) {
     let (x0, y0) = (LEFT, HEIGHT - BOTTOM);
-    let _ = writeln!(out, r##"<g stroke="#999"><line x1="{x0}" y1="{y0}" x2="{}" y2="{y0}"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{TOP}"/></g>"##, WIDTH - RIGHT);
+    let _ = writeln!(
+        out,
+        r##"<g stroke="#999"><line x1="{x0}" y1="{y0}" x2="{}" y2="{y0}"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{TOP}"/></g>"##,
+        WIDTH - RIGHT
+    );
     let mut labels = vec![(0.0, "0%".to_string()), (0.5, "50%".to_string()), (0.9, "90%".to_string())];
     for nine in 2..=nines {
         let quantile = 1.0 - 10f64.powi(-(nine as i32));
@@ -101,8 +109,18 @@ fn write_axes(out: &mut String, nines: u32, y_max: f64, x_of: &dyn Fn(f64) -> f6
             trim_float(ms, 3)
         );
     }
-    let _ = writeln!(out, r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#, (LEFT + WIDTH - RIGHT) / 2.0, HEIGHT - 10.0);
-    let _ = writeln!(out, r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">latency (ms)</text>"#, HEIGHT / 2.0, HEIGHT / 2.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        HEIGHT - 10.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">latency (ms)</text>"#,
+        HEIGHT / 2.0,
+        HEIGHT / 2.0
+    );
 }
 
 /// `value` with at most `decimals` decimals, trailing zeros dropped.

@@ -58,10 +58,9 @@ impl Plan {
                 }
             };
             let mut request = Vec::new();
-            RequestSpec::new("GET", &url).write_head(&mut request).map_err(|source| LoadError::Request {
-                url: text.clone(),
-                reason: source.to_string(),
-            })?;
+            RequestSpec::new("GET", &url)
+                .write_head(&mut request)
+                .map_err(|source| LoadError::Request { url: text.clone(), reason: source.to_string() })?;
             plan.targets.push(Target { address_index, request });
         }
         if let Some(range_bytes) = range_bytes {
@@ -128,7 +127,10 @@ mod tests {
         let mut out = Vec::new();
         plan.write_range_request(800, &mut out);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("GET /a HTTP/1.1\r\n") && text.ends_with("\r\nRange: bytes=800-999\r\n\r\n"), "{text}");
+        assert!(
+            text.starts_with("GET /a HTTP/1.1\r\n") && text.ends_with("\r\nRange: bytes=800-999\r\n\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

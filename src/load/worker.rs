@@ -70,11 +70,19 @@ pub struct Finished {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Connecting { since_ns: u64 },
+    Connecting {
+        since_ns: u64,
+    },
     Idle,
-    Busy { intended_ns: u64, sent_ns: u64, status: u16 },
+    Busy {
+        intended_ns: u64,
+        sent_ns: u64,
+        status: u16,
+    },
     /// No connection; another is opened at `until_ns`.
-    Down { until_ns: u64 },
+    Down {
+        until_ns: u64,
+    },
 }
 
 struct Slot {
