@@ -113,9 +113,13 @@ struct Worker {
     start: Instant,
 }
 
-fn http_limits() -> ClientLimits {
-    // One request in flight per connection (like wrk); bodies are counted, never kept.
-    ClientLimits { pipeline_depth_max: 1, body_bytes_max: 1 << 40, ..ClientLimits::default() }
+/// A client connection as load uses it: one request in flight (like wrk), bodies counted and
+/// never kept, heads parsed without allocating.
+fn http_connection() -> http_client::Connection<()> {
+    let limits = ClientLimits { pipeline_depth_max: 1, body_bytes_max: 1 << 40, ..ClientLimits::default() };
+    let mut connection = http_client::Connection::new(limits);
+    connection.keep_header_fields(false);
+    connection
 }
 
 /// Runs one load thread to its end. Says ready whatever happens, so a thread that cannot start
@@ -164,7 +168,7 @@ impl Worker {
                     address_index,
                     targets: targets.collect(),
                     cursor: 0,
-                    http: http_client::Connection::new(http_limits()),
+                    http: http_connection(),
                     state: State::Down { until_ns: 0 },
                     range_requests: (0..RANGE_BUFFERS).map(|_| Rc::new(Vec::with_capacity(512))).collect(),
                 }
@@ -474,7 +478,7 @@ impl Worker {
         }
         let address = self.plan.addresses[self.slots[index].address_index];
         let slot = &mut self.slots[index];
-        slot.http = http_client::Connection::new(http_limits());
+        slot.http = http_connection();
         match self.client.connect(address) {
             Ok(conn) => {
                 slot.conn = Some(conn);

@@ -122,6 +122,7 @@ pub struct Connection<T> {
     peer_closes: bool,
     sent_close: bool,
     ended: bool,
+    keep_fields: bool,
 }
 
 impl<T> Connection<T> {
@@ -139,7 +140,15 @@ impl<T> Connection<T> {
             peer_closes: false,
             sent_close: false,
             ended: false,
+            keep_fields: true,
         }
+    }
+
+    /// Whether response heads carry every header field in [`ReceivedHead::headers`] (the
+    /// default); without them parsing a head allocates nothing (status, length, framing and
+    /// the other parsed fields are still there).
+    pub fn keep_header_fields(&mut self, keep: bool) {
+        self.keep_fields = keep;
     }
 
     /// Queues `spec` for sending; its response will carry `tag`.
@@ -320,7 +329,7 @@ impl<T> Connection<T> {
         }
         let Some(front) = self.in_flight.front() else { return Err(ResponseError::Unsolicited) };
         let is_head = front.is_head;
-        let Some((head, consumed)) = head::parse_head(available, &self.limits)? else {
+        let Some((head, consumed)) = head::parse_head(available, &self.limits, self.keep_fields)? else {
             return self.wait("in a response head");
         };
         self.input_at += consumed;
