@@ -127,7 +127,7 @@ fn respond(head: &str, shared: &Shared) -> Vec<u8> {
     std::thread::sleep(behaviour.delay);
     let number = shared.responses.fetch_add(1, Ordering::SeqCst) + 1;
     let status = match behaviour.status_every {
-        Some((every, status)) if number % every == 0 => status,
+        Some((every, status)) if number.is_multiple_of(every) => status,
         _ => 200,
     };
     let range = head.lines().find_map(|line| line.strip_prefix("Range: bytes=")).map(|spec| {
