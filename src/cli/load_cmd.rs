@@ -127,7 +127,7 @@ fn load_error(error: crate::load::LoadError) -> CliError {
 }
 
 fn write_file(option: &str, path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
-    crate::catalog::write_atomically(path, bytes).map_err(|e| CliError::Usage(format!("{option}: {e}")))
+    std::fs::write(path, bytes).map_err(|e| CliError::Usage(format!("{option} {}: {e}", path.display())))
 }
 
 fn print_summary(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> {
