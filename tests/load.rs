@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 use tessera::config::BackendChoice;
 use tessera::load::schedule::{Pace, Stop};
 use tessera::load::{run, LoadOptions, Report};
+
+mod harness;
 
 /// Connections a test server serves at most (a thread each: test code).
 const SERVER_CONNECTIONS_MAX: u64 = 64;
@@ -39,6 +40,7 @@ struct TestServer {
     stop: Arc<AtomicBool>,
     /// The `Range:` values asked, in order.
     ranges: Arc<Mutex<Vec<(u64, u64)>>>,
+    responses: Arc<AtomicU64>,
 }
 
 impl Drop for TestServer {
@@ -55,10 +57,11 @@ impl TestServer {
             address: listener.local_addr().unwrap(),
             stop: Arc::new(AtomicBool::new(false)),
             ranges: Arc::default(),
+            responses: Arc::default(),
         };
-        let (stop, ranges) = (server.stop.clone(), server.ranges.clone());
+        let (stop, ranges, responses) = (server.stop.clone(), server.ranges.clone(), server.responses.clone());
         std::thread::spawn(move || {
-            let shared = Arc::new(Shared { behaviour, first: OnceLock::new(), responses: AtomicU64::new(0), ranges });
+            let shared = Arc::new(Shared { behaviour, first: OnceLock::new(), responses, ranges });
             let deadline = Instant::now() + SERVER_LIFETIME;
             let mut connections = 0;
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -76,6 +79,10 @@ impl TestServer {
         server
     }
 
+    fn responses(&self) -> u64 {
+        self.responses.load(Ordering::SeqCst)
+    }
+
     fn url(&self) -> String {
         format!("http://{}/file", self.address)
     }
@@ -84,7 +91,7 @@ impl TestServer {
 struct Shared {
     behaviour: Behaviour,
     first: OnceLock<Instant>,
-    responses: AtomicU64,
+    responses: Arc<AtomicU64>,
     ranges: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
@@ -158,17 +165,8 @@ fn options(url: String) -> LoadOptions {
         range_bytes: None,
         timeout: Duration::from_secs(10),
         backend: BackendChoice::Auto,
+        interrupt: Arc::default(),
     }
-}
-
-/// The backends to run on: epoll always, io_uring where the kernel allows it.
-fn backends() -> Vec<BackendChoice> {
-    let mut backends = vec![BackendChoice::Epoll];
-    match tessera::io::choose_backend(BackendChoice::Uring) {
-        Ok(_) => backends.push(BackendChoice::Uring),
-        Err(error) => eprintln!("io_uring backend not tested on this machine: {error}"),
-    }
-    backends
 }
 
 fn load(options: &LoadOptions) -> Report {
@@ -224,7 +222,7 @@ fn the_open_loop_keeps_its_rate_even_below_one_request_per_second_per_thread() {
 
 #[test]
 fn errors_are_counted_by_kind_and_a_run_against_nothing_ends() {
-    for backend in backends() {
+    for backend in harness::backends() {
         errors_are_counted_by_kind_on(backend);
     }
 }
@@ -273,7 +271,7 @@ fn json_hgrm_and_svg_are_written_and_parse() {
     let server = TestServer::start(Behaviour::default());
     let dir = tempfile::tempdir().unwrap();
     let (hgrm, svg) = (dir.path().join("latency.hgrm"), dir.path().join("latency.svg"));
-    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let output = harness::tessera()
         .args(["load", &server.url(), "--rate", "500", "--requests", "300", "--connections", "2", "--threads", "1"])
         .args(["--json", "--hgrm", hgrm.to_str().unwrap(), "--svg", svg.to_str().unwrap()])
         .output()
@@ -306,4 +304,27 @@ fn json_hgrm_and_svg_are_written_and_parse() {
     for curve in curves {
         assert!(curve.attribute("points").unwrap().split_whitespace().count() > 5);
     }
+}
+
+#[test]
+fn ctrl_c_ends_the_run_early_with_its_summary() {
+    let server = TestServer::start(Behaviour { delay: Duration::from_millis(5), ..Behaviour::default() });
+    let mut child = harness::tessera()
+        .args(["load", &server.url(), "--duration", "60s", "--connections", "2", "--threads", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the server has answered, so the run has started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.responses() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(json["requests"].as_u64().unwrap() >= 20, "{json}");
+    assert!(json["duration_s"].as_f64().unwrap() < 60.0, "ended before its duration: {json}");
 }

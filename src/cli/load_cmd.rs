@@ -63,6 +63,12 @@ pub struct LoadArgs {
 /// Runs `tessera load`.
 pub fn run(args: LoadArgs) -> Result<(), CliError> {
     let options = options(&args)?;
+    // The first Ctrl-C ends the run with its summary; a second one exits at once.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, options.interrupt.clone())
+            .and_then(|_| signal_hook::flag::register(signal, options.interrupt.clone()))
+            .map_err(|e| CliError::Other(format!("cannot handle signal {signal}: {e}")))?;
+    }
     let live = !args.json && std::io::stderr().is_terminal();
     let mut observe = |status: &crate::load::Live| {
         if live {
@@ -115,6 +121,7 @@ fn options(args: &LoadArgs) -> Result<LoadOptions, CliError> {
         range_bytes: args.range_bytes,
         timeout: args.timeout,
         backend,
+        interrupt: std::sync::Arc::default(),
     })
 }
 

@@ -65,6 +65,9 @@ pub struct LoadOptions {
     /// A request not answered (or a connect not done) within this fails.
     pub timeout: Duration,
     pub backend: BackendChoice,
+    /// Set (by a Ctrl-C handler) to end the run early: no new sends, the ones in flight are
+    /// waited for (within the timeout), and the summary covers what was done.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 /// How the run goes, once a second.
@@ -138,6 +141,7 @@ pub fn run(options: &LoadOptions, observe: &mut dyn FnMut(&Live)) -> Result<Repo
             ready: ready_in.clone(),
             go: go.clone(),
             abort: abort.clone(),
+            interrupt: options.interrupt.clone(),
         };
         let spawned =
             std::thread::Builder::new().name(format!("load-{thread_index}")).spawn(move || worker::run(setup));
@@ -235,6 +239,7 @@ mod tests {
             range_bytes: None,
             timeout: Duration::from_secs(1),
             backend: BackendChoice::Auto,
+            interrupt: Arc::default(),
         };
         let error = run(&options, &mut |_| {}).err().expect("refused");
         assert!(error.to_string().contains("--connections 1"), "{error}");

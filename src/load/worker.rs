@@ -50,6 +50,8 @@ pub struct Setup {
     pub go: Receiver<()>,
     /// Set when the run is called off before the start.
     pub abort: Arc<AtomicBool>,
+    /// Set to end the run early (Ctrl-C): no new sends.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 /// A thread's running totals, once a second.
@@ -229,9 +231,13 @@ impl Worker {
         // every request in flight is answered or times out.
         loop {
             let now_ns = self.now_ns();
-            self.reopen_due(now_ns);
-            self.send_due();
-            if self.busy_count == 0 && self.schedule.is_over(self.now_ns()) {
+            // One relaxed load a turn: the only cross-thread read of the loop.
+            let interrupted = setup.interrupt.load(Ordering::Relaxed);
+            if !interrupted {
+                self.reopen_due(now_ns);
+                self.send_due();
+            }
+            if self.busy_count == 0 && (interrupted || self.schedule.is_over(self.now_ns())) {
                 return Ok(());
             }
             let wait_ns = self.wait_ns(self.now_ns(), next_tick_ns);

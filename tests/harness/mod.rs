@@ -82,3 +82,14 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// The event-loop backends to run a test on: epoll always, io_uring where the kernel allows it.
+pub fn backends() -> Vec<tessera::config::BackendChoice> {
+    use tessera::config::BackendChoice;
+    let mut backends = vec![BackendChoice::Epoll];
+    match tessera::io::choose_backend(BackendChoice::Uring) {
+        Ok(_) => backends.push(BackendChoice::Uring),
+        Err(error) => eprintln!("io_uring backend not tested on this machine: {error}"),
+    }
+    backends
+}
