@@ -309,7 +309,7 @@ fn json_hgrm_and_svg_are_written_and_parse() {
 #[test]
 fn ctrl_c_ends_the_run_early_with_its_summary() {
     let server = TestServer::start(Behaviour { delay: Duration::from_millis(5), ..Behaviour::default() });
-    let mut child = harness::tessera()
+    let child = harness::tessera()
         .args(["load", &server.url(), "--duration", "60s", "--connections", "2", "--threads", "1", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
