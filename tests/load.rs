@@ -163,6 +163,7 @@ fn options(url: String) -> LoadOptions {
         connections: 4,
         threads: 1,
         range_bytes: None,
+        pieces: None,
         timeout: Duration::from_secs(10),
         backend: BackendChoice::Auto,
         interrupt: Arc::default(),
@@ -327,4 +328,42 @@ fn ctrl_c_ends_the_run_early_with_its_summary() {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(json["requests"].as_u64().unwrap() >= 20, "{json}");
     assert!(json["duration_s"].as_f64().unwrap() < 60.0, "ended before its duration: {json}");
+}
+
+/// Runs the `tessera load` binary with `args` and its JSON summary.
+fn load_json(args: &[&str]) -> serde_json::Value {
+    let output = harness::tessera().arg("load").args(args).arg("--json").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn content_pieces_are_asked_over_the_piece_api_and_bad_ones_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed");
+    let file = dir.path().join("content.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let published = harness::tessera()
+        .args(["publish", file.to_str().unwrap(), "--id", "demo", "--piece-size", "64K", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let seed = harness::Serve::start(&data, 1, &[]);
+    let ca = data.join("tls/ca.pem");
+    let content = ["--content", "demo", "--service", &seed.service_url, "--ca", ca.to_str().unwrap(), "--verify"];
+    let requests = ["--requests", "40", "--connections", "2", "--threads", "1"];
+
+    let honest = format!("http://{}/", seed.data_plane);
+    let json = load_json(&[&[honest.as_str()][..], &content, &requests].concat());
+    assert_eq!((json["requests"].as_u64(), json["bad_pieces"].as_u64()), (Some(40), Some(0)), "{json}");
+    // Five 64 KiB pieces (the last one short), each asked 8 times, plus heads.
+    assert!(json["bytes"].as_u64().unwrap() > 8 * bytes.len() as u64, "{json}");
+
+    // A server that answers every piece with the same 1 KiB: every body is bad.
+    let liar = TestServer::start(Behaviour::default());
+    let lying = format!("http://{}/", liar.address);
+    let json = load_json(&[&[lying.as_str()][..], &content, &requests].concat());
+    assert_eq!((json["requests"].as_u64(), json["bad_pieces"].as_u64()), (Some(40), Some(40)), "{json}");
 }

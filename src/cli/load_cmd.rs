@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use crate::cli::CliError;
 use crate::config::BackendChoice;
+use crate::content::mode::{decide, Mode};
+use crate::content::ContentId;
+use crate::download::{MetadataSource, ServiceMetadata};
 use crate::load::schedule::{Pace, Stop};
 use crate::load::svg::Curve;
+use crate::load::target::Pieces;
 use crate::load::{hgrm, svg, LoadOptions, Percentiles, Summary};
+use crate::tls::TlsClientOptions;
 
 /// Arguments of `tessera load`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +51,19 @@ pub struct LoadArgs {
     /// A request not answered within D fails as a timeout (e.g. 10s).
     #[arg(long, value_name = "D", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Ask the pieces of content ID over the piece API (`/v1/content/ID/piece/N`) of the servers
+    /// the URLs name; its manifest and hash file come from --service first.
+    #[arg(long, value_name = "ID", requires = "service")]
+    pub content: Option<String>,
+    /// Metadata service (`https://HOST:PORT`) for --content.
+    #[arg(long, value_name = "URL", requires = "content")]
+    pub service: Option<String>,
+    /// CA certificate(s) (PEM) that sign the service's certificate.
+    #[arg(long, value_name = "FILE", requires = "content")]
+    pub ca: Option<PathBuf>,
+    /// With --content: check every piece body against the hash file and count the mismatches.
+    #[arg(long, requires = "content")]
+    pub verify: bool,
     /// Event-loop backend: auto, uring or epoll.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub backend: String,
@@ -119,10 +137,32 @@ fn options(args: &LoadArgs) -> Result<LoadOptions, CliError> {
         connections: args.connections,
         threads: args.threads.unwrap_or_else(|| cpus.min(args.connections).max(1)),
         range_bytes: args.range_bytes,
+        pieces: pieces(args)?,
         timeout: args.timeout,
         backend,
         interrupt: std::sync::Arc::default(),
     })
+}
+
+/// With `--content`: the content's hash file, from the service under rules 1 and 2 (manifest
+/// over TLS, hash file checked against it), as `tessera get` has it.
+fn pieces(args: &LoadArgs) -> Result<Option<Pieces>, CliError> {
+    let (Some(id), Some(service)) = (&args.content, &args.service) else { return Ok(None) };
+    let id = ContentId::parse(id).map_err(|e| CliError::Usage(format!("--content: {e}")))?;
+    let config = crate::config::DownloadConfig::default();
+    let options = TlsClientOptions {
+        ca_file: args.ca.clone(),
+        pin_spki_sha256: None,
+        timeout_ms: config.metadata_timeout_ms,
+        response_bytes_max: config.metadata_bytes_max,
+    };
+    let metadata = ServiceMetadata::new(service, options).map_err(|e| CliError::Usage(format!("--service: {e}")))?;
+    let manifest = metadata.manifest(&id);
+    let hashfile = metadata.hashfile(&id);
+    match decide(manifest.as_ref().map_err(Clone::clone), hashfile.as_deref().map_err(Clone::clone)) {
+        Mode::P2p { hashes } => Ok(Some(Pieces { id, hashes, verify: args.verify })),
+        Mode::Simple { reason } => Err(CliError::Other(format!("--content {id}: no verified hash file: {reason}"))),
+    }
 }
 
 fn load_error(error: crate::load::LoadError) -> CliError {
@@ -150,6 +190,9 @@ fn print_summary(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> 
     writeln!(out, "  requests  {} ({rate}), {:.2} MB/s", summary.requests, summary.bytes_per_s / 1e6)?;
     if summary.target_rate_per_s.is_some() {
         writeln!(out, "  behind schedule  {} sends", summary.behind_schedule)?;
+    }
+    if summary.bad_pieces > 0 {
+        writeln!(out, "  bad pieces  {} (bodies that do not match the hash file)", summary.bad_pieces)?;
     }
     let errors = &summary.errors;
     let status: Vec<String> = errors.status.iter().map(|(code, count)| format!("{code}: {count}")).collect();

@@ -62,6 +62,8 @@ pub struct LoadOptions {
     pub connections: usize,
     pub threads: usize,
     pub range_bytes: Option<u64>,
+    /// `--content`: ask the pieces of one content over the piece API.
+    pub pieces: Option<target::Pieces>,
     /// A request not answered (or a connect not done) within this fails.
     pub timeout: Duration,
     pub backend: BackendChoice,
@@ -118,7 +120,7 @@ impl LoadOptions {
 /// Runs the load; `observe` hears how it goes once a second.
 pub fn run(options: &LoadOptions, observe: &mut dyn FnMut(&Live)) -> Result<Report, LoadError> {
     options.check()?;
-    let plan = Arc::new(Plan::new(&options.urls, options.range_bytes, options.timeout)?);
+    let plan = Arc::new(Plan::new(&options.urls, options.range_bytes, options.pieces.as_ref(), options.timeout)?);
     let cpus = crate::io::sys::allowed_cpus();
     let (ticks_in, ticks) = crossbeam_channel::bounded::<Tick>(options.threads * 4);
     let (ready_in, ready) = crossbeam_channel::bounded::<()>(options.threads);
@@ -237,6 +239,7 @@ mod tests {
             connections: 1,
             threads: 2,
             range_bytes: None,
+            pieces: None,
             timeout: Duration::from_secs(1),
             backend: BackendChoice::Auto,
             interrupt: Arc::default(),

@@ -62,6 +62,8 @@ pub struct Recorder {
     pub bytes: u64,
     /// Sends that left more than `schedule::LATE_NS` after their intended time.
     pub behind_schedule: u64,
+    /// Piece bodies (`--content --verify`) whose SHA-256 is not the hash file's.
+    pub bad_pieces: u64,
     pub errors: Errors,
 }
 
@@ -73,6 +75,7 @@ impl Default for Recorder {
             responses: 0,
             bytes: 0,
             behind_schedule: 0,
+            bad_pieces: 0,
             errors: Errors::default(),
         }
     }
@@ -98,6 +101,7 @@ impl Recorder {
         self.responses += other.responses;
         self.bytes += other.bytes;
         self.behind_schedule += other.behind_schedule;
+        self.bad_pieces += other.bad_pieces;
         self.errors.add(&other.errors);
     }
 }
@@ -150,6 +154,8 @@ pub struct Summary {
     pub bytes_per_s: f64,
     /// Sends that left more than 1 ms after their intended time (open loop).
     pub behind_schedule: u64,
+    /// Piece bodies that failed the check against the hash file (`--content --verify`).
+    pub bad_pieces: u64,
     pub errors: Errors,
     /// Latency from the intended send time (coordinated omission corrected).
     pub latency_ms: Percentiles,
@@ -178,6 +184,7 @@ impl Summary {
             bytes: recorder.bytes,
             bytes_per_s: per_s(recorder.bytes),
             behind_schedule: recorder.behind_schedule,
+            bad_pieces: recorder.bad_pieces,
             errors: recorder.errors.clone(),
             latency_ms: Percentiles::of(&recorder.corrected),
             service_time_ms: Percentiles::of(&recorder.service),

@@ -5,10 +5,24 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::content::{ContentId, HashFile};
 use crate::http::client::blocking::exchange;
 use crate::http::client::{ClientLimits, RequestSpec};
 use crate::http::url::HttpUrl;
 use crate::load::LoadError;
+
+/// Requests a run prepares at most (URLs, or URLs × pieces with `--content`).
+pub const TARGETS_MAX: usize = 65_536;
+
+/// `--content`: the pieces of one content, asked over the piece API.
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    pub id: ContentId,
+    /// The content's verified hash file (its SHA-256 came with the manifest over TLS).
+    pub hashes: HashFile,
+    /// Check every piece body against the hash file and count the mismatches.
+    pub verify: bool,
+}
 
 /// One URL of the run.
 #[derive(Debug, Clone)]
@@ -17,6 +31,8 @@ pub struct Target {
     pub address_index: usize,
     /// The whole GET request, ready to send.
     pub request: Vec<u8>,
+    /// The piece it asks for (`--content`).
+    pub piece: Option<u64>,
 }
 
 /// Random ranges of the first URL.
@@ -35,15 +51,27 @@ pub struct Plan {
     pub addresses: Vec<SocketAddr>,
     pub targets: Vec<Target>,
     pub ranges: Option<Ranges>,
+    /// With `--content --verify`: the hash file piece bodies are checked against.
+    pub verify: Option<HashFile>,
 }
 
 impl Plan {
-    /// Resolves `urls` (plain `http://`), and with `range_bytes` asks the first one's length.
-    pub fn new(urls: &[String], range_bytes: Option<u64>, timeout: Duration) -> Result<Plan, LoadError> {
+    /// Resolves `urls` (plain `http://`); with `range_bytes` asks the first one's length; with
+    /// `pieces` every URL is a piece server asked for every piece of the content.
+    pub fn new(
+        urls: &[String],
+        range_bytes: Option<u64>,
+        pieces: Option<&Pieces>,
+        timeout: Duration,
+    ) -> Result<Plan, LoadError> {
         if urls.is_empty() {
             return Err(LoadError::Usage("at least one URL is needed".into()));
         }
-        let mut plan = Plan { addresses: Vec::new(), targets: Vec::new(), ranges: None };
+        if range_bytes.is_some() && pieces.is_some() {
+            return Err(LoadError::Usage("--range-bytes and --content cannot be used together".into()));
+        }
+        let verify = pieces.filter(|p| p.verify).map(|p| p.hashes.clone());
+        let mut plan = Plan { addresses: Vec::new(), targets: Vec::new(), ranges: None, verify };
         for text in urls {
             let url = HttpUrl::parse(text)?;
             if url.is_tls() {
@@ -57,11 +85,16 @@ impl Plan {
                     plan.addresses.len() - 1
                 }
             };
-            let mut request = Vec::new();
-            RequestSpec::new("GET", &url)
-                .write_head(&mut request)
-                .map_err(|source| LoadError::Request { url: text.clone(), reason: source.to_string() })?;
-            plan.targets.push(Target { address_index, request });
+            let specs: Vec<(RequestSpec, Option<u64>)> = match pieces {
+                None => vec![(RequestSpec::new("GET", &url), None)],
+                Some(pieces) => piece_requests(&url, pieces, urls.len())?,
+            };
+            for (spec, piece) in specs {
+                let mut request = Vec::new();
+                spec.write_head(&mut request)
+                    .map_err(|source| LoadError::Request { url: text.clone(), reason: source.to_string() })?;
+                plan.targets.push(Target { address_index, request, piece });
+            }
         }
         if let Some(range_bytes) = range_bytes {
             if range_bytes == 0 {
@@ -93,6 +126,27 @@ impl Plan {
     }
 }
 
+/// The piece API requests for every piece of `pieces` on the server of `url`.
+fn piece_requests(
+    url: &HttpUrl,
+    pieces: &Pieces,
+    url_count: usize,
+) -> Result<Vec<(RequestSpec, Option<u64>)>, LoadError> {
+    let count = pieces.hashes.piece_count();
+    if count.saturating_mul(url_count as u64) > TARGETS_MAX as u64 {
+        return Err(LoadError::Usage(format!(
+            "--content {}: {count} pieces on {url_count} servers is more than {TARGETS_MAX} requests to prepare",
+            pieces.id
+        )));
+    }
+    Ok((0..count)
+        .map(|piece| {
+            let target = format!("/v1/content/{}/piece/{piece}", pieces.id);
+            (RequestSpec::to_host("GET", url.authority(), target), Some(piece))
+        })
+        .collect())
+}
+
 /// The length of `url` from a HEAD request.
 fn content_length(url: &str, address: SocketAddr, timeout: Duration) -> Result<u64, LoadError> {
     let failed = |reason: String| LoadError::Head { url: url.to_string(), reason };
@@ -118,7 +172,7 @@ mod tests {
     #[test]
     fn urls_on_one_server_share_an_address_and_ranges_end_at_the_length() {
         let urls = vec!["http://127.0.0.1:9/a".to_string(), "http://127.0.0.1:9/b?x=1".to_string()];
-        let mut plan = Plan::new(&urls, None, Duration::from_secs(1)).unwrap();
+        let mut plan = Plan::new(&urls, None, None, Duration::from_secs(1)).unwrap();
         assert_eq!(plan.addresses.len(), 1);
         let request = String::from_utf8(plan.targets[1].request.clone()).unwrap();
         assert!(request.starts_with("GET /b?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"), "{request}");
@@ -135,8 +189,8 @@ mod tests {
 
     #[test]
     fn https_and_missing_urls_are_refused_naming_the_problem() {
-        let error = Plan::new(&["https://127.0.0.1:9/".into()], None, Duration::from_secs(1)).unwrap_err();
+        let error = Plan::new(&["https://127.0.0.1:9/".into()], None, None, Duration::from_secs(1)).unwrap_err();
         assert!(error.to_string().contains("https"), "{error}");
-        assert!(Plan::new(&[], None, Duration::from_secs(1)).is_err());
+        assert!(Plan::new(&[], None, None, Duration::from_secs(1)).is_err());
     }
 }

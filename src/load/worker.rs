@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::BackendChoice;
+use crate::content::HashFile;
 use crate::http::client::{self as http_client, ClientLimits};
 use crate::io::client::{ClientConfig, ClientLoop, ConnId, Event};
 use crate::load::record::Recorder;
@@ -96,6 +97,11 @@ struct Slot {
     http: http_client::Connection<()>,
     state: State,
     range_requests: Vec<Rc<Vec<u8>>>,
+    /// The piece asked by the request in flight (`--content`).
+    piece: Option<u64>,
+    /// Its body so far, when pieces are verified (at most one byte past the piece's length is
+    /// kept: more means bad anyway).
+    body: Vec<u8>,
 }
 
 /// One thread's loop.
@@ -173,6 +179,8 @@ impl Worker {
                     http: http_connection(),
                     state: State::Down { until_ns: 0 },
                     range_requests: (0..RANGE_BUFFERS).map(|_| Rc::new(Vec::with_capacity(512))).collect(),
+                    piece: None,
+                    body: Vec::new(),
                 }
             })
             .collect();
@@ -315,6 +323,8 @@ impl Worker {
         if self.plan.ranges.is_none() {
             let target = slot.targets[slot.cursor % slot.targets.len()];
             slot.cursor += 1;
+            slot.piece = self.plan.targets[target].piece;
+            slot.body.clear();
             return self.requests[target].clone();
         }
         let start = self.rng.gen_range(0..=self.plan.range_start_max());
@@ -359,7 +369,9 @@ impl Worker {
     fn receive(&mut self, index: usize, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let http = &mut self.slots[index].http;
-            let direct = http.body_direct_bytes().min(bytes.len() as u64);
+            // Verified pieces go through the connection (their bytes are kept); others are
+            // only counted.
+            let direct = if self.plan.verify.is_some() { 0 } else { http.body_direct_bytes().min(bytes.len() as u64) };
             if direct > 0 {
                 http.handle_body_direct(direct);
                 bytes = &bytes[direct as usize..];
@@ -380,12 +392,18 @@ impl Worker {
             Done,
             Closed { failed: bool },
         }
+        let keep_bytes = self.kept_body_bytes(index);
         // Bounded: each event consumes input or ends the connection.
         loop {
-            let step = match self.slots[index].http.poll_event() {
+            let slot = &mut self.slots[index];
+            let step = match slot.http.poll_event() {
                 None => return true,
                 Some(http_client::Event::Head { head, .. }) => Step::Status(head.status),
-                Some(http_client::Event::BodyData { .. }) => continue,
+                Some(http_client::Event::BodyData { data, .. }) => {
+                    let room = keep_bytes.saturating_sub(slot.body.len());
+                    slot.body.extend_from_slice(&data[..room.min(data.len())]);
+                    continue;
+                }
                 Some(http_client::Event::Done { .. }) => Step::Done,
                 Some(http_client::Event::Closed { unanswered, error }) => {
                     Step::Closed { failed: !unanswered.is_empty() || error.is_some() }
@@ -399,6 +417,9 @@ impl Worker {
                 }
                 (Step::Done, State::Busy { intended_ns, sent_ns, status }) => {
                     self.recorder.response(status, intended_ns, sent_ns, now_ns);
+                    if status == 200 && !piece_is_good(self.plan.verify.as_ref(), slot.piece, &slot.body) {
+                        self.recorder.bad_pieces += 1;
+                    }
                     self.busy_count -= 1;
                     if slot.http.can_send() {
                         slot.state = State::Idle;
@@ -422,6 +443,15 @@ impl Worker {
                 // Anything else is not ours (the HTTP connection refuses unsolicited bytes).
                 _ => {}
             }
+        }
+    }
+
+    /// Body bytes of slot `index`'s response worth keeping: none unless its piece is verified,
+    /// then the piece's length and one more (which makes it bad).
+    fn kept_body_bytes(&self, index: usize) -> usize {
+        match (&self.plan.verify, self.slots[index].piece) {
+            (Some(hashes), Some(piece)) => hashes.piece_length(piece).map_or(0, |length| length as usize + 1),
+            _ => 0,
         }
     }
 
@@ -526,4 +556,10 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether `body` is piece `piece` as the hash file says (always, when nothing is verified).
+fn piece_is_good(verify: Option<&HashFile>, piece: Option<u64>, body: &[u8]) -> bool {
+    let (Some(hashes), Some(piece)) = (verify, piece) else { return true };
+    hashes.digest(piece) == Some(&crate::hash::sha256(body))
 }
