@@ -119,6 +119,8 @@ struct Worker {
     rng: StdRng,
     timeout_ns: u64,
     start: Instant,
+    /// Whether the run has started (connects before it use up no sends).
+    started: bool,
 }
 
 /// A client connection as load uses it: one request in flight (like wrk), bodies counted and
@@ -149,6 +151,7 @@ pub fn run(setup: Setup) -> Result<Finished, LoadError> {
         return Ok(Finished { recorder: Recorder::default(), end_ns: 0 });
     }
     worker.start = Instant::now();
+    worker.started = true;
     worker.run_loop(&setup)?;
     worker.recorder.behind_schedule = worker.schedule.late_count();
     Ok(Finished { end_ns: worker.now_ns(), recorder: worker.recorder })
@@ -198,6 +201,7 @@ impl Worker {
             rng: StdRng::seed_from_u64(0x7e55_e7a0 ^ setup.thread_index as u64),
             timeout_ns: setup.timeout.as_nanos().min(u64::MAX as u128) as u64,
             start: Instant::now(),
+            started: false,
         })
     }
 
@@ -503,7 +507,9 @@ impl Worker {
     /// A connect failed: it uses up the send due now (so a run of N requests against a dead
     /// server ends), and the slot waits before trying again.
     fn connect_failed(&mut self, index: usize, now_ns: u64) {
-        let _ = self.schedule.take(now_ns);
+        if self.started {
+            let _ = self.schedule.take(now_ns);
+        }
         self.slots[index].state = State::Down { until_ns: now_ns + RECONNECT_BACKOFF_NS };
     }
 
