@@ -27,8 +27,8 @@ use crate::load::LoadError;
 const RECONNECT_BACKOFF_NS: u64 = 50_000_000;
 /// Live counters are handed to the main thread this often.
 const TICK_NS: u64 = 1_000_000_000;
-/// Longest wait in the loop, so timeouts are checked at least this often.
-const WAIT_NS_MAX: u64 = 50_000_000;
+/// Timeouts and reconnects are checked this often (a scan of the thread's connections).
+const CHECK_NS: u64 = 5_000_000;
 /// Request buffers per connection in range mode (one may still be held by the last send).
 const RANGE_BUFFERS: usize = 2;
 
@@ -239,27 +239,33 @@ impl Worker {
     fn run_loop(&mut self, setup: &Setup) -> Result<(), LoadError> {
         let mut events = Vec::with_capacity(1024);
         let mut next_tick_ns = TICK_NS;
+        let mut next_check_ns = 0;
         // Bounded: the schedule ends (duration or count: failed connects use up sends too), and
         // every request in flight is answered or times out.
         loop {
             let now_ns = self.now_ns();
             // One relaxed load a turn: the only cross-thread read of the loop.
             let interrupted = setup.interrupt.load(Ordering::Relaxed);
+            if now_ns >= next_check_ns {
+                // Scans of every connection, on a tick rather than every turn.
+                self.expire(now_ns);
+                if !interrupted {
+                    self.reopen_due(now_ns);
+                }
+                next_check_ns = now_ns + CHECK_NS;
+            }
             if !interrupted {
-                self.reopen_due(now_ns);
                 self.send_due();
             }
             if self.busy_count == 0 && (interrupted || self.schedule.is_over(self.now_ns())) {
                 return Ok(());
             }
-            let wait_ns = self.wait_ns(self.now_ns(), next_tick_ns);
+            let wait_ns = self.wait_ns(self.now_ns(), next_tick_ns.min(next_check_ns));
             self.client.poll(&mut events, Some(Duration::from_nanos(wait_ns)))?;
             for event in events.drain(..) {
                 self.on_event(event);
             }
-            let now_ns = self.now_ns();
-            self.expire(now_ns);
-            if now_ns >= next_tick_ns {
+            if self.now_ns() >= next_tick_ns {
                 next_tick_ns += TICK_NS;
                 let _ = setup.ticks.try_send(Tick {
                     thread_index: setup.thread_index,
@@ -272,9 +278,9 @@ impl Worker {
     }
 
     /// How long the loop may sleep: until the next intended send (when a connection is free),
-    /// reconnect, timeout check, tick or the end of a timed run.
-    fn wait_ns(&self, now_ns: u64, next_tick_ns: u64) -> u64 {
-        let mut until_ns = now_ns + WAIT_NS_MAX;
+    /// the next check or tick (`next_ns`), or the end of a timed run.
+    fn wait_ns(&self, now_ns: u64, next_ns: u64) -> u64 {
+        let mut until_ns = next_ns;
         if !self.idle.is_empty() {
             match self.schedule.due(now_ns) {
                 Due::Now { .. } => return 0,
@@ -282,17 +288,12 @@ impl Worker {
                 Due::Over => {}
             }
         }
-        for slot in &self.slots {
-            if let State::Down { until_ns: at } = slot.state {
-                until_ns = until_ns.min(at);
-            }
-        }
         if let Stop::After { duration_ns } = self.stop {
             if now_ns < duration_ns {
                 until_ns = until_ns.min(duration_ns);
             }
         }
-        until_ns.min(next_tick_ns).saturating_sub(now_ns)
+        until_ns.saturating_sub(now_ns)
     }
 
     /// Sends every due request on a free connection.
