@@ -120,6 +120,12 @@ impl MetadataClient {
         Ok(self.get_ok(service_url, &format!("/v1/content/{id}/hashfile"))?.1)
     }
 
+    /// `GET /metrics`: the service's own counters (Prometheus text).
+    pub fn metrics(&self, service_url: &str) -> Result<String, ClientError> {
+        let (url, body) = self.get_ok(service_url, "/metrics")?;
+        String::from_utf8(body).map_err(|e| ClientError::BadBody { url, reason: e.to_string() })
+    }
+
     /// `POST /v1/announce`, with the site's announce token when the service wants one.
     pub fn announce(
         &self,
