@@ -3,100 +3,24 @@
 //! device asking any box's service is told about content another box holds. Redis restarts
 //! empty, goes down, peers expire, announces are authenticated.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod harness;
+#[path = "harness/redis.rs"]
+mod redis_server;
 
 use harness::{tessera, Serve};
+use redis_server::Redis;
 use tessera::config::{Config, RegistryBackend};
 use tessera::content::ContentId;
 use tessera::control::api::{AnnounceRequest, AnnouncedContent};
 use tessera::control::{ClientError, MetadataClient, Service};
 use tessera::tls::TlsClientOptions;
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// Bound of every wait for something the boxes do on their own.
 const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
-
-/// A `redis-server` on 127.0.0.1 that saves nothing, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    /// Starts on a free port, its working dir under `dir`.
-    fn start(dir: &Path) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Redis::start_on(dir, port)
-    }
-
-    fn start_on(dir: &Path, port: u16) -> Redis {
-        assert!(Path::new(REDIS_SERVER).exists(), "{REDIS_SERVER} is missing: scripts/test installs redis-server");
-        let dir = dir.to_path_buf();
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut redis = Redis { child, port, dir };
-        let deadline = Instant::now() + WAIT;
-        while redis.connection().is_none() {
-            assert!(Instant::now() < deadline, "redis-server did not answer on port {port}");
-            std::thread::sleep(POLL);
-        }
-        redis.flush_check();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn connection(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut connection = client.get_connection_with_timeout(Duration::from_millis(200)).ok()?;
-        redis::cmd("PING").query::<String>(&mut connection).ok()?;
-        Some(connection)
-    }
-
-    /// A fresh server holds nothing.
-    fn flush_check(&mut self) {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.connection().unwrap()).unwrap();
-        assert!(keys.is_empty(), "a new redis-server holds {keys:?}");
-    }
-
-    /// Members of a content's peer set.
-    fn holders(&self, group: &str, id: &str) -> Vec<String> {
-        let key = format!("fleet:{{{group}}}:content:{id}");
-        redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query(&mut self.connection().unwrap()).unwrap()
-    }
-
-    fn stop(mut self) -> (PathBuf, u16) {
-        self.kill();
-        (self.dir.clone(), self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Polls `check` until it holds, at most [`WAIT`].
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
@@ -171,7 +95,7 @@ fn two_boxes_share_redis_and_survive_its_restart_and_its_absence() {
     wait_until("box B's service names box A", || {
         addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.clone()]
     });
-    assert_eq!(redis.holders("default", "pkg"), ["a"]);
+    assert_eq!(redis.holders("fleet:", "default", "pkg"), ["a"]);
     assert_eq!(metric(&device, &box_b.service_url, "tessera_registry_fallback"), 0);
 
     let out = dir.path().join("got.bin");
@@ -204,7 +128,7 @@ fn two_boxes_share_redis_and_survive_its_restart_and_its_absence() {
 
     // Redis comes back empty: the boxes fill it again, and B finds A through it once more.
     let redis = Redis::start_on(&redis_dir, port);
-    wait_until("box A is in the restarted Redis", || redis.holders("default", "pkg") == ["a"]);
+    wait_until("box A is in the restarted Redis", || redis.holders("fleet:", "default", "pkg") == ["a"]);
     wait_until("box B's service names box A again", || {
         addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.clone()]
     });
@@ -260,14 +184,14 @@ fn announces_need_the_site_token_and_peers_expire_after_their_ttl() {
     let announce = announce_of("peer-x", "127.0.0.1:9");
     assert_eq!(status_of(client.announce(&url, None, &announce)), 401);
     assert_eq!(status_of(client.announce(&url, Some("not-the-site-token-000"), &announce)), 403);
-    assert!(redis.holders("default", "pkg").is_empty(), "a refused announce reached Redis");
+    assert!(redis.holders("fleet:", "default", "pkg").is_empty(), "a refused announce reached Redis");
     let metrics = client.metrics(&url).unwrap();
     assert!(metrics.contains("tessera_announces_refused_total{reason=\"no_token\"} 1"), "{metrics}");
     assert!(metrics.contains("tessera_announces_refused_total{reason=\"bad_token\"} 1"), "{metrics}");
 
     let announced_at = Instant::now();
     client.announce(&url, Some(token), &announce).unwrap();
-    assert_eq!(redis.holders("default", "pkg"), ["peer-x"]);
+    assert_eq!(redis.holders("fleet:", "default", "pkg"), ["peer-x"]);
     let peers = client.peers(&url, &ContentId::parse("pkg").unwrap(), "default", Some("other")).unwrap();
     assert_eq!(peers.len(), 1);
     assert_eq!((peers[0].address.as_str(), peers[0].bitfield.as_deref()), ("127.0.0.1:9", Some("c0")));
@@ -276,5 +200,5 @@ fn announces_need_the_site_token_and_peers_expire_after_their_ttl() {
     // Gone after the TTL, from the answers and (pruned on read) from Redis.
     wait_until("the peer expired", || addresses(&client, &url, "pkg").is_empty());
     assert!(announced_at.elapsed() >= Duration::from_millis(TTL_MS), "expired before its TTL");
-    assert!(redis.holders("default", "pkg").is_empty());
+    assert!(redis.holders("fleet:", "default", "pkg").is_empty());
 }
