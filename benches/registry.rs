@@ -14,7 +14,6 @@ use tessera::control::registry::{Holding, PeerAnnounce};
 use tessera::control::{MemoryRegistry, PeerRegistry, RedisRegistry};
 
 #[path = "../tests/harness/redis.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 const PEERS: usize = 1_000;

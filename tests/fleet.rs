@@ -93,7 +93,7 @@ fn two_boxes_share_redis_and_survive_its_restart_and_its_absence() {
 
     // B's service was never told about A: it finds A through Redis.
     wait_until("box B's service names box A", || {
-        addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.clone()]
+        addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.as_str()]
     });
     assert_eq!(redis.holders("fleet:", "default", "pkg"), ["a"]);
     assert_eq!(metric(&device, &box_b.service_url, "tessera_registry_fallback"), 0);
@@ -122,7 +122,7 @@ fn two_boxes_share_redis_and_survive_its_restart_and_its_absence() {
     });
     let manifest = device.fetch_manifest(&box_b.service_url, &ContentId::parse("pkg").unwrap()).unwrap();
     assert_eq!(manifest.content_length, content.len() as u64);
-    assert_eq!(addresses(&device_a, &box_a.service_url, "pkg"), [box_a.data_plane.clone()]);
+    assert_eq!(addresses(&device_a, &box_a.service_url, "pkg"), [box_a.data_plane.as_str()]);
     assert!(metric(&device_a, &box_a.service_url, "tessera_registry_backend_errors_total") >= 1);
     assert!(box_a.log().contains("matching peers from this service's own announces"), "{}", box_a.log());
 
@@ -130,7 +130,7 @@ fn two_boxes_share_redis_and_survive_its_restart_and_its_absence() {
     let redis = Redis::start_on(&redis_dir, port);
     wait_until("box A is in the restarted Redis", || redis.holders("fleet:", "default", "pkg") == ["a"]);
     wait_until("box B's service names box A again", || {
-        addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.clone()]
+        addresses(&device, &box_b.service_url, "pkg") == [box_a.data_plane.as_str()]
     });
     wait_until("box A's service left fallback", || {
         metric(&device_a, &box_a.service_url, "tessera_registry_fallback") == 0

@@ -110,11 +110,6 @@ impl Handler {
         }
     }
 
-    /// The service's counters.
-    pub fn metrics(&self) -> &ServiceMetrics {
-        &self.metrics
-    }
-
     /// Housekeeping that does not wait for requests: drops expired announces.
     pub fn tick(&mut self, now: Instant) {
         self.registry.expire(now);
@@ -273,7 +268,9 @@ impl Handler {
             Ok(announce) => announce,
             Err(message) => return Response::error(400, message),
         };
-        let own = announce.address.ip() == from || from.is_loopback();
+        // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d.
+        let from = from.to_canonical();
+        let own = announce.address.ip().to_canonical() == from || from.is_loopback();
         if !own && !self.announce_auth.any_address {
             self.metrics.refused(Refusal::Address);
             let message = format!(

@@ -91,11 +91,6 @@ impl ServiceMetrics {
         self.refused[why as usize] += 1;
     }
 
-    /// Announces refused for `why` so far.
-    pub fn refused_count(&self, why: Refusal) -> u64 {
-        self.refused[why as usize]
-    }
-
     /// Prometheus text of every counter, with the registry backend's `status`.
     pub fn render(&self, status: &RegistryStatus, entries: u64) -> String {
         let mut out = String::with_capacity(4096);
