@@ -352,7 +352,11 @@ fn post(path: &str, body: &str) -> Vec<u8> {
 
 #[test]
 fn malformed_json_and_bad_requests_get_400_naming_the_problem() {
-    let fixture = start(CertSpec::default(), |config| config.service.request_body_bytes_max = 4096);
+    // An open registry, so the announce bodies themselves are checked (no token needed).
+    let fixture = start(CertSpec::default(), |config| {
+        config.service.request_body_bytes_max = 4096;
+        config.service.announce_open = true;
+    });
     let addr = fixture.handle.local_addr();
     let cases = [
         (post("/v1/announce", r#"{"peer_id": "p", "group": "#), "not valid JSON"),
