@@ -360,8 +360,12 @@ fn a_tampered_upstream_hash_file_is_passed_through_never_stored_nor_announced() 
     // The tampered hash file no longer matches the manifest's digest of it: Simple mode.
     let upstream = Upstream::start(dir.path(), &[&good, &tampered], &[&tampered.id]);
     // The box announces what it holds to its upstream service, as a branch box does to its datacenter.
+    // Announces to a service other than the box's own carry that service's site token.
     let (service, ca) = (&upstream.service.service_url, upstream.ca.display());
-    let announce = format!("[announce]\nservice_url = \"{service}\"\nca_file = \"{ca}\"\n");
+    let token = upstream.ca.parent().unwrap().parent().unwrap().join("announce.token");
+    let token = token.display();
+    let announce =
+        format!("[announce]\nservice_url = \"{service}\"\nca_file = \"{ca}\"\ntoken_file = \"{token}\"\n");
     let cache = upstream.cache_box(dir.path(), "box", &announce);
 
     // A verified content, filled and announced, next to the tampered one.

@@ -276,9 +276,12 @@ fn announce_then_peers_by_group_never_the_asker_and_gone_after_the_ttl() {
     let fixture = start(CertSpec::default(), |config| config.service.peer_ttl_ms = TTL_MS);
     let client = fixture.client();
     let url = fixture.url();
+    // The service made the site's announce token on first run.
+    let token = std::fs::read_to_string(fixture.handle.announce_token_file().unwrap()).unwrap();
+    let token = Some(token.trim());
     let announced_at = Instant::now();
-    client.announce(&url, &announce("peer-a", "site-1", &["pkg"])).unwrap();
-    client.announce(&url, &announce("peer-b", "site-2", &["pkg"])).unwrap();
+    client.announce(&url, token, &announce("peer-a", "site-1", &["pkg"])).unwrap();
+    client.announce(&url, token, &announce("peer-b", "site-2", &["pkg"])).unwrap();
     let ids = |peers: Vec<tessera::control::PeerInfo>| peers.into_iter().map(|p| p.peer_id).collect::<Vec<_>>();
     assert_eq!(ids(client.peers(&url, &id("pkg"), "site-1", Some("peer-c")).unwrap()), ["peer-a"]);
     assert_eq!(ids(client.peers(&url, &id("pkg"), "site-2", Some("peer-c")).unwrap()), ["peer-b"]);
@@ -349,7 +352,11 @@ fn post(path: &str, body: &str) -> Vec<u8> {
 
 #[test]
 fn malformed_json_and_bad_requests_get_400_naming_the_problem() {
-    let fixture = start(CertSpec::default(), |config| config.service.request_body_bytes_max = 4096);
+    // An open registry, so the announce bodies themselves are checked (no token needed).
+    let fixture = start(CertSpec::default(), |config| {
+        config.service.request_body_bytes_max = 4096;
+        config.service.announce_open = true;
+    });
     let addr = fixture.handle.local_addr();
     let cases = [
         (post("/v1/announce", r#"{"peer_id": "p", "group": "#), "not valid JSON"),

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::config::AnnounceConfig;
 use crate::content::{decide, Mode};
 use crate::control::api::{AnnounceRequest, AnnouncedContent};
+use crate::control::auth::AdminToken;
 use crate::control::client::{ClientError, MetadataClient};
 use crate::store::Store;
 use crate::tls::TlsClientOptions;
@@ -40,6 +41,20 @@ pub struct AnnounceTarget {
     pub retry: Duration,
     /// Most contents in one announce.
     pub contents_max: usize,
+    /// The site's announce token, sent as a bearer token.
+    pub token: Option<AdminToken>,
+}
+
+/// The embedded service an announcer may default to: its address, development CA and announce
+/// token file.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedService<'a> {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its development CA, when it made one.
+    pub dev_ca: Option<&'a Path>,
+    /// Its announce token file, unless it is open.
+    pub token_file: Option<&'a Path>,
 }
 
 /// Why no announce target could be made from the config.
@@ -51,27 +66,35 @@ pub enum TargetError {
     UnspecifiedAddress(SocketAddr),
     #[error("[announce] address {0:?} is not IP:PORT")]
     BadAddress(String),
+    #[error("[announce] token_file: {0}")]
+    Token(String),
 }
 
 impl AnnounceTarget {
     /// The target `config` describes for a data plane listening on `data_plane`, with the embedded
-    /// service at `embedded` (its address and development CA, if any). `None`: nothing to announce to.
+    /// service `embedded`, if any. `None`: nothing to announce to.
     pub fn resolve(
         config: &AnnounceConfig,
         data_plane: SocketAddr,
-        embedded: Option<(SocketAddr, Option<&Path>)>,
+        embedded: Option<EmbeddedService<'_>>,
         timeout_ms: u64,
     ) -> Result<Option<AnnounceTarget>, TargetError> {
         if !config.enabled {
             return Ok(None);
         }
-        let (service_url, ca_file) = if config.service_url.is_empty() {
-            let Some((service, dev_ca)) = embedded else { return Ok(None) };
+        let (service_url, ca_file, token_file) = if config.service_url.is_empty() {
+            let Some(EmbeddedService { addr: service, dev_ca, token_file }) = embedded else { return Ok(None) };
             let host = if service.ip().is_unspecified() { "127.0.0.1".to_string() } else { service.ip().to_string() };
             let host = if host.contains(':') { format!("[{host}]") } else { host };
-            (format!("https://{host}:{}", service.port()), config.ca_file.clone().or(dev_ca.map(Path::to_path_buf)))
+            let ca_file = config.ca_file.clone().or(dev_ca.map(Path::to_path_buf));
+            let token_file = config.token_file.clone().or(token_file.map(Path::to_path_buf));
+            (format!("https://{host}:{}", service.port()), ca_file, token_file)
         } else {
-            (config.service_url.clone(), config.ca_file.clone())
+            (config.service_url.clone(), config.ca_file.clone(), config.token_file.clone())
+        };
+        let token = match token_file {
+            Some(path) => Some(AdminToken::from_file(&path).map_err(|error| TargetError::Token(error.to_string()))?),
+            None => None,
         };
         let address = if config.address.is_empty() {
             if data_plane.ip().is_unspecified() {
@@ -91,6 +114,7 @@ impl AnnounceTarget {
             interval: Duration::from_millis(config.interval_ms.max(1)),
             retry: Duration::from_millis(config.retry_ms.max(1)),
             contents_max: config.contents_max as usize,
+            token,
         }))
     }
 }
@@ -196,7 +220,7 @@ fn run(client: &MetadataClient, target: &AnnounceTarget, catalog: &Catalog, stor
             address: target.address.clone(),
             contents,
         };
-        let wait = match client.announce(&target.service_url, &request) {
+        let wait = match client.announce(&target.service_url, target.token.as_ref().map(AdminToken::secret), &request) {
             Ok(()) => {
                 if failing {
                     tracing::info!(service = %target.service_url, "announces reach the metadata service again");
@@ -286,12 +310,42 @@ mod tests {
         "127.0.0.1:7680".parse().unwrap()
     }
 
+    fn embedded<'a>(addr: SocketAddr, dev_ca: Option<&'a Path>, token_file: Option<&'a Path>) -> EmbeddedService<'a> {
+        EmbeddedService { addr, dev_ca, token_file }
+    }
+
+    #[test]
+    fn the_embedded_service_token_is_sent_unless_the_config_names_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, other) = (dir.path().join("own.token"), dir.path().join("other.token"));
+        std::fs::write(&own, "own-token-0123456789\n").unwrap();
+        std::fs::write(&other, "other-token-0123456789\n").unwrap();
+        let service = Some(embedded("127.0.0.1:7443".parse().unwrap(), None, Some(&own)));
+        let secret = |config: &AnnounceConfig, service| {
+            let target = AnnounceTarget::resolve(config, data_plane(), service, 1000).unwrap().unwrap();
+            target.token.map(|token| token.secret().to_string())
+        };
+        assert_eq!(secret(&AnnounceConfig::default(), service).as_deref(), Some("own-token-0123456789"));
+        let named = AnnounceConfig { token_file: Some(other.clone()), ..AnnounceConfig::default() };
+        assert_eq!(secret(&named, service).as_deref(), Some("other-token-0123456789"));
+        let remote = AnnounceConfig { service_url: "https://meta.example:7443".into(), ..AnnounceConfig::default() };
+        assert_eq!(secret(&remote, service), None);
+        let missing = AnnounceConfig { token_file: Some(dir.path().join("absent")), ..AnnounceConfig::default() };
+        let error = AnnounceTarget::resolve(&missing, data_plane(), service, 1000).unwrap_err();
+        assert!(error.to_string().contains("absent"), "{error}");
+    }
+
     #[test]
     fn embedded_service_is_the_default_target() {
         let service: SocketAddr = "0.0.0.0:7443".parse().unwrap();
         let ca = Path::new("data/tls/ca.pem");
-        let target =
-            AnnounceTarget::resolve(&AnnounceConfig::default(), data_plane(), Some((service, Some(ca))), 1000).unwrap();
+        let target = AnnounceTarget::resolve(
+            &AnnounceConfig::default(),
+            data_plane(),
+            Some(embedded(service, Some(ca), None)),
+            1000,
+        )
+        .unwrap();
         let target = target.expect("announces to the embedded service");
         assert_eq!(target.service_url, "https://127.0.0.1:7443");
         assert_eq!(target.tls.ca_file.as_deref(), Some(ca));
@@ -309,13 +363,13 @@ mod tests {
             None
         );
         let off = AnnounceConfig { enabled: false, ..AnnounceConfig::default() };
-        let service = Some(("127.0.0.1:1".parse().unwrap(), None));
+        let service = Some(embedded("127.0.0.1:1".parse().unwrap(), None, None));
         assert!(AnnounceTarget::resolve(&off, data_plane(), service, 1000).unwrap().is_none());
     }
 
     #[test]
     fn unreachable_or_bad_addresses_are_named() {
-        let service = Some(("127.0.0.1:1".parse().unwrap(), None));
+        let service = Some(embedded("127.0.0.1:1".parse().unwrap(), None, None));
         let any: SocketAddr = "0.0.0.0:7680".parse().unwrap();
         let error = AnnounceTarget::resolve(&AnnounceConfig::default(), any, service, 1000).unwrap_err();
         assert_eq!(error, TargetError::UnspecifiedAddress(any));

@@ -152,7 +152,11 @@ fn start_announcer(
     service: Option<&ServiceHandle>,
     trigger: AnnounceTrigger,
 ) -> Result<Option<AnnouncerHandle>, ApplianceError> {
-    let embedded = service.map(|s| (s.local_addr(), s.dev_ca_file()));
+    let embedded = service.map(|s| announcer::EmbeddedService {
+        addr: s.local_addr(),
+        dev_ca: s.dev_ca_file(),
+        token_file: s.announce_token_file(),
+    });
     let resolved =
         AnnounceTarget::resolve(&config.announce, server.local_addr(), embedded, config.download.metadata_timeout_ms);
     let target = match resolved {

@@ -67,6 +67,9 @@ pub fn report(handle: &ServiceHandle) {
             handle.local_addr().port()
         );
     }
+    if let Some(token) = handle.announce_token_file() {
+        println!("tessera service: announces need the bearer token in {}", token.display());
+    }
 }
 
 /// Blocks until SIGINT or SIGTERM arrives.

@@ -30,6 +30,10 @@ pub struct AnnounceConfig {
     pub retry_ms: u64,
     /// Most contents in one announce.
     pub contents_max: u32,
+    /// File holding the service's announce token (first line); absent means the embedded
+    /// service's own token when announcing to it, and no token for a remote service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AnnounceConfig {
@@ -44,6 +48,7 @@ impl Default for AnnounceConfig {
             interval_ms: 300_000,
             retry_ms: 10_000,
             contents_max: 10_000,
+            token_file: None,
         }
     }
 }

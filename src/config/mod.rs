@@ -2,6 +2,7 @@
 
 mod announce;
 mod download;
+mod registry;
 mod serve;
 mod service;
 mod store;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use announce::AnnounceConfig;
 pub use download::DownloadConfig;
+pub use registry::{RegistryBackend, RegistryConfig, RegistryConfigError};
 pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
@@ -30,6 +32,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("config {path} is not valid: {source}")]
     Upstream { path: PathBuf, source: UpstreamConfigError },
+    #[error("config {path} is not valid: {source}")]
+    Registry { path: PathBuf, source: RegistryConfigError },
 }
 
 /// The whole configuration.
@@ -51,6 +55,8 @@ pub struct Config {
     /// Where a cache box fills misses from; absent means `serve` answers only what it holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamConfig>,
+    /// Where the service keeps its peer registry: in memory, or on Redis for a fleet.
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             announce: AnnounceConfig::default(),
             upstream: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -75,6 +82,7 @@ impl Config {
         if let Some(upstream) = &config.upstream {
             upstream.validate().map_err(|source| ConfigError::Upstream { path: origin.to_path_buf(), source })?;
         }
+        config.registry.validate().map_err(|source| ConfigError::Registry { path: origin.to_path_buf(), source })?;
         Ok(config)
     }
 
@@ -108,6 +116,12 @@ impl Config {
     /// Directory of generated TLS material (the development CA and server certificate).
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+
+    /// The announce token file the service uses: `[service] announce_token_file`, or
+    /// `DATA_DIR/announce.token` (made on first run).
+    pub fn announce_token_file(&self) -> PathBuf {
+        self.service.announce_token_file.clone().unwrap_or_else(|| self.data_dir.join("announce.token"))
     }
 }
 

@@ -50,6 +50,15 @@ pub struct ServiceConfig {
     pub catalog_rescan_ms: u64,
     /// Catalog reads and writes waiting for the catalog thread; more get 503.
     pub catalog_jobs_max: u32,
+    /// File holding the bearer token announces must carry (first line); absent means
+    /// `DATA_DIR/announce.token`, made on first run (mode 0600). Copy it to every box of a site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce_token_file: Option<PathBuf>,
+    /// Accept announces without a token (a lab); logged as a warning at start.
+    pub announce_open: bool,
+    /// Accept an announce whose address is not the announcing host's own IP (behind NAT, or a
+    /// host announcing for another); loopback callers may always announce any address.
+    pub announce_any_address: bool,
 }
 
 impl Default for ServiceConfig {
@@ -74,6 +83,9 @@ impl Default for ServiceConfig {
             idle_timeout_ms: 60_000,
             catalog_rescan_ms: 2_000,
             catalog_jobs_max: 64,
+            announce_token_file: None,
+            announce_open: false,
+            announce_any_address: false,
         }
     }
 }

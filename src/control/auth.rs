@@ -1,6 +1,7 @@
-//! The admin bearer token that guards remote publishing and removal.
+//! The bearer tokens of the service: the admin token that guards remote publishing and removal,
+//! and the per-site announce token that guards the peer registry.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::ServiceConfig;
 
@@ -20,6 +21,8 @@ pub enum AuthError {
     FileTooLarge { path: PathBuf },
     #[error("admin token is given twice: set admin_token or admin_token_file, not both")]
     Both,
+    #[error("cannot make announce token file {path}: {source}")]
+    Make { path: PathBuf, source: std::io::Error },
 }
 
 /// The configured admin token.
@@ -47,17 +50,52 @@ impl AdminToken {
         match (&config.admin_token, &config.admin_token_file) {
             (Some(_), Some(_)) => Err(AuthError::Both),
             (Some(text), None) => AdminToken::new(text, "admin_token").map(Some),
-            (None, Some(path)) => {
-                let read = |source| AuthError::Read { path: path.clone(), source };
-                if std::fs::metadata(path).map_err(read)?.len() > TOKEN_FILE_BYTES_MAX {
-                    return Err(AuthError::FileTooLarge { path: path.clone() });
-                }
-                let text = std::fs::read_to_string(path).map_err(read)?;
-                let first_line = text.lines().next().unwrap_or("");
-                AdminToken::new(first_line, &format!("in {}", path.display())).map(Some)
-            }
+            (None, Some(path)) => AdminToken::from_file(path).map(Some),
             (None, None) => Ok(None),
         }
+    }
+
+    /// The token on the first line of `path`.
+    pub fn from_file(path: &Path) -> Result<AdminToken, AuthError> {
+        let read = |source| AuthError::Read { path: path.to_path_buf(), source };
+        if std::fs::metadata(path).map_err(read)?.len() > TOKEN_FILE_BYTES_MAX {
+            return Err(AuthError::FileTooLarge { path: path.to_path_buf() });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let first_line = text.lines().next().unwrap_or("");
+        AdminToken::new(first_line, &format!("in {}", path.display()))
+    }
+
+    /// The token in `path`, made first (32 random bytes as hex, mode 0600) when the file does not
+    /// exist; `true` when it was made now.
+    pub fn ensure_file(path: &Path) -> Result<(AdminToken, bool), AuthError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let make = |source| AuthError::Make { path: path.to_path_buf(), source };
+        if path.exists() {
+            return Ok((AdminToken::from_file(path)?, false));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(make)?;
+        }
+        let text = hex::encode(rand::random::<[u8; 32]>());
+        // create_new: two services starting on one data dir never overwrite each other's token.
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(mut file) => {
+                file.write_all(format!("{text}\n").as_bytes()).map_err(make)?;
+                file.sync_all().map_err(make)?;
+                Ok((AdminToken::new(&text, "generated")?, true))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((AdminToken::from_file(path)?, false))
+            }
+            Err(error) => Err(make(error)),
+        }
+    }
+
+    /// The token text, for a client to send.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     /// Whether an `Authorization:` header value carries this token as a bearer token.
@@ -100,6 +138,21 @@ mod tests {
             ..ServiceConfig::default()
         };
         assert!(matches!(AdminToken::from_config(&config), Err(AuthError::Both)));
+    }
+
+    #[test]
+    fn announce_token_file_is_made_once_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/announce.token");
+        let (made, fresh) = AdminToken::ensure_file(&path).unwrap();
+        assert!(fresh);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (again, fresh) = AdminToken::ensure_file(&path).unwrap();
+        assert!(!fresh);
+        assert_eq!(made.secret(), again.secret());
+        assert_eq!(made.secret().len(), 64);
+        assert!(again.accepts(Some(&format!("Bearer {}", made.secret()))));
     }
 
     #[test]

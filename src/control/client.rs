@@ -120,11 +120,22 @@ impl MetadataClient {
         Ok(self.get_ok(service_url, &format!("/v1/content/{id}/hashfile"))?.1)
     }
 
-    /// `POST /v1/announce`.
-    pub fn announce(&self, service_url_text: &str, announce: &AnnounceRequest) -> Result<(), ClientError> {
+    /// `GET /metrics`: the service's own counters (Prometheus text).
+    pub fn metrics(&self, service_url: &str) -> Result<String, ClientError> {
+        let (url, body) = self.get_ok(service_url, "/metrics")?;
+        String::from_utf8(body).map_err(|e| ClientError::BadBody { url, reason: e.to_string() })
+    }
+
+    /// `POST /v1/announce`, with the site's announce token when the service wants one.
+    pub fn announce(
+        &self,
+        service_url_text: &str,
+        token: Option<&str>,
+        announce: &AnnounceRequest,
+    ) -> Result<(), ClientError> {
         let url = service_url(service_url_text)?.join("/v1/announce")?;
         let body = serde_json::to_vec(announce).expect("announce serializes");
-        let reply = self.exchange(&url, "POST", None, body)?;
+        let reply = self.exchange(&url, "POST", token, body)?;
         expect_ok(service_url_text, "/v1/announce", reply).map(|_| ())
     }
 

@@ -3,6 +3,7 @@
 //! with [`Connection::deliver`] when an answer the handler deferred is ready.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -44,6 +45,8 @@ pub enum Next {
 /// A client connection.
 pub struct Connection {
     pub socket: TcpStream,
+    /// The client's IP (an announce must name its own).
+    from: IpAddr,
     /// Names this connection's deferred answers.
     ticket: Ticket,
     tls: ServerConnection,
@@ -61,9 +64,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection just accepted at `now`; its deferred answers come back under `ticket`.
+    /// A connection from `from` just accepted at `now`; its deferred answers come back under `ticket`.
     pub fn new(
         socket: TcpStream,
+        from: IpAddr,
         tls: ServerConnection,
         limits: &ConnectionLimits,
         now: Instant,
@@ -71,6 +75,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             socket,
+            from,
             ticket,
             tls,
             inbound: Vec::new(),
@@ -178,7 +183,7 @@ impl Connection {
         if self.inbound.len() < end {
             return false;
         }
-        let answer = handler.handle(request, &self.inbound[*head_length..end], now, self.ticket);
+        let answer = handler.handle(request, &self.inbound[*head_length..end], self.from, now, self.ticket);
         let (keep_alive, head_only) = (request.keep_alive, request.method == Method::Head);
         self.inbound.drain(..end);
         match answer {

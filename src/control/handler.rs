@@ -2,6 +2,7 @@
 //! — now, or later for what needs the catalog's disk side ([`snapshot`](crate::control::snapshot)).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -10,6 +11,7 @@ use crate::config::ServiceConfig;
 use crate::content::ContentId;
 use crate::control::api::{validate_name, ErrorBody, PeersResponse};
 use crate::control::auth::AdminToken;
+use crate::control::metrics::{Refusal, RegistryOp, ServiceMetrics};
 use crate::control::rate::{AnnounceLimiter, RateError};
 use crate::control::registry::PeerRegistry;
 use crate::control::snapshot::{Done, Entry, Job, Snapshot, Ticket};
@@ -69,6 +71,17 @@ pub struct Handler {
     admin_token: Option<AdminToken>,
     peers_returned_max: usize,
     announce_contents_max: usize,
+    announce_auth: AnnounceAuth,
+    metrics: ServiceMetrics,
+}
+
+/// Who may announce.
+#[derive(Debug, Clone, Default)]
+pub struct AnnounceAuth {
+    /// The bearer token announces must carry; `None`: an open registry.
+    pub token: Option<AdminToken>,
+    /// Accept any address, not only the caller's own IP (loopback callers always may).
+    pub any_address: bool,
 }
 
 impl Handler {
@@ -79,6 +92,7 @@ impl Handler {
         jobs: Sender<Job>,
         registry: Box<dyn PeerRegistry>,
         admin_token: Option<AdminToken>,
+        announce_auth: AnnounceAuth,
         config: &ServiceConfig,
     ) -> Handler {
         let peers_tracked_max = usize::try_from(config.registry_entries_max).unwrap_or(usize::MAX);
@@ -91,6 +105,8 @@ impl Handler {
             admin_token,
             peers_returned_max: config.peers_returned_max as usize,
             announce_contents_max: config.announce_contents_max as usize,
+            announce_auth,
+            metrics: ServiceMetrics::default(),
         }
     }
 
@@ -100,8 +116,15 @@ impl Handler {
     }
 
     /// Answers one request whose whole body is `body`; `None` when the answer needs the catalog
-    /// keeper: it comes out of [`Handler::apply`] under `ticket`.
-    pub fn handle(&mut self, request: &Request, body: &[u8], now: Instant, ticket: Ticket) -> Option<Response> {
+    /// keeper: it comes out of [`Handler::apply`] under `ticket`. `from` is the caller's IP.
+    pub fn handle(
+        &mut self,
+        request: &Request,
+        body: &[u8],
+        from: IpAddr,
+        now: Instant,
+        ticket: Ticket,
+    ) -> Option<Response> {
         let path = request.path();
         if path == "/healthz" {
             return Some(match request.method {
@@ -113,8 +136,22 @@ impl Handler {
         }
         if path == "/v1/announce" {
             return Some(match request.method {
-                Method::Post => self.announce(body, now),
+                Method::Post => self.announce(request, body, from, now),
                 _ => method_not_allowed("POST"),
+            });
+        }
+        if path == "/metrics" {
+            return Some(match request.method {
+                Method::Get | Method::Head => {
+                    let text = self.metrics.render(&self.registry.status(), self.registry.entry_count());
+                    Response {
+                        status: 200,
+                        content_type: "text/plain; version=0.0.4",
+                        body: text.into_bytes(),
+                        extra: Vec::new(),
+                    }
+                }
+                _ => method_not_allowed("GET, HEAD"),
             });
         }
         let Some(rest) = path.strip_prefix("/v1/content/") else {
@@ -211,11 +248,37 @@ impl Handler {
         }
     }
 
-    fn announce(&mut self, body: &[u8], now: Instant) -> Response {
+    fn announce(&mut self, request: &Request, body: &[u8], from: IpAddr, now: Instant) -> Response {
+        if let Some(token) = &self.announce_auth.token {
+            let authorization = request.authorization.as_deref();
+            if !token.accepts(authorization) {
+                let (refusal, response) = if authorization.is_none() {
+                    (
+                        Refusal::NoToken,
+                        Response::error(401, "announces need the site's bearer token (Authorization: Bearer TOKEN)"),
+                    )
+                } else {
+                    (Refusal::BadToken, Response::error(403, "the announce token is not this site's"))
+                };
+                self.metrics.refused(refusal);
+                return response.with_header("WWW-Authenticate", "Bearer realm=\"tessera-announce\"");
+            }
+        }
         let announce = match parse_announce(body, self.announce_contents_max) {
             Ok(announce) => announce,
             Err(message) => return Response::error(400, message),
         };
+        // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d.
+        let from = from.to_canonical();
+        let own = announce.address.ip().to_canonical() == from || from.is_loopback();
+        if !own && !self.announce_auth.any_address {
+            self.metrics.refused(Refusal::Address);
+            let message = format!(
+                "address {}: a peer announces its own IP ({from}) unless the service sets announce_any_address",
+                announce.address
+            );
+            return Response::error(403, message);
+        }
         match self.limiter.check(&announce.peer_id, now) {
             Ok(()) => {}
             Err(error @ RateError::TooMany { retry_after_s, .. }) => {
@@ -226,7 +289,10 @@ impl Handler {
             }
         }
         let count = announce.holdings.len();
-        match self.registry.announce(announce, now) {
+        let started = Instant::now();
+        let written = self.registry.announce(announce, now);
+        self.metrics.record(RegistryOp::Announce, started.elapsed());
+        match written {
             Ok(()) => Response::json(200, &serde_json::json!({ "accepted": count })),
             Err(error) => Response::error(503, error.to_string()).with_header("Retry-After", "60"),
         }
@@ -243,7 +309,9 @@ impl Handler {
         if let Some(Err(message)) = asker.map(|peer| validate_name("peer", peer)) {
             return Response::error(400, message);
         }
+        let started = Instant::now();
         let peers = self.registry.peers(id, group, asker, self.peers_returned_max, now);
+        self.metrics.record(RegistryOp::Peers, started.elapsed());
         Response::json(200, &PeersResponse { content_id: id.to_string(), group: group.to_string(), peers })
     }
 
@@ -318,6 +386,7 @@ mod tests {
     use std::time::Duration;
 
     const TOKEN: &str = "0123456789abcdef";
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// A handler with its catalog keeper, run in step on the test's thread.
     struct Fixture {
@@ -329,7 +398,12 @@ mod tests {
     impl Fixture {
         /// The answer to `request`, after the keeper's job when it needs one.
         fn handle(&mut self, request: &Request, body: &[u8], now: Instant) -> Response {
-            if let Some(response) = self.handler.handle(request, body, now, 1) {
+            self.handle_from(request, body, LOOPBACK, now)
+        }
+
+        /// As [`Fixture::handle`], from the caller `from`.
+        fn handle_from(&mut self, request: &Request, body: &[u8], from: IpAddr, now: Instant) -> Response {
+            if let Some(response) = self.handler.handle(request, body, from, now, 1) {
                 assert!(self.jobs.is_empty(), "an answer given now leaves no job behind");
                 return response;
             }
@@ -346,7 +420,7 @@ mod tests {
         let token = AdminToken::new(TOKEN, "test").unwrap();
         let mut keeper = Keeper::new(Catalog::new(dir.join("catalog")));
         let (sender, jobs) = crossbeam_channel::bounded(1);
-        let handler = Handler::new(keeper.load_all(), sender, registry, Some(token), &config);
+        let handler = Handler::new(keeper.load_all(), sender, registry, Some(token), AnnounceAuth::default(), &config);
         Fixture { handler, keeper, jobs }
     }
 
@@ -400,6 +474,45 @@ mod tests {
     }
 
     #[test]
+    fn announces_need_the_site_token_and_their_own_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fixture = handler(dir.path());
+        let site_token = AdminToken::new("announce-token-0123", "test").unwrap();
+        fixture.handler.announce_auth = AnnounceAuth { token: Some(site_token), any_address: false };
+        let now = Instant::now();
+        let body = br#"{"peer_id":"p1","group":"g","address":"10.0.0.1:7680","contents":[{"id":"x"}]}"#;
+        let box_ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other_ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let unsigned = fixture.handle_from(&request("POST /v1/announce HTTP/1.1"), body, box_ip, now);
+        assert_eq!(unsigned.status, 401);
+        let wrong = request("POST /v1/announce HTTP/1.1\r\nAuthorization: Bearer announce-token-0124");
+        assert_eq!(fixture.handle_from(&wrong, body, box_ip, now).status, 403);
+        let signed = request("POST /v1/announce HTTP/1.1\r\nAuthorization: Bearer announce-token-0123");
+        let elsewhere = fixture.handle_from(&signed, body, other_ip, now);
+        assert_eq!(elsewhere.status, 403);
+        assert!(error_of(&elsewhere).contains("10.0.0.1:7680"), "{}", error_of(&elsewhere));
+        let peers = request("GET /v1/content/x/peers?group=g HTTP/1.1");
+        assert!(serde_json::from_slice::<PeersResponse>(&fixture.handle(&peers, b"", now).body)
+            .unwrap()
+            .peers
+            .is_empty());
+        assert_eq!(fixture.handle_from(&signed, body, box_ip, now).status, 200);
+        let found: PeersResponse = serde_json::from_slice(&fixture.handle(&peers, b"", now).body).unwrap();
+        assert_eq!(found.peers.len(), 1);
+        let metrics = String::from_utf8(fixture.handle(&request("GET /metrics HTTP/1.1"), b"", now).body).unwrap();
+        for line in [
+            "tessera_announces_refused_total{reason=\"no_token\"} 1",
+            "tessera_announces_refused_total{reason=\"bad_token\"} 1",
+            "tessera_announces_refused_total{reason=\"address\"} 1",
+            "tessera_registry_operation_seconds_count{op=\"announce\"} 1",
+            "tessera_registry_operation_seconds_count{op=\"peers\"} 2",
+            "tessera_registry_backend{backend=\"memory\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        }
+    }
+
+    #[test]
     fn writes_need_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let mut handler = handler(dir.path());
@@ -437,13 +550,17 @@ mod tests {
         assert_eq!(Manifest::parse(&first.body).unwrap(), manifest);
         // Known now: answered without the keeper, even with the files gone from under it.
         std::fs::remove_dir_all(dir.path().join("catalog")).unwrap();
-        let again = fixture.handler.handle(&get, b"", now, 2).expect("answered from memory");
+        let again = fixture.handler.handle(&get, b"", LOOPBACK, now, 2).expect("answered from memory");
         assert_eq!(again.body, first.body);
         let hashfile_get = request("GET /v1/content/pkg/hashfile HTTP/1.1");
-        assert_eq!(fixture.handler.handle(&hashfile_get, b"", now, 3).expect("from memory").body, hashfile);
+        assert_eq!(fixture.handler.handle(&hashfile_get, b"", LOOPBACK, now, 3).expect("from memory").body, hashfile);
         // Unknown ids wait for the keeper, whose queue holds one job here.
-        assert!(fixture.handler.handle(&request("GET /v1/content/a/manifest HTTP/1.1"), b"", now, 4).is_none());
-        let busy = fixture.handler.handle(&request("GET /v1/content/b/manifest HTTP/1.1"), b"", now, 5).unwrap();
+        assert!(fixture
+            .handler
+            .handle(&request("GET /v1/content/a/manifest HTTP/1.1"), b"", LOOPBACK, now, 4)
+            .is_none());
+        let busy =
+            fixture.handler.handle(&request("GET /v1/content/b/manifest HTTP/1.1"), b"", LOOPBACK, now, 5).unwrap();
         assert_eq!(busy.status, 503);
         assert!(busy.extra.iter().any(|(name, _)| *name == "Retry-After"));
     }

@@ -4,7 +4,8 @@
 //! - [`handler`]: routes and answers requests without I/O (catalog snapshot, registry, auth, limits).
 //! - [`snapshot`]: the catalog in memory, and the keeper thread that does its disk work.
 //! - [`connection`] and [`service`]: the TLS connections and the event loop around the handler.
-//! - [`registry`]: the [`PeerRegistry`] trait and its in-memory implementation.
+//! - [`registry`]: the [`PeerRegistry`] trait and its in-memory implementation;
+//!   [`redis_registry`]: the one on Redis, shared by a fleet; [`metrics`]: the service's `/metrics`.
 //! - [`client`]: [`MetadataClient`], with a typed error per way a fetch fails.
 
 pub mod api;
@@ -12,7 +13,9 @@ pub mod auth;
 pub mod client;
 pub mod connection;
 pub mod handler;
+pub mod metrics;
 pub mod rate;
+pub mod redis_registry;
 pub mod registry;
 pub mod service;
 pub mod snapshot;
@@ -20,5 +23,6 @@ pub mod validate;
 
 pub use api::{AnnounceRequest, AnnouncedContent, PeerInfo, PeersResponse};
 pub use client::{service_url, ClientError, MetadataClient};
+pub use redis_registry::RedisRegistry;
 pub use registry::{MemoryRegistry, PeerRegistry};
 pub use service::{Service, ServiceError, ServiceHandle};

@@ -1,6 +1,7 @@
 //! Peer matching: who holds which content, per group, for how long.
 //!
-//! Behind [`PeerRegistry`] so a shared backend can replace the in-memory one. Time is passed in
+//! Behind [`PeerRegistry`] so a shared backend ([`RedisRegistry`](crate::control::redis_registry))
+//! can replace the in-memory one. Time is passed in
 //! (`now`) rather than read, so expiry is tested without sleeping.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -61,6 +62,26 @@ pub trait PeerRegistry: Send {
 
     /// Peer-content entries held (expired ones included until [`PeerRegistry::expire`] runs).
     fn entry_count(&self) -> u64;
+
+    /// Which backend answers and how it fares, for `/metrics`.
+    fn status(&self) -> RegistryStatus {
+        RegistryStatus { backend: "memory", ..RegistryStatus::default() }
+    }
+}
+
+/// How a registry backend fares: what `/metrics` shows of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStatus {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// Peer matching answers from what this service heard itself (the shared backend is unreachable).
+    pub fallback: bool,
+    /// Failed calls to the shared backend.
+    pub backend_errors: u64,
+    /// Connections made to the shared backend after a failure.
+    pub reconnects: u64,
+    /// Announces written again to a shared backend that came back empty.
+    pub replayed: u64,
 }
 
 struct PeerRecord {
@@ -93,6 +114,24 @@ impl MemoryRegistry {
             index: HashMap::new(),
             expiries: BTreeSet::new(),
         }
+    }
+
+    /// Every announce still live at `now`, with its expiry: what a shared backend that lost its
+    /// data is given again.
+    pub fn live(&self, now: Instant) -> Vec<(PeerAnnounce, Instant)> {
+        self.peers
+            .iter()
+            .filter(|(_, record)| record.expires_at > now)
+            .map(|(peer_id, record)| {
+                let announce = PeerAnnounce {
+                    peer_id: peer_id.clone(),
+                    group: record.group.clone(),
+                    address: record.address,
+                    holdings: record.holdings.iter().map(|(id, holding)| (id.clone(), holding.clone())).collect(),
+                };
+                (announce, record.expires_at)
+            })
+            .collect()
     }
 
     fn remove_peer(&mut self, peer_id: &str) {

@@ -17,10 +17,11 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, RegistryBackend};
 use crate::control::auth::{AdminToken, AuthError};
 use crate::control::connection::{Connection, ConnectionLimits, Next};
-use crate::control::handler::Handler;
+use crate::control::handler::{AnnounceAuth, Handler};
+use crate::control::redis_registry::{RedisRegistry, RedisSetupError};
 use crate::control::registry::{MemoryRegistry, PeerRegistry};
 use crate::control::snapshot::{self, Done, Keeper};
 use crate::http::RequestLimits;
@@ -45,6 +46,10 @@ pub enum ServiceError {
     Tls(#[from] TlsError),
     #[error("service admin token: {0}")]
     Auth(#[from] AuthError),
+    #[error("service announce token: {0}")]
+    AnnounceToken(AuthError),
+    #[error("peer registry: {0}")]
+    Registry(#[from] RedisSetupError),
     #[error("service config sets {given} without {missing}; give both or neither")]
     HalfTls { given: &'static str, missing: &'static str },
     #[error("service event loop: {0}")]
@@ -58,6 +63,7 @@ pub struct Service;
 pub struct ServiceHandle {
     local_addr: SocketAddr,
     ca_file: Option<PathBuf>,
+    announce_token_file: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -65,11 +71,15 @@ pub struct ServiceHandle {
 
 impl Service {
     /// Binds `config.service.listen` and serves `config.data_dir`'s catalog on a thread of its own,
-    /// with an in-memory peer registry.
+    /// with the peer registry `[registry]` names (in memory, or on Redis).
     pub fn start(config: &Config) -> Result<ServiceHandle, ServiceError> {
-        let registry =
-            MemoryRegistry::new(Duration::from_millis(config.service.peer_ttl_ms), config.service.registry_entries_max);
-        Service::start_with_registry(config, Box::new(registry))
+        let ttl = Duration::from_millis(config.service.peer_ttl_ms);
+        let entries_max = config.service.registry_entries_max;
+        let registry: Box<dyn PeerRegistry> = match config.registry.backend {
+            RegistryBackend::Memory => Box::new(MemoryRegistry::new(ttl, entries_max)),
+            RegistryBackend::Redis => Box::new(RedisRegistry::new(&config.registry, ttl, entries_max)?),
+        };
+        Service::start_with_registry(config, registry)
     }
 
     /// As [`Service::start`], with the given peer registry.
@@ -83,6 +93,7 @@ impl Service {
         let (tls_files, ca_file) = resolve_tls(config)?;
         let tls = server_config(&tls_files)?;
         let token = AdminToken::from_config(service)?;
+        let (announce_auth, announce_token_file) = announce_auth(config)?;
         let std_listener = std::net::TcpListener::bind(addr).map_err(|source| ServiceError::Bind { addr, source })?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -101,7 +112,7 @@ impl Service {
         let keeper = snapshot::spawn(keeper, rescan, job_queue, done, move || {
             let _ = keeper_waker.wake();
         })?;
-        let handler = Handler::new(snapshot, jobs, registry, token, service);
+        let handler = Handler::new(snapshot, jobs, registry, token, announce_auth, service);
         let stop = Arc::new(AtomicBool::new(false));
         let limits = ConnectionLimits {
             request: RequestLimits {
@@ -128,7 +139,7 @@ impl Service {
         };
         let thread = std::thread::Builder::new().name("tessera-control".into()).spawn(move || event_loop.run())?;
         tracing::info!(%local_addr, "control service listening (HTTPS)");
-        Ok(ServiceHandle { local_addr, ca_file, stop, waker, thread: Some(thread) })
+        Ok(ServiceHandle { local_addr, ca_file, announce_token_file, stop, waker, thread: Some(thread) })
     }
 }
 
@@ -141,6 +152,11 @@ impl ServiceHandle {
     /// The development CA clients should trust, when the service made or reused one.
     pub fn dev_ca_file(&self) -> Option<&std::path::Path> {
         self.ca_file.as_deref()
+    }
+
+    /// The file holding the token announces must carry; `None` for an open registry.
+    pub fn announce_token_file(&self) -> Option<&std::path::Path> {
+        self.announce_token_file.as_deref()
     }
 
     /// Stops the service and waits for its thread.
@@ -166,6 +182,21 @@ impl Drop for ServiceHandle {
     fn drop(&mut self) {
         self.stop_and_join();
     }
+}
+
+/// Who may announce: the holders of the site token (made on first run), or anyone (warned).
+fn announce_auth(config: &Config) -> Result<(AnnounceAuth, Option<PathBuf>), ServiceError> {
+    let any_address = config.service.announce_any_address;
+    if config.service.announce_open {
+        tracing::warn!("announces are not authenticated ([service] announce_open = true): anyone who reaches this service can announce peers");
+        return Ok((AnnounceAuth { token: None, any_address }, None));
+    }
+    let path = config.announce_token_file();
+    let (token, made) = AdminToken::ensure_file(&path).map_err(ServiceError::AnnounceToken)?;
+    if made {
+        tracing::info!(file = %path.display(), "made the site's announce token; give this file to every box of the site");
+    }
+    Ok((AnnounceAuth { token: Some(token), any_address }, Some(path)))
 }
 
 /// The configured certificate, or the development one under `DATA_DIR/tls/` (made on first run).
@@ -282,7 +313,7 @@ impl EventLoop {
                 tracing::warn!(%error, "cannot register a control connection");
                 continue;
             }
-            self.connections.insert(token, Connection::new(socket, tls, &self.limits, now, token.0 as u64));
+            self.connections.insert(token, Connection::new(socket, peer.ip(), tls, &self.limits, now, token.0 as u64));
         }
     }
 
