@@ -9,6 +9,7 @@
 
 mod fetcher;
 mod policy;
+pub mod service_asks;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +78,7 @@ pub fn start(
     link: Arc<UpstreamLink>,
     misses: Receiver<FromWorker>,
     announce: AnnounceTrigger,
+    asked: Option<service_asks::ServiceAsks>,
 ) -> Result<FillHandle, FillStartError> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -111,6 +113,7 @@ pub fn start(
     });
     let mut fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
     fill.announce = announce;
+    fill.asked = asked;
     let thread = std::thread::Builder::new()
         .name("tessera-fill".into())
         .spawn(move || fill.run(&misses, &results_rx, &stop))
@@ -152,6 +155,8 @@ struct FillThread {
     started: Instant,
     /// Pieces stored are announced soon, so devices find this box for what it just filled.
     announce: AnnounceTrigger,
+    /// The embedded service's asks for metadata of ids its catalog lacks.
+    asked: Option<service_asks::ServiceAsks>,
 }
 
 impl FillThread {
@@ -192,6 +197,7 @@ impl FillThread {
             cataloged: HashMap::new(),
             started: Instant::now(),
             announce: AnnounceTrigger::default(),
+            asked: None,
         }
     }
 
@@ -200,6 +206,7 @@ impl FillThread {
     }
 
     fn run(mut self, misses: &Receiver<FromWorker>, results: &Receiver<JobResult>, stop: &AtomicBool) {
+        let mut asks = self.asked.as_ref().map_or_else(crossbeam_channel::never, |asked| asked.receiver());
         while !stop.load(Ordering::Acquire) {
             let now = self.now_ms();
             let due = [self.engine.poll_timeout(), self.meta.poll_timeout()].into_iter().flatten().min();
@@ -211,8 +218,13 @@ impl FillThread {
                     Err(_) => return,
                 },
                 recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
+                recv(asks) -> id => match id {
+                    Ok(id) => self.on_asked(id),
+                    Err(_) => asks = crossbeam_channel::never(),
+                },
                 default(Duration::from_millis(wait_ms)) => {}
             }
+            self.take_asks();
             let now = self.now_ms();
             self.engine.handle_timeout(now);
             self.meta.handle_timeout(now);
@@ -293,6 +305,7 @@ impl FillThread {
 
     /// The metadata of a waiter's content is known: catalog it, then want its pieces.
     fn on_metadata(&mut self, key: WaiterKey, metadata: Metadata) {
+        let Some(metadata) = self.answer_asked(key, metadata) else { return };
         let content = match metadata {
             Metadata::Simple(simple) => {
                 let reason = simple.reason.to_string();
