@@ -231,16 +231,6 @@ impl UpstreamWaits {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.by_id.values().flatten().map(|&(_, deadline)| deadline).min()
     }
-
-    /// Requests waiting.
-    pub fn len(&self) -> usize {
-        self.waiting
-    }
-
-    /// Whether no request waits.
-    pub fn is_empty(&self) -> bool {
-        self.waiting == 0
-    }
 }
 
 /// The keeper's side of a cache box's upstream: its link to the fill thread and who waits.

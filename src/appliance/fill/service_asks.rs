@@ -6,8 +6,8 @@
 //! disk. An id in Simple mode is answered unavailable (the service says 404): the box never
 //! hands out metadata it cannot vouch for.
 //!
-//! The fill loop takes asks with [`FillThread::take_asks`] whenever it wakes; the keeper wakes it
-//! through the waker the loop registers with [`ServiceAsks::set_waker`] (if any) after each ask.
+//! The fill loop takes asks with `FillThread::take_asks` whenever it wakes; the keeper wakes it
+//! after each ask through the waker the loop registered with [`ServiceAsks::set_waker`], if any.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
