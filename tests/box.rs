@@ -312,6 +312,279 @@ fn a_simple_mode_content_is_passed_through_from_its_http_source() {
     assert!(metrics.contains("tessera_store_pieces 0"), "nothing was stored:\n{metrics}");
 }
 
+/// What a user checks on a box's `/metrics` after a cold fill and a hit: one miss then one hit
+/// with the content's bytes each, the fill latency histograms, upstream bytes by kind, and a
+/// lying parent's bad pieces and ban under its own address.
+#[test]
+fn metrics_show_the_miss_the_hit_the_fill_latency_and_the_liar() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("watched", 9 * 65536 + 4321);
+    let (seed, mut flags) = seed(dir.path(), &content);
+    let liar = Fake::start(&content, Behavior::BitFlip);
+    let liar_address = liar.address.to_string();
+    for parent in [liar_address.clone(), seed.data_plane.clone()] {
+        flags.extend(["--upstream-peer".to_string(), parent]);
+    }
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let address = cache.data_plane.as_str();
+    let length = content.bytes.len() as u64;
+    let target = "/v1/content/watched";
+
+    let (status, head, body) = get(address, target, None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"miss\""), 1);
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"hit\""), 0);
+    assert_eq!(metric(address, "tessera_cache_bytes_total{", "result=\"miss\""), length);
+    let (status, _, body) = get(address, target, None);
+    assert!(status == 200 && body == *content.bytes, "the hit has the bytes");
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"hit\""), 1);
+    assert_eq!(metric(address, "tessera_cache_requests_total{", "result=\"miss\""), 1, "the hit is no miss");
+    assert_eq!(metric(address, "tessera_cache_bytes_total{", "result=\"hit\""), length);
+
+    let upstream = metric_settled(address, "tessera_fill_upstream_bytes_total{kind=\"parent\"}", length);
+    assert_eq!(upstream, length, "each verified byte came from a parent once");
+    assert_eq!(metric(address, "tessera_fill_first_byte_seconds_count", ""), 1, "one miss, one first byte");
+    let buckets = metric(address, "tessera_fill_first_byte_seconds_bucket{le=\"+Inf\"}", "");
+    assert_eq!(buckets, 1, "the +Inf bucket holds every sample");
+    assert!(metric(address, "tessera_fill_piece_fetch_seconds_count", "") >= content.piece_count());
+    let seed_label = format!("source=\"{}\"", seed.data_plane);
+    assert_eq!(metric(address, "tessera_fill_source_bytes_total{", &seed_label), length);
+
+    let liar_label = format!("source=\"{liar_address}\"");
+    assert!(liar.bad_sent() >= 1, "the liar was asked");
+    assert!(metric(address, "tessera_fill_source_bad_pieces_total{", &liar_label) >= 1);
+    assert_eq!(metric(address, "tessera_fill_source_bytes_total{", &liar_label), 0, "no byte of a liar counts");
+    assert_eq!(metric(address, "tessera_fill_source_banned{", &liar_label), 1, "{}", cache.log());
+    assert_eq!(metric(address, "tessera_fill_source_banned{", &seed_label), 0);
+    let log = cache.log();
+    let ban = log.lines().find(|line| line.contains("upstream source banned")).unwrap_or_else(|| panic!("{log}"));
+    assert!(ban.contains(&liar_address) && ban.contains("bad_pieces="), "{ban}");
+}
+
+/// Republishes `content` on a running seed's catalog (catalog only: the seed holds its store),
+/// with `origin` as its HTTP source.
+fn republish(data: &Path, content: &Content, origin: &Fake) {
+    publish(data, content, &["--source".to_string(), origin.url(), "--no-store".to_string()]);
+}
+
+/// Metadata expires: after `metadata_expiry_ms` the box refetches it, and once the id's hash
+/// file has changed upstream the box serves the new version (whole and on the piece API), never
+/// a mix of the two.
+#[test]
+fn after_the_metadata_expiry_a_republished_id_is_served_in_its_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Content::new("renewed", 5 * 65536 + 10), Content::new("renewed", 4 * 65536 + 77));
+    let (old_origin, new_origin) = (Fake::start(&old, Behavior::Origin), Fake::start(&new, Behavior::Origin));
+    let data = dir.path().join("seed");
+    republish(&data, &old, &old_origin);
+    let seed_config = dir.path().join("seed.toml");
+    std::fs::write(&seed_config, "[service]\ncatalog_rescan_ms = 100\n").unwrap();
+    let seed = Serve::start(&data, 1, &["--config".to_string(), seed_config.to_str().unwrap().to_string()]);
+    let box_config = dir.path().join("box.toml");
+    std::fs::write(&box_config, "[upstream]\nmetadata_expiry_ms = 300\n").unwrap();
+    let ca = data.join("tls/ca.pem");
+    let flags = ["--upstream", &seed.service_url, "--upstream-ca", ca.to_str().unwrap(), "--config"].map(String::from);
+    let mut flags = flags.to_vec();
+    flags.push(box_config.to_str().unwrap().to_string());
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/renewed", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *old.bytes, "the first version ({} of {} bytes)", body.len(), old.bytes.len());
+    republish(&data, &new, &new_origin);
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, head, body) = get(&cache.data_plane, "/v1/content/renewed", None);
+        assert_eq!(status, 200, "{head}\n{}", cache.log());
+        if body == *new.bytes {
+            break;
+        }
+        assert!(body == *old.bytes, "neither version: a mix of the two ({} bytes)", body.len());
+        assert!(Instant::now() < deadline, "the new version was never served:\n{}", cache.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/renewed/hashfile", None);
+    assert_eq!((status, body), (200, new.hashfile.clone()), "every worker serves the new hash file");
+    let (status, _, body) = get(&cache.data_plane, "/v1/content/renewed/piece/4", None);
+    assert_eq!((status, body.as_slice()), (200, new.piece(4)));
+    assert!(cache.log().contains("serving the new version"), "{}", cache.log());
+}
+
+/// At a fill limit a device gets 503 with `Retry-After` at once, never a hang, and the fill
+/// already running still completes byte-exact.
+#[test]
+fn at_the_fill_limit_another_content_gets_503_with_retry_after_and_the_running_fill_completes() {
+    const PIECE_DELAY_MS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, refused) = (Content::new("running", 8 * 65536 + 5), Content::new("refused", 2 * 65536));
+    let data = dir.path().join("seed");
+    publish(&data, &refused, &[]);
+    let (seed, mut flags) = seed(dir.path(), &running);
+    // The only parent is slow: the first fill lasts several seconds.
+    let parent = Fake::start(&running, Behavior::Slow(PIECE_DELAY_MS));
+    let config = dir.path().join("box.toml");
+    let text = "[upstream]\nfills_in_flight_max = 1\nconnections_per_source_max = 1\npipeline_depth = 1\n";
+    std::fs::write(&config, text).unwrap();
+    flags.extend(["--upstream-peer".to_string(), parent.address.to_string()]);
+    flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+
+    let mut first = TcpStream::connect(&cache.data_plane).unwrap();
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    write!(first, "GET /v1/content/running HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n").unwrap();
+    // Its head comes with its first piece: the fill is running, with a waiter.
+    let mut wire = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !wire.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = first.read(&mut buffer).unwrap();
+        assert!(read > 0, "closed before its head:\n{}", cache.log());
+        wire.extend_from_slice(&buffer[..read]);
+    }
+    assert!(wire.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&wire));
+
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/refused", None);
+    assert_eq!(status, 503, "{head}\n{}\n{}", String::from_utf8_lossy(&body), cache.log());
+    assert!(head.contains("Retry-After: 1\r\n"), "{head}");
+    assert!(metric(&cache.data_plane, "tessera_fill_busy_total ", "") >= 1);
+
+    first.read_to_end(&mut wire).unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(wire[split..] == *running.bytes, "other bytes ({} of {})", wire.len() - split, running.bytes.len());
+    assert_eq!(parent.good_sent(), running.piece_count(), "each piece was fetched once");
+    drop(seed);
+}
+
+/// Flags for a box on `backend` whose only parent is `parent`, with `config` as its config file.
+fn box_flags(dir: &Path, seed_flags: Vec<String>, parents: &[String], backend: &str, config: &str) -> Vec<String> {
+    let file = dir.join("box.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut flags = seed_flags;
+    for parent in parents {
+        flags.extend(["--upstream-peer".to_string(), parent.clone()]);
+    }
+    flags.extend(["--backend".to_string(), backend.into(), "--config".into(), file.to_str().unwrap().into()]);
+    flags
+}
+
+/// Pieces asked of a parent one after another go over one kept-alive connection.
+fn pieces_from_a_parent_share_one_connection(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("kept", 6 * 65536 + 5);
+    let (_seed, flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Honest);
+    let config = "[upstream]\nfill_whole = false\n";
+    let flags = box_flags(dir.path(), flags, &[parent.address.to_string()], backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    for index in 0..content.piece_count() {
+        let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/kept/piece/{index}"), None);
+        assert_eq!(status, 200, "{head}\n{}", cache.log());
+        assert_eq!(body, content.piece(index));
+    }
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    assert_eq!(parent.connections(), 1, "the box opened one connection to its parent for all pieces");
+}
+
+#[test]
+fn pieces_from_a_parent_share_one_connection_on_the_default_backend() {
+    pieces_from_a_parent_share_one_connection("auto");
+}
+
+#[test]
+fn pieces_from_a_parent_share_one_connection_on_epoll() {
+    pieces_from_a_parent_share_one_connection("epoll");
+}
+
+/// With one connection per source, a slow parent gets the read-ahead's requests pipelined.
+fn requests_to_a_parent_are_pipelined(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("piped", 8 * 65536);
+    let (_seed, flags) = seed(dir.path(), &content);
+    let parent = Fake::start(&content, Behavior::Slow(40));
+    let config = "[upstream]\nconnections_per_source_max = 1\npipeline_depth = 4\n";
+    let flags = box_flags(dir.path(), flags, &[parent.address.to_string()], backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, "/v1/content/piped", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert_eq!(parent.connections(), 1, "one connection (connections_per_source_max = 1)");
+    assert_eq!(parent.good_sent(), content.piece_count(), "each piece was fetched once");
+    assert!(parent.pipelined() >= 1, "requests were sent before earlier answers were in");
+}
+
+#[test]
+fn requests_to_a_parent_are_pipelined_on_the_default_backend() {
+    requests_to_a_parent_are_pipelined("auto");
+}
+
+#[test]
+fn requests_to_a_parent_are_pipelined_on_epoll() {
+    requests_to_a_parent_are_pipelined("epoll");
+}
+
+/// A box with two parents, the first failing as `behavior` does, fills content `id` whole with
+/// exact bytes; the failing parent was asked and pieces were asked again. Returns the test's
+/// dir, the box and the failing parent.
+fn fill_past_a_failing_parent(
+    id: &str,
+    behavior: Behavior,
+    backend: &str,
+    config: &str,
+) -> (tempfile::TempDir, Serve, Fake) {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new(id, 8 * 65536 + 17);
+    let (seed, flags) = seed(dir.path(), &content);
+    let failing = Fake::start(&content, behavior);
+    let parents = [failing.address.to_string(), seed.data_plane.clone()];
+    let flags = box_flags(dir.path(), flags, &parents, backend, config);
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{id}"), None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    assert!(failing.requests() >= 1, "the failing parent was asked");
+    assert!(metric(&cache.data_plane, "tessera_fill_retries_total ", "") >= 1, "{}", cache.log());
+    let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{id}/piece/0"), None);
+    assert_eq!((status, body.as_slice()), (200, content.piece(0)));
+    drop(seed);
+    (dir, cache, failing)
+}
+
+/// A parent that closes its connection in the middle of a body: the piece comes from the other
+/// parent, nothing of the cut body is kept, and nobody is blamed for a lie.
+fn a_parent_closing_mid_body_is_asked_elsewhere(backend: &str) {
+    let (_dir, cache, cutter) = fill_past_a_failing_parent("cut", Behavior::CutMidBody, backend, "");
+    assert!(cutter.bad_sent() >= 1, "a body was cut");
+    assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a cut is not a bad piece");
+}
+
+#[test]
+fn a_parent_closing_mid_body_is_asked_elsewhere_on_the_default_backend() {
+    a_parent_closing_mid_body_is_asked_elsewhere("auto");
+}
+
+#[test]
+fn a_parent_closing_mid_body_is_asked_elsewhere_on_epoll() {
+    a_parent_closing_mid_body_is_asked_elsewhere("epoll");
+}
+
+/// A parent that never answers: its requests time out and the pieces come from the other one.
+fn a_stalled_parent_times_out_and_is_asked_elsewhere(backend: &str) {
+    let config = "[upstream]\nconnect_timeout_ms = 300\nrequest_timeout_ms = 300\n";
+    let (_dir, cache, _) = fill_past_a_failing_parent("stalled", Behavior::Stall, backend, config);
+    assert!(!cache.log().contains("banned"), "a stall is not a lie: {}", cache.log());
+}
+
+#[test]
+fn a_stalled_parent_times_out_and_is_asked_elsewhere_on_the_default_backend() {
+    a_stalled_parent_times_out_and_is_asked_elsewhere("auto");
+}
+
+#[test]
+fn a_stalled_parent_times_out_and_is_asked_elsewhere_on_epoll() {
+    a_stalled_parent_times_out_and_is_asked_elsewhere("epoll");
+}
+
 /// `GET` of `path` on the service at `service_url` (trusting `ca`), with `curl`: (status, body).
 fn service_get(service_url: &str, ca: &Path, path: &str) -> (u16, String) {
     let output = std::process::Command::new("curl")

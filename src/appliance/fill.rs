@@ -1,17 +1,25 @@
-//! A cache box's fill thread: it owns the sans-I/O [`FillEngine`] and [`MetadataCache`], takes
-//! the workers' misses, runs their actions on a small bounded pool of fetch threads (blocking
-//! `http::client::blocking` exchanges: a fetch thread may block, a worker never does), and
-//! answers each miss once through the worker's own wake-up.
+//! A cache box's fill thread: it owns the sans-I/O [`FillEngine`] and [`MetadataCache`] and runs
+//! the ring layer's client loop (`fill/fetch_loop.rs`: io_uring or epoll, as `[serve] backend`),
+//! on which piece fetches go out over persistent, pipelined connections to the parents, peers and
+//! origin URLs. Workers' misses wake the loop through its `Waker`; received pieces go to verifier
+//! threads, which hash them and ingest the good ones into the store in batches
+//! (`fill/store_sink.rs`: several pieces per fsync) and wake the loop with the verdicts. Metadata
+//! and the Simple-mode pass-through run on blocking helper threads (`fill/fetcher.rs`). Each miss
+//! is answered once through the worker's own wake-up.
 //!
-//! A piece reaches the store only after its SHA-256 matched the verified hash file; a source
-//! that sends a bad piece is counted in the node-wide [`NodeBans`] and, once banned, is not
-//! picked for any content until the ban expires.
+//! A piece reaches the store only after its SHA-256 matched the verified hash file, and waiters
+//! hear it landed only once it is stored; a source that sends a bad piece is counted in the
+//! node-wide [`NodeBans`] and, once banned, is not picked for any content until the ban expires.
 
+mod expiry;
+mod fetch_loop;
 mod fetcher;
+mod metrics;
 mod policy;
 pub mod service_asks;
+mod store_sink;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,24 +35,35 @@ use crate::control::client::{ClientError, MetadataClient};
 use crate::dataplane::connection::ResponseToken;
 use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
+use crate::download::verify::{Check, Checked, Verifier};
 use crate::fill::{ContentVersion, FailReason};
 use crate::fill::{
     FetchAction, FillEngine, FillLimits, MetaAction, MetaAnswer, MetaReady, Metadata, MetadataCache, MetadataLimits,
     SourceKind, WaiterEvent, WaiterKey, WaiterToken, Want, WorkerId,
 };
 use crate::http::{parse_range, RangeOutcome};
+use crate::io::client::Waker;
 use crate::store::Store;
 use crate::tls::TlsClientOptions;
-use fetcher::{Job, JobResult, PieceOutcome};
+use fetch_loop::{FetchLimits, FetchOutcome, Fetches};
+use fetcher::{Job, JobResult};
+use store_sink::{StorePiece, StoreSink};
 
-/// Fetch threads at most.
-const FETCH_THREADS_MAX: u32 = 16;
-/// Jobs queued to the fetch threads at most (the engine bounds what it starts far below this).
+/// Blocking helper threads (metadata, Simple-mode pass-through).
+const HELPER_THREADS: u32 = 2;
+/// Jobs queued to the helper threads at most (the metadata cache bounds what it starts far below).
 const JOBS_QUEUED_MAX: usize = 4096;
 /// Largest Simple-mode body passed through (held in memory while it is sent).
 const PASS_THROUGH_BYTES_MAX: u64 = 64 << 20;
 /// The fill thread looks for a stop request at least this often.
 const STOP_POLL_MS: u64 = 50;
+/// Verifier threads (hashing 1 MiB takes about 0.8 ms: two keep up with a 10 Gbit/s fill).
+const VERIFY_THREADS: u32 = 2;
+/// Pieces one store ingest takes at most (they share its fsync).
+const STORE_BATCH_PIECES_MAX: u32 = 16;
+/// Pieces handed to the verifier at once at most; more wait in the fill thread (their bytes are
+/// within the engine's `piece_memory_bytes_max` either way).
+const VERIFY_QUEUE_PIECES_MAX: u32 = 1024;
 
 /// Why the fill thread did not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +72,24 @@ pub enum FillStartError {
     Client(#[from] ClientError),
     #[error("cannot start a fill thread: {0}")]
     Thread(std::io::Error),
+    #[error("upstream fetch loop: {0}")]
+    Loop(#[from] crate::io::client::ClientError),
 }
 
-/// The running fill thread and its fetch threads; dropping it stops them.
+/// The running fill thread and its helper and verifier threads; dropping it stops them.
 pub struct FillHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Wakes the fill loop so it sees the stop at once.
+    waker: Option<Waker>,
 }
 
 impl Drop for FillHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(waker) = &self.waker {
+            let _ = waker.wake();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -90,13 +116,36 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_QUEUED_MAX);
     let (results_tx, results_rx) = crossbeam_channel::bounded::<JobResult>(JOBS_QUEUED_MAX);
-    let mut handle = FillHandle { stop: stop.clone(), threads: Vec::new() };
-    let fetchers = (upstream.connections_per_source_max * upstream.pipeline_depth).clamp(1, FETCH_THREADS_MAX);
-    for index in 0..fetchers {
+    let mut handle = FillHandle { stop: stop.clone(), threads: Vec::new(), waker: None };
+    // The client loop is the fill thread's own (not `Send`): it is made there, and its waker
+    // comes back.
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Waker, FillStartError>>(1);
+    let (config, upstream_config, link_waker) = (config.clone(), upstream.clone(), link.clone());
+    let thread = std::thread::Builder::new()
+        .name("tessera-fill".into())
+        .spawn(move || {
+            let mut fill = match FillThread::new(&config, &upstream_config, store, link, jobs_tx) {
+                Ok(fill) => fill,
+                Err(error) => return drop(ready_tx.send(Err(error))),
+            };
+            let _ = ready_tx.send(Ok(fill.fetches.waker()));
+            fill.set_asked(asked);
+            fill.with_announce(announce).run(&misses, &results_rx, &stop);
+        })
+        .map_err(FillStartError::Thread)?;
+    handle.threads.push(thread);
+    let waker = match ready_rx.recv() {
+        Ok(Ok(waker)) => waker,
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err(FillStartError::Thread(std::io::Error::other("the fill thread ended at start"))),
+    };
+    handle.waker = Some(waker.clone());
+    link_waker.set_fill_waker(waker.clone());
+    for index in 0..HELPER_THREADS {
         let context = fetcher::Context {
             client: client.clone(),
             service_url: upstream.service_url.clone(),
-            store: store.clone(),
+            waker: waker.clone(),
             connect_timeout_ms: upstream.connect_timeout_ms,
             request_timeout_ms: upstream.request_timeout_ms,
         };
@@ -107,18 +156,6 @@ pub fn start(
             .map_err(FillStartError::Thread)?;
         handle.threads.push(thread);
     }
-    let bans = NodeBans::new(BanLimits {
-        bad_pieces_max: config.download.ban_after_bad_pieces.max(1),
-        duration_ms: config.download.ban_duration_s.saturating_mul(1000),
-    });
-    let mut fill = FillThread::new(config, upstream, Catalog::new(config.catalog_dir()), link, bans, jobs_tx);
-    fill.announce = announce;
-    fill.asked = asked;
-    let thread = std::thread::Builder::new()
-        .name("tessera-fill".into())
-        .spawn(move || fill.run(&misses, &results_rx, &stop))
-        .map_err(FillStartError::Thread)?;
-    handle.threads.push(thread);
     Ok(handle)
 }
 
@@ -132,6 +169,8 @@ struct Waiting {
     landed: HashSet<u64>,
     /// Set while the content is passed through in Simple mode: why.
     simple_reason: Option<String>,
+    /// When it missed (the fill's first-byte latency runs from here).
+    missed_at_ms: u64,
 }
 
 struct FillThread {
@@ -144,6 +183,13 @@ struct FillThread {
     catalog: Catalog,
     link: Arc<UpstreamLink>,
     jobs: Sender<Job>,
+    store: Arc<Store>,
+    /// Piece fetches on the client loop.
+    fetches: Fetches,
+    /// Hashes received pieces and stores the good ones, batched.
+    verifier: Verifier<StoreSink>,
+    /// Received pieces waiting for room in the verifier's queue.
+    to_verify: VecDeque<Check<StorePiece>>,
     origin: bool,
     ranges_max: usize,
     waiting: HashMap<WaiterKey, Waiting>,
@@ -155,19 +201,25 @@ struct FillThread {
     started: Instant,
     /// Pieces stored are announced soon, so devices find this box for what it just filled.
     announce: AnnounceTrigger,
+    /// Simple-mode answers, for `/metrics`.
+    simple: metrics::SimpleCounts,
     /// The embedded service's asks for metadata of ids its catalog lacks.
     asked: Option<service_asks::ServiceAsks>,
 }
 
 impl FillThread {
+    /// The fill thread's state, made on the fill thread (its client loop is not `Send`).
     fn new(
         config: &Config,
         upstream: &UpstreamConfig,
-        catalog: Catalog,
+        store: Arc<Store>,
         link: Arc<UpstreamLink>,
-        bans: NodeBans,
         jobs: Sender<Job>,
-    ) -> FillThread {
+    ) -> Result<FillThread, FillStartError> {
+        let bans = NodeBans::new(BanLimits {
+            bad_pieces_max: config.download.ban_after_bad_pieces.max(1),
+            duration_ms: config.download.ban_duration_s.saturating_mul(1000),
+        });
         let names = policy::SourceNames::default();
         let policy = policy::BannedSources::new(bans.clone(), names.clone());
         let mut engine = FillEngine::new(FillLimits::from_config(upstream), Box::new(policy));
@@ -181,14 +233,30 @@ impl FillThread {
             })
             .collect();
         engine.set_parents(parents);
-        FillThread {
+        link.set_refresh_after_ms(upstream.metadata_expiry_ms);
+        let limits = FetchLimits {
+            connections_per_source_max: upstream.connections_per_source_max,
+            pipeline_depth: upstream.pipeline_depth,
+            connect_timeout_ms: upstream.connect_timeout_ms,
+            request_timeout_ms: upstream.request_timeout_ms,
+        };
+        let fetches = Fetches::new(config.serve.backend, limits)?;
+        let queue = (upstream.piece_memory_bytes_max >> 20).clamp(4, u64::from(VERIFY_QUEUE_PIECES_MAX)) as u32;
+        let sink = StoreSink { store: store.clone() };
+        let verifier = Verifier::start(VERIFY_THREADS, queue, STORE_BATCH_PIECES_MAX, sink, fetches.waker())
+            .map_err(FillStartError::Thread)?;
+        Ok(FillThread {
             engine,
             names,
             bans,
             meta: MetadataCache::new(MetadataLimits::from_config(upstream)),
-            catalog,
+            catalog: Catalog::new(config.catalog_dir()),
             link,
             jobs,
+            store,
+            fetches,
+            verifier,
+            to_verify: VecDeque::new(),
             origin: upstream.origin,
             ranges_max: config.serve.ranges_per_request_max,
             waiting: HashMap::new(),
@@ -197,8 +265,14 @@ impl FillThread {
             cataloged: HashMap::new(),
             started: Instant::now(),
             announce: AnnounceTrigger::default(),
+            simple: metrics::SimpleCounts::default(),
             asked: None,
-        }
+        })
+    }
+
+    fn with_announce(mut self, announce: AnnounceTrigger) -> FillThread {
+        self.announce = announce;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -206,25 +280,28 @@ impl FillThread {
     }
 
     fn run(mut self, misses: &Receiver<FromWorker>, results: &Receiver<JobResult>, stop: &AtomicBool) {
-        let mut asks = self.asked.as_ref().map_or_else(crossbeam_channel::never, |asked| asked.receiver());
         while !stop.load(Ordering::Acquire) {
             let now = self.now_ms();
             let due = [self.engine.poll_timeout(), self.meta.poll_timeout()].into_iter().flatten().min();
             let wait_ms = due.map_or(STOP_POLL_MS, |at| at.saturating_sub(now)).min(STOP_POLL_MS);
-            crossbeam_channel::select! {
-                recv(misses) -> message => match message {
-                    Ok(FromWorker::Miss(miss)) => self.on_miss(miss),
-                    Ok(FromWorker::Gone { worker, token }) => self.on_gone(worker, token),
-                    Err(_) => return,
-                },
-                recv(results) -> result => if let Ok(result) = result { self.on_result(result) },
-                recv(asks) -> id => match id {
-                    Ok(id) => self.on_asked(id),
-                    Err(_) => asks = crossbeam_channel::never(),
-                },
-                default(Duration::from_millis(wait_ms)) => {}
+            // Misses, helper results and verdicts wake the loop (they are sent before the wake).
+            if let Err(error) = self.fetches.poll(Duration::from_millis(wait_ms)) {
+                tracing::error!(%error, "the fill's client loop failed; fills stop");
+                return;
+            }
+            // Bounded by the queues' bounds.
+            while let Ok(message) = misses.try_recv() {
+                match message {
+                    FromWorker::Miss(miss) => self.on_miss(miss),
+                    FromWorker::Gone { worker, token } => self.on_gone(worker, token),
+                    FromWorker::Refresh { id } => self.on_refresh(&id),
+                }
+            }
+            while let Ok(result) = results.try_recv() {
+                self.on_result(result);
             }
             self.take_asks();
+            self.take_verdicts();
             let now = self.now_ms();
             self.engine.handle_timeout(now);
             self.meta.handle_timeout(now);
@@ -234,49 +311,63 @@ impl FillThread {
         }
     }
 
-    /// The fill's counters and gauges in Prometheus text.
-    fn render_metrics(&mut self) -> String {
-        use std::fmt::Write as _;
-        let now = self.now_ms();
-        let (bans, banned) = {
-            let bans = self.bans.lock();
-            (bans.counts(), bans.banned_count(now))
-        };
-        let gauges = [
-            ("tessera_fill_fills_in_flight", "Contents being filled.", self.engine.fills_in_flight() as u64),
-            ("tessera_fill_pieces_in_flight", "Piece fetches in flight.", self.engine.pieces_in_flight() as u64),
-            ("tessera_fill_piece_memory_bytes", "Bytes fetched, not yet stored.", self.engine.piece_memory_bytes()),
-            ("tessera_fill_waiters", "Requests waiting for pieces.", self.engine.waiters() as u64),
-            ("tessera_fill_sources_banned", "Upstream sources banned now.", banned as u64),
-        ];
-        let c = self.engine.counters();
-        let counters = [
-            ("tessera_fill_fetches_started_total", "Upstream piece fetches started.", c.fetches_started_total),
-            (
-                "tessera_fill_coalesced_waiters_total",
-                "Waiters that joined a fetch in flight.",
-                c.coalesced_waiters_total,
-            ),
-            ("tessera_fill_bad_pieces_total", "Pieces that failed verification.", c.bad_pieces_total),
-            ("tessera_fill_retries_total", "Fetches asked again after a failure.", c.retries_total),
-            ("tessera_fill_failed_pieces_total", "Pieces given up.", c.failed_pieces_total),
-            ("tessera_fill_busy_total", "Busy answers (a fill limit was hit).", c.busy_total),
-            ("tessera_fill_pieces_stored_total", "Pieces verified and stored.", c.pieces_stored_total),
-            ("tessera_fill_bans_total", "Upstream sources banned.", bans.bans_total),
-        ];
-        let mut out = String::with_capacity(2048);
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    /// Fetches that ended: bytes go to the verifier, failures to the engine (asked again
+    /// elsewhere). `true` if there was any.
+    fn take_outcomes(&mut self) -> bool {
+        let mut any = false;
+        while let Some(outcome) = self.fetches.poll_outcome() {
+            any = true;
+            let now = self.now_ms();
+            match outcome {
+                FetchOutcome::Received { fetch, buffer, length } => {
+                    self.engine.handle_received(fetch.fetch, now);
+                    let piece_size = fetch.content.hashes.piece_size();
+                    let tag = StorePiece { fetch: fetch.fetch, source: fetch.source, piece: fetch.piece, piece_size };
+                    let check = Check { tag, buffer, length, expected: Some(fetch.digest), write: true };
+                    self.to_verify.push_back(check);
+                }
+                FetchOutcome::Bad { fetch } => {
+                    let (_, name) = self.engine.source(fetch.source);
+                    tracing::warn!(source = name, id = %fetch.content.id, piece = fetch.piece, "bad piece: not the length or range asked for; dropped");
+                    self.engine.handle_received(fetch.fetch, now);
+                    self.engine.handle_bad(fetch.fetch, now);
+                }
+                FetchOutcome::Failed { fetch, failure } => self.engine.handle_fetch_failed(fetch, failure, now),
+            }
         }
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        while self.verifier.has_room() {
+            let Some(check) = self.to_verify.pop_front() else { break };
+            self.verifier.submit(check);
         }
-        let name = "tessera_fill_upstream_bytes_total";
-        let _ = writeln!(out, "# HELP {name} Verified bytes received, by source kind.\n# TYPE {name} counter");
-        for kind in [SourceKind::Parent, SourceKind::Peer, SourceKind::Origin] {
-            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", kind.name(), c.bytes_from(kind));
+        any
+    }
+
+    /// Verdicts of the verifier: stored pieces land for their waiters, bad ones are blamed on
+    /// their source and asked elsewhere.
+    fn take_verdicts(&mut self) {
+        while let Some(Checked { tag, good, error, buffer }) = self.verifier.try_result() {
+            self.fetches.give(buffer);
+            let now = self.now_ms();
+            let fetch = tag.fetch;
+            if !good {
+                let (_, name) = self.engine.source(tag.source);
+                tracing::warn!(
+                    source = name,
+                    piece = tag.piece,
+                    "bad piece: its SHA-256 is not the hash file's; dropped"
+                );
+                self.engine.handle_bad(fetch, now);
+                continue;
+            }
+            self.engine.handle_verified(fetch, now);
+            match error {
+                None => {
+                    self.engine.handle_stored(fetch, now);
+                    self.announce.announce_soon();
+                }
+                Some(reason) => self.engine.handle_store_failed(fetch, reason, now),
+            }
         }
-        out
     }
 
     fn on_miss(&mut self, miss: Miss) {
@@ -284,9 +375,9 @@ impl FillThread {
         let key = WaiterKey { worker: WorkerId(miss.worker as u16), token: WaiterToken(self.next_token) };
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
-        self.waiting
-            .insert(key, Waiting { miss, content: None, next: 0, end: 0, landed: HashSet::new(), simple_reason: None });
         let now = self.now_ms();
+        let (landed, simple_reason, missed_at_ms) = (HashSet::new(), None, now);
+        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed, simple_reason, missed_at_ms });
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
             MetaAnswer::Pending => {}
@@ -313,8 +404,10 @@ impl FillThread {
                 let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
                 let source = simple.sources.iter().find(|url| url.starts_with("http://"));
                 let Some(url) = source.filter(|_| whole && self.origin) else {
+                    self.simple.count(&simple.reason, false);
                     return self.finish(key, Filled::Simple { reason });
                 };
+                self.simple.count(&simple.reason, true);
                 if let Some(waiting) = self.waiting.get_mut(&key) {
                     waiting.simple_reason = Some(reason);
                 }
@@ -342,6 +435,7 @@ impl FillThread {
         waiting.content = Some(content.clone());
         waiting.next = first;
         waiting.end = end;
+        let missed_at_ms = waiting.missed_at_ms;
         let sources = if self.origin {
             let origins = content.manifest.sources.iter().filter(|url| url.starts_with("http://"));
             let (engine, names) = (&mut self.engine, &self.names);
@@ -356,7 +450,8 @@ impl FillThread {
             Vec::new()
         };
         let now = self.now_ms();
-        self.engine.handle_want(Want { waiter: key, content, first_piece: first, end_piece: end, sources }, now);
+        let want = Want { waiter: key, content, first_piece: first, end_piece: end, sources, missed_at_ms };
+        self.engine.handle_want(want, now);
     }
 
     /// Writes a content version's manifest and hash file to the catalog once.
@@ -370,6 +465,7 @@ impl FillThread {
             .map_err(|error| format!("cannot write the catalog entry: {error}"))?;
         tracing::info!(id = %content.id, version = content.version, pieces = content.piece_count(), "metadata verified and cataloged");
         self.cataloged.insert(content.id.clone(), content.version);
+        self.link.catalog_changed(&content.id);
         Ok(())
     }
 
@@ -386,28 +482,6 @@ impl FillThread {
                 };
                 self.finish(key, filled);
             }
-            JobResult::Piece(fetch, outcome) => {
-                let engine = &mut self.engine;
-                match outcome {
-                    PieceOutcome::AlreadyStored => engine.handle_already_stored(fetch, now),
-                    PieceOutcome::Stored => {
-                        engine.handle_received(fetch, now);
-                        engine.handle_verified(fetch, now);
-                        engine.handle_stored(fetch, now);
-                        self.announce.announce_soon();
-                    }
-                    PieceOutcome::Bad => {
-                        engine.handle_received(fetch, now);
-                        engine.handle_bad(fetch, now);
-                    }
-                    PieceOutcome::Failed(failure) => engine.handle_fetch_failed(fetch, failure, now),
-                    PieceOutcome::StoreFailed(reason) => {
-                        engine.handle_received(fetch, now);
-                        engine.handle_verified(fetch, now);
-                        engine.handle_store_failed(fetch, reason, now);
-                    }
-                }
-            }
         }
     }
 
@@ -419,6 +493,10 @@ impl FillThread {
                 progress = true;
                 self.on_metadata(waiter, metadata);
             }
+            while let Some(version) = self.meta.poll_version() {
+                progress = true;
+                self.on_version(&version);
+            }
             while let Some(action) = self.meta.poll_action() {
                 progress = true;
                 if let MetaAction::Fetch(fetch) = action {
@@ -427,12 +505,20 @@ impl FillThread {
             }
             while let Some(action) = self.engine.poll_fetch() {
                 progress = true;
-                if let FetchAction::Start(fetch) = action {
-                    let (kind, name) = self.engine.source(fetch.source);
-                    let job = Job::Piece { kind, name: name.to_string(), fetch };
-                    self.queue(job);
+                match action {
+                    FetchAction::Start(fetch) if self.store.contains(&fetch.digest) => {
+                        let now = self.now_ms();
+                        self.engine.handle_already_stored(fetch.fetch, now);
+                    }
+                    FetchAction::Start(fetch) => {
+                        let (kind, name) = self.engine.source(fetch.source);
+                        let name = name.to_string();
+                        self.fetches.start(kind, &name, fetch);
+                    }
+                    FetchAction::Cancel { fetch } => self.fetches.cancel(fetch),
                 }
             }
+            progress |= self.take_outcomes();
             while let Some(notification) = self.engine.poll_notification() {
                 progress = true;
                 for token in notification.tokens {
@@ -448,8 +534,8 @@ impl FillThread {
 
     fn queue(&mut self, job: Job) {
         if let Err(error) = self.jobs.try_send(job) {
-            // Cannot happen within the engine's bounds; the fetch then ends by its timeout.
-            tracing::error!(%error, "fetch queue full");
+            // Cannot happen within the metadata cache's bounds; the step then ends by its timeout.
+            tracing::error!(%error, "helper queue full");
         }
     }
 

@@ -194,6 +194,8 @@ pub struct Handler {
     streaming: bool,
     /// The stream such an answer started.
     stream: Option<Stream>,
+    /// The upstream link's catalog generation this worker's library has followed.
+    catalog_seen: u64,
 }
 
 impl Handler {
@@ -218,6 +220,7 @@ impl Handler {
             pending: HashMap::new(),
             streaming: false,
             stream: None,
+            catalog_seen: 0,
         }
     }
 
@@ -233,7 +236,23 @@ impl Handler {
     }
 
     fn content(&mut self, id: &crate::content::ContentId) -> Option<Rc<Content>> {
-        self.library.content(id, self.now)
+        let Some(link) = self.shared.upstream.as_deref() else { return self.library.content(id, self.now) };
+        // A cache box: entries the fill rewrote are read again; an entry served past the
+        // metadata expiry has its metadata refetched in the background (the hit does not wait).
+        if link.catalog_generation() != self.catalog_seen {
+            let (generation, changed) = link.catalog_changes_since(self.catalog_seen);
+            match changed {
+                Some(ids) => ids.iter().for_each(|id| self.library.forget(id)),
+                None => self.library.forget_all(),
+            }
+            self.catalog_seen = generation;
+        }
+        let content = self.library.content(id, self.now)?;
+        let every = Duration::from_millis(link.refresh_after_ms());
+        if !every.is_zero() && self.library.refresh_due(id, self.now, self.clock.now_s, every) {
+            link.send_refresh(id);
+        }
+        Some(content)
     }
 
     fn answer(&mut self, request: &Request, keep_alive: bool) -> Outgoing {
@@ -539,6 +558,9 @@ impl Handler {
     /// Completes a pending response (dropped if it is not waiting any more).
     fn give(&mut self, token: ResponseToken, connection: &mut Connection, outgoing: Outgoing, now: Instant) {
         self.metrics().response(outgoing.status);
+        if outgoing.is_from_store() {
+            self.metrics().miss_bytes(outgoing.body_bytes());
+        }
         if connection.complete(token, outgoing, now).is_err() {
             self.gone(token);
         }
@@ -566,8 +588,12 @@ impl Handler {
             let Some(slice) = self.pin_within(&stream.content, stream.next_piece, stream.start, stream.end) else {
                 return Fed::Missing;
             };
+            let bytes = slice.bytes().len() as u64;
             match connection.append(token, vec![slice], now) {
-                Ok(()) => stream.next_piece += 1,
+                Ok(()) => {
+                    stream.next_piece += 1;
+                    self.metrics().miss_bytes(bytes);
+                }
                 Err(ResponseError::Full { .. }) => return Fed::Full,
                 Err(_) => return Fed::Gone,
             }
@@ -652,6 +678,7 @@ impl Respond for Handler {
                     stream: None,
                 };
                 self.pending.insert(token, pending);
+                self.metrics().miss();
                 return Reply::Pending;
             }
             let busy = self.fill_error(keep_alive, 503, "the fill queue is full; retry shortly\n", Some(1));
@@ -659,6 +686,9 @@ impl Respond for Handler {
             return Reply::Ready(busy);
         }
         self.metrics().response(outgoing.status);
+        if outgoing.is_from_store() {
+            self.metrics().hit(outgoing.body_bytes());
+        }
         Reply::Ready(outgoing)
     }
 
@@ -998,5 +1028,11 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains("tessera_http_requests_total{worker=\"0\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_store_pieces 3"), "{text}");
+        let (_, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n");
+        assert_eq!(body.len(), 10);
+        let (_, _, text) = get(&mut f.handler, "GET /metrics HTTP/1.1\r\n\r\n");
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 1\n"), "{text}");
+        assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 10\n"), "{text}");
     }
 }

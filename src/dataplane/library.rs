@@ -102,6 +102,8 @@ impl Content {
 struct Cached {
     content: Option<Rc<Content>>,
     checked: Instant,
+    /// When this worker last asked for the content's metadata to be refreshed (a cache box).
+    refreshed: Option<Instant>,
 }
 
 /// One worker's view of the catalog and the store.
@@ -136,9 +138,10 @@ impl Library {
             recheck,
         };
         for content in seed.iter().take(library.entries_max) {
-            library
-                .entries
-                .insert(content.id.clone(), Cached { content: Some(Rc::new(content.clone())), checked: now });
+            library.entries.insert(
+                content.id.clone(),
+                Cached { content: Some(Rc::new(content.clone())), checked: now, refreshed: None },
+            );
         }
         library
     }
@@ -161,13 +164,34 @@ impl Library {
             // Rebuilt lazily from disk; a bounded cache beats an unbounded one under id scans.
             self.entries.clear();
         }
-        self.entries.insert(id.clone(), Cached { content: content.clone(), checked: now });
+        self.entries.insert(id.clone(), Cached { content: content.clone(), checked: now, refreshed: None });
         content
     }
 
     /// Drops what is cached of `id`, so the next lookup reads the catalog (a fill just wrote it).
     pub fn forget(&mut self, id: &ContentId) {
         self.entries.remove(id);
+    }
+
+    /// Drops every cached entry (the catalog changed in ways this worker did not follow).
+    pub fn forget_all(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Whether a cache box should ask for `id`'s metadata again: its catalog entry is at least
+    /// `every` old (by the manifest's mtime, `wall_s` being now), and this worker has not asked
+    /// within `every`. When due, the ask is counted as made.
+    pub fn refresh_due(&mut self, id: &ContentId, now: Instant, wall_s: u64, every: Duration) -> bool {
+        let Some(cached) = self.entries.get_mut(id) else { return false };
+        let Some(content) = &cached.content else { return false };
+        let due = match cached.refreshed {
+            Some(asked) => now.saturating_duration_since(asked) >= every,
+            None => Duration::from_secs(wall_s.saturating_sub(content.last_modified_s)) >= every,
+        };
+        if due {
+            cached.refreshed = Some(now);
+        }
+        due
     }
 
     /// Pins piece `index` of `content` if the store holds the digest its hash file names.

@@ -38,6 +38,10 @@ pub struct WorkerMetrics {
     closed: [AtomicU64; CLOSE_REASONS.len()],
     zero_copy_sends: AtomicU64,
     completion_overflows: AtomicU64,
+    hits: AtomicU64,
+    hit_bytes: AtomicU64,
+    misses: AtomicU64,
+    miss_bytes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -82,6 +86,22 @@ impl WorkerMetrics {
     /// The completion queue overflowed into the kernel's backlog.
     pub fn completion_overflow(&self, count: u64) {
         bump(&self.completion_overflows, count);
+    }
+
+    /// A request answered from the store at once, with `bytes` of body.
+    pub fn hit(&self, bytes: u64) {
+        bump(&self.hits, 1);
+        bump(&self.hit_bytes, bytes);
+    }
+
+    /// A request the store could not answer was handed to the fill (a cache box's miss).
+    pub fn miss(&self) {
+        bump(&self.misses, 1);
+    }
+
+    /// Body bytes from the store sent for a request that missed, once filled.
+    pub fn miss_bytes(&self, bytes: u64) {
+        bump(&self.miss_bytes, bytes);
     }
 
     /// Requests answered with `status` so far.
@@ -186,6 +206,25 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {}", load(field(metrics)));
             }
         }
+        let cache: [(&str, &str, [Field; 2]); 2] = [
+            (
+                "tessera_cache_requests_total",
+                "Requests answered from the store (hit) or handed to the fill (miss).",
+                [|m| &m.hits, |m| &m.misses],
+            ),
+            (
+                "tessera_cache_bytes_total",
+                "Body bytes sent from the store for hits, and for misses once filled.",
+                [|m| &m.hit_bytes, |m| &m.miss_bytes],
+            ),
+        ];
+        for (name, help, [hit, miss]) in cache {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (worker, metrics) in self.workers.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\",result=\"hit\"}} {}", load(hit(metrics)));
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\",result=\"miss\"}} {}", load(miss(metrics)));
+            }
+        }
         let _ = writeln!(out, "# HELP tessera_connections_closed_total Closed connections by reason.");
         let _ = writeln!(out, "# TYPE tessera_connections_closed_total counter");
         for (worker, metrics) in self.workers.iter().enumerate() {
@@ -227,6 +266,10 @@ mod tests {
         metrics.worker(0).closed(CloseReason::HeaderTimeout);
         metrics.worker(1).opened();
         metrics.worker(1).closed(CloseReason::Reclaimed);
+        metrics.worker(0).hit(100);
+        metrics.worker(0).hit(50);
+        metrics.worker(1).miss();
+        metrics.worker(1).miss_bytes(70);
         let text = metrics.render(&StoreStats::default());
         assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"other\"} 1"));
@@ -235,6 +278,11 @@ mod tests {
         assert!(text.contains("tessera_connections_closed_total{worker=\"0\",reason=\"header_timeout\"} 1"));
         assert!(text.contains("tessera_idle_reclaimed_total{worker=\"1\"} 1"), "{text}");
         assert!(text.contains("tessera_idle_reclaimed_total{worker=\"0\"} 0"), "{text}");
+        assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 2\n"), "{text}");
+        assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 150\n"), "{text}");
+        assert!(text.contains("tessera_cache_requests_total{worker=\"1\",result=\"miss\"} 1\n"), "{text}");
+        assert!(text.contains("tessera_cache_bytes_total{worker=\"1\",result=\"miss\"} 70\n"), "{text}");
+        assert!(text.contains("tessera_cache_requests_total{worker=\"1\",result=\"hit\"} 0\n"), "{text}");
         assert_eq!(metrics.requests_with_status(200), 2);
     }
 }

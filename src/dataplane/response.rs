@@ -163,6 +163,11 @@ impl Outgoing {
         self.body_bytes
     }
 
+    /// Whether the body is slices of stored pieces (a cache hit, or a miss answered once filled).
+    pub fn is_from_store(&self) -> bool {
+        matches!(self.body, Body::Pieces(_) | Body::Multipart { .. })
+    }
+
     /// Body parts held (pinned) now, and their bytes.
     pub fn parts_held(&self) -> (usize, u64) {
         (self.body.segment_count(), self.body_bytes - self.trimmed_bytes)

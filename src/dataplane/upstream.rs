@@ -6,7 +6,11 @@
 //! worker's table of pending responses empties itself; before it, a streaming miss may get
 //! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
 //! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
+//! Both wake the fill thread's client loop (its [`Waker`], registered with
+//! [`UpstreamLink::set_fill_waker`]).
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -19,6 +23,9 @@ use crate::io::client::Waker;
 pub const MISSES_QUEUED_MAX: usize = 4096;
 /// Answers queued to one worker at most.
 pub const DONE_QUEUED_MAX: usize = 65_536;
+/// Catalog changes remembered for workers that have not looked yet; one that has missed more
+/// drops everything it cached of the catalog.
+pub const CATALOG_CHANGES_MAX: usize = 1024;
 
 /// What a pending response needs before it can be answered from the catalog and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +77,9 @@ pub enum FromWorker {
     Miss(Miss),
     /// A response no longer waits (client gone, or it has all it needs).
     Gone { worker: usize, token: ResponseToken },
+    /// A worker served this id from what it holds, and its metadata may have expired: refetch
+    /// it in the background (nobody waits for it).
+    Refresh { id: ContentId },
 }
 
 /// The answer to one [`Miss`].
@@ -91,8 +101,16 @@ pub struct WorkerLink {
 pub struct UpstreamLink {
     misses: Sender<FromWorker>,
     workers: Vec<WorkerLink>,
+    /// Wakes the fill thread's client loop; set once it runs.
+    fill_waker: OnceLock<Waker>,
     /// The fill thread's counters, rendered for `/metrics` by the fill thread itself.
     metrics_text: Mutex<String>,
+    /// Counts catalog entries the fill thread wrote; `catalog_changes` names the last ones.
+    catalog_generation: AtomicU64,
+    catalog_changes: Mutex<VecDeque<(u64, ContentId)>>,
+    /// How long an id is served from the catalog before a worker asks for its metadata again
+    /// (`[upstream] metadata_expiry_ms`; 0 until the fill thread sets it).
+    refresh_after_ms: AtomicU64,
 }
 
 impl UpstreamLink {
@@ -105,7 +123,16 @@ impl UpstreamLink {
                 WorkerLink { done_tx, done_rx, waker: OnceLock::new() }
             })
             .collect();
-        (UpstreamLink { misses, workers, metrics_text: Mutex::new(String::new()) }, misses_rx)
+        let link = UpstreamLink {
+            misses,
+            workers,
+            fill_waker: OnceLock::new(),
+            metrics_text: Mutex::new(String::new()),
+            catalog_generation: AtomicU64::new(0),
+            catalog_changes: Mutex::new(VecDeque::new()),
+            refresh_after_ms: AtomicU64::new(0),
+        };
+        (link, misses_rx)
     }
 
     /// Number of workers.
@@ -118,18 +145,85 @@ impl UpstreamLink {
         let _ = self.workers[worker].waker.set(waker);
     }
 
+    /// The fill thread registers the wake-up of its client loop.
+    pub fn set_fill_waker(&self, waker: Waker) {
+        let _ = self.fill_waker.set(waker);
+    }
+
     /// Hands a miss to the fill thread; `false` when its queue is full (answer 503).
     pub fn send_miss(&self, miss: Miss) -> bool {
-        !matches!(
+        let sent = !matches!(
             self.misses.try_send(FromWorker::Miss(miss)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
-        )
+        );
+        self.wake_fill();
+        sent
     }
 
     /// Tells the fill thread a response stopped waiting. Best effort: when the queue is full the
     /// fill goes on for it (as a background fill) and its answers are dropped.
     pub fn send_gone(&self, worker: usize, token: ResponseToken) {
         let _ = self.misses.try_send(FromWorker::Gone { worker, token });
+        self.wake_fill();
+    }
+
+    /// Wakes the fill thread after a message was queued (it also looks every few tens of ms).
+    fn wake_fill(&self) {
+        if let Some(waker) = self.fill_waker.get() {
+            if let Err(error) = waker.wake() {
+                tracing::warn!(%error, "cannot wake the fill thread");
+            }
+        }
+    }
+
+    /// Asks the fill thread to refetch `id`'s metadata in the background. Best effort, and
+    /// only while the queue is less than half full: misses come first.
+    pub fn send_refresh(&self, id: &ContentId) {
+        if self.misses.len() < MISSES_QUEUED_MAX / 2 {
+            let _ = self.misses.try_send(FromWorker::Refresh { id: id.clone() });
+            self.wake_fill();
+        }
+    }
+
+    /// Sets how long an id is served before its metadata is asked for again (the fill thread).
+    pub fn set_refresh_after_ms(&self, refresh_after_ms: u64) {
+        self.refresh_after_ms.store(refresh_after_ms, Ordering::Relaxed);
+    }
+
+    /// How long an id is served before its metadata is asked for again; 0: never.
+    pub fn refresh_after_ms(&self) -> u64 {
+        self.refresh_after_ms.load(Ordering::Relaxed)
+    }
+
+    /// The fill thread wrote `id`'s catalog entry (a first or a new version): workers drop what
+    /// they cached of it.
+    pub fn catalog_changed(&self, id: &ContentId) {
+        let mut changes = self.catalog_changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.catalog_generation.load(Ordering::Relaxed) + 1;
+        if changes.len() == CATALOG_CHANGES_MAX {
+            changes.pop_front();
+        }
+        changes.push_back((generation, id.clone()));
+        // Published under the lock, after the change it counts.
+        self.catalog_generation.store(generation, Ordering::Release);
+    }
+
+    /// How many catalog changes there were (one load: workers check it on every lookup).
+    pub fn catalog_generation(&self) -> u64 {
+        self.catalog_generation.load(Ordering::Acquire)
+    }
+
+    /// The generation now and the ids changed after `seen`; `None` when some of them are no
+    /// longer remembered (drop everything cached).
+    pub fn catalog_changes_since(&self, seen: u64) -> (u64, Option<Vec<ContentId>>) {
+        let changes = self.catalog_changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.catalog_generation.load(Ordering::Acquire);
+        let oldest = changes.front().map_or(generation + 1, |(at, _)| *at);
+        if oldest > seen + 1 {
+            return (generation, None);
+        }
+        let ids = changes.iter().filter(|(at, _)| *at > seen).map(|(_, id)| id.clone()).collect();
+        (generation, Some(ids))
     }
 
     /// The fill thread answers a miss and wakes its worker.
@@ -160,5 +254,28 @@ impl UpstreamLink {
     /// A worker takes its answers.
     pub fn take_done(&self, worker: usize) -> impl Iterator<Item = Done> + '_ {
         self.workers[worker].done_rx.try_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_learns_which_catalog_entries_changed_since_it_last_looked() {
+        let (link, _misses) = UpstreamLink::new(1);
+        assert_eq!(link.catalog_changes_since(0), (0, Some(vec![])));
+        let (a, b) = (ContentId::parse("a").unwrap(), ContentId::parse("b").unwrap());
+        link.catalog_changed(&a);
+        link.catalog_changed(&b);
+        assert_eq!(link.catalog_generation(), 2);
+        assert_eq!(link.catalog_changes_since(0), (2, Some(vec![a.clone(), b.clone()])));
+        assert_eq!(link.catalog_changes_since(1), (2, Some(vec![b])));
+        for _ in 0..CATALOG_CHANGES_MAX {
+            link.catalog_changed(&a);
+        }
+        assert_eq!(link.catalog_changes_since(1), (CATALOG_CHANGES_MAX as u64 + 2, None), "forgotten: drop all");
+        let seen = CATALOG_CHANGES_MAX as u64 + 1;
+        assert_eq!(link.catalog_changes_since(seen), (seen + 1, Some(vec![a])));
     }
 }

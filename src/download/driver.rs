@@ -19,12 +19,14 @@ use rustls::ClientConfig;
 use crate::config::DownloadConfig;
 use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
+use crate::download::output::PieceWriter;
 use crate::download::output::{Output, OutputError};
+use crate::download::piece_response::{self, BufferPool, Expect, PieceReceiver, Response};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
 use crate::download::transport::Transport;
-use crate::download::verify::{Check, Checked, Verifier};
+use crate::download::verify::{Check, Checked, FilePiece, Verifier};
 use crate::http::client::redirect::next_hop;
-use crate::http::client::{self as http_client, ClientLimits, ReceivedHead, RequestSpec};
+use crate::http::client::{ClientLimits, ReceivedHead, RequestSpec};
 use crate::http::url::HttpUrl;
 use crate::io::client::{self as io_client, ClientLoop, ConnId};
 
@@ -104,66 +106,13 @@ pub struct Progress {
     pub peers_banned: u32,
 }
 
-/// A response body being received for the piece at the head of a connection's queue.
-struct Body {
+/// A finished response, from the connection it came on.
+struct Landed {
+    source: SourceId,
+    /// Which of the source's URLs (it changes on redirects) the connection was opened for.
+    generation: u32,
     piece: u64,
-    status: u16,
-    /// A piece buffer (empty for a status whose body is not kept); `filled` bytes are received.
-    buffer: Vec<u8>,
-    filled: usize,
-    /// The piece's length: bytes past it are not kept.
-    expected: usize,
-    overflow: bool,
-    /// The head of a redirect from an HTTP source, followed once the response is complete.
-    redirect: Option<ReceivedHead>,
-}
-
-/// Piece-sized buffers, reused so that receiving a piece neither allocates nor faults pages in.
-struct BufferPool {
-    free: Vec<Vec<u8>>,
-    buffer_bytes: usize,
-    kept_max: usize,
-}
-
-impl BufferPool {
-    fn take(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| vec![0; self.buffer_bytes])
-    }
-
-    fn give(&mut self, buffer: Vec<u8>) {
-        if self.free.len() < self.kept_max && buffer.len() == self.buffer_bytes {
-            self.free.push(buffer);
-        }
-    }
-}
-
-/// What a finished response means.
-enum Landed {
-    Bytes {
-        source: SourceId,
-        piece: u64,
-        buffer: Vec<u8>,
-        length: usize,
-    },
-    Bad {
-        source: SourceId,
-        piece: u64,
-    },
-    Missing {
-        source: SourceId,
-        piece: u64,
-    },
-    Failed {
-        source: SourceId,
-        piece: u64,
-    },
-    /// A redirect, asked on a connection opened for the source's URL number `generation`.
-    Redirect {
-        source: SourceId,
-        piece: u64,
-        head: ReceivedHead,
-        generation: u32,
-    },
+    response: Response,
 }
 
 struct Conn {
@@ -171,21 +120,12 @@ struct Conn {
     /// Which of the source's URLs (it changes on redirects) this connection was opened for.
     generation: u32,
     transport: Transport,
-    /// The HTTP state; each request is tagged with its piece index.
-    http: http_client::Connection<u64>,
-    body: Option<Body>,
+    /// The HTTP state and the body being received; each request is tagged with its piece index.
+    rx: PieceReceiver<u64>,
     deadline: Instant,
 }
 
-/// Why a connection ends.
-enum End {
-    /// Still open.
-    Open,
-    /// Closed by the server as HTTP allows; unanswered requests are lost without blame.
-    Closed(Vec<u64>),
-    /// Broken (reset, truncated, unparseable): unanswered requests failed.
-    Failed(Vec<u64>, String),
-}
+type End = piece_response::End<u64>;
 
 struct Driver<'a> {
     job: &'a Job<'a>,
@@ -200,7 +140,7 @@ struct Driver<'a> {
     stats: Vec<SourceStats>,
     landed: Vec<Landed>,
     pool: BufferPool,
-    verifier: Verifier,
+    verifier: Verifier<PieceWriter>,
     start: Instant,
     bytes_done: u64,
 }
@@ -227,8 +167,9 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         bytes_done += piece_length(job, piece);
     }
     let client = ClientLoop::new(config.backend, client_config(job)).map_err(client_error)?;
-    let verifier = Verifier::start(config.verify_threads, config.verify_queue_pieces, output.writer(), client.waker())
-        .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
+    let verifier =
+        Verifier::start(config.verify_threads, config.verify_queue_pieces, 1, output.writer(), client.waker())
+            .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
     let mut driver = Driver {
         job,
         client,
@@ -240,11 +181,10 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         hops: Vec::new(),
         stats: Vec::new(),
         landed: Vec::new(),
-        pool: BufferPool {
-            free: Vec::new(),
-            buffer_bytes: job.piece_size.min(job.content_length).max(1) as usize,
-            kept_max: config.piece_buffers_max as usize,
-        },
+        pool: BufferPool::new(
+            job.piece_size.min(job.content_length).max(1) as usize,
+            config.piece_buffers_max as usize,
+        ),
         verifier,
         start: Instant::now(),
         bytes_done,
@@ -379,7 +319,7 @@ impl Driver<'_> {
         let soonest = self
             .conns
             .values()
-            .filter(|c| c.http.in_flight() > 0 || !c.transport.is_connected())
+            .filter(|c| c.rx.http.in_flight() > 0 || !c.transport.is_connected())
             .map(|c| c.deadline.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::MAX);
@@ -407,8 +347,8 @@ impl Driver<'_> {
         let chosen = self
             .conns
             .iter()
-            .filter(|(_, c)| c.source == source && c.http.can_send())
-            .min_by_key(|(_, c)| c.http.in_flight())
+            .filter(|(_, c)| c.source == source && c.rx.http.can_send())
+            .min_by_key(|(_, c)| c.rx.http.in_flight())
             .map(|(token, _)| *token);
         let open = self.conns.values().filter(|c| c.source == source).count();
         let token = match chosen {
@@ -430,10 +370,10 @@ impl Driver<'_> {
         let spec = self.request_spec(source, piece);
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
         let conn = self.conns.get_mut(&token).expect("chosen connection exists");
-        if conn.http.in_flight() == 0 && conn.transport.is_connected() {
+        if conn.rx.http.in_flight() == 0 && conn.transport.is_connected() {
             conn.deadline = Instant::now() + timeout;
         }
-        let end = match conn.http.send_request(piece, &spec) {
+        let end = match conn.rx.http.send_request(piece, &spec) {
             Err(error) => End::Failed(vec![piece], format!("request: {error}")),
             Ok(()) if conn.transport.is_connected() => flush(&mut self.client, conn),
             Ok(()) => End::Open,
@@ -460,8 +400,7 @@ impl Driver<'_> {
             source,
             generation: self.generations[source.0 as usize],
             transport,
-            http: http_client::Connection::new(limits),
-            body: None,
+            rx: PieceReceiver::new(limits),
             deadline: Instant::now() + Duration::from_millis(self.job.config.connect_timeout_ms),
         };
         self.conns.insert(token, conn);
@@ -484,7 +423,7 @@ impl Driver<'_> {
             }
             io_client::Event::Closed { conn: token, error } => {
                 let Some(conn) = self.conns.get_mut(&token) else { return };
-                conn.http.handle_eof();
+                conn.rx.http.handle_eof();
                 let end = match (self.frame(token), error) {
                     (Some(end), _) => end,
                     (None, None) => End::Closed(Vec::new()),
@@ -504,68 +443,41 @@ impl Driver<'_> {
         let Some(conn) = self.conns.get_mut(&token) else { return End::Open };
         conn.deadline = Instant::now() + timeout;
         if conn.transport.is_tls() {
-            let ended = match conn.transport.receive_tls(&mut self.client, &mut conn.http, bytes) {
+            let ended = match conn.transport.receive_tls(&mut self.client, &mut conn.rx.http, bytes) {
                 Ok(ended) => ended,
                 Err(reason) => return End::Failed(Vec::new(), reason),
             };
             if ended {
-                conn.http.handle_eof();
+                conn.rx.http.handle_eof();
             }
             let end = self.frame(token);
             return end.unwrap_or(if ended { End::Closed(Vec::new()) } else { End::Open });
         }
-        let mut rest = bytes;
-        // Bounded by the input: each pass consumes received bytes.
-        while !rest.is_empty() {
-            let conn = self.conns.get_mut(&token).expect("a live connection");
-            match direct_span(conn) {
-                Some(span) => {
-                    let count = span.len().min(rest.len());
-                    let body = conn.body.as_mut().expect("a direct span is inside a body");
-                    body.buffer[span.start..span.start + count].copy_from_slice(&rest[..count]);
-                    body.filled += count;
-                    conn.http.handle_body_direct(count as u64);
-                    rest = &rest[count..];
-                }
-                None => {
-                    conn.http.handle_input(rest);
-                    rest = &[];
-                }
-            }
-            if let Some(end) = self.frame(token) {
-                return end;
-            }
-        }
-        End::Open
+        let expect = expect_of(self.job, conn.source);
+        let mut landed = Vec::new();
+        let end = conn.rx.receive(bytes, &expect, &mut self.pool, &mut landed);
+        keep_landed(&mut self.landed, conn, landed);
+        end
     }
 
     /// Frames what the connection's HTTP state has; `Some` when the connection ends.
     fn frame(&mut self, token: ConnId) -> Option<End> {
-        let (content_length, piece_size) = (self.job.content_length, self.job.piece_size);
-        let expect = |piece: u64| {
-            let start = piece * piece_size;
-            (start, piece_size.min(content_length.saturating_sub(start)))
-        };
         let conn = self.conns.get_mut(&token)?;
-        let is_http = matches!(self.job.sources[conn.source.0 as usize], SourceSpec::Http(_));
-        frame(conn, is_http, &expect, &mut self.landed, &mut self.pool)
+        let expect = expect_of(self.job, conn.source);
+        let mut landed = Vec::new();
+        let end = conn.rx.frame(&expect, &mut self.pool, &mut landed);
+        keep_landed(&mut self.landed, conn, landed);
+        end
     }
 
     /// Removes a connection that ended and tells the scheduler about its unanswered requests.
     fn settle_end(&mut self, token: ConnId, end: End) {
         let now_ms = self.now_ms();
-        let (mut pieces, reason) = match end {
-            End::Open => return,
-            End::Closed(pieces) => (pieces, None),
-            End::Failed(pieces, reason) => (pieces, Some(reason)),
-        };
+        let Some((mut pieces, reason)) = end.ended() else { return };
         let Some(mut conn) = self.conns.remove(&token) else { return };
         // A no-op when the loop reported the close itself.
         self.client.close(token);
-        pieces.extend(conn.http.abandon());
-        if let Some(body) = conn.body.take() {
-            self.pool.give(body.buffer);
-        }
+        pieces.extend(conn.rx.abandon(&mut self.pool));
         let source = conn.source;
         match reason {
             None => {
@@ -600,14 +512,14 @@ impl Driver<'_> {
         let expired: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| (c.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline)
+            .filter(|(_, c)| (c.rx.http.in_flight() > 0 || !c.transport.is_connected()) && now >= c.deadline)
             .map(|(token, _)| *token)
             .collect();
         for token in expired {
             let mut conn = self.conns.remove(&token).expect("listed just now");
             self.client.close(token);
             let source = conn.source;
-            let pieces = conn.http.abandon();
+            let pieces = conn.rx.abandon(&mut self.pool);
             let stats = &mut self.stats[source.0 as usize];
             stats.timeouts += 1;
             tracing::debug!(source = %stats.source, connected = conn.transport.is_connected(), "request timed out");
@@ -618,9 +530,9 @@ impl Driver<'_> {
     /// and takes in the verdicts that are ready.
     fn verify(&mut self, output: &mut Output) -> Result<(), OutputError> {
         let now_ms = self.now_ms();
-        for item in std::mem::take(&mut self.landed) {
-            let event = match item {
-                Landed::Bytes { source, piece, buffer, length } => {
+        for Landed { source, generation, piece, response } in std::mem::take(&mut self.landed) {
+            let event = match response {
+                Response::Bytes { buffer, length } => {
                     let expected = match self.job.hashes.map(|hashes| hashes.digest(piece)) {
                         Some(Some(digest)) => Some(*digest),
                         Some(None) => {
@@ -638,16 +550,22 @@ impl Driver<'_> {
                     }
                     let offset = piece * self.job.piece_size;
                     let write = !self.scheduler.is_verified(piece);
-                    self.verifier.submit(Check { source, piece, offset, buffer, length, expected, write });
+                    self.verifier.submit(Check {
+                        tag: FilePiece { source, piece, offset },
+                        buffer,
+                        length,
+                        expected,
+                        write,
+                    });
                     continue;
                 }
-                Landed::Bad { source, piece } => self.bad(source, piece),
-                Landed::Missing { source, piece } => Event::Missing { source, piece },
-                Landed::Failed { source, piece } => {
+                Response::Bad => self.bad(source, piece),
+                Response::Missing => Event::Missing { source, piece },
+                Response::Failed => {
                     self.stats[source.0 as usize].failures += 1;
                     Event::Failed { source, pieces: vec![piece] }
                 }
-                Landed::Redirect { source, piece, head, generation } => self.redirect(source, piece, &head, generation),
+                Response::Redirect(head) => self.redirect(source, piece, &head, generation),
             };
             self.scheduler.handle(event, now_ms);
         }
@@ -659,8 +577,8 @@ impl Driver<'_> {
 
     /// A verdict: a good piece (written by the verifier) is recorded, a bad one counted against
     /// its source.
-    fn settle(&mut self, checked: Checked, output: &mut Output) -> Result<(), OutputError> {
-        let Checked { source, piece, good, error, buffer } = checked;
+    fn settle(&mut self, checked: Checked<FilePiece, OutputError>, output: &mut Output) -> Result<(), OutputError> {
+        let Checked { tag: FilePiece { source, piece, .. }, good, error, buffer } = checked;
         self.pool.give(buffer);
         if let Some(error) = error {
             return Err(error);
@@ -722,132 +640,24 @@ impl Driver<'_> {
     }
 }
 
-/// Turns the HTTP connection's events into landed pieces; `Some` when the connection ends.
-fn frame(
-    conn: &mut Conn,
-    is_http: bool,
-    expect: &dyn Fn(u64) -> (u64, u64),
-    landed: &mut Vec<Landed>,
-    pool: &mut BufferPool,
-) -> Option<End> {
-    // Bounded by the input: every event consumes bytes or a request.
-    while let Some(event) = conn.http.poll_event() {
-        match event {
-            http_client::Event::Head { tag, head } => {
-                let piece = *tag;
-                if let Some(outcome) = body_for(conn.source, piece, head, is_http, expect, pool, &mut conn.body) {
-                    // Longer than the piece: a liar or a server ignoring Range; do not read it.
-                    landed.push(outcome);
-                    let mut unanswered = conn.http.abandon();
-                    unanswered.retain(|&other| other != piece);
-                    return Some(End::Closed(unanswered));
-                }
-            }
-            http_client::Event::BodyData { data, .. } => {
-                let Some(body) = conn.body.as_mut() else { continue };
-                let kept = matches!(body.status, 200 | 206);
-                let keep = if kept { body.expected.saturating_sub(body.filled).min(data.len()) } else { 0 };
-                body.buffer[body.filled..body.filled + keep].copy_from_slice(&data[..keep]);
-                body.filled += keep;
-                body.overflow |= kept && keep < data.len();
-            }
-            http_client::Event::Done { .. } => {
-                let body = conn.body.take().expect("a completed response had a head");
-                landed.push(land(conn.source, conn.generation, body, expect, pool));
-            }
-            http_client::Event::Closed { unanswered, error } => {
-                return Some(match error {
-                    None => End::Closed(unanswered),
-                    Some(error) => End::Failed(unanswered, error.to_string()),
-                });
-            }
-        }
+/// Where each piece asked of `source` starts and how long it is.
+fn expect_of<'a>(job: &'a Job<'a>, source: SourceId) -> impl Fn(&u64) -> Expect + 'a {
+    let ranged = matches!(job.sources[source.0 as usize], SourceSpec::Http(_));
+    move |piece: &u64| {
+        let start = piece * job.piece_size;
+        Expect { start, length: piece_length(job, *piece), ranged }
     }
-    None
 }
 
-/// Prepares `body` for the response whose `head` arrived; `Some` outcome when the response is
-/// refused at its head.
-fn body_for(
-    source: SourceId,
-    piece: u64,
-    head: ReceivedHead,
-    is_http: bool,
-    expect: &dyn Fn(u64) -> (u64, u64),
-    pool: &mut BufferPool,
-    body: &mut Option<Body>,
-) -> Option<Landed> {
-    let (start, length) = expect(piece);
-    let empty = |status, redirect| Body {
-        piece,
-        status,
-        buffer: Vec::new(),
-        filled: 0,
-        expected: 0,
-        overflow: false,
-        redirect,
-    };
-    if !matches!(head.status, 200 | 206) {
-        let status = head.status;
-        let redirect = (is_http && (300..400).contains(&status) && head.location.is_some()).then_some(head);
-        *body = Some(empty(status, redirect));
-        return None;
-    }
-    if head.content_length.is_some_and(|n| n > length) {
-        return Some(if is_http && head.status == 200 {
-            Landed::Failed { source, piece }
-        } else {
-            Landed::Bad { source, piece }
-        });
-    }
-    let range_ok = match head.content_range {
-        Some((first, last, _)) => first == start && last + 1 == start + length,
-        None => head.status == 200 && (!is_http || start == 0),
-    };
-    *body = Some(match range_ok {
-        true => Body { buffer: pool.take(), expected: length as usize, ..empty(head.status, None) },
-        false => empty(0, None),
-    });
-    None
-}
-
-fn land(
-    source: SourceId,
-    generation: u32,
-    body: Body,
-    expect: &dyn Fn(u64) -> (u64, u64),
-    pool: &mut BufferPool,
-) -> Landed {
-    let piece = body.piece;
-    let (_, expected) = expect(piece);
-    if let Some(head) = body.redirect {
-        return Landed::Redirect { source, piece, head, generation };
-    }
-    let landed = match body.status {
-        200 | 206 if !body.overflow && body.filled as u64 == expected => {
-            return Landed::Bytes { source, piece, buffer: body.buffer, length: body.filled };
-        }
-        // Wrong length, wrong range or wrong Content-Range: the source answered with wrong bytes.
-        0 | 200 | 206 => Landed::Bad { source, piece },
-        404 | 410 | 416 => Landed::Missing { source, piece },
-        _ => Landed::Failed { source, piece },
-    };
-    pool.give(body.buffer);
-    landed
-}
-
-/// Where the next body bytes may be received straight into the piece buffer: inside a kept
-/// body of known length, with nothing buffered, and no more than the piece has room for.
-fn direct_span(conn: &Conn) -> Option<std::ops::Range<usize>> {
-    let direct = conn.http.body_direct_bytes();
-    let body = conn.body.as_ref().filter(|b| matches!(b.status, 200 | 206) && direct > 0)?;
-    let room = body.expected.saturating_sub(body.filled) as u64;
-    (direct <= room).then(|| body.filled..body.filled + direct as usize)
+/// Files the responses `conn` finished under its source.
+fn keep_landed(out: &mut Vec<Landed>, conn: &Conn, landed: Vec<(u64, Response)>) {
+    let (source, generation) = (conn.source, conn.generation);
+    out.extend(landed.into_iter().map(|(piece, response)| Landed { source, generation, piece, response }));
 }
 
 /// Queues what the HTTP connection has to send; `Open` unless that failed.
 fn flush(client: &mut ClientLoop, conn: &mut Conn) -> End {
-    match conn.transport.send(client, &mut conn.http) {
+    match conn.transport.send(client, &mut conn.rx.http) {
         Ok(()) => End::Open,
         Err(reason) => End::Failed(Vec::new(), reason),
     }

@@ -13,10 +13,11 @@ pub mod fetch;
 pub mod get;
 pub mod metadata;
 pub mod output;
+pub(crate) mod piece_response;
 pub mod prometheus;
 pub mod scheduler;
 pub mod service_metadata;
-mod transport;
+pub(crate) mod transport;
 pub mod verify;
 
 pub use driver::{Progress, SourceSpec, SourceStats};

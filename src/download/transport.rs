@@ -1,6 +1,7 @@
 //! The byte side of one `get` connection: a connection of the ring layer's client loop
 //! ([`ClientLoop`], io_uring or epoll), with rustls on top for https sources, moving bytes between
-//! the loop and the HTTP client connection. The only code of `download/` that sends or receives.
+//! the loop and the HTTP client connection. The only code of `download/` that sends or receives;
+//! the cache box's piece fetches (`appliance::fill`) use it too.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -63,10 +64,10 @@ impl Transport {
     /// Feeds received TLS records to rustls and hands the plaintext to `http`; `Ok(true)` when
     /// the server ended the TLS stream (close_notify). Answers rustls owes (handshake, key
     /// updates) are sent.
-    pub(crate) fn receive_tls(
+    pub(crate) fn receive_tls<T>(
         &mut self,
         client: &mut ClientLoop,
-        http: &mut Connection<u64>,
+        http: &mut Connection<T>,
         mut bytes: &[u8],
     ) -> Result<bool, String> {
         let tls = self.tls.as_mut().expect("a TLS connection");
@@ -94,7 +95,7 @@ impl Transport {
     }
 
     /// Queues on the loop what `http` has to send (through TLS for https).
-    pub(crate) fn send(&mut self, client: &mut ClientLoop, http: &mut Connection<u64>) -> Result<(), String> {
+    pub(crate) fn send<T>(&mut self, client: &mut ClientLoop, http: &mut Connection<T>) -> Result<(), String> {
         let pending = http.transmit().len();
         if let Some(tls) = self.tls.as_mut() {
             if pending > 0 {

@@ -31,6 +31,9 @@ pub struct Want {
     pub end_piece: u64,
     /// Sources of this content besides the parents (matched peers, origin URLs).
     pub sources: Vec<SourceId>,
+    /// When the worker's request missed, on the engine's clock (metadata time included): the
+    /// first-byte latency is measured from it.
+    pub missed_at_ms: u64,
 }
 
 /// Why a piece could not be had.
@@ -119,6 +122,9 @@ pub(super) struct Waiter {
     pub(super) next_piece: u64,
     pub(super) claimed_end: u64,
     pub(super) end_piece: u64,
+    pub(super) missed_at_ms: u64,
+    /// Its first piece has landed (its first-byte latency is recorded).
+    pub(super) first_landed: bool,
 }
 
 #[derive(Debug)]
@@ -197,6 +203,11 @@ impl FillEngine {
         self.parents = parents;
     }
 
+    /// Sources registered (their ids are `0..source_count`).
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
     /// The kind and name of a source.
     pub fn source(&self, source: SourceId) -> (SourceKind, &str) {
         let state = &self.sources[source.0 as usize];
@@ -227,7 +238,9 @@ impl FillEngine {
             }
         }
         let first = want.first_piece;
-        let waiter = Waiter { fill, next_piece: first, claimed_end: first, end_piece: want.end_piece };
+        let missed_at_ms = want.missed_at_ms.min(now_ms);
+        let (claimed_end, end_piece, first_landed) = (first, want.end_piece, false);
+        let waiter = Waiter { fill, next_piece: first, claimed_end, end_piece, missed_at_ms, first_landed };
         self.waiters.insert(want.waiter, waiter);
         self.extend_window(want.waiter, now_ms);
         // A new fill's background cursor starts once its first waiter holds it alive.
@@ -392,11 +405,11 @@ impl FillEngine {
     }
 
     /// Adds a claim on a digest, queueing a fetch if it is new; false when its waiter list is full.
-    pub(super) fn claim(&mut self, claim: Claim, digest: Digest, now_ms: u64) -> bool {
+    pub(super) fn claim(&mut self, claim: Claim, digest: Digest, _now_ms: u64) -> bool {
         let high = matches!(claim.claimant, Claimant::Waiter(_));
         let waiters_max = self.waiters_per_piece();
         let length = self.fills[&claim.fill].content.piece_length(claim.index);
-        let entry = self.pieces.entry(digest).or_insert_with(|| PieceEntry::new(length, now_ms));
+        let entry = self.pieces.entry(digest).or_insert_with(|| PieceEntry::new(length));
         if high && entry.waiter_claims() >= waiters_max {
             return false;
         }

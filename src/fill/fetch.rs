@@ -67,6 +67,7 @@ pub(super) struct Started {
     pub(super) fetch: FetchId,
     pub(super) source: SourceId,
     pub(super) fill: FillId,
+    pub(super) started_ms: u64,
     pub(super) deadline_ms: u64,
 }
 
@@ -89,7 +90,6 @@ pub(super) struct PieceEntry {
     pub(super) state: PieceState,
     pub(super) claims: Vec<Claim>,
     pub(super) length: u32,
-    pub(super) wanted_at_ms: u64,
     pub(super) failures: u32,
     /// Sources that sent a bad copy or have none: never asked for this piece again.
     pub(super) excluded: Vec<SourceId>,
@@ -98,12 +98,11 @@ pub(super) struct PieceEntry {
 }
 
 impl PieceEntry {
-    pub(super) fn new(length: u32, now_ms: u64) -> PieceEntry {
+    pub(super) fn new(length: u32) -> PieceEntry {
         PieceEntry {
             state: PieceState::Queued,
             claims: Vec::new(),
             length,
-            wanted_at_ms: now_ms,
             failures: 0,
             excluded: Vec::new(),
             failed: Vec::new(),
@@ -163,6 +162,8 @@ impl FillEngine {
         let length = entry.length;
         let kind = self.sources[started.source.0 as usize].kind;
         self.counters.bytes_by_source_kind[kind.index()] += u64::from(length);
+        self.counters.source_mut(started.source).bytes += u64::from(length);
+        self.counters.piece_fetch_ms.record(now_ms.saturating_sub(started.started_ms));
         self.policy.record(started.source, Outcome::Good { bytes: length }, now_ms);
         self.dispatch(now_ms);
         self.check_invariants();
@@ -173,6 +174,7 @@ impl FillEngine {
     pub fn handle_bad(&mut self, fetch: FetchId, now_ms: u64) {
         let Some((digest, started)) = self.answered(fetch) else { return };
         self.counters.bad_pieces_total += 1;
+        self.counters.source_mut(started.source).bad_pieces += 1;
         self.policy.record(started.source, Outcome::Bad, now_ms);
         self.entry_mut(digest).excluded.push(started.source);
         self.end_fetch(digest, started);
@@ -336,7 +338,7 @@ impl FillEngine {
         self.end_fetch(digest, started);
         let entry = self.pieces.remove(&digest).expect("landing piece");
         self.counters.pieces_stored_total += 1;
-        self.counters.record_latency(now_ms.saturating_sub(entry.wanted_at_ms));
+        self.record_first_bytes(&entry.claims, now_ms);
         self.notify(&entry.claims, WaiterEvent::Landed { digest });
         let mut background_fills: Vec<FillId> = Vec::new();
         for claim in entry.claims.iter().filter(|c| c.claimant == Claimant::Background) {
@@ -347,6 +349,18 @@ impl FillEngine {
         background_fills.dedup();
         for fill in background_fills {
             self.advance_background(fill, now_ms);
+        }
+    }
+
+    /// Waiters whose first piece this is can answer now: their first-byte latency is recorded.
+    fn record_first_bytes(&mut self, claims: &[Claim], now_ms: u64) {
+        for claim in claims {
+            let Claimant::Waiter(key) = claim.claimant else { continue };
+            let Some(waiter) = self.waiters.get_mut(&key) else { continue };
+            if !waiter.first_landed && claim.index == waiter.next_piece {
+                waiter.first_landed = true;
+                self.counters.first_byte_ms.record(now_ms.saturating_sub(waiter.missed_at_ms));
+            }
         }
     }
 
@@ -472,7 +486,7 @@ impl FillEngine {
         let fetch = FetchId(self.next_fetch);
         self.next_fetch += 1;
         let deadline_ms = now_ms + self.limits.request_timeout_ms;
-        let started = Started { fetch, source, fill: owner.fill, deadline_ms };
+        let started = Started { fetch, source, fill: owner.fill, started_ms: now_ms, deadline_ms };
         let entry = self.pieces.get_mut(&digest).expect("queued piece");
         assert_eq!(entry.state, PieceState::Queued, "one fetch per digest");
         entry.state = PieceState::InFlight(started);

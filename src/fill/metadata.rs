@@ -1,6 +1,10 @@
 //! [`MetadataCache`]: one metadata fetch (manifest, then hash file) per id at a time, results
 //! cached with an expiry, a changed hash file served as a new [`ContentVersion`] to new requests
 //! while responses streaming the old one keep their `Arc`.
+//!
+//! Hits never wait on upstream: a worker serving an id whose metadata may have expired asks for
+//! a background [`MetadataCache::refresh`]; every new version (first or changed) comes out of
+//! [`MetadataCache::poll_version`] so the box's catalog, and through it the workers, switch to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +19,8 @@ use super::WaiterKey;
 pub struct ContentVersion {
     /// The content id.
     pub id: ContentId,
-    /// Counts hash-file changes of this id in this process, from 1.
+    /// Numbers the versions of this process, from 1: a new version of an id always gets a larger
+    /// number, even after its entry was dropped from the cache and fetched again.
     pub version: u64,
     /// The manifest.
     pub manifest: Manifest,
@@ -130,7 +135,12 @@ struct Entry {
     fetch: Option<InFlight>,
     waiters: Vec<WaiterKey>,
     last_used_ms: u64,
-    versions: u64,
+}
+
+impl Entry {
+    fn new(now_ms: u64) -> Entry {
+        Entry { current: None, expires_at_ms: 0, fetch: None, waiters: Vec::new(), last_used_ms: now_ms }
+    }
 }
 
 /// The per-id metadata state machine.
@@ -142,6 +152,10 @@ pub struct MetadataCache {
     next_fetch: u64,
     actions: VecDeque<MetaAction>,
     ready: VecDeque<MetaReady>,
+    /// New versions not yet taken; at most one per cached id (older ones of an id are dropped).
+    versions: VecDeque<Arc<ContentVersion>>,
+    /// The last version number given.
+    last_version: u64,
 }
 
 impl MetadataCache {
@@ -155,6 +169,8 @@ impl MetadataCache {
             next_fetch: 0,
             actions: VecDeque::new(),
             ready: VecDeque::new(),
+            versions: VecDeque::new(),
+            last_version: 0,
         }
     }
 
@@ -166,14 +182,7 @@ impl MetadataCache {
             return busy;
         }
         let fetching = self.fetches.len();
-        let entry = self.entries.entry(id.clone()).or_insert_with(|| Entry {
-            current: None,
-            expires_at_ms: 0,
-            fetch: None,
-            waiters: Vec::new(),
-            last_used_ms: now_ms,
-            versions: 0,
-        });
+        let entry = self.entries.entry(id.clone()).or_insert_with(|| Entry::new(now_ms));
         entry.last_used_ms = now_ms;
         if let (Some(current), None) = (&entry.current, &entry.fetch) {
             if now_ms < entry.expires_at_ms {
@@ -193,6 +202,27 @@ impl MetadataCache {
         entry.waiters.push(waiter);
         debug_assert!(entry.waiters.len() <= self.limits.waiters_per_id_max as usize);
         MetaAnswer::Pending
+    }
+
+    /// A worker served `id` from what it holds and its metadata may be stale: fetch it again in
+    /// the background unless it is fresh or being fetched. Nobody waits; a changed version comes
+    /// out of [`MetadataCache::poll_version`]. Returns whether a fetch started (not when a limit
+    /// is hit: a later hint tries again).
+    pub fn refresh(&mut self, id: &ContentId, now_ms: u64) -> bool {
+        if let Some(entry) = self.entries.get(id) {
+            if entry.fetch.is_some() || (entry.current.is_some() && now_ms < entry.expires_at_ms) {
+                return false;
+            }
+        } else if !self.make_room(now_ms) {
+            return false;
+        }
+        if self.fetches.len() >= self.limits.fetches_in_flight_max as usize {
+            return false;
+        }
+        let entry = self.entries.entry(id.clone()).or_insert_with(|| Entry::new(now_ms));
+        entry.last_used_ms = now_ms;
+        self.start(id.clone(), MetaStep::Manifest, now_ms);
+        true
     }
 
     /// The waiter went away.
@@ -258,6 +288,12 @@ impl MetadataCache {
         self.actions.pop_front()
     }
 
+    /// Next new version of an id (its first, or a changed hash file), for the catalog: what the
+    /// workers serve from then on.
+    pub fn poll_version(&mut self) -> Option<Arc<ContentVersion>> {
+        self.versions.pop_front()
+    }
+
     /// Next answer to a pending request.
     pub fn poll_ready(&mut self) -> Option<MetaReady> {
         self.ready.pop_front()
@@ -302,10 +338,17 @@ impl MetadataCache {
             _ => false,
         };
         if !unchanged {
-            entry.versions += 1;
+            self.last_version += 1;
             let version =
-                ContentVersion { id: id.clone(), version: entry.versions, manifest: manifest.clone(), hashes };
-            entry.current = Some(Metadata::P2p(Arc::new(version)));
+                ContentVersion { id: id.clone(), version: self.last_version, manifest: manifest.clone(), hashes };
+            let version = Arc::new(version);
+            entry.current = Some(Metadata::P2p(version.clone()));
+            // Bounded by the entries: an id's older version not yet taken is superseded.
+            self.versions.retain(|old| old.id != id);
+            self.versions.push_back(version);
+            if self.versions.len() > self.limits.entries_max as usize {
+                self.versions.pop_front();
+            }
         }
         self.answer(id, now_ms + self.limits.expiry_ms);
     }

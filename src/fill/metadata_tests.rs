@@ -196,3 +196,39 @@ fn a_full_cache_drops_an_idle_entry_for_a_new_id() {
     assert_eq!(cache.entries(), 2);
     assert_eq!(cache.request(key(3), &id("b"), 10), MetaAnswer::Pending, "b (least recently used) was dropped");
 }
+
+#[test]
+fn a_refresh_fetches_only_expired_metadata_and_a_changed_version_comes_out_for_the_catalog() {
+    let mut cache = MetadataCache::new(limits());
+    cache.request(key(0), &id("c"), 0);
+    answer(&mut cache, 1, 0);
+    ready(&mut cache);
+    let first = cache.poll_version().expect("the first version is for the catalog too");
+    assert_eq!((first.version, cache.poll_version()), (1, None));
+    assert!(!cache.refresh(&id("c"), 999), "fresh until 1000 ms");
+    assert!(fetches(&mut cache).is_empty());
+    assert!(cache.refresh(&id("c"), 1_000), "expired: fetched again in the background");
+    assert!(!cache.refresh(&id("c"), 1_001), "one fetch per id at a time");
+    answer(&mut cache, 1, 1_010);
+    assert_eq!(ready(&mut cache), [], "nobody waited");
+    assert_eq!(cache.poll_version(), None, "an unchanged hash file is no new version");
+    assert!(cache.refresh(&id("c"), 2_010));
+    answer(&mut cache, 2, 2_020);
+    let second = cache.poll_version().expect("a changed hash file is a new version");
+    assert_eq!((second.version, second.digest(0)), (2, [2; 32]));
+    match cache.request(key(1), &id("c"), 2_030) {
+        MetaAnswer::Ready(metadata) => assert!(Arc::ptr_eq(&version(&metadata), &second), "requests get it"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refresh_of_an_unknown_id_fetches_it_within_the_bounds() {
+    let mut cache = MetadataCache::new(limits());
+    // After a restart the catalog has ids the cache has never fetched.
+    assert!(cache.refresh(&id("a"), 0));
+    assert!(cache.refresh(&id("b"), 0));
+    assert!(!cache.refresh(&id("c"), 0), "two entries at most, both being fetched");
+    assert_eq!(fetches(&mut cache).len(), 2);
+    assert_eq!(cache.request(key(0), &id("c"), 0), MetaAnswer::Busy { retry_after_s: 4 });
+}

@@ -23,7 +23,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 
-pub use counters::FillCounters;
+pub use counters::{FillCounters, LatencyHistogram, SourceCounts, LATENCY_BUCKETS_MS};
 pub use engine::{FailReason, FillEngine, Notification, WaiterEvent, Want};
 pub use fetch::{Fetch, FetchAction, FetchFailure, FetchId};
 pub use limits::{FillLimits, MetadataLimits};

@@ -87,6 +87,7 @@ impl Box_ {
             first_piece: first,
             end_piece: end,
             sources: self.sources.clone(),
+            missed_at_ms: now_ms,
         };
         self.engine.handle_want(want, now_ms);
     }
@@ -150,7 +151,13 @@ fn waiters_on_two_workers_share_one_fetch_and_each_worker_is_told_once() {
     assert_eq!(b.engine.counters().coalesced_waiters_total, 5);
     b.land(starts[0].fetch, 10);
     assert_eq!(b.notes(), [landed(0, &[0, 1, 2], 1), landed(1, &[0, 1, 2], 1)]);
-    assert_eq!(b.engine.counters().drain_fill_latency_ms(), [10]);
+    let counters = b.engine.counters();
+    assert_eq!(
+        (counters.first_byte_ms.count(), counters.first_byte_ms.sum_ms()),
+        (6, 60),
+        "each waiter could answer at 10 ms"
+    );
+    assert_eq!((counters.piece_fetch_ms.count(), counters.piece_fetch_ms.sum_ms()), (1, 10), "one fetch, 10 ms");
     assert_eq!((b.engine.pieces_in_flight(), b.engine.piece_memory_bytes()), (0, 0));
 }
 
@@ -204,6 +211,41 @@ fn a_bad_piece_is_fetched_again_elsewhere_and_its_source_blamed() {
     b.land(second.fetch, 3);
     assert_eq!(b.notes(), [landed(0, &[1], 1)]);
     assert_eq!(b.engine.counters().bytes_from(SourceKind::Origin), u64::from(PIECE), "only good bytes count");
+    let (liar, honest) = (b.engine.counters().source(first.source), b.engine.counters().source(second.source));
+    assert_eq!((liar.bytes, liar.bad_pieces), (0, 1), "the liar is blamed per source");
+    assert_eq!((honest.bytes, honest.bad_pieces), (u64::from(PIECE), 0));
+}
+
+/// First-byte latency runs from the miss (metadata time included) to the waiter's first piece
+/// stored, once per waiter; a piece's fetch time from its request to its bytes verified.
+#[test]
+fn latencies_are_measured_on_the_engine_clock_from_the_miss_and_from_the_request() {
+    let mut b = engine_with(limits(), 1);
+    let c = content("c", &[1, 2]);
+    let want = Want {
+        waiter: key(0, 1),
+        content: c.clone(),
+        first_piece: 0,
+        end_piece: 2,
+        sources: b.sources.clone(),
+        missed_at_ms: 0,
+    };
+    // The metadata took 40 ms: the want comes then.
+    b.engine.handle_want(want, 40);
+    let starts = b.starts();
+    assert_eq!(pieces(&starts), [0, 1], "a window of two");
+    b.engine.handle_received(starts[1].fetch, 60);
+    b.engine.handle_verified(starts[1].fetch, 70);
+    b.engine.handle_stored(starts[1].fetch, 75);
+    assert_eq!(b.engine.counters().first_byte_ms.count(), 0, "piece 1 is not the first byte");
+    b.engine.handle_received(starts[0].fetch, 90);
+    b.engine.handle_verified(starts[0].fetch, 100);
+    b.engine.handle_stored(starts[0].fetch, 130);
+    let counters = b.engine.counters();
+    assert_eq!((counters.first_byte_ms.count(), counters.first_byte_ms.sum_ms()), (1, 130));
+    assert_eq!((counters.piece_fetch_ms.count(), counters.piece_fetch_ms.sum_ms()), (2, 30 + 60));
+    assert_eq!(counters.piece_fetch_ms.count_at_most(29), 0);
+    assert_eq!(counters.piece_fetch_ms.count_at_most(30), 1);
 }
 
 #[test]

@@ -88,6 +88,8 @@ pub enum Behavior {
     Zeros,
     /// Reads requests, never answers.
     Stall,
+    /// Sends a piece's head and half its body, then closes the connection.
+    CutMidBody,
     /// Honest, but waits this many milliseconds before answering each piece.
     Slow(u64),
     /// Honest for this many pieces, then flips bits.
@@ -145,6 +147,8 @@ pub struct Counters {
     pub good_sent: AtomicU64,
     pub bad_sent: AtomicU64,
     pub range_requests: AtomicU64,
+    /// Requests that arrived while an earlier one on the same connection was not yet answered.
+    pub pipelined: AtomicU64,
 }
 
 impl Counters {
@@ -210,6 +214,10 @@ impl Fake {
     pub fn good_sent(&self) -> u64 {
         Counters::get(&self.counters.good_sent)
     }
+
+    pub fn pipelined(&self) -> u64 {
+        Counters::get(&self.counters.pipelined)
+    }
 }
 
 impl Drop for Fake {
@@ -274,19 +282,22 @@ fn serve(tcp: TcpStream, setup: Setup, counters: Arc<Counters>, stop: Arc<Atomic
             Err(_) => return,
         }
         // Answer every whole request received so far (pipelining).
-        for _ in 0..1000 {
+        for answered in 0..1000 {
             let (request, head_length) = match parse_request(&input, &RequestLimits::default()) {
                 Ok(Parsed::Complete { request, head_length }) => (request, head_length),
                 Ok(Parsed::Partial) => break,
                 Err(_) => return,
             };
             input.drain(..head_length);
+            if answered > 0 {
+                counters.pipelined.fetch_add(1, Ordering::SeqCst);
+            }
             let response = match &setup.service {
                 Some(service) => Some(answer_service(&request, content, service, &counters)),
                 None => respond(&request, content, behavior, &counters, &served),
             };
             if let Some(response) = response {
-                if stream.write_all(&response).is_err() {
+                if stream.write_all(&response).is_err() || behavior == Behavior::CutMidBody {
                     return;
                 }
             }
@@ -381,6 +392,12 @@ fn respond(
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
         Behavior::LieAfter(good) => served_before >= good,
+        Behavior::CutMidBody => {
+            counters.bad_sent.fetch_add(1, Ordering::SeqCst);
+            let mut out = head(200, piece.len(), "");
+            out.extend_from_slice(&piece[..piece.len() / 2]);
+            return Some(out);
+        }
         Behavior::BitFlip | Behavior::WrongPiece | Behavior::Truncate | Behavior::Overlong | Behavior::Zeros => true,
     };
     let body = if !lie {

@@ -61,8 +61,10 @@ impl SourcePolicy for BannedSources {
         let Some(name) = self.names.get(source) else { return };
         match outcome {
             Outcome::Bad => {
-                if self.bans.lock().record_bad(&name, now_ms) == Verdict::Banned {
-                    tracing::warn!(source = %name, "upstream source banned: it sent bad pieces");
+                let mut bans = self.bans.lock();
+                if bans.record_bad(&name, now_ms) == Verdict::Banned {
+                    let (bad_pieces, times) = (bans.bad_pieces(&name), bans.bans(&name));
+                    tracing::warn!(source = %name, bad_pieces, bans = times, "upstream source banned: it sent bad pieces");
                 }
             }
             Outcome::Good { .. } => self.bans.lock().record_good(&name),

@@ -6,8 +6,8 @@
 //! disk. An id in Simple mode is answered unavailable (the service says 404): the box never
 //! hands out metadata it cannot vouch for.
 //!
-//! The fill loop takes asks with `FillThread::take_asks` whenever it wakes; the keeper wakes it
-//! after each ask through the waker the loop registered with [`ServiceAsks::set_waker`], if any.
+//! The fill loop takes asks with `FillThread::take_asks` whenever it wakes; the keeper wakes its
+//! client loop after each ask (the waker registered by `FillThread::set_asked`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -59,11 +59,6 @@ impl ServiceAsks {
         let _ = self.waker.set(waker);
     }
 
-    /// The asks' queue, for a loop that selects on channels.
-    pub fn receiver(&self) -> Receiver<ContentId> {
-        self.asks.clone()
-    }
-
     /// A waiter for `id`; `None` at the limit (answered busy).
     fn register(&mut self, id: &ContentId) -> Option<WaiterKey> {
         if self.waiting.len() >= self.waiting_max {
@@ -107,6 +102,14 @@ fn simple_miss(reason: &SimpleReason) -> UpstreamMiss {
 }
 
 impl FillThread {
+    /// Links the service's asks to this fill thread: an ask wakes its client loop.
+    pub(super) fn set_asked(&mut self, asked: Option<ServiceAsks>) {
+        if let Some(asked) = &asked {
+            asked.set_waker(self.fetches.waker());
+        }
+        self.asked = asked;
+    }
+
     /// Takes every queued ask of the embedded service (bounded by the queue's bound).
     pub(super) fn take_asks(&mut self) {
         while let Some(id) = self.asked.as_ref().and_then(|asked| asked.asks.try_recv().ok()) {
@@ -152,28 +155,28 @@ mod tests {
     use super::*;
     use crate::appliance::fill::fetcher::{Job, JobResult};
     use crate::catalog::Catalog;
-    use crate::config::{Config, UpstreamConfig};
+    use crate::config::{Config, StoreConfig, UpstreamConfig};
     use crate::content::{HashFile, Manifest, MetadataFailure, PieceSize};
     use crate::dataplane::connection::ResponseToken;
     use crate::dataplane::upstream::{Filled, Miss, Need, UpstreamLink};
-    use crate::download::ban::{BanLimits, NodeBans};
     use crate::fill::MetaStep;
     use crate::io::slots::SlotKey;
+    use crate::store::Store;
 
-    /// A fill thread over a catalog in `dir`, with the service's asks linked; its fetch queue.
+    /// A fill thread over a data dir `dir`, with the service's asks linked; its helpers' queue.
     fn fill(
         dir: &std::path::Path,
         asks_max: usize,
     ) -> (FillThread, MetadataUpstream, Receiver<Job>, Arc<UpstreamLink>) {
+        let config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
         let upstream = UpstreamConfig { service_url: "https://upstream.test".into(), ..UpstreamConfig::default() };
+        let store = Arc::new(Store::open(&dir.join("store"), &StoreConfig::default()).unwrap());
         let (link, _misses) = UpstreamLink::new(1);
         let link = Arc::new(link);
-        let bans = NodeBans::new(BanLimits { bad_pieces_max: 2, duration_ms: 1000 });
         let (jobs, fetches) = crossbeam_channel::bounded(16);
-        let catalog = Catalog::new(dir.join("catalog"));
-        let mut thread = FillThread::new(&Config::default(), &upstream, catalog, link.clone(), bans, jobs);
+        let mut thread = FillThread::new(&config, &upstream, store, link.clone(), jobs).unwrap();
         let (service, asked) = super::link(asks_max, Duration::from_secs(1));
-        thread.asked = Some(asked);
+        thread.set_asked(Some(asked));
         (thread, service, fetches, link)
     }
 
