@@ -156,4 +156,5 @@ fn help_lists_the_subcommands_and_config_prints_defaults() {
     assert_eq!(config, tessera::config::Config::default());
     let info = String::from_utf8(tessera(&["info"], dir.path()).stdout).unwrap();
     assert!(info.contains("sha256 backend: "), "{info}");
+    assert!(info.contains("sha256 batch backend ("), "{info}");
 }

@@ -15,6 +15,7 @@ mod expiry;
 mod fetch_loop;
 mod fetcher;
 mod metrics;
+mod passthrough;
 mod policy;
 pub mod service_asks;
 mod store_sink;
@@ -33,10 +34,10 @@ use crate::config::{Config, UpstreamConfig};
 use crate::content::ContentId;
 use crate::control::client::{ClientError, MetadataClient};
 use crate::dataplane::connection::ResponseToken;
-use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, UpstreamLink};
+use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, ToPassThrough, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
 use crate::download::verify::{Check, Checked, Verifier};
-use crate::fill::{ContentVersion, FailReason};
+use crate::fill::{ContentVersion, FailReason, SimpleContent};
 use crate::fill::{
     FetchAction, FillEngine, FillLimits, MetaAction, MetaAnswer, MetaReady, Metadata, MetadataCache, MetadataLimits,
     SourceKind, WaiterEvent, WaiterKey, WaiterToken, Want, WorkerId,
@@ -49,12 +50,10 @@ use fetch_loop::{FetchLimits, FetchOutcome, Fetches};
 use fetcher::{Job, JobResult};
 use store_sink::{StorePiece, StoreSink};
 
-/// Blocking helper threads (metadata, Simple-mode pass-through).
+/// Blocking helper threads for metadata fetches.
 const HELPER_THREADS: u32 = 2;
 /// Jobs queued to the helper threads at most (the metadata cache bounds what it starts far below).
 const JOBS_QUEUED_MAX: usize = 4096;
-/// Largest Simple-mode body passed through (held in memory while it is sent).
-const PASS_THROUGH_BYTES_MAX: u64 = 64 << 20;
 /// The fill thread looks for a stop request at least this often.
 const STOP_POLL_MS: u64 = 50;
 /// Verifier threads (hashing 1 MiB takes about 0.8 ms: two keep up with a 10 Gbit/s fill).
@@ -74,6 +73,8 @@ pub enum FillStartError {
     Thread(std::io::Error),
     #[error("upstream fetch loop: {0}")]
     Loop(#[from] crate::io::client::ClientError),
+    #[error("cannot start the pass-through loop: {0}")]
+    PassThrough(crate::io::client::ClientError),
 }
 
 /// The running fill thread and its helper and verifier threads; dropping it stops them.
@@ -117,6 +118,7 @@ pub fn start(
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_QUEUED_MAX);
     let (results_tx, results_rx) = crossbeam_channel::bounded::<JobResult>(JOBS_QUEUED_MAX);
     let mut handle = FillHandle { stop: stop.clone(), threads: Vec::new(), waker: None };
+    handle.threads.push(passthrough::start(config.serve.backend, upstream, link.clone(), stop.clone())?);
     // The client loop is the fill thread's own (not `Send`): it is made there, and its waker
     // comes back.
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Waker, FillStartError>>(1);
@@ -146,8 +148,6 @@ pub fn start(
             client: client.clone(),
             service_url: upstream.service_url.clone(),
             waker: waker.clone(),
-            connect_timeout_ms: upstream.connect_timeout_ms,
-            request_timeout_ms: upstream.request_timeout_ms,
         };
         let (jobs, results) = (jobs_rx.clone(), results_tx.clone());
         let thread = std::thread::Builder::new()
@@ -167,8 +167,6 @@ struct Waiting {
     next: u64,
     end: u64,
     landed: HashSet<u64>,
-    /// Set while the content is passed through in Simple mode: why.
-    simple_reason: Option<String>,
     /// When it missed (the fill's first-byte latency runs from here).
     missed_at_ms: u64,
 }
@@ -376,8 +374,8 @@ impl FillThread {
         let id = miss.id.clone();
         self.by_response.insert((miss.worker, miss.token), key);
         let now = self.now_ms();
-        let (landed, simple_reason, missed_at_ms) = (HashSet::new(), None, now);
-        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed, simple_reason, missed_at_ms });
+        let (landed, missed_at_ms) = (HashSet::new(), now);
+        self.waiting.insert(key, Waiting { miss, content: None, next: 0, end: 0, landed, missed_at_ms });
         match self.meta.request(key, &id, now) {
             MetaAnswer::Ready(metadata) => self.on_metadata(key, metadata),
             MetaAnswer::Pending => {}
@@ -398,22 +396,7 @@ impl FillThread {
     fn on_metadata(&mut self, key: WaiterKey, metadata: Metadata) {
         let Some(metadata) = self.answer_asked(key, metadata) else { return };
         let content = match metadata {
-            Metadata::Simple(simple) => {
-                let reason = simple.reason.to_string();
-                tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
-                let whole = self.waiting.get(&key).is_some_and(|w| w.miss.need == Need::Content { range: None });
-                let source = simple.sources.iter().find(|url| url.starts_with("http://"));
-                let Some(url) = source.filter(|_| whole && self.origin) else {
-                    self.simple.count(&simple.reason, false);
-                    return self.finish(key, Filled::Simple { reason });
-                };
-                self.simple.count(&simple.reason, true);
-                if let Some(waiting) = self.waiting.get_mut(&key) {
-                    waiting.simple_reason = Some(reason);
-                }
-                let job = Job::Whole { waiter: key, url: url.clone(), body_bytes_max: PASS_THROUGH_BYTES_MAX };
-                return self.queue(job);
-            }
+            Metadata::Simple(simple) => return self.on_simple(key, &simple),
             Metadata::P2p(content) => content,
         };
         if let Err(error) = self.catalog_version(&content) {
@@ -422,7 +405,7 @@ impl FillThread {
         let Some(waiting) = self.waiting.get_mut(&key) else { return };
         let count = content.piece_count();
         let (first, end) = match &waiting.miss.need {
-            Need::Metadata => (0, 0),
+            Need::Metadata | Need::ContentHead { .. } => (0, 0),
             Need::Piece(index) => (*index, (*index + 1).min(count)),
             Need::Content { range } => {
                 let piece_bytes = u64::from(content.hashes.piece_size().bytes());
@@ -454,6 +437,33 @@ impl FillThread {
         self.engine.handle_want(want, now);
     }
 
+    /// Simple mode (rule 5): nothing of the content is fetched as pieces, stored or announced; a
+    /// request for the content (GET or HEAD, ranges too) is handed to the pass-through thread,
+    /// which streams it from the manifest's HTTP source and answers it from then on.
+    fn on_simple(&mut self, key: WaiterKey, simple: &SimpleContent) {
+        let reason = simple.reason.to_string();
+        tracing::warn!(id = %simple.id, %reason, "content in Simple mode: not stored, not served as pieces");
+        let content = self
+            .waiting
+            .get(&key)
+            .is_some_and(|w| matches!(w.miss.need, Need::Content { .. } | Need::ContentHead { .. }));
+        let source = simple.sources.iter().find(|url| url.starts_with("http://")).filter(|_| self.origin);
+        let (true, Some(url)) = (content, source) else {
+            let why = if self.origin { "no http:// source of it is known" } else { "[upstream] origin is off" };
+            self.simple.count(&simple.reason, false);
+            return self.finish(key, Filled::Simple { reason: format!("{reason}; {why}") });
+        };
+        let Some(waiting) = self.waiting.remove(&key) else { return };
+        self.simple.count(&simple.reason, true);
+        let (worker, token) = (waiting.miss.worker, waiting.miss.token);
+        self.by_response.remove(&(worker, token));
+        let now = self.now_ms();
+        self.engine.handle_cancel(key, now);
+        if !self.link.send_pass(ToPassThrough::Start { miss: waiting.miss, url: url.clone(), reason }) {
+            self.link.send_done(worker, Done { token, filled: Filled::Busy { retry_after_s: 1 } });
+        }
+    }
+
     /// Writes a content version's manifest and hash file to the catalog once.
     fn catalog_version(&mut self, content: &ContentVersion) -> Result<(), String> {
         if self.cataloged.get(&content.id) == Some(&content.version) {
@@ -474,14 +484,6 @@ impl FillThread {
         match result {
             JobResult::Manifest(fetch, manifest) => self.meta.handle_manifest(fetch, manifest, now),
             JobResult::HashFile(fetch, hashfile) => self.meta.handle_hashfile(fetch, hashfile, now),
-            JobResult::Whole(key, body) => {
-                let Some(reason) = self.waiting.get_mut(&key).and_then(|w| w.simple_reason.take()) else { return };
-                let filled = match body {
-                    Ok(bytes) => Filled::PassThrough { reason, bytes: bytes.into() },
-                    Err(error) => Filled::Simple { reason: format!("{reason}; its HTTP source failed: {error}") },
-                };
-                self.finish(key, filled);
-            }
         }
     }
 

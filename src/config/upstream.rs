@@ -74,6 +74,11 @@ pub struct UpstreamConfig {
     pub metadata_entries_max: u32,
     /// Retry-After (seconds) sent with a 503 when a limit is hit.
     pub busy_retry_after_s: u32,
+    /// Simple-mode pass-throughs streaming from an origin at once; one more gets 503 with Retry-After.
+    pub pass_throughs_max: u32,
+    /// Bytes of one pass-through held in the box at most (read from the origin, not yet taken
+    /// by the device's socket); reading from the origin pauses at it.
+    pub pass_through_buffer_bytes: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -101,6 +106,8 @@ impl Default for UpstreamConfig {
             metadata_expiry_ms: 300_000,
             metadata_entries_max: 65_536,
             busy_retry_after_s: 1,
+            pass_throughs_max: 64,
+            pass_through_buffer_bytes: 1 << 20,
         }
     }
 }
@@ -127,7 +134,7 @@ impl UpstreamConfig {
     }
 
     fn validate_limits(&self) -> Result<(), UpstreamConfigError> {
-        let limits: [(&'static str, u64); 14] = [
+        let limits: [(&'static str, u64); 16] = [
             ("fills_in_flight_max", self.fills_in_flight_max.into()),
             ("pieces_in_flight_per_fill_max", self.pieces_in_flight_per_fill_max.into()),
             ("read_ahead_pieces", self.read_ahead_pieces.into()),
@@ -141,6 +148,8 @@ impl UpstreamConfig {
             ("metadata_expiry_ms", self.metadata_expiry_ms),
             ("metadata_entries_max", self.metadata_entries_max.into()),
             ("busy_retry_after_s", self.busy_retry_after_s.into()),
+            ("pass_throughs_max", self.pass_throughs_max.into()),
+            ("pass_through_buffer_bytes", self.pass_through_buffer_bytes),
             // Zero retries is allowed in spirit (one attempt), but one failure must not end a fill
             // that another source could finish, so at least one retry is required.
             ("retries_per_piece_max", self.retries_per_piece_max.into()),
@@ -189,6 +198,7 @@ mod tests {
             (Box::new(|c| c.read_ahead_pieces = 0), "upstream.read_ahead_pieces"),
             (Box::new(|c| c.piece_memory_bytes_max = 0), "upstream.piece_memory_bytes_max"),
             (Box::new(|c| c.metadata_expiry_ms = 0), "upstream.metadata_expiry_ms"),
+            (Box::new(|c| c.pass_throughs_max = 0), "upstream.pass_throughs_max"),
         ];
         for (change, key) in cases {
             let message = with(change).unwrap_err().to_string();

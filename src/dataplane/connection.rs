@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::ServeConfig;
-use crate::dataplane::response::{Outgoing, PieceSlice, Reply};
+use crate::dataplane::response::{BodyPart, Outgoing, Reply};
 use crate::http::{parse_request, Parsed, Request, RequestLimits};
 use crate::io::slots::SlotKey;
 use crate::io::uring::send::Part;
@@ -76,9 +76,9 @@ pub enum ResponseError {
     #[error("{0} is pending: it has no head to append parts to; complete it first")]
     NotStreaming(ResponseToken),
     #[error("{token} already holds its most parts or bytes; wait for ConnectionEvent::Writable")]
-    Full { token: ResponseToken, parts: Vec<PieceSlice> },
+    Full { token: ResponseToken, parts: Vec<BodyPart> },
     #[error("parts appended to {token} run past the length its head declares")]
-    TooLong { token: ResponseToken, parts: Vec<PieceSlice> },
+    TooLong { token: ResponseToken, parts: Vec<BodyPart> },
 }
 
 /// Per-connection limits, from `[serve]`.
@@ -183,7 +183,7 @@ struct Queued {
     /// `None` while pending. Shared with the send operation that points the kernel at it.
     outgoing: Option<Rc<Outgoing>>,
     /// Parts appended while a send held the response: they join it when the send is over.
-    staged: Vec<PieceSlice>,
+    staged: Vec<BodyPart>,
     /// Ended short (aborted or cut): what is present is all that will be sent.
     ended: bool,
     /// Since when the response has waited on its responder (pending since, or streaming with
@@ -433,8 +433,9 @@ impl Connection {
     }
 
     /// Appends body parts to streaming response `token`; refused (parts handed back) past the
-    /// per-response limits, or past the length its head declares.
-    pub fn append(&mut self, token: ResponseToken, parts: Vec<PieceSlice>, now: Instant) -> Result<(), ResponseError> {
+    /// per-response limits (the connection's, and the response's own held-bytes bound), or past
+    /// the length its head declares.
+    pub fn append(&mut self, token: ResponseToken, parts: Vec<BodyPart>, now: Instant) -> Result<(), ResponseError> {
         let index = self.waiting_index(token)?;
         let limits = self.limits;
         let queued = &mut self.queue[index];
@@ -445,7 +446,10 @@ impl Connection {
         if outgoing.length() + staged_bytes + bytes > outgoing.length_declared() {
             return Err(ResponseError::TooLong { token, parts });
         }
-        if held_parts + parts.len() > limits.stream_parts_max || held_bytes + bytes > limits.stream_bytes_max {
+        // A part larger than the byte bound is taken once nothing is held, or it never would be.
+        let bytes_max = limits.stream_bytes_max.min(outgoing.held_bytes_max());
+        let over_bytes = held_bytes > 0 && held_bytes + bytes > bytes_max;
+        if held_parts + parts.len() > limits.stream_parts_max || over_bytes {
             queued.append_refused = true;
             return Err(ResponseError::Full { token, parts });
         }
@@ -629,8 +633,9 @@ impl Connection {
         // Trimmed only while no send holds the response; a later release trims what this skips.
         let Some(outgoing) = queued.outgoing.as_mut().and_then(Rc::get_mut) else { return };
         outgoing.trim_sent(self.front_sent_bytes);
+        let bytes_max = limits.stream_bytes_max.min(outgoing.held_bytes_max());
         let (parts, bytes) = queued.parts_held();
-        if queued.append_refused && parts < limits.stream_parts_max && bytes < limits.stream_bytes_max {
+        if queued.append_refused && parts < limits.stream_parts_max && bytes < bytes_max {
             queued.append_refused = false;
             let token = ResponseToken { connection: self.key, seq: queued.seq };
             self.events.push_back(ConnectionEvent::Writable(token));
@@ -744,7 +749,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::response::Body;
+    use crate::dataplane::response::{Body, PieceSlice};
     use crate::http::ResponseHead;
 
     /// Answers 200 with the request path as the body.
@@ -1017,13 +1022,14 @@ mod tests {
         }
 
         /// The first `length` bytes of piece `index`, pinned.
-        fn slice(&self, index: u64, length: u32) -> PieceSlice {
-            PieceSlice::new(self.store.get(&self.digests[index as usize]).unwrap(), 0, length)
+        fn slice(&self, index: u64, length: u32) -> BodyPart {
+            PieceSlice::new(self.store.get(&self.digests[index as usize]).unwrap(), 0, length).into()
         }
     }
 
-    /// Echo, except that `/pending…` is pending and `/stream…` streams a 6-byte body of which
-    /// "aaa" is present. Keeps the tokens it was given, in order.
+    /// Echo, except that `/pending…` is pending, `/stream…` streams a 6-byte body of which
+    /// "aaa" is present, and `/relay…` streams a 7-byte body of owned bytes, 2 held at most.
+    /// Keeps the tokens it was given, in order.
     struct Stub {
         pieces: Pieces,
         tokens: Vec<ResponseToken>,
@@ -1042,6 +1048,8 @@ mod tests {
                 Reply::Pending
             } else if request.path().starts_with("/stream") {
                 Reply::Ready(Outgoing::streaming(&text_head(6, keep_alive), vec![self.pieces.slice(0, 3)]))
+            } else if request.path().starts_with("/relay") {
+                Reply::Ready(Outgoing::streaming(&text_head(7, keep_alive), vec![]).with_held_bytes_max(2))
             } else {
                 Reply::Ready(echo(request, keep_alive))
             }
@@ -1238,6 +1246,27 @@ mod tests {
         assert!(matches!(c.append(token, too_long, now), Err(ResponseError::TooLong { .. })));
         c.append(token, refused, now).unwrap();
         assert_eq!(drain(&mut c, now), "d");
+        assert!(c.queued_count() == 0 && !c.should_close());
+    }
+
+    #[test]
+    fn a_response_holds_no_more_bytes_than_its_own_bound() {
+        let now = Instant::now();
+        let (mut stub, mut c) = (Stub::new(), Connection::new(limits(), KEY, now));
+        c.receive(b"GET /relay HTTP/1.1\r\n\r\n", now, &mut stub);
+        let token = stub.tokens[0];
+        let bytes = |text: &str| vec![BodyPart::Bytes(text.as_bytes().to_vec())];
+        c.append(token, bytes("ab"), now).unwrap();
+        // Two bytes held: the connection's own bound (3 parts) is not reached, the response's is.
+        assert!(matches!(c.append(token, bytes("c"), now), Err(ResponseError::Full { .. })));
+        let wire = drain(&mut c, now);
+        assert!(wire.ends_with("\r\n\r\nab"), "{wire:?}");
+        assert_eq!(events(&mut c), [ConnectionEvent::Writable(token)]);
+        c.append(token, bytes("cd"), now).unwrap();
+        assert_eq!(drain(&mut c, now), "cd");
+        // Larger than the bound: taken since nothing is held (else it never would be).
+        c.append(token, bytes("efg"), now).unwrap();
+        assert_eq!(drain(&mut c, now), "efg");
         assert!(c.queued_count() == 0 && !c.should_close());
     }
 

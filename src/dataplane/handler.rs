@@ -5,7 +5,7 @@
 //! (`ETag`, `Last-Modified`) and honour `If-None-Match`, `If-Modified-Since` and (for ranges)
 //! `If-Range` (`http::conditional`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::dataplane::connection::{Connection, ConnectionEvent, Respond, ResponseError, ResponseToken};
 use crate::dataplane::library::{Content, Library};
 use crate::dataplane::metrics::WorkerMetrics;
-use crate::dataplane::response::{Body, Outgoing, PieceSlice, Reply, Segment};
+use crate::dataplane::response::{Body, BodyPart, Outgoing, PieceSlice, Reply, Segment};
 use crate::dataplane::route::{route, Route};
 use crate::dataplane::shared::Shared;
-use crate::dataplane::upstream::{Done, Filled, Miss, Need};
+use crate::dataplane::upstream::{Done, Filled, Miss, Need, PassHead, ToPassThrough};
 use crate::http::conditional::format_date;
 use crate::http::{
     parse_range, ByteRange, ContentRange, DigestTag, Framing, Method, RangeOutcome, Request, ResponseHead, Validators,
@@ -143,6 +143,28 @@ impl<'a> Answer<'a> {
     }
 }
 
+/// How an error answer to a request that waited on a fill is framed.
+#[derive(Clone, Copy)]
+struct FillReply {
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// The one extra header an error answer after a fill may carry.
+enum FillHeader<'a> {
+    None,
+    RetryAfter(u32),
+    /// `X-Tessera-Mode`, with why the content is in Simple mode.
+    Simple(&'a str),
+}
+
+/// `X-Tessera-Mode` of a Simple-mode answer: `simple; reason=…` (a header value holds no
+/// control characters).
+fn simple_mode_value(reason: &str) -> String {
+    let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    format!("simple; reason={reason}")
+}
+
 /// A response pending on a cache box's fill.
 struct PendingFill {
     request: Request,
@@ -155,6 +177,18 @@ struct PendingFill {
     done: Option<Filled>,
     /// Once its head is out: the body still to append.
     stream: Option<Stream>,
+    /// Set once a Simple-mode pass-through's head came: the response relays its origin.
+    relay: Option<Relay>,
+}
+
+/// A Simple-mode response relayed from its origin by the pass-through thread.
+struct Relay {
+    /// The origin's head, until the connection is given it.
+    head: Option<PassHead>,
+    /// Body chunks received and not yet appended (the connection was full).
+    held: VecDeque<Vec<u8>>,
+    /// Body bytes still to append before the response is whole.
+    left_bytes: u64,
 }
 
 /// A streaming answer: bytes `start..end` of `content`, pieces from `next_piece` on still to be
@@ -283,6 +317,7 @@ impl Handler {
             let need = match resource {
                 Route::Piece { index, .. } => Need::Piece(index),
                 Route::Content { .. } if !reply.head_only => Need::Content { range: request.range.clone() },
+                Route::Content { .. } => Need::ContentHead { range: request.range.clone() },
                 _ => Need::Metadata,
             };
             self.miss = Some((id.clone(), need));
@@ -346,7 +381,7 @@ impl Handler {
                 self.miss = Some((id.clone(), Need::Piece(index)));
                 return reply.missing_piece(id, index);
             };
-            Body::Pieces(vec![PieceSlice::new(guard, 0, length)])
+            Body::Parts(vec![PieceSlice::new(guard, 0, length).into()])
         };
         Outgoing::with_head(&reply.head(200, u64::from(length), OCTETS, extra.as_slice()), body)
     }
@@ -388,11 +423,11 @@ impl Handler {
                 }
             };
         let mut slices = Vec::new();
-        let pinned = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice));
+        let pinned = self.pin_range(content, start, end, reply.head_only, &mut |slice| slices.push(slice.into()));
         let mut head = reply.head(status, end - start, OCTETS, extra.as_slice());
         head.content_range = content_range;
         match pinned {
-            Ok(()) => Outgoing::with_head(&head, if reply.head_only { Body::Empty } else { Body::Pieces(slices) }),
+            Ok(()) => Outgoing::with_head(&head, if reply.head_only { Body::Empty } else { Body::Parts(slices) }),
             // The pieces before it are here and the rest are coming: send what there is.
             Err(index) if self.streaming && !slices.is_empty() => {
                 self.stream = Some(Stream { content: content.clone(), start, end, next_piece: index });
@@ -479,9 +514,24 @@ impl Handler {
         let Some(link) = self.shared.upstream.clone() else { return Vec::new() };
         let mut tokens = Vec::new();
         for Done { token, filled } in link.take_done(self.worker) {
-            let Some(pending) = self.pending.get_mut(&token) else { continue };
+            let Some(pending) = self.pending.get_mut(&token) else {
+                if matches!(filled, Filled::PassThrough { .. } | Filled::PassThroughBody { .. }) {
+                    // It went away before its relay began (or after it ended): end the relay.
+                    link.send_pass(ToPassThrough::Gone { worker: self.worker, token });
+                }
+                continue;
+            };
             match filled {
                 Filled::Landed { .. } => pending.landed = true,
+                Filled::PassThrough { head } => {
+                    let left_bytes = if head.head_only { 0 } else { head.content_length };
+                    pending.relay = Some(Relay { head: Some(head), held: VecDeque::new(), left_bytes });
+                }
+                Filled::PassThroughBody { bytes } => {
+                    if let Some(relay) = pending.relay.as_mut() {
+                        relay.held.push_back(bytes);
+                    }
+                }
                 filled => pending.done = Some(filled),
             }
             tokens.push(token);
@@ -494,6 +544,9 @@ impl Handler {
     /// head and first pieces of a streaming answer, or the next pieces of one.
     pub fn deliver(&mut self, token: ResponseToken, connection: &mut Connection, now: Instant) {
         let Some(mut pending) = self.pending.remove(&token) else { return };
+        if pending.relay.is_some() {
+            return self.deliver_relay(token, pending, connection, now);
+        }
         if pending.stream.is_none() {
             if let Some(filled) = pending.done.take() {
                 let outgoing = self.answer_filled(&pending, filled);
@@ -533,19 +586,17 @@ impl Handler {
     /// [`Connection::poll_event`] into this after every input).
     pub fn connection_event(&mut self, event: ConnectionEvent, connection: &mut Connection, now: Instant) {
         match event {
-            ConnectionEvent::Released(token) => {
-                if self.pending.remove(&token).is_some() {
-                    self.gone(token);
-                }
-            }
+            ConnectionEvent::Released(token) => self.forget_response(token),
             ConnectionEvent::Writable(token) => self.deliver(token, connection, now),
         }
     }
 
-    /// A response whose connection is gone: forget it, and tell the fill.
+    /// A response whose connection is gone: forget it, and tell the fill (or the pass-through).
     pub fn forget_response(&mut self, token: ResponseToken) {
-        if self.pending.remove(&token).is_some() {
-            self.gone(token);
+        match self.pending.remove(&token) {
+            Some(PendingFill { relay: Some(_), .. }) => self.relay_gone(token),
+            Some(_) => self.gone(token),
+            None => {}
         }
     }
 
@@ -553,6 +604,91 @@ impl Handler {
         if let Some(link) = &self.shared.upstream {
             link.send_gone(self.worker, token);
         }
+    }
+
+    /// A relayed response ended before its origin's body did: the pass-through closes it.
+    fn relay_gone(&self, token: ResponseToken) {
+        if let Some(link) = &self.shared.upstream {
+            link.send_pass(ToPassThrough::Gone { worker: self.worker, token });
+        }
+    }
+
+    /// Gives a relayed response its head (once), then appends the body chunks held, as far as the
+    /// connection takes them; each taken chunk is acknowledged so the origin read goes on. An
+    /// origin that ended the body short (a final answer came) aborts the response once the bytes
+    /// it did send are appended: never a short body presented as complete.
+    fn deliver_relay(
+        &mut self,
+        token: ResponseToken,
+        mut pending: PendingFill,
+        connection: &mut Connection,
+        now: Instant,
+    ) {
+        let Some(link) = self.shared.upstream.clone() else { return };
+        let relay = pending.relay.as_mut().expect("called for relays");
+        if let Some(head) = relay.head.take() {
+            let http10 = pending.request.version == Version::Http10;
+            let outgoing = self.relay_outgoing(&head, pending.keep_alive, http10);
+            self.metrics().response(outgoing.status);
+            if connection.complete(token, outgoing, now).is_err() {
+                return self.relay_gone(token);
+            }
+        }
+        while let Some(bytes) = relay.held.pop_front() {
+            let count = bytes.len() as u64;
+            match connection.append(token, vec![BodyPart::Bytes(bytes)], now) {
+                Ok(()) => {
+                    relay.left_bytes = relay.left_bytes.saturating_sub(count);
+                    link.send_pass(ToPassThrough::Taken { worker: self.worker, token, bytes: count });
+                }
+                Err(ResponseError::Full { mut parts, .. }) => {
+                    if let Some(BodyPart::Bytes(bytes)) = parts.pop() {
+                        relay.held.push_front(bytes);
+                    }
+                    self.pending.insert(token, pending);
+                    return;
+                }
+                Err(_) => return self.relay_gone(token),
+            }
+        }
+        if relay.left_bytes == 0 {
+            return;
+        }
+        if pending.done.is_some() {
+            let _ = connection.abort(token, now);
+            return;
+        }
+        self.pending.insert(token, pending);
+    }
+
+    /// The head of a relayed response: the origin's status, length and fields, marked Simple.
+    fn relay_outgoing(&self, head: &PassHead, keep_alive: bool, http10: bool) -> Outgoing {
+        let date = self.clock.date;
+        let date = std::str::from_utf8(&date).expect("ASCII date");
+        let mode = simple_mode_value(&head.reason);
+        let mut extra: Vec<(&str, &str)> = vec![("Date", date), ("X-Tessera-Mode", &mode)];
+        if keep_alive && http10 {
+            extra.push(("Connection", "keep-alive"));
+        }
+        let mut content_type = OCTETS;
+        for (name, value) in &head.fields {
+            match *name {
+                "Content-Type" => content_type = value,
+                _ => extra.push((name, value)),
+            }
+        }
+        let response = ResponseHead {
+            status: head.status,
+            content_length: head.content_length,
+            content_type,
+            content_range: None,
+            keep_alive,
+            extra: &extra,
+        };
+        if head.head_only || head.content_length == 0 {
+            return Outgoing::with_head(&response, Body::Empty);
+        }
+        Outgoing::streaming(&response, Vec::new()).with_held_bytes_max(head.held_bytes_max)
     }
 
     /// Completes a pending response (dropped if it is not waiting any more).
@@ -589,7 +725,7 @@ impl Handler {
                 return Fed::Missing;
             };
             let bytes = slice.bytes().len() as u64;
-            match connection.append(token, vec![slice], now) {
+            match connection.append(token, vec![slice.into()], now) {
                 Ok(()) => {
                     stream.next_piece += 1;
                     self.metrics().miss_bytes(bytes);
@@ -603,59 +739,51 @@ impl Handler {
 
     fn answer_filled(&mut self, pending: &PendingFill, filled: Filled) -> Outgoing {
         let PendingFill { request, keep_alive, id, need, .. } = pending;
-        let keep_alive = *keep_alive;
+        let reply = FillReply { keep_alive: *keep_alive, head_only: request.method == Method::Head };
         match filled {
             Filled::Ready | Filled::Landed { .. } => {
                 self.library.forget(id);
-                let outgoing = self.answer(request, keep_alive);
+                let outgoing = self.answer(request, *keep_alive);
                 self.miss = None;
                 outgoing
             }
-            Filled::PassThrough { reason, bytes } => self.pass_through(keep_alive, &reason, bytes),
-            // Simple mode: never the piece API; whole content only through its HTTP source.
-            Filled::Simple { reason } if matches!(need, Need::Content { .. }) => {
-                let message =
-                    format!("{id} is in Simple mode ({reason}) and no HTTP source of it can be passed through\n");
-                self.fill_error(keep_alive, 502, &message, None)
-            }
+            // Simple mode: never the piece API; the content only through its HTTP source.
             Filled::Simple { reason } => {
-                self.fill_error(keep_alive, 404, &format!("{id} is in Simple mode: {reason}\n"), None)
+                let status = if matches!(need, Need::Content { .. } | Need::ContentHead { .. }) { 502 } else { 404 };
+                let message = format!("{id} is in Simple mode and cannot be passed through: {reason}\n");
+                self.fill_error(reply, status, &message, FillHeader::Simple(&reason))
             }
             Filled::Failed { reason } => {
-                self.fill_error(keep_alive, 502, &format!("cannot fill {id} from upstream: {reason}\n"), None)
+                self.fill_error(reply, 502, &format!("cannot fill {id} from upstream: {reason}\n"), FillHeader::None)
             }
             Filled::Busy { retry_after_s } => self.fill_error(
-                keep_alive,
+                reply,
                 503,
                 "the box's fill limits are reached; retry later\n",
-                Some(retry_after_s),
+                FillHeader::RetryAfter(retry_after_s),
             ),
+            // Intercepted by `take_filled`; never a final answer.
+            Filled::PassThrough { .. } | Filled::PassThroughBody { .. } => {
+                let message = format!("the pass-through of {id} was answered out of order\n");
+                self.fill_error(reply, 502, &message, FillHeader::None)
+            }
         }
     }
 
-    /// A Simple-mode content's bytes from its HTTP source, marked as such.
-    fn pass_through(&self, keep_alive: bool, reason: &str, bytes: Arc<[u8]>) -> Outgoing {
-        let date = self.clock.date;
-        let date = std::str::from_utf8(&date).expect("ASCII date");
-        let reply = Answer { keep_alive, head_only: false, http10_keep_alive: false, date };
-        // A header value holds no control characters.
-        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-        let mode = format!("simple; reason={reason}");
-        let mut extra = reply.extra();
-        extra.push("X-Tessera-Mode", &mode);
-        let head = reply.head(200, bytes.len() as u64, OCTETS, extra.as_slice());
-        Outgoing::with_head(&head, Body::Shared(bytes))
-    }
-
     /// An error answer to a request that waited on a fill.
-    fn fill_error(&self, keep_alive: bool, status: u16, message: &str, retry_after_s: Option<u32>) -> Outgoing {
+    fn fill_error(&self, framing: FillReply, status: u16, message: &str, header: FillHeader<'_>) -> Outgoing {
         let date = self.clock.date;
         let date = std::str::from_utf8(&date).expect("ASCII date");
-        let reply = Answer { keep_alive, head_only: false, http10_keep_alive: false, date };
+        let FillReply { keep_alive, head_only } = framing;
+        let reply = Answer { keep_alive, head_only, http10_keep_alive: false, date };
         let mut extra = reply.extra();
-        let retry = retry_after_s.map(|s| s.to_string());
-        if let Some(retry) = &retry {
-            extra.push("Retry-After", retry);
+        let value = match header {
+            FillHeader::None => None,
+            FillHeader::RetryAfter(seconds) => Some(("Retry-After", seconds.to_string())),
+            FillHeader::Simple(reason) => Some(("X-Tessera-Mode", simple_mode_value(reason))),
+        };
+        if let Some((name, value)) = &value {
+            extra.push(name, value);
         }
         reply.text(status, message, TEXT, &extra)
     }
@@ -666,7 +794,8 @@ impl Respond for Handler {
         self.miss = None;
         let outgoing = self.answer(request, keep_alive);
         if let (Some((id, need)), Some(link)) = (self.miss.take(), self.shared.upstream.as_ref()) {
-            let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone() };
+            let if_range = request.conditions().if_range.filter(|_| request.range.is_some()).map(str::to_string);
+            let miss = Miss { worker: self.worker, token, id: id.clone(), need: need.clone(), if_range };
             if link.send_miss(miss) {
                 let pending = PendingFill {
                     request: request.clone(),
@@ -676,12 +805,15 @@ impl Respond for Handler {
                     landed: false,
                     done: None,
                     stream: None,
+                    relay: None,
                 };
                 self.pending.insert(token, pending);
                 self.metrics().miss();
                 return Reply::Pending;
             }
-            let busy = self.fill_error(keep_alive, 503, "the fill queue is full; retry shortly\n", Some(1));
+            let reply = FillReply { keep_alive, head_only: request.method == Method::Head };
+            let busy =
+                self.fill_error(reply, 503, "the fill queue is full; retry shortly\n", FillHeader::RetryAfter(1));
             self.metrics().response(busy.status);
             return Reply::Ready(busy);
         }
@@ -721,6 +853,11 @@ mod tests {
 
     /// Publishes `a` (2.5 pieces, stored) and `meta-only` (catalog only, no pieces).
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    /// [`fixture`], a cache box's when `upstream` is set.
+    fn fixture_with(upstream: Option<Arc<crate::dataplane::upstream::UpstreamLink>>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..PIECE * 5 / 2).map(|i| (i * 7 + i / 251) as u8).collect();
         let file = dir.path().join("a.bin");
@@ -747,7 +884,7 @@ mod tests {
             contents,
             metrics: Metrics::new(1),
             config: ServeConfig::default(),
-            upstream: None,
+            upstream,
         });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }
@@ -1034,5 +1171,85 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 1\n"), "{text}");
         assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 10\n"), "{text}");
+    }
+
+    /// Sends what `connection` has, releases it, and hands the connection's events to `handler`:
+    /// the wire bytes.
+    fn drain(connection: &mut Connection, handler: &mut Handler, now: Instant) -> Vec<u8> {
+        let mut slices = Vec::new();
+        let plan = connection.fill_send(&mut slices, 1024);
+        let wire = slices.concat();
+        connection.sent(plan.bytes, now);
+        connection.release_through(plan.through_seq, now, handler);
+        while let Some(event) = connection.poll_event() {
+            handler.connection_event(event, connection, now);
+        }
+        wire
+    }
+
+    #[test]
+    fn a_pass_through_is_relayed_within_its_bound_and_cut_when_its_origin_ends_early() {
+        use crate::dataplane::connection::ConnectionLimits;
+        use crate::dataplane::upstream::{FromWorker, PassHead, UpstreamLink};
+        let (link, misses) = UpstreamLink::new(1);
+        let link = Arc::new(link);
+        let mut f = fixture_with(Some(link.clone()));
+        let passes = link.pass_receiver();
+        let now = Instant::now();
+        let key = crate::io::slots::SlotKey { index: 0, generation: 1 };
+        let mut c = Connection::new(ConnectionLimits::from_config(&ServeConfig::default()), key, now);
+        c.receive(
+            b"GET /v1/content/simple HTTP/1.1\r\nRange: bytes=0-9\r\nIf-Range: \"t\"\r\n\r\n",
+            now,
+            &mut f.handler,
+        );
+        let Ok(FromWorker::Miss(miss)) = misses.try_recv() else { panic!("no miss sent") };
+        assert_eq!(miss.need, Need::Content { range: Some("bytes=0-9".into()) });
+        assert_eq!(miss.if_range.as_deref(), Some("\"t\""));
+        let fields = vec![("Content-Type", "text/x".to_string()), ("Content-Range", "bytes 0-9/20".to_string())];
+        let head = PassHead {
+            reason: "no manifest".into(),
+            status: 206,
+            content_length: 10,
+            head_only: false,
+            fields,
+            held_bytes_max: 4,
+        };
+        let token = miss.token;
+        link.send_done(0, Done { token, filled: Filled::PassThrough { head } });
+        for chunk in ["abc", "def"] {
+            link.send_done(0, Done { token, filled: Filled::PassThroughBody { bytes: chunk.into() } });
+        }
+        let deliver = |handler: &mut Handler, c: &mut Connection| {
+            for token in handler.take_filled() {
+                handler.deliver(token, c, now);
+            }
+        };
+        deliver(&mut f.handler, &mut c);
+        let taken = |passes: &crossbeam_channel::Receiver<ToPassThrough>| -> Vec<u64> {
+            passes.try_iter().map(|m| if let ToPassThrough::Taken { bytes, .. } = m { bytes } else { 0 }).collect()
+        };
+        // 4 bytes held at most: "abc" is taken, "def" waits in the handler.
+        assert_eq!(taken(&passes), [3]);
+        let wire = String::from_utf8(drain(&mut c, &mut f.handler, now)).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 206 ") && wire.ends_with("\r\n\r\nabc"), "{wire}");
+        for field in [
+            "X-Tessera-Mode: simple; reason=no manifest",
+            "Content-Type: text/x",
+            "Content-Range: bytes 0-9/20",
+            "Content-Length: 10",
+        ] {
+            assert!(wire.contains(&format!("{field}\r\n")), "{field}: {wire}");
+        }
+        assert!(!wire.contains("Accept-Ranges"), "{wire}");
+        // Room again: "def" goes, and is acknowledged.
+        assert_eq!(taken(&passes), [3]);
+        assert_eq!(drain(&mut c, &mut f.handler, now), b"def");
+        // The origin ended early: the response ends short and the connection closes after it.
+        link.send_done(0, Done { token, filled: Filled::Failed { reason: "closed".into() } });
+        deliver(&mut f.handler, &mut c);
+        assert_eq!(drain(&mut c, &mut f.handler, now), b"");
+        assert!(c.should_close(), "a short body is never presented as whole");
+        assert!(passes.try_recv().is_err());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Nothing here is copied into a send buffer: the head is a small owned buffer and every body
 //! slice points into the memory-mapped store, kept in place by its [`PieceGuard`] for as long as
-//! the [`Outgoing`] lives. Drivers drop an `Outgoing` only once the kernel is done with its bytes.
+//! the [`Outgoing`] lives (or, for a Simple-mode pass-through, is a chunk of bytes from the
+//! origin the response owns). Drivers drop an `Outgoing` only once the kernel is done with its
+//! bytes.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -32,6 +34,30 @@ impl PieceSlice {
     }
 }
 
+/// One part of a body made of parts: a slice of a pinned piece, or owned bytes (a chunk a
+/// Simple-mode pass-through relays from its origin).
+#[derive(Debug)]
+pub enum BodyPart {
+    Piece(PieceSlice),
+    Bytes(Vec<u8>),
+}
+
+impl BodyPart {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            BodyPart::Piece(slice) => slice.bytes(),
+            BodyPart::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+impl From<PieceSlice> for BodyPart {
+    fn from(slice: PieceSlice) -> BodyPart {
+        BodyPart::Piece(slice)
+    }
+}
+
 /// A response body.
 #[derive(Debug, Default)]
 pub enum Body {
@@ -40,8 +66,8 @@ pub enum Body {
     Empty,
     /// Shared immutable bytes (a hash file).
     Shared(Arc<[u8]>),
-    /// Slices of pinned pieces, in order.
-    Pieces(Vec<PieceSlice>),
+    /// Parts (slices of pinned pieces, or relayed bytes), in order.
+    Parts(Vec<BodyPart>),
     /// A `multipart/byteranges` body: spans of one small framing buffer (part heads, closing
     /// delimiter) between slices of pinned pieces.
     Multipart { framing: Vec<u8>, segments: Vec<Segment> },
@@ -61,7 +87,7 @@ impl Body {
         match self {
             Body::Empty => 0,
             Body::Shared(_) => 1,
-            Body::Pieces(slices) => slices.len(),
+            Body::Parts(parts) => parts.len(),
             Body::Multipart { segments, .. } => segments.len(),
         }
     }
@@ -70,7 +96,7 @@ impl Body {
         match self {
             Body::Empty => &[],
             Body::Shared(bytes) => bytes,
-            Body::Pieces(slices) => slices[at].bytes(),
+            Body::Parts(parts) => parts[at].bytes(),
             Body::Multipart { framing, segments } => match &segments[at] {
                 Segment::Framing(span) => &framing[span.clone()],
                 Segment::Piece(slice) => slice.bytes(),
@@ -107,6 +133,8 @@ pub struct Outgoing {
     body_bytes: u64,
     /// Body bytes of leading parts dropped once sent and released (see [`Outgoing::trim_sent`]).
     trimmed_bytes: u64,
+    /// Body bytes a streaming response holds at most (below the connection's own bound).
+    held_bytes_max: u64,
 }
 
 impl Outgoing {
@@ -114,7 +142,16 @@ impl Outgoing {
     pub fn new(status: u16, head: Vec<u8>, body: Body) -> Outgoing {
         let body_bytes = (0..body.segment_count()).map(|at| body.segment(at).len() as u64).sum();
         let length = head.len() as u64 + body_bytes;
-        Outgoing { status, length, length_declared: length, head, body, body_bytes, trimmed_bytes: 0 }
+        Outgoing {
+            status,
+            length,
+            length_declared: length,
+            head,
+            body,
+            body_bytes,
+            trimmed_bytes: 0,
+            held_bytes_max: u64::MAX,
+        }
     }
 
     /// A head built from `head` followed by `body`.
@@ -127,11 +164,23 @@ impl Outgoing {
 
     /// A streaming response: `head` (whose `content_length` the body will reach) and its first
     /// body parts; the others are appended later.
-    pub fn streaming(head: &ResponseHead<'_>, first: Vec<PieceSlice>) -> Outgoing {
-        let mut outgoing = Outgoing::with_head(head, Body::Pieces(first));
+    pub fn streaming(head: &ResponseHead<'_>, first: Vec<BodyPart>) -> Outgoing {
+        let mut outgoing = Outgoing::with_head(head, Body::Parts(first));
         outgoing.length_declared = outgoing.head.len() as u64 + head.content_length;
         assert!(outgoing.length <= outgoing.length_declared, "first parts run past the declared length");
         outgoing
+    }
+
+    /// Holds at most `bytes` body bytes appended and not yet sent (a relay that must stay small
+    /// per response); the connection's own bound applies too.
+    pub fn with_held_bytes_max(mut self, bytes: u64) -> Outgoing {
+        self.held_bytes_max = bytes.max(1);
+        self
+    }
+
+    /// Body bytes this response holds at most (see [`Outgoing::with_held_bytes_max`]).
+    pub fn held_bytes_max(&self) -> u64 {
+        self.held_bytes_max
     }
 
     /// A short text response (errors, health, metrics); `head_only` for HEAD requests.
@@ -165,7 +214,11 @@ impl Outgoing {
 
     /// Whether the body is slices of stored pieces (a cache hit, or a miss answered once filled).
     pub fn is_from_store(&self) -> bool {
-        matches!(self.body, Body::Pieces(_) | Body::Multipart { .. })
+        match &self.body {
+            Body::Parts(parts) => parts.iter().all(|part| matches!(part, BodyPart::Piece(_))),
+            Body::Multipart { .. } => true,
+            Body::Empty | Body::Shared(_) => false,
+        }
     }
 
     /// Body parts held (pinned) now, and their bytes.
@@ -174,15 +227,15 @@ impl Outgoing {
     }
 
     /// Appends body parts to a streaming response; hands them back if they would run past the
-    /// declared length (or the body is not made of pieces).
-    pub fn append(&mut self, parts: Vec<PieceSlice>) -> Result<(), Vec<PieceSlice>> {
+    /// declared length (or the body is not made of parts).
+    pub fn append(&mut self, parts: Vec<BodyPart>) -> Result<(), Vec<BodyPart>> {
         let bytes: u64 = parts.iter().map(|part| part.bytes().len() as u64).sum();
         if self.length + bytes > self.length_declared {
             return Err(parts);
         }
         match &mut self.body {
-            Body::Pieces(held) => held.extend(parts),
-            Body::Empty => self.body = Body::Pieces(parts),
+            Body::Parts(held) => held.extend(parts),
+            Body::Empty => self.body = Body::Parts(parts),
             Body::Shared(_) | Body::Multipart { .. } => return Err(parts),
         }
         self.length += bytes;
@@ -199,7 +252,7 @@ impl Outgoing {
     /// Drops the leading body parts that lie wholly within the first `sent` wire bytes (the
     /// kernel is done with them), so a long streaming response does not keep every piece pinned.
     pub fn trim_sent(&mut self, sent: u64) {
-        let Body::Pieces(parts) = &mut self.body else { return };
+        let Body::Parts(parts) = &mut self.body else { return };
         let mut end = self.head.len() as u64 + self.trimmed_bytes;
         let mut count = 0;
         for part in parts.iter() {

@@ -2,16 +2,23 @@
 //! ([`Miss`]), what it gets back ([`Filled`]), and how it is woken (one [`Waker`] per worker,
 //! an event source on the worker's own ring or poll; no lock shared with other workers).
 //!
-//! Every miss sent gets exactly one final [`Done`] back (any [`Filled`] but `Landed`), so a
-//! worker's table of pending responses empties itself; before it, a streaming miss may get
-//! `Landed` answers as its pieces land in order. A worker whose response went away (client gone,
-//! stream done) says so with [`UpstreamLink::send_gone`], so the fill stops claiming for it.
-//! Both wake the fill thread's client loop (its [`Waker`], registered with
-//! [`UpstreamLink::set_fill_waker`]).
+//! Every miss sent gets exactly one final [`Done`] back (any [`Filled`] but `Landed` and the
+//! pass-through ones), so a worker's table of pending responses empties itself; before it, a
+//! streaming miss may get `Landed` answers as its pieces land in order. A worker whose response
+//! went away (client gone, stream done) says so with [`UpstreamLink::send_gone`], so the fill
+//! stops claiming for it. Both wake the fill thread's client loop (its [`Waker`], registered
+//! with [`UpstreamLink::set_fill_waker`]).
+//!
+//! A Simple-mode miss is handed on to the pass-through thread ([`ToPassThrough::Start`]), which
+//! answers it instead: `PassThrough` (the origin's head), then `PassThroughBody` chunks, which
+//! the response completes with once their bytes add up to the head's length; or a final answer
+//! (an error, `Busy`, or `Failed` when the origin ends the body short). The worker tells that
+//! thread directly ([`UpstreamLink::send_pass`]) how much of the body its connection took
+//! (the origin read waits for it: bounded bytes per pass-through) and when the response is gone.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -21,6 +28,9 @@ use crate::io::client::Waker;
 
 /// Misses queued to the fill thread at most; past it the request gets 503.
 pub const MISSES_QUEUED_MAX: usize = 4096;
+/// Messages queued to the pass-through thread at most (starts, gone, and body bytes taken, of
+/// which each pass-through has a bounded number outstanding).
+pub const PASS_QUEUED_MAX: usize = 65_536;
 /// Answers queued to one worker at most.
 pub const DONE_QUEUED_MAX: usize = 65_536;
 /// Catalog changes remembered for workers that have not looked yet; one that has missed more
@@ -30,8 +40,10 @@ pub const CATALOG_CHANGES_MAX: usize = 1024;
 /// What a pending response needs before it can be answered from the catalog and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// Only the metadata (HEAD, the hash file).
+    /// Only the metadata (the hash file).
     Metadata,
+    /// A HEAD of the content: the metadata (or, in Simple mode, the origin's head).
+    ContentHead { range: Option<String> },
     /// One piece.
     Piece(u64),
     /// The pieces under the request's `Range:` (all of them without one).
@@ -49,6 +61,9 @@ pub struct Miss {
     pub id: ContentId,
     /// What it needs.
     pub need: Need,
+    /// The request's `If-Range:` with a `Range:` (a Simple-mode pass-through passes both on, so
+    /// a resumed download is never spliced from two versions).
+    pub if_range: Option<String>,
 }
 
 /// How a miss ended, or how far it got.
@@ -59,15 +74,47 @@ pub enum Filled {
     Landed { end_piece: u64 },
     /// What it needs is in the catalog and the store: answer it again.
     Ready,
-    /// The content is in Simple mode (its metadata cannot be had or does not verify).
+    /// The content is in Simple mode (its metadata cannot be had or does not verify) and cannot
+    /// be passed through: the reason says why.
     Simple { reason: String },
-    /// Simple mode, and the whole content was passed through from the manifest's HTTP source
-    /// (not stored, never served as pieces).
-    PassThrough { reason: String, bytes: Arc<[u8]> },
+    /// Not final: Simple mode, passed through from the manifest's HTTP source (not stored, never
+    /// served as pieces): the origin's head; the body follows in `PassThroughBody` chunks.
+    PassThrough { head: PassHead },
+    /// Not final: the next bytes of a pass-through's body.
+    PassThroughBody { bytes: Vec<u8> },
     /// The pieces could not be had.
     Failed { reason: String },
     /// A limit was hit.
     Busy { retry_after_s: u32 },
+}
+
+/// The head of a Simple-mode pass-through, as the origin gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassHead {
+    /// Why the content is in Simple mode.
+    pub reason: String,
+    /// The origin's status: 200, 206 or 416.
+    pub status: u16,
+    /// The origin's `Content-Length` (for a HEAD, of the body it would send).
+    pub content_length: u64,
+    /// Whether no body follows (a HEAD).
+    pub head_only: bool,
+    /// Origin fields passed on as they are (`Content-Type`, `Content-Range`, `Accept-Ranges`,
+    /// `ETag`, `Last-Modified`), control characters removed.
+    pub fields: Vec<(&'static str, String)>,
+    /// Body bytes the device's connection may hold for it at most.
+    pub held_bytes_max: u64,
+}
+
+/// What a worker (or the fill thread, for `Start`) tells the pass-through thread.
+#[derive(Debug, Clone)]
+pub enum ToPassThrough {
+    /// Pass a Simple-mode miss through from `url`; `reason` says why it is in Simple mode.
+    Start { miss: Miss, url: String, reason: String },
+    /// The response's connection took `bytes` more of its body.
+    Taken { worker: usize, token: ResponseToken, bytes: u64 },
+    /// The response is gone (client gone, or it ended): close its origin connection.
+    Gone { worker: usize, token: ResponseToken },
 }
 
 /// What a worker tells the fill thread.
@@ -97,7 +144,7 @@ pub struct WorkerLink {
     waker: OnceLock<Waker>,
 }
 
-/// The channels between the workers and the fill thread.
+/// The channels between the workers, the fill thread and the pass-through thread.
 pub struct UpstreamLink {
     misses: Sender<FromWorker>,
     workers: Vec<WorkerLink>,
@@ -111,6 +158,12 @@ pub struct UpstreamLink {
     /// How long an id is served from the catalog before a worker asks for its metadata again
     /// (`[upstream] metadata_expiry_ms`; 0 until the fill thread sets it).
     refresh_after_ms: AtomicU64,
+    pass_tx: Sender<ToPassThrough>,
+    pass_rx: Receiver<ToPassThrough>,
+    /// Set by the pass-through thread once its client loop exists.
+    pass_waker: OnceLock<Waker>,
+    /// The pass-through thread's counters, rendered by it.
+    pass_metrics_text: Mutex<String>,
 }
 
 impl UpstreamLink {
@@ -123,6 +176,7 @@ impl UpstreamLink {
                 WorkerLink { done_tx, done_rx, waker: OnceLock::new() }
             })
             .collect();
+        let (pass_tx, pass_rx) = crossbeam_channel::bounded(PASS_QUEUED_MAX);
         let link = UpstreamLink {
             misses,
             workers,
@@ -131,6 +185,10 @@ impl UpstreamLink {
             catalog_generation: AtomicU64::new(0),
             catalog_changes: Mutex::new(VecDeque::new()),
             refresh_after_ms: AtomicU64::new(0),
+            pass_tx,
+            pass_rx,
+            pass_waker: OnceLock::new(),
+            pass_metrics_text: Mutex::new(String::new()),
         };
         (link, misses_rx)
     }
@@ -226,19 +284,21 @@ impl UpstreamLink {
         (generation, Some(ids))
     }
 
-    /// The fill thread answers a miss and wakes its worker.
-    pub fn send_done(&self, worker: usize, done: Done) {
+    /// The fill (or pass-through) thread answers a miss and wakes its worker; `false` when the
+    /// worker's queue is full and the answer was dropped.
+    pub fn send_done(&self, worker: usize, done: Done) -> bool {
         let link = &self.workers[worker];
         if let Err(error) = link.done_tx.try_send(done) {
             // The response then ends by its pending timeout (504); the queue bound is huge.
             tracing::warn!(worker, error = %error, "a worker's fill answers are not being taken");
-            return;
+            return false;
         }
         if let Some(waker) = link.waker.get() {
             if let Err(error) = waker.wake() {
                 tracing::warn!(worker, %error, "cannot wake a worker");
             }
         }
+        true
     }
 
     /// The fill thread publishes its counters (Prometheus text).
@@ -246,9 +306,42 @@ impl UpstreamLink {
         *self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner) = text;
     }
 
-    /// The fill thread's counters, for `/metrics`.
+    /// The pass-through thread publishes its counters (Prometheus text).
+    pub fn set_pass_metrics_text(&self, text: String) {
+        *self.pass_metrics_text.lock().unwrap_or_else(PoisonError::into_inner) = text;
+    }
+
+    /// The fill and pass-through threads' counters, for `/metrics`.
     pub fn metrics_text(&self) -> String {
-        self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut text = self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        text.push_str(&self.pass_metrics_text.lock().unwrap_or_else(PoisonError::into_inner));
+        text
+    }
+
+    /// The pass-through thread registers its wake-up.
+    pub fn set_pass_waker(&self, waker: Waker) {
+        let _ = self.pass_waker.set(waker);
+    }
+
+    /// The pass-through thread's end of its queue.
+    pub fn pass_receiver(&self) -> Receiver<ToPassThrough> {
+        self.pass_rx.clone()
+    }
+
+    /// Tells the pass-through thread something and wakes it; `false` when its queue is full.
+    /// (A `Taken` cannot be lost that way: each pass-through has a bounded number outstanding,
+    /// far below the queue's bound.)
+    pub fn send_pass(&self, message: ToPassThrough) -> bool {
+        if self.pass_tx.try_send(message).is_err() {
+            tracing::warn!("the pass-through queue is full");
+            return false;
+        }
+        if let Some(waker) = self.pass_waker.get() {
+            if let Err(error) = waker.wake() {
+                tracing::warn!(%error, "cannot wake the pass-through thread");
+            }
+        }
+        true
     }
 
     /// A worker takes its answers.

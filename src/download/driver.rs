@@ -167,9 +167,10 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         bytes_done += piece_length(job, piece);
     }
     let client = ClientLoop::new(config.backend, client_config(job)).map_err(client_error)?;
-    let verifier =
-        Verifier::start(config.verify_threads, config.verify_queue_pieces, 1, output.writer(), client.waker())
-            .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
+    // Pieces that arrived together are hashed side by side (`hash_batch`); none waits for more.
+    let (threads, queue, batch) = (config.verify_threads, config.verify_queue_pieces, crate::hash::BATCH_LANES as u32);
+    let verifier = Verifier::start(threads, queue, batch, output.writer(), client.waker())
+        .map_err(|source| OutputError::Io { path: "verifier threads".into(), source })?;
     let mut driver = Driver {
         job,
         client,

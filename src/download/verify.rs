@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::content::Digest;
 use crate::download::output::{OutputError, PieceWriter};
 use crate::download::scheduler::SourceId;
-use crate::hash::sha256;
+use crate::hash::hash_batch;
 use crate::io::client::Waker;
 
 /// Where verified pieces go.
@@ -177,10 +177,12 @@ fn verify_loop<S: PieceSink>(
     while let Ok(first) = queue.recv() {
         batch.push(first);
         batch.extend(queue.try_iter().take(batch_pieces_max - 1));
-        let good: Vec<bool> = batch
-            .iter()
-            .map(|check| check.expected.is_none_or(|expected| sha256(&check.buffer[..check.length]) == expected))
-            .collect();
+        // One `hash_batch` for the batch: pieces that arrived together are hashed side by side.
+        let hashed: Vec<&[u8]> =
+            batch.iter().filter(|check| check.expected.is_some()).map(|check| &check.buffer[..check.length]).collect();
+        let mut digests = hash_batch(&hashed).into_iter();
+        let good: Vec<bool> =
+            batch.iter().map(|check| check.expected.is_none_or(|expected| digests.next() == Some(expected))).collect();
         let landing: Vec<usize> = (0..batch.len()).filter(|&at| good[at] && batch[at].write).collect();
         let verified: Vec<Verified<'_, S::Tag>> = landing
             .iter()
@@ -214,6 +216,7 @@ mod tests {
     use super::*;
     use crate::config::BackendChoice;
     use crate::download::output::{Layout, Output};
+    use crate::hash::sha256;
     use crate::io::client::{ClientConfig, ClientLoop};
 
     #[test]
@@ -240,6 +243,42 @@ mod tests {
         assert!(verifier.wait().is_none());
         verifier.shutdown();
         assert_eq!(std::fs::read(output.partial_path()).unwrap(), b"abcd\0\0\0\0");
+    }
+
+    #[test]
+    fn a_queue_of_mixed_pieces_gets_every_verdict_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let (count, size) = (33u64, 1000usize);
+        let layout = Layout {
+            content_length: count * size as u64,
+            piece_size: size as u64,
+            save_every: 1,
+            queue_tasks: 4,
+            whole_sha256: false,
+        };
+        let output = Output::open(&dir.path().join("out"), layout, None).unwrap();
+        let client = ClientLoop::new(BackendChoice::Epoll, ClientConfig::default()).unwrap();
+        let mut verifier = Verifier::start(1, count as u32, 16, output.writer(), client.waker()).unwrap();
+        let bytes = |piece: u64| vec![piece as u8 + 1; size];
+        // Every third piece arrives corrupt; every fifth has no digest (Simple mode).
+        for piece in 0..count {
+            let mut buffer = bytes(piece);
+            if piece % 3 == 0 {
+                buffer[size / 2] ^= 1;
+            }
+            let expected = (piece % 5 != 0).then(|| sha256(&bytes(piece)));
+            let tag = FilePiece { source: SourceId(0), piece, offset: piece * size as u64 };
+            verifier.submit(Check { tag, buffer, length: size, expected, write: true });
+        }
+        let mut verdicts: Vec<(u64, bool)> =
+            (0..count).map(|_| verifier.wait().map(|c| (c.tag.piece, c.good)).unwrap()).collect();
+        verdicts.sort();
+        let expected: Vec<(u64, bool)> = (0..count).map(|p| (p, p % 5 == 0 || p % 3 != 0)).collect();
+        assert_eq!(verdicts, expected);
+        verifier.shutdown();
+        let written = std::fs::read(output.partial_path()).unwrap();
+        assert_eq!(&written[size..2 * size], bytes(1).as_slice());
+        assert!(written[3 * size..4 * size].iter().all(|&b| b == 0), "a corrupt piece is not written");
     }
 
     /// A sink that records each call's tags.

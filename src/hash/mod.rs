@@ -3,10 +3,14 @@
 //! - [`sha256`]: the digest of one byte string (a piece, a hash file, a key);
 //! - [`Hasher`]: the digest of bytes that arrive in parts (a whole file);
 //! - [`hash_batch`] and [`hash_batch_parallel`]: many pieces at once. Callers (publish, scrub,
-//!   ingest, download) hand over batches so that a multi-buffer implementation can replace the
-//!   loop below without touching them.
+//!   ingest, download, fill) hand over batches: with AVX-512 and at least [`X16_LANES_MIN`]
+//!   pieces, 16 are hashed side by side (`x16`), 1.7 to 2.1 times the rate of one SHA-NI stream.
 
 pub mod speed;
+// The AVX-512 rounds: the only `unsafe` of this module, each block with a `// SAFETY:` line.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x16;
 
 use sha2::{Digest as _, Sha256};
 
@@ -21,6 +25,8 @@ pub enum Backend {
     ArmSha2,
     /// Portable software rounds.
     Software,
+    /// 16 messages side by side in AVX-512 lanes (batches only).
+    Avx512X16,
 }
 
 impl Backend {
@@ -45,12 +51,24 @@ impl Backend {
         Backend::Software
     }
 
+    /// The backend [`hash_batch`] uses for a batch of at least [`X16_LANES_MIN`] pieces.
+    pub fn detect_batch() -> Backend {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x16::available() {
+                return Backend::Avx512X16;
+            }
+        }
+        Backend::detect()
+    }
+
     /// Name for `tessera info` and logs.
     pub fn name(self) -> &'static str {
         match self {
             Backend::ShaNi => "sha-ni",
             Backend::ArmSha2 => "armv8-sha2",
             Backend::Software => "software",
+            Backend::Avx512X16 => "avx512-x16",
         }
     }
 }
@@ -83,8 +101,25 @@ impl Hasher {
     }
 }
 
-/// SHA-256 of every piece, on the calling thread, in order.
+/// Pieces the AVX-512 path hashes side by side.
+pub const BATCH_LANES: usize = 16;
+
+/// Batches of at least this many pieces go to the 16-lane AVX-512 path, which keeps going while
+/// this many lanes are busy; fewer lanes finish on the single stream. 16 lanes cost the same time
+/// whether busy or not, so the path pays from the lane count where it beats one SHA-NI stream:
+/// measured on 1 MiB pieces, 8 lanes ran at 0.93 and 9 lanes at 1.05 times one stream on an AMD
+/// Zen 4 (16 lanes: 1.67 times); the Intel figures of issue 12 (16 lanes: 2.1 times) put it at 8.
+pub const X16_LANES_MIN: usize = 9;
+
+/// SHA-256 of every piece, on the calling thread, in order: 16 at a time with AVX-512 when the
+/// CPU has it and the batch is large enough, otherwise one after another ([`sha256`]).
 pub fn hash_batch(pieces: &[&[u8]]) -> Vec<Digest> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if pieces.len() >= X16_LANES_MIN && x16::available() {
+            return x16::hash_batch(pieces, X16_LANES_MIN);
+        }
+    }
     pieces.iter().map(|piece| sha256(piece)).collect()
 }
 
@@ -100,11 +135,7 @@ pub fn hash_batch_parallel(pieces: &[&[u8]], threads: usize) -> Vec<Digest> {
     let chunk = pieces.len().div_ceil(threads);
     std::thread::scope(|scope| {
         for (inputs, outputs) in pieces.chunks(chunk).zip(out.chunks_mut(chunk)) {
-            scope.spawn(move || {
-                for (input, output) in inputs.iter().zip(outputs.iter_mut()) {
-                    *output = sha256(input);
-                }
-            });
+            scope.spawn(move || outputs.copy_from_slice(&hash_batch(inputs)));
         }
     });
     out
@@ -114,6 +145,9 @@ pub fn hash_batch_parallel(pieces: &[&[u8]], threads: usize) -> Vec<Digest> {
 pub fn bulk_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+
+#[cfg(test)]
+mod differential_tests;
 
 #[cfg(test)]
 mod tests {

@@ -143,6 +143,10 @@ pub struct Store {
 
 const SWEEP_INTERVAL_S: u64 = 60;
 
+/// Pieces a scrub pins and hashes at once: one full set of `hash_batch`'s lanes. The pins hold
+/// off eviction of these pieces only for the time of one batch.
+pub const SCRUB_BATCH_PIECES: usize = crate::hash::BATCH_LANES;
+
 /// One ingest batch, split: pieces to write, and commit records renewing pieces already held
 /// (pinned until the batch is visible).
 struct Batch<'p, 'b> {
@@ -246,6 +250,17 @@ impl Store {
     /// Pins a looked-up piece for reading, without a lock. `None` when it has since been evicted,
     /// expired, or (first read after a restart) its bytes do not match its digest.
     pub fn pin(&self, piece: &PieceRef) -> Option<PieceGuard> {
+        let mut guard = self.pin_unverified(piece)?;
+        if !piece.meta().verified.load(Ordering::Acquire) {
+            let computed = crate::hash::sha256(guard.bytes());
+            guard = self.settle(piece, guard, &computed)?;
+        }
+        self.touch(piece);
+        Some(guard)
+    }
+
+    /// Pins a piece whose bytes may not have been checked yet; `None` when expired or evicted.
+    fn pin_unverified(&self, piece: &PieceRef) -> Option<PieceGuard> {
         if self.expired(piece.committed_unix_s) {
             return None;
         }
@@ -257,21 +272,28 @@ impl Store {
         if meta.generation.load(Ordering::SeqCst) != piece.generation {
             return None;
         }
-        if !meta.verified.load(Ordering::Acquire) {
-            // The digest is the key: bytes that do not hash to it are not this piece.
-            if crate::hash::sha256(guard.bytes()) != piece.digest {
-                drop(guard);
-                tracing::warn!(piece = %hex::encode(piece.digest), "stored piece does not match its SHA-256; discarding it");
-                self.discard(&piece.digest, piece.generation);
-                return None;
-            }
-            meta.verified.store(true, Ordering::Release);
+        Some(guard)
+    }
+
+    /// Given the SHA-256 `computed` of a pinned piece's bytes: marks the piece verified, or (the
+    /// digest is the key: bytes that do not hash to it are not this piece) discards it.
+    fn settle(&self, piece: &PieceRef, guard: PieceGuard, computed: &Digest) -> Option<PieceGuard> {
+        if *computed != piece.digest {
+            drop(guard);
+            tracing::warn!(piece = %hex::encode(piece.digest), "stored piece does not match its SHA-256; discarding it");
+            self.discard(&piece.digest, piece.generation);
+            return None;
         }
+        piece.meta().verified.store(true, Ordering::Release);
+        Some(guard)
+    }
+
+    /// Records a read of `piece` for eviction order and the touched-bytes count.
+    fn touch(&self, piece: &PieceRef) {
         let tick = self.access_tick.fetch_add(1, Ordering::Relaxed);
-        meta.last_access.store(tick, Ordering::Relaxed);
+        piece.meta().last_access.store(tick, Ordering::Relaxed);
         piece.slab.last_read.store(tick, Ordering::Relaxed);
         self.note_touched(u64::from(piece.length));
-        Some(guard)
     }
 
     /// Looks up and pins a piece.
@@ -458,22 +480,45 @@ impl Store {
         self.scrub_while(&|| true)
     }
 
-    /// As [`Store::scrub`], stopping early once `keep_going` says no (checked before each piece).
+    /// As [`Store::scrub`], stopping early once `keep_going` says no (checked before each batch
+    /// of [`SCRUB_BATCH_PIECES`]).
     pub fn scrub_while(&self, keep_going: &dyn Fn() -> bool) -> (u64, u64) {
         let (mut good, mut bad) = (0, 0);
-        for digest in self.digests() {
+        for digests in self.digests().chunks(SCRUB_BATCH_PIECES) {
             if !keep_going() {
                 break;
             }
-            let Some(piece) = self.lookup(&digest) else { continue };
-            if self.expired(piece.committed_unix_s) {
-                continue;
+            let (batch_good, batch_bad) = self.scrub_batch(digests);
+            good += batch_good;
+            bad += batch_bad;
+        }
+        (good, bad)
+    }
+
+    /// Checks the pieces `digests` (those still held and not expired) with one `hash_batch`.
+    fn scrub_batch(&self, digests: &[Digest]) -> (u64, u64) {
+        let (mut good, mut bad) = (0, 0);
+        let mut unchecked = Vec::with_capacity(digests.len());
+        for digest in digests {
+            let Some(piece) = self.lookup(digest) else { continue };
+            let Some(guard) = self.pin_unverified(&piece) else { continue };
+            if piece.meta().verified.load(Ordering::Acquire) {
+                self.touch(&piece);
+                good += 1;
+            } else {
+                unchecked.push((piece, guard));
             }
-            match self.pin(&piece) {
-                Some(_) => good += 1,
-                // Gone: discarded because its bytes did not hash to its digest (or, rarely, evicted meanwhile).
-                None if self.lookup(&digest).is_none() => bad += 1,
-                None => {}
+        }
+        let bytes: Vec<&[u8]> = unchecked.iter().map(|(_, guard)| guard.bytes()).collect();
+        let computed = crate::hash::hash_batch(&bytes);
+        drop(bytes);
+        for ((piece, guard), digest) in unchecked.into_iter().zip(&computed) {
+            match self.settle(&piece, guard, digest) {
+                Some(_) => {
+                    self.touch(&piece);
+                    good += 1;
+                }
+                None => bad += 1,
             }
         }
         (good, bad)

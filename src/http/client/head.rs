@@ -21,6 +21,8 @@ pub struct RequestSpec {
     pub body: Option<(&'static str, Vec<u8>)>,
     /// Send `Connection: close` (one request on this connection).
     pub close: bool,
+    /// Further header fields, as given (a device's `Range:` a box passes on, for instance).
+    pub fields: Vec<(&'static str, String)>,
 }
 
 impl RequestSpec {
@@ -31,7 +33,7 @@ impl RequestSpec {
 
     /// `method` of `target` on `host` (for peers addressed by socket address).
     pub fn to_host(method: &'static str, host: String, target: String) -> RequestSpec {
-        RequestSpec { method, target, host, range: None, bearer: None, body: None, close: false }
+        RequestSpec { method, target, host, range: None, bearer: None, body: None, close: false, fields: Vec::new() }
     }
 
     /// Whether the response to this request has no body whatever its head says.
@@ -49,6 +51,9 @@ impl RequestSpec {
         if let Some(token) = &self.bearer {
             check_field("authorization", token)?;
         }
+        for (name, value) in &self.fields {
+            check_field(name, value)?;
+        }
         if self.target.contains(' ') || !self.target.starts_with('/') {
             return Err(SendError::BadField { name: "target", value: self.target.clone() });
         }
@@ -60,6 +65,9 @@ impl RequestSpec {
         }
         if let Some(token) = &self.bearer {
             let _ = write!(head, "Authorization: Bearer {token}\r\n");
+        }
+        for (name, value) in &self.fields {
+            let _ = write!(head, "{name}: {value}\r\n");
         }
         match &self.body {
             Some((content_type, body)) => {

@@ -196,17 +196,25 @@ fn request_builder_refuses_header_injection() {
     assert!(matches!(spec.write_head(&mut out), Err(SendError::BadField { name: "target", .. })));
     let spec = RequestSpec::to_host("GET", "h\r\nX: 1".into(), "/".into());
     assert!(matches!(spec.write_head(&mut out), Err(SendError::BadField { name: "host", .. })));
+    let mut spec = RequestSpec::to_host("GET", "h".into(), "/".into());
+    spec.fields = vec![("Range", "bytes=0-1\r\nX: 1".into())];
+    assert!(matches!(spec.write_head(&mut out), Err(SendError::BadField { name: "Range", .. })));
     assert!(out.is_empty());
     let mut spec = RequestSpec::to_host("PUT", "h".into(), "/x".into());
     spec.range = Some((0, 9));
     spec.bearer = Some("t".into());
     spec.body = Some(("application/json", b"{}".to_vec()));
     spec.close = true;
+    spec.fields = vec![("If-Range", "\"v1\"".into())];
     spec.write_head(&mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
-    for line in
-        ["Range: bytes=0-9\r\n", "Authorization: Bearer t\r\n", "Content-Length: 2\r\n", "Connection: close\r\n"]
-    {
+    for line in [
+        "Range: bytes=0-9\r\n",
+        "Authorization: Bearer t\r\n",
+        "If-Range: \"v1\"\r\n",
+        "Content-Length: 2\r\n",
+        "Connection: close\r\n",
+    ] {
         assert!(text.contains(line), "{text}");
     }
     assert!(text.ends_with("\r\n\r\n{}"));

@@ -25,6 +25,8 @@ struct Conn {
     connected: bool,
     readable: bool,
     writable: bool,
+    /// Cleared by [`EpollLoop::set_receiving`]: readiness is kept, nothing is read.
+    receiving: bool,
     timer: Option<Instant>,
 }
 
@@ -83,6 +85,7 @@ impl EpollLoop {
                 connected: false,
                 readable: false,
                 writable: false,
+                receiving: true,
                 timer: None,
             })
             .expect("checked not full");
@@ -107,6 +110,18 @@ impl EpollLoop {
         check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
         state.queued.push_back(bytes);
         self.dirty.push(conn.into());
+        Ok(())
+    }
+
+    /// See [`super::ClientLoop::set_receiving`].
+    pub fn set_receiving(&mut self, conn: ConnId, receiving: bool) -> Result<(), ClientError> {
+        let state = self.live(conn)?;
+        let resumed = receiving && !state.receiving;
+        state.receiving = receiving;
+        if resumed {
+            // Readiness that came while stopped was kept: read it now (edge-triggered).
+            self.dirty.push(conn.into());
+        }
         Ok(())
     }
 
@@ -230,6 +245,9 @@ fn read_some(
     events: &mut Vec<Event>,
     dirty: &mut Vec<SlotKey>,
 ) -> Option<Option<std::io::Error>> {
+    if !conn.receiving {
+        return None;
+    }
     for _ in 0..READS_PER_POLL_MAX {
         if !conn.readable {
             return None;

@@ -221,6 +221,16 @@ impl ClientLoop {
         }
     }
 
+    /// Stops (`false`) or resumes (`true`) receiving on the connection: while stopped, no
+    /// [`Event::Received`] comes for it beyond a receive already in flight, and TCP flow control
+    /// slows the peer (a relay whose reader is slower than its source holds bounded bytes).
+    pub fn set_receiving(&mut self, conn: ConnId, receiving: bool) -> Result<(), ClientError> {
+        match self {
+            ClientLoop::Uring(inner) => inner.set_receiving(conn, receiving),
+            ClientLoop::Epoll(inner) => inner.set_receiving(conn, receiving),
+        }
+    }
+
     /// Sets the connection's one timer to fire `after` from now (replacing any earlier setting).
     pub fn set_timer(&mut self, conn: ConnId, after: Duration) -> Result<(), ClientError> {
         match self {

@@ -198,3 +198,26 @@ fn a_loop_for_few_connections_with_a_large_submission_queue_starts() {
         assert_eq!(received(&events, conn), b"few", "{choice:?}");
     }
 }
+
+#[test]
+fn a_connection_that_stops_receiving_gets_its_bytes_once_resumed() {
+    for choice in backends() {
+        let mut client = client(choice);
+        let conn = client.connect(echo_server()).unwrap();
+        client.set_receiving(conn, false).unwrap();
+        let message: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        client.send(conn, message.clone()).unwrap();
+        let sent = |events: &[Event]| -> u64 {
+            events.iter().filter_map(|e| if let Event::Sent { bytes, .. } = e { Some(*bytes) } else { None }).sum()
+        };
+        let mut events = poll_until(&mut client, |events| sent(events) == message.len() as u64);
+        // The echo is back in the socket by now or soon; a few more turns must not hand it over.
+        for _ in 0..8 {
+            client.poll(&mut events, Some(Duration::from_millis(10))).unwrap();
+        }
+        assert!(received(&events, conn).is_empty(), "{choice:?}: bytes received while stopped");
+        client.set_receiving(conn, true).unwrap();
+        let events = poll_until(&mut client, |events| received(events, conn).len() >= message.len());
+        assert_eq!(received(&events, conn), message, "{choice:?}");
+    }
+}

@@ -37,6 +37,8 @@ struct Conn {
     front_sent_bytes: u64,
     connected: bool,
     closing: bool,
+    /// Cleared by [`UringLoop::set_receiving`]: no further receive is submitted.
+    receiving: bool,
     timer: Option<Instant>,
 }
 
@@ -130,6 +132,7 @@ impl UringLoop {
                 front_sent_bytes: 0,
                 connected: false,
                 closing: false,
+                receiving: true,
                 timer: None,
             })
             .expect("checked not full");
@@ -150,6 +153,17 @@ impl UringLoop {
         check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
         state.queued.push_back(Rc::new(bytes));
         self.dirty.push(conn.into());
+        Ok(())
+    }
+
+    /// See [`super::ClientLoop::set_receiving`].
+    pub fn set_receiving(&mut self, conn: ConnId, receiving: bool) -> Result<(), ClientError> {
+        let state = self.live(conn)?;
+        let resumed = receiving && !state.receiving;
+        state.receiving = receiving;
+        if resumed {
+            self.dirty.push(conn.into());
+        }
         Ok(())
     }
 
@@ -305,7 +319,7 @@ impl UringLoop {
                 .collect();
             conn.send.submit(key, parts, None, &mut self.ring.queue);
         }
-        if !conn.recv.owns_buffer() {
+        if conn.receiving && !conn.recv.owns_buffer() {
             conn.recv.submit(key, &mut self.ring.queue);
         }
     }
