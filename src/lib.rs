@@ -32,6 +32,8 @@ pub mod http;
 // The ring layer: system calls and io_uring operations, each `unsafe` block with a `// SAFETY:` line.
 pub mod io;
 #[forbid(unsafe_code)]
+pub mod load;
+#[forbid(unsafe_code)]
 pub mod publish;
 // `store::slab` is the one file of the store allowed `unsafe` (the mapping).
 #[deny(unsafe_code)]

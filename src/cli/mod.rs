@@ -4,6 +4,7 @@ mod cert_cmd;
 mod config_cmd;
 mod get_cmd;
 mod info;
+mod load_cmd;
 mod publish_cmd;
 mod serve;
 mod service_cmd;
@@ -34,6 +35,8 @@ pub enum Command {
     Cert(cert_cmd::CertArgs),
     /// Download a content: metadata first, verified pieces from peers, HTTP sources as fallback.
     Get(get_cmd::GetArgs),
+    /// Load an HTTP server: closed or open loop, HDR latency percentiles (coordinated omission corrected).
+    Load(load_cmd::LoadArgs),
     /// Print or check the configuration.
     Config(config_cmd::ConfigArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Publish(args) => args.json,
         Command::Info(args) => args.json,
         Command::Get(args) => args.json,
+        Command::Load(args) => args.json,
         _ => false,
     };
     let result = match cli.command {
@@ -100,6 +104,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Service(args) => service_cmd::run(args),
         Command::Cert(args) => cert_cmd::run(args),
         Command::Get(args) => get_cmd::run(args),
+        Command::Load(args) => load_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Info(args) => info::run(args),
     };

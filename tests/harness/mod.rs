@@ -143,3 +143,14 @@ pub fn summary_source<'a>(summary: &'a serde_json::Value, source: &str) -> &'a s
     let sources = summary["sources"].as_array().unwrap();
     sources.iter().find(|s| s["source"] == source).unwrap_or_else(|| panic!("{source} was not used: {summary}"))
 }
+
+/// The event-loop backends to run a test on: epoll always, io_uring where the kernel allows it.
+pub fn backends() -> Vec<tessera::config::BackendChoice> {
+    use tessera::config::BackendChoice;
+    let mut backends = vec![BackendChoice::Epoll];
+    match tessera::io::choose_backend(BackendChoice::Uring) {
+        Ok(_) => backends.push(BackendChoice::Uring),
+        Err(error) => eprintln!("io_uring backend not tested on this machine: {error}"),
+    }
+    backends
+}

@@ -95,6 +95,9 @@ fn check_field(name: &'static str, value: &str) -> Result<(), SendError> {
     Ok(())
 }
 
+/// Header fields parsed without allocating (the default `header_count_max`).
+const STACK_FIELDS: usize = 64;
+
 /// A response head as received, with the fields clients act on parsed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedHead {
@@ -114,9 +117,23 @@ pub struct ReceivedHead {
 }
 
 /// Parses one response head at the start of `input`: `None` until it is complete.
-pub(crate) fn parse_head(input: &[u8], limits: &ClientLimits) -> Result<Option<(ReceivedHead, usize)>, ResponseError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.header_count_max];
-    let mut response = httparse::Response::new(&mut headers);
+/// With `keep_fields` false, `headers` stays empty: parsing allocates nothing (a load
+/// generator's heads).
+pub(crate) fn parse_head(
+    input: &[u8],
+    limits: &ClientLimits,
+    keep_fields: bool,
+) -> Result<Option<(ReceivedHead, usize)>, ResponseError> {
+    // The usual field limit fits on the stack; a larger one is allocated.
+    let mut on_stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    let mut on_heap = Vec::new();
+    let headers: &mut [httparse::Header] = if limits.header_count_max <= STACK_FIELDS {
+        &mut on_stack[..limits.header_count_max]
+    } else {
+        on_heap.resize(limits.header_count_max, httparse::EMPTY_HEADER);
+        &mut on_heap
+    };
+    let mut response = httparse::Response::new(headers);
     let too_large = ResponseError::HeadTooLarge { limit: limits.head_bytes_max };
     let consumed = match response.parse(input) {
         Ok(httparse::Status::Complete(consumed)) if consumed > limits.head_bytes_max => return Err(too_large),
@@ -136,14 +153,16 @@ pub(crate) fn parse_head(input: &[u8], limits: &ClientLimits) -> Result<Option<(
         keep_alive: response.version == Some(1),
         chunked: false,
         location: None,
-        headers: Vec::with_capacity(response.headers.len()),
+        headers: if keep_fields { Vec::with_capacity(response.headers.len()) } else { Vec::new() },
     };
     for header in response.headers.iter() {
         let value = std::str::from_utf8(header.value)
             .map_err(|_| ResponseError::Malformed { reason: format!("header {} is not UTF-8", header.name) })?
             .trim();
         apply_field(&mut head, header.name, value)?;
-        head.headers.push((header.name.to_string(), value.to_string()));
+        if keep_fields {
+            head.headers.push((header.name.to_string(), value.to_string()));
+        }
     }
     if head.chunked {
         // RFC 9112 6.3: Transfer-Encoding overrides Content-Length.

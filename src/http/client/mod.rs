@@ -122,6 +122,7 @@ pub struct Connection<T> {
     peer_closes: bool,
     sent_close: bool,
     ended: bool,
+    keep_fields: bool,
 }
 
 impl<T> Connection<T> {
@@ -139,22 +140,44 @@ impl<T> Connection<T> {
             peer_closes: false,
             sent_close: false,
             ended: false,
+            keep_fields: true,
         }
+    }
+
+    /// Whether response heads carry every header field in [`ReceivedHead::headers`] (the
+    /// default); without them parsing a head allocates nothing (status, length, framing and
+    /// the other parsed fields are still there).
+    pub fn keep_header_fields(&mut self, keep: bool) {
+        self.keep_fields = keep;
     }
 
     /// Queues `spec` for sending; its response will carry `tag`.
     pub fn send_request(&mut self, tag: T, spec: &RequestSpec) -> Result<(), SendError> {
-        if !self.can_send() {
-            return Err(if self.in_flight.len() >= self.limits.pipeline_depth_max {
-                SendError::PipelineFull { limit: self.limits.pipeline_depth_max }
-            } else {
-                SendError::Closing
-            });
-        }
+        self.check_can_send()?;
         spec.write_head(&mut self.out)?;
         self.sent_close |= spec.close;
         self.in_flight.push_back(InFlight { tag, is_head: spec.is_head() });
         Ok(())
+    }
+
+    /// Records a request whose bytes the caller wrote to the transport itself (built once with
+    /// [`RequestSpec::write_head`] and sent again and again, as a load generator does); its
+    /// response will carry `tag`. `is_head`: the request was a HEAD (its response has no body).
+    pub fn send_prepared(&mut self, tag: T, is_head: bool) -> Result<(), SendError> {
+        self.check_can_send()?;
+        self.in_flight.push_back(InFlight { tag, is_head });
+        Ok(())
+    }
+
+    fn check_can_send(&self) -> Result<(), SendError> {
+        if self.can_send() {
+            return Ok(());
+        }
+        Err(if self.in_flight.len() >= self.limits.pipeline_depth_max {
+            SendError::PipelineFull { limit: self.limits.pipeline_depth_max }
+        } else {
+            SendError::Closing
+        })
     }
 
     /// Whether another request may be sent on this connection now.
@@ -306,7 +329,7 @@ impl<T> Connection<T> {
         }
         let Some(front) = self.in_flight.front() else { return Err(ResponseError::Unsolicited) };
         let is_head = front.is_head;
-        let Some((head, consumed)) = head::parse_head(available, &self.limits)? else {
+        let Some((head, consumed)) = head::parse_head(available, &self.limits, self.keep_fields)? else {
             return self.wait("in a response head");
         };
         self.input_at += consumed;

@@ -247,3 +247,23 @@ fn arbitrary_bytes_never_panic() {
         fuzz_responses(&bytes, next() as usize % (bytes.len() + 1), (next() % 4) as usize);
     }
 }
+
+#[test]
+fn prepared_requests_are_framed_like_built_ones_and_fields_may_be_left_out() {
+    let mut connection: Connection<u32> =
+        Connection::new(ClientLimits { pipeline_depth_max: 1, ..ClientLimits::default() });
+    connection.keep_header_fields(false);
+    connection.send_prepared(7, false).unwrap();
+    assert!(connection.transmit().is_empty(), "the caller sends prepared bytes itself");
+    assert_eq!(connection.send_prepared(8, false), Err(SendError::PipelineFull { limit: 1 }));
+    connection.handle_input(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok");
+    match connection.poll_event() {
+        Some(Event::Head { tag: 7, head }) => {
+            assert_eq!((head.status, head.content_length), (200, Some(2)));
+            assert!(head.headers.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(connection.poll_event(), Some(Event::BodyData { data: b"ok", .. })));
+    assert_eq!(connection.poll_event(), Some(Event::Done { tag: 7 }));
+}

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ const EVENTS_MAX: usize = 1024;
 
 struct Conn {
     stream: TcpStream,
-    queued: VecDeque<Vec<u8>>,
+    queued: VecDeque<Rc<Vec<u8>>>,
     front_sent_bytes: usize,
     connected: bool,
     readable: bool,
@@ -102,8 +103,8 @@ impl EpollLoop {
         self.conns.get_mut(conn.into()).ok_or(ClientError::Closed(conn))
     }
 
-    /// See [`super::ClientLoop::send`].
-    pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<(), ClientError> {
+    /// See [`super::ClientLoop::send_shared`].
+    pub fn send(&mut self, conn: ConnId, bytes: Rc<Vec<u8>>) -> Result<(), ClientError> {
         let limit_bytes = self.send_queued_bytes_max;
         let state = self.live(conn)?;
         let queued_bytes = state.queued.iter().map(|b| b.len() as u64).sum::<u64>() - state.front_sent_bytes as u64;

@@ -37,6 +37,7 @@ pub mod uring;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -215,6 +216,14 @@ impl ClientLoop {
 
     /// Queues `bytes` to send, after everything queued before (also before the connect is done).
     pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.send_shared(conn, Rc::new(bytes))
+    }
+
+    /// Like [`ClientLoop::send`] for bytes the caller keeps and sends again (a load generator's
+    /// request): the loop holds its `Rc` until the kernel took them, then drops it, so the
+    /// caller may reuse the buffer once it is the only owner (`Rc::get_mut`). No copy, no
+    /// allocation.
+    pub fn send_shared(&mut self, conn: ConnId, bytes: Rc<Vec<u8>>) -> Result<(), ClientError> {
         match self {
             ClientLoop::Uring(inner) => inner.send(conn, bytes),
             ClientLoop::Epoll(inner) => inner.send(conn, bytes),

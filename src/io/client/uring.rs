@@ -145,13 +145,13 @@ impl UringLoop {
         self.conns.get_mut(conn.into()).filter(|c| !c.closing).ok_or(ClientError::Closed(conn))
     }
 
-    /// See [`super::ClientLoop::send`].
-    pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<(), ClientError> {
+    /// See [`super::ClientLoop::send_shared`].
+    pub fn send(&mut self, conn: ConnId, bytes: Rc<Vec<u8>>) -> Result<(), ClientError> {
         let limit_bytes = self.send_queued_bytes_max;
         let state = self.live(conn)?;
         let queued_bytes = state.queued.iter().map(|b| b.len() as u64).sum::<u64>() - state.front_sent_bytes;
         check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
-        state.queued.push_back(Rc::new(bytes));
+        state.queued.push_back(bytes);
         self.dirty.push(conn.into());
         Ok(())
     }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# tessera load vs wrk, closed loop, against the same nginx (one worker), the same threads and
+# connections, each client pinned to CLIENT_CPU and nginx to SERVER_CPU.
+#
+#   bash benches/load_vs_wrk.sh            # DURATION=8s THREADS=1 CONNECTIONS=16 ROUNDS=2
+#
+# Targets: a 1 KiB file (the client's cost per request dominates) and a 1 MiB file (bytes
+# dominate). Each client runs ROUNDS times per target, alternated (tessera, wrk, tessera, wrk)
+# so drift on a shared machine hits both alike; prints req/s of every run, the means and the
+# ratio tessera / wrk. Goal: >= 1.3 on the 1 KiB file with one thread. Also prints each client's
+# CPU time (user + system) per request: when nginx, not the client, is the limit, both clients
+# get the same req/s and the CPU per request is what tells them apart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8s} # in seconds: Ns
+THREADS=${THREADS:-1}
+CONNECTIONS=${CONNECTIONS:-16}
+ROUNDS=${ROUNDS:-2}
+BACKEND=${BACKEND:-auto}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+
+# shellcheck source=benches/common.sh
+source benches/common.sh
+install_missing nginx wrk curl
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+pin_setup
+bench_setup load
+NGINX_PORT=$PORT_BASE
+
+mkdir -p "$WORK/www"
+head -c 1024 /dev/urandom > "$WORK/www/1k"
+head -c $((1 << 20)) /dev/urandom > "$WORK/www/1m"
+chmod 755 "$WORK"
+chmod -R a+rX "$WORK/www"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    default_type application/octet-stream;
+    server { listen 127.0.0.1:$NGINX_PORT reuseport; root $WORK/www; }
+}
+NGINX
+$PIN_SERVER "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" &
+PIDS+=("$!")
+wait_ready "http://127.0.0.1:$NGINX_PORT/1k"
+
+# Runs a client; prints "<req/s> <client CPU µs per request>".
+measured() { # command... (prints req/s on stdout)
+    local TIMEFORMAT='%U %S' rate cpu
+    rate=$( { time "$@" 2>>"$WORK/client.log"; } 2>"$WORK/cpu")
+    read -r -a cpu < "$WORK/cpu"
+    awk -v rate="$rate" -v user="${cpu[0]}" -v sys="${cpu[1]}" -v seconds="${DURATION%s}" 'BEGIN {
+        printf "%.0f %.1f\n", rate, (rate > 0 ? (user + sys) * 1e6 / (rate * seconds) : 0) }'
+}
+
+tessera_rate() { # url
+    $PIN_CLIENT "$TESSERA" load "$1" --duration "$DURATION" --threads "$THREADS" --connections "$CONNECTIONS" \
+        --backend "$BACKEND" --json | grep -o '"achieved_rate_per_s":[0-9.e+]*' | cut -d: -f2
+}
+
+wrk_rate() { # url
+    $PIN_CLIENT wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/^Requests\/sec:/ { print $2 }'
+}
+
+mean() { # field
+    awk -v f="$1" '{ s += $f; n++ } END { printf "%.1f", (n ? s / n : 0) }'
+}
+
+echo "closed loop, -t$THREADS -c$CONNECTIONS -d$DURATION, nginx on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU; $(uname -r)"
+printf "%-8s %-8s %s\n" target client "req/s (client CPU µs/request) per run"
+for target in 1k 1m; do
+    url="http://127.0.0.1:$NGINX_PORT/$target"
+    tessera_runs=()
+    wrk_runs=()
+    for _ in $(seq 1 "$ROUNDS"); do
+        tessera_runs+=("$(measured tessera_rate "$url")")
+        wrk_runs+=("$(measured wrk_rate "$url")")
+    done
+    for client in tessera wrk; do
+        declare -n runs="${client}_runs"
+        line=""
+        for run in "${runs[@]}"; do
+            set -- $run
+            line+="$1 ($2)  "
+        done
+        printf "%-8s %-8s %s mean %s req/s, %s µs/request\n" "$target" "$client" "$line" \
+            "$(printf "%s\n" "${runs[@]}" | mean 1)" "$(printf "%s\n" "${runs[@]}" | mean 2)"
+        unset -n runs
+    done
+    tessera_mean=$(printf "%s\n" "${tessera_runs[@]}" | mean 1)
+    wrk_mean=$(printf "%s\n" "${wrk_runs[@]}" | mean 1)
+    awk -v a="$tessera_mean" -v b="$wrk_mean" -v t="$target" 'BEGIN { printf "%-8s ratio tessera/wrk %.2f (req/s)\n", t, (b > 0 ? a / b : 0) }'
+done
