@@ -951,3 +951,64 @@ fn a_device_that_leaves_mid_stream_frees_its_pass_through_on_the_default_backend
 fn a_device_that_leaves_mid_stream_frees_its_pass_through_on_epoll() {
     a_device_that_leaves_mid_stream_frees_its_pass_through("epoll");
 }
+
+/// `GET` of `path` on the service at `service_url` (trusting `ca`), with `curl`: (status, body).
+fn service_get(service_url: &str, ca: &Path, path: &str) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-S", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg(format!("{service_url}{path}"))
+        .output()
+        .expect("curl runs (scripts/test installs it)");
+    assert!(output.status.success(), "curl {path}: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn a_device_gets_an_id_the_box_never_saw_through_the_boxs_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("unseen", 7 * 65536 + 4321);
+    // A second content on the seed whose hash file no longer verifies against its manifest.
+    let tampered = Content::new("tampered", 65536);
+    let data = dir.path().join("seed");
+    publish(&data, &tampered, &[]);
+    let hashfile = data.join("catalog/tampered.hashfile");
+    let mut bytes = std::fs::read(&hashfile).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&hashfile, bytes).unwrap();
+    let (seed, mut flags) = seed(dir.path(), &content);
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    let box_dir = dir.path().join("box");
+    let cache = Serve::start(&box_dir, 2, &flags);
+    assert!(!box_dir.join("catalog/unseen.manifest.json").exists(), "the box has never seen it");
+
+    // The device knows only the box: its service for the metadata, its data plane for pieces.
+    let ca = box_dir.join("tls/ca.pem");
+    let out = dir.path().join("got.bin");
+    let output = tessera()
+        .args(["get", "unseen", "--service", &cache.service_url, "--peer", &cache.data_plane, "--json", "--ca"])
+        .arg(&ca)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), cache.log());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "metadata verified through the box: {summary}");
+    let length = content.bytes.len() as u64;
+    assert_eq!(summary_source(&summary, &cache.data_plane)["bytes"], length, "every byte from the box: {summary}");
+    assert!(std::fs::read(&out).unwrap() == *content.bytes, "other bytes");
+    assert!(box_dir.join("catalog/unseen.manifest.json").exists(), "the box cataloged what it fetched");
+    assert_eq!(ok_responses(&seed.data_plane), content.piece_count(), "the box fetched each piece once");
+
+    // What upstream lacks, or what the box cannot vouch for, is a 404 that says why.
+    let (status, body) = service_get(&cache.service_url, &ca, "/v1/content/nosuch/manifest");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no manifest for nosuch") && body.contains("no such content"), "{body}");
+    let (status, body) = service_get(&cache.service_url, &ca, "/v1/content/tampered/hashfile");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no hash file for tampered") && body.contains("does not match"), "{body}");
+    assert!(!box_dir.join("catalog/tampered.manifest.json").exists(), "nothing unverified is cataloged");
+}

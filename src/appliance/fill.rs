@@ -17,6 +17,7 @@ mod fetcher;
 mod metrics;
 mod passthrough;
 mod policy;
+pub mod service_asks;
 mod store_sink;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -104,6 +105,7 @@ pub fn start(
     link: Arc<UpstreamLink>,
     misses: Receiver<FromWorker>,
     announce: AnnounceTrigger,
+    asked: Option<service_asks::ServiceAsks>,
 ) -> Result<FillHandle, FillStartError> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -124,11 +126,12 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("tessera-fill".into())
         .spawn(move || {
-            let fill = match FillThread::new(&config, &upstream_config, store, link, jobs_tx) {
+            let mut fill = match FillThread::new(&config, &upstream_config, store, link, jobs_tx) {
                 Ok(fill) => fill,
                 Err(error) => return drop(ready_tx.send(Err(error))),
             };
             let _ = ready_tx.send(Ok(fill.fetches.waker()));
+            fill.set_asked(asked);
             fill.with_announce(announce).run(&misses, &results_rx, &stop);
         })
         .map_err(FillStartError::Thread)?;
@@ -198,6 +201,8 @@ struct FillThread {
     announce: AnnounceTrigger,
     /// Simple-mode answers, for `/metrics`.
     simple: metrics::SimpleCounts,
+    /// The embedded service's asks for metadata of ids its catalog lacks.
+    asked: Option<service_asks::ServiceAsks>,
 }
 
 impl FillThread {
@@ -259,6 +264,7 @@ impl FillThread {
             started: Instant::now(),
             announce: AnnounceTrigger::default(),
             simple: metrics::SimpleCounts::default(),
+            asked: None,
         })
     }
 
@@ -292,6 +298,7 @@ impl FillThread {
             while let Ok(result) = results.try_recv() {
                 self.on_result(result);
             }
+            self.take_asks();
             self.take_verdicts();
             let now = self.now_ms();
             self.engine.handle_timeout(now);
@@ -387,6 +394,7 @@ impl FillThread {
 
     /// The metadata of a waiter's content is known: catalog it, then want its pieces.
     fn on_metadata(&mut self, key: WaiterKey, metadata: Metadata) {
+        let Some(metadata) = self.answer_asked(key, metadata) else { return };
         let content = match metadata {
             Metadata::Simple(simple) => return self.on_simple(key, &simple),
             Metadata::P2p(content) => content,

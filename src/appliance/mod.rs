@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
+use crate::control::snapshot::MetadataUpstream;
 use crate::control::{Service, ServiceError, ServiceHandle};
 use crate::dataplane::upstream::UpstreamLink;
 use crate::dataplane::{ServeError, Server, ServerHandle};
@@ -24,6 +25,9 @@ use store_check::StoreCheck;
 
 /// How often [`Appliance::run_until`] looks for a stop request or a dead worker.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Beyond its two upstream steps, the time a metadata ask of the service may take on the fill
+/// thread (a catalog write, a busy turn).
+const ASK_MARGIN_MS: u64 = 1000;
 
 /// Why the appliance did not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +72,17 @@ impl Appliance {
         let mut appliance = Appliance { store_check: None, server: None, fill: None, announcer: None, service: None };
         // The fill asks the announcer to announce what it just stored.
         let trigger = AnnounceTrigger::default();
+        // A cache box's embedded service asks the fill for the metadata of ids it lacks.
+        let mut service_upstream = None;
         if let (Some(upstream), Some(link), Some(misses)) = (upstream, link, misses) {
             tracing::info!(service = %upstream.service_url, parents = ?upstream.peers, "cache box: filling misses from upstream");
             let store = server.store().clone();
-            appliance.fill = Some(fill::start(config, upstream, store, link, misses, trigger.clone())?);
+            let asked = config.service.enabled.then(|| {
+                let (service_end, fill_end) = service_link(config, upstream);
+                service_upstream = Some(service_end);
+                fill_end
+            });
+            appliance.fill = Some(fill::start(config, upstream, store, link, misses, trigger.clone(), asked)?);
         }
         if config.store.verify_at_start {
             appliance.store_check =
@@ -79,7 +90,7 @@ impl Appliance {
         }
         appliance.server = Some(server);
         if config.service.enabled {
-            appliance.service = Some(Service::start(config)?);
+            appliance.service = Some(Service::start_for_box(config, service_upstream)?);
         }
         appliance.announcer = start_announcer(config, appliance.server(), appliance.service(), trigger)?;
         Ok(appliance)
@@ -143,6 +154,13 @@ impl Drop for Appliance {
             tracing::error!(%error, "appliance stopped with an error");
         }
     }
+}
+
+/// The link between the embedded service's catalog keeper and the fill thread: as many asks as
+/// the keeper's job queue, each answered within the two metadata steps (manifest, hash file).
+fn service_link(config: &Config, upstream: &UpstreamConfig) -> (MetadataUpstream, fill::service_asks::ServiceAsks) {
+    let timeout_ms = upstream.metadata_timeout_ms.saturating_mul(2).saturating_add(ASK_MARGIN_MS);
+    fill::service_asks::link(config.service.catalog_jobs_max as usize, Duration::from_millis(timeout_ms))
 }
 
 /// Announces this seed's content to the metadata service (the embedded one by default).

@@ -14,7 +14,7 @@ use crate::control::auth::AdminToken;
 use crate::control::metrics::{Refusal, RegistryOp, ServiceMetrics};
 use crate::control::rate::{AnnounceLimiter, RateError};
 use crate::control::registry::PeerRegistry;
-use crate::control::snapshot::{Done, Entry, Job, Snapshot, Ticket};
+use crate::control::snapshot::{Done, Entry, Job, Snapshot, Ticket, UpstreamMiss};
 use crate::control::validate::{parse_announce, parse_publish};
 use crate::http::{Method, Request};
 
@@ -193,6 +193,10 @@ impl Handler {
                 };
                 (ticket, response)
             }
+            Done::Unavailable { ticket, id, miss } => {
+                let pending = self.pending.remove(&ticket)?;
+                (ticket, unavailable_response(&id, &miss, &pending))
+            }
             Done::Written { ticket, id, result } => {
                 let pending = self.pending.remove(&ticket)?;
                 let response = match (result, pending) {
@@ -357,6 +361,19 @@ fn metadata_response(id: &ContentId, entry: Option<&Entry>, pending: &Pending) -
         (Pending::Manifest, None) => Response::error(404, format!("no manifest for {id}")),
         (_, Some(Entry { hashfile: Some(hashfile), .. })) => bytes("application/octet-stream", hashfile),
         (_, _) => Response::error(404, format!("no hash file for {id}")),
+    }
+}
+
+/// The answer to a manifest or hash file request for `id`, which a cache box could not get.
+fn unavailable_response(id: &ContentId, miss: &UpstreamMiss, pending: &Pending) -> Response {
+    let what = match pending {
+        Pending::Manifest => "manifest",
+        _ => "hash file",
+    };
+    let response = Response::error(miss.status(), format!("no {what} for {id}: {miss}"));
+    match miss {
+        UpstreamMiss::Busy { retry_after_s } => response.with_header("Retry-After", retry_after_s.to_string()),
+        _ => response,
     }
 }
 
@@ -563,5 +580,28 @@ mod tests {
             fixture.handler.handle(&request("GET /v1/content/b/manifest HTTP/1.1"), b"", LOOPBACK, now, 5).unwrap();
         assert_eq!(busy.status, 503);
         assert!(busy.extra.iter().any(|(name, _)| *name == "Retry-After"));
+    }
+
+    #[test]
+    fn what_a_box_cannot_get_from_upstream_is_answered_with_its_status_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fixture = handler(dir.path());
+        let now = Instant::now();
+        let cases = [
+            (UpstreamMiss::Unverified { reason: "hash file SHA-256 ab does not match".into() }, 404, "does not match"),
+            (UpstreamMiss::Busy { retry_after_s: 1 }, 503, "busy"),
+            (UpstreamMiss::TimedOut { timeout_ms: 21000 }, 504, "within 21000 ms"),
+        ];
+        for (ticket, (miss, status, says)) in (10..).zip(cases) {
+            let get = request("GET /v1/content/pkg/hashfile HTTP/1.1");
+            assert!(fixture.handler.handle(&get, b"", LOOPBACK, now, ticket).is_none(), "looked up off the thread");
+            fixture.jobs.try_recv().unwrap();
+            let id = ContentId::parse("pkg").unwrap();
+            let (answered, response) = fixture.handler.apply(Done::Unavailable { ticket, id, miss }).unwrap();
+            assert_eq!((answered, response.status), (ticket, status));
+            let error = error_of(&response);
+            assert!(error.starts_with("no hash file for pkg: ") && error.contains(says), "{error}");
+            assert_eq!(response.extra.iter().any(|(name, _)| *name == "Retry-After"), status == 503);
+        }
     }
 }

@@ -23,7 +23,7 @@ use crate::control::connection::{Connection, ConnectionLimits, Next};
 use crate::control::handler::{AnnounceAuth, Handler};
 use crate::control::redis_registry::{RedisRegistry, RedisSetupError};
 use crate::control::registry::{MemoryRegistry, PeerRegistry};
-use crate::control::snapshot::{self, Done, Keeper};
+use crate::control::snapshot::{self, Done, Keeper, MetadataUpstream, UpstreamWaits};
 use crate::http::RequestLimits;
 use crate::tls::{ensure_dev_tls, host_names, server_config, ServerTlsFiles, TlsError};
 
@@ -73,19 +73,33 @@ impl Service {
     /// Binds `config.service.listen` and serves `config.data_dir`'s catalog on a thread of its own,
     /// with the peer registry `[registry]` names (in memory, or on Redis).
     pub fn start(config: &Config) -> Result<ServiceHandle, ServiceError> {
+        Service::start_for_box(config, None)
+    }
+
+    /// As [`Service::start`]; for a cache box, `upstream` has the metadata of ids the catalog
+    /// lacks fetched by the box's fill thread.
+    pub fn start_for_box(config: &Config, upstream: Option<MetadataUpstream>) -> Result<ServiceHandle, ServiceError> {
         let ttl = Duration::from_millis(config.service.peer_ttl_ms);
         let entries_max = config.service.registry_entries_max;
         let registry: Box<dyn PeerRegistry> = match config.registry.backend {
             RegistryBackend::Memory => Box::new(MemoryRegistry::new(ttl, entries_max)),
             RegistryBackend::Redis => Box::new(RedisRegistry::new(&config.registry, ttl, entries_max)?),
         };
-        Service::start_with_registry(config, registry)
+        Service::start_with(config, registry, upstream)
     }
 
     /// As [`Service::start`], with the given peer registry.
     pub fn start_with_registry(
         config: &Config,
         registry: Box<dyn PeerRegistry>,
+    ) -> Result<ServiceHandle, ServiceError> {
+        Service::start_with(config, registry, None)
+    }
+
+    fn start_with(
+        config: &Config,
+        registry: Box<dyn PeerRegistry>,
+        upstream: Option<MetadataUpstream>,
     ) -> Result<ServiceHandle, ServiceError> {
         let service = &config.service;
         let addr: SocketAddr =
@@ -109,7 +123,12 @@ impl Service {
         let (done, answers) = crossbeam_channel::unbounded();
         let keeper_waker = waker.clone();
         let rescan = Duration::from_millis(service.catalog_rescan_ms.max(10));
-        let keeper = snapshot::spawn(keeper, rescan, job_queue, done, move || {
+        let upstream = upstream.map(|upstream| {
+            // Answered before the connection's own wait bound closes it unanswered.
+            let timeout = upstream.timeout.min(Duration::from_millis(service.body_timeout_ms) * 3 / 4);
+            (upstream, UpstreamWaits::new(service.catalog_jobs_max.max(1) as usize, timeout))
+        });
+        let keeper = snapshot::spawn(keeper, rescan, job_queue, done, upstream, move || {
             let _ = keeper_waker.wake();
         })?;
         let handler = Handler::new(snapshot, jobs, registry, token, announce_auth, service);

@@ -9,8 +9,15 @@
 //! - Every `catalog_rescan_ms` the keeper looks for entries changed or removed behind its back (by
 //!   another process writing the same directory) and sends them as [`Done::Changed`].
 //!
-//! Jobs wait in a bounded queue (`catalog_jobs_max`; past it the answer is 503). Each job gives
-//! exactly one [`Done`]; the other results are changes, at most one per catalog entry per rescan.
+//! - On a cache box ([`MetadataUpstream`]), an id that is on disk neither is fetched upstream by
+//!   the box's fill thread: the keeper asks once per id ([`UpstreamWaits`]), the fill thread
+//!   verifies and catalogs the metadata and answers [`Fetched`], and the keeper loads the id from
+//!   disk again; what the box cannot vouch for is a [`Done::Unavailable`], never a manifest.
+//!
+//! Jobs wait in a bounded queue (`catalog_jobs_max`; past it the answer is 503), and so do
+//! requests waiting for upstream. Each job gives exactly one [`Done`] (a request waiting for
+//! upstream gets it by its deadline at the latest); the other results are changes, at most one per
+//! catalog entry per rescan.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::content::{ContentId, Manifest};
@@ -88,6 +95,200 @@ pub enum Done {
     Removed { ticket: Ticket, id: ContentId, result: Result<bool, CatalogError> },
     /// A rescan found `id` changed on disk (`None`: removed or no longer readable).
     Changed { id: ContentId, entry: Option<Entry> },
+    /// The answer to a [`Job::Load`] of an id a cache box could not get from upstream.
+    Unavailable { ticket: Ticket, id: ContentId, miss: UpstreamMiss },
+}
+
+/// Why a cache box could not give the metadata of an id its catalog lacked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamMiss {
+    /// Upstream has no metadata the box can vouch for: no manifest, or a hash file that does not
+    /// verify against it (Simple mode).
+    #[error("upstream has no metadata this box can vouch for ({reason})")]
+    Unverified { reason: String },
+    /// Upstream could not be reached, or answered with an error.
+    #[error("the metadata could not be fetched from upstream: {reason}")]
+    Unreachable { reason: String },
+    /// The box's fill is at a limit.
+    #[error("the box is busy fetching metadata from upstream; try again shortly")]
+    Busy { retry_after_s: u32 },
+    /// No answer from the fill within the keeper's deadline.
+    #[error("no metadata from upstream within {timeout_ms} ms")]
+    TimedOut { timeout_ms: u64 },
+    /// Verified, but the box could not write it to its catalog.
+    #[error("the box could not catalog the metadata: {reason}")]
+    Local { reason: String },
+}
+
+impl UpstreamMiss {
+    /// The HTTP status a device gets for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamMiss::Unverified { .. } => 404,
+            UpstreamMiss::Unreachable { .. } => 502,
+            UpstreamMiss::Busy { .. } => 503,
+            UpstreamMiss::TimedOut { .. } => 504,
+            UpstreamMiss::Local { .. } => 500,
+        }
+    }
+}
+
+/// A cache box's fill thread's answer to an ask for `id`: `Ok` once the id's verified metadata is
+/// in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The id asked for.
+    pub id: ContentId,
+    /// Cataloged, or why not.
+    pub result: Result<(), UpstreamMiss>,
+}
+
+/// How the keeper of a cache box's embedded service has ids its catalog lacks fetched upstream.
+pub struct MetadataUpstream {
+    /// Asks the fill thread for an id's metadata (bounded; full: 503).
+    pub asks: Sender<ContentId>,
+    /// Wakes the fill thread after an ask.
+    pub wake: Box<dyn Fn() + Send>,
+    /// The fill thread's answers, one per ask.
+    pub answers: Receiver<Fetched>,
+    /// A request still unanswered this long after it began waiting is answered 504.
+    pub timeout: Duration,
+}
+
+/// What became of a request that joined [`UpstreamWaits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The first for its id: ask upstream.
+    Ask,
+    /// An ask for its id is out already.
+    Joined,
+    /// At the limit: answer 503.
+    Busy,
+}
+
+/// Requests whose id the catalog lacked, waiting for upstream (sans-I/O): one ask per id at a
+/// time, at most `waiting_max` requests, each answered by its deadline.
+#[derive(Debug)]
+pub struct UpstreamWaits {
+    by_id: HashMap<ContentId, Vec<(Ticket, Instant)>>,
+    waiting: usize,
+    waiting_max: usize,
+    timeout: Duration,
+}
+
+impl UpstreamWaits {
+    /// No request waits yet.
+    pub fn new(waiting_max: usize, timeout: Duration) -> UpstreamWaits {
+        assert!(waiting_max >= 1, "room for one waiting request at least");
+        UpstreamWaits { by_id: HashMap::new(), waiting: 0, waiting_max, timeout }
+    }
+
+    /// `ticket` waits for `id` from `now`.
+    pub fn wait(&mut self, ticket: Ticket, id: &ContentId, now: Instant) -> Wait {
+        if self.waiting >= self.waiting_max {
+            return Wait::Busy;
+        }
+        self.waiting += 1;
+        let deadline = now + self.timeout;
+        match self.by_id.get_mut(id) {
+            Some(tickets) => {
+                tickets.push((ticket, deadline));
+                Wait::Joined
+            }
+            None => {
+                self.by_id.insert(id.clone(), vec![(ticket, deadline)]);
+                Wait::Ask
+            }
+        }
+    }
+
+    /// Upstream answered for `id` (or cannot be asked): the requests to answer.
+    pub fn answered(&mut self, id: &ContentId) -> Vec<Ticket> {
+        let tickets: Vec<Ticket> = self.by_id.remove(id).unwrap_or_default().into_iter().map(|(t, _)| t).collect();
+        self.waiting -= tickets.len();
+        tickets
+    }
+
+    /// The requests whose deadline is past, to answer 504 (a later answer finds them gone).
+    pub fn expire(&mut self, now: Instant) -> Vec<(Ticket, ContentId)> {
+        let mut expired = Vec::new();
+        self.by_id.retain(|id, tickets| {
+            tickets.retain(|&(ticket, deadline)| {
+                let keep = deadline > now;
+                if !keep {
+                    expired.push((ticket, id.clone()));
+                }
+                keep
+            });
+            !tickets.is_empty()
+        });
+        self.waiting -= expired.len();
+        debug_assert_eq!(self.waiting, self.by_id.values().map(Vec::len).sum::<usize>());
+        expired
+    }
+
+    /// When [`UpstreamWaits::expire`] is next due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.by_id.values().flatten().map(|&(_, deadline)| deadline).min()
+    }
+}
+
+/// The keeper's side of a cache box's upstream: its link to the fill thread and who waits.
+struct Asking {
+    upstream: MetadataUpstream,
+    waits: UpstreamWaits,
+}
+
+impl Asking {
+    /// A load found nothing on disk: wait for upstream (asking once per id), or answer now.
+    fn wait(&mut self, ticket: Ticket, id: ContentId, now: Instant) -> Vec<Done> {
+        match self.waits.wait(ticket, &id, now) {
+            Wait::Joined => Vec::new(),
+            Wait::Busy => vec![Done::Unavailable { ticket, id, miss: UpstreamMiss::Busy { retry_after_s: 1 } }],
+            Wait::Ask => match self.upstream.asks.try_send(id.clone()) {
+                Ok(()) => {
+                    (self.upstream.wake)();
+                    Vec::new()
+                }
+                Err(error) => {
+                    let miss = match error {
+                        TrySendError::Full(_) => UpstreamMiss::Busy { retry_after_s: 1 },
+                        TrySendError::Disconnected(_) => {
+                            UpstreamMiss::Unreachable { reason: "the box's fill thread has stopped".into() }
+                        }
+                    };
+                    self.unavailable(&id, &miss)
+                }
+            },
+        }
+    }
+
+    /// The fill thread answered: what the catalog now holds, or why there is nothing.
+    fn answered(&mut self, fetched: Fetched, keeper: &mut Keeper) -> Vec<Done> {
+        match fetched.result {
+            Err(miss) => self.unavailable(&fetched.id, &miss),
+            Ok(()) => {
+                let tickets = self.waits.answered(&fetched.id);
+                // One disk read per request: `CatalogError` holds an `io::Error`, which does not clone.
+                let load = |ticket| Done::Loaded { ticket, id: fetched.id.clone(), result: keeper.load(&fetched.id) };
+                tickets.into_iter().map(load).collect()
+            }
+        }
+    }
+
+    fn unavailable(&mut self, id: &ContentId, miss: &UpstreamMiss) -> Vec<Done> {
+        let tickets = self.waits.answered(id);
+        tickets.into_iter().map(|ticket| Done::Unavailable { ticket, id: id.clone(), miss: miss.clone() }).collect()
+    }
+
+    /// Requests past their deadline: 504.
+    fn expire(&mut self, now: Instant) -> Vec<Done> {
+        let timeout_ms = self.waits.timeout.as_millis() as u64;
+        let expired = self.waits.expire(now).into_iter();
+        expired
+            .map(|(ticket, id)| Done::Unavailable { ticket, id, miss: UpstreamMiss::TimedOut { timeout_ms } })
+            .collect()
+    }
 }
 
 /// What identifies a version of a file on disk: inode, length, modification time.
@@ -192,25 +393,38 @@ impl Keeper {
 }
 
 /// Runs `keeper` on a thread of its own: jobs from `jobs`, results to `done`, `wake` after each
-/// result; a rescan every `rescan`. Ends when `jobs` or `done` is disconnected.
+/// result; a rescan every `rescan`. With `upstream` (a cache box), a load of an id that is not on
+/// disk waits for the box's fill thread, at most `catalog_jobs_max` such loads at once. Ends when
+/// `jobs` or `done` is disconnected.
 pub fn spawn(
-    mut keeper: Keeper,
+    keeper: Keeper,
     rescan: Duration,
     jobs: Receiver<Job>,
     done: Sender<Done>,
+    upstream: Option<(MetadataUpstream, UpstreamWaits)>,
     wake: impl Fn() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
+    let asking = upstream.map(|(upstream, waits)| Asking { upstream, waits });
+    let mut keeper_loop = KeeperLoop { keeper, asking, rescan, next_rescan: Instant::now() + rescan };
     std::thread::Builder::new().name("tessera-catalog".into()).spawn(move || {
-        let mut next_rescan = Instant::now() + rescan;
+        // A fill thread that went away answers no more; its waiting requests then time out.
+        let mut answers =
+            keeper_loop.asking.as_ref().map_or_else(crossbeam_channel::never, |a| a.upstream.answers.clone());
         loop {
-            let results = match jobs.recv_timeout(next_rescan.saturating_duration_since(Instant::now())) {
-                Ok(job) => vec![keeper.run(job)],
-                Err(RecvTimeoutError::Timeout) => {
-                    next_rescan = Instant::now() + rescan;
-                    keeper.rescan().into_iter().map(|(id, entry)| Done::Changed { id, entry }).collect()
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+            let due = keeper_loop.next_due().saturating_duration_since(Instant::now());
+            let mut results = Vec::new();
+            crossbeam_channel::select! {
+                recv(jobs) -> job => match job {
+                    Ok(job) => results = keeper_loop.run(job),
+                    Err(_) => return,
+                },
+                recv(answers) -> fetched => match fetched {
+                    Ok(fetched) => results = keeper_loop.answered(fetched),
+                    Err(_) => answers = crossbeam_channel::never(),
+                },
+                default(due) => {}
+            }
+            results.extend(keeper_loop.tick(Instant::now()));
             if results.is_empty() {
                 continue;
             }
@@ -222,6 +436,47 @@ pub fn spawn(
             wake();
         }
     })
+}
+
+/// What the keeper thread owns.
+struct KeeperLoop {
+    keeper: Keeper,
+    asking: Option<Asking>,
+    rescan: Duration,
+    next_rescan: Instant,
+}
+
+impl KeeperLoop {
+    /// Does one job; on a cache box, a load that finds nothing on disk waits for upstream.
+    fn run(&mut self, job: Job) -> Vec<Done> {
+        match (self.keeper.run(job), self.asking.as_mut()) {
+            (Done::Loaded { ticket, id, result: Ok(None) }, Some(asking)) => asking.wait(ticket, id, Instant::now()),
+            (done, _) => vec![done],
+        }
+    }
+
+    fn answered(&mut self, fetched: Fetched) -> Vec<Done> {
+        match self.asking.as_mut() {
+            Some(asking) => asking.answered(fetched, &mut self.keeper),
+            None => Vec::new(),
+        }
+    }
+
+    /// When [`KeeperLoop::tick`] has something to do.
+    fn next_due(&self) -> Instant {
+        let deadline = self.asking.as_ref().and_then(|asking| asking.waits.next_deadline());
+        deadline.map_or(self.next_rescan, |deadline| deadline.min(self.next_rescan))
+    }
+
+    /// Requests past their deadline, and the rescan when it is due.
+    fn tick(&mut self, now: Instant) -> Vec<Done> {
+        let mut results = self.asking.as_mut().map(|asking| asking.expire(now)).unwrap_or_default();
+        if now >= self.next_rescan {
+            self.next_rescan = now + self.rescan;
+            results.extend(self.keeper.rescan().into_iter().map(|(id, entry)| Done::Changed { id, entry }));
+        }
+        results
+    }
 }
 
 #[cfg(test)]
@@ -282,5 +537,94 @@ mod tests {
         assert!(matches!(removed, Done::Removed { ticket: 9, result: Ok(true), .. }), "{removed:?}");
         let loaded = keeper.run(Job::Load { ticket: 10, id });
         assert!(matches!(loaded, Done::Loaded { result: Ok(None), .. }), "{loaded:?}");
+    }
+
+    /// A box's keeper loop over a catalog in `dir`: at most `waiting_max` requests waiting, the
+    /// fill thread's end of the link (its asks, its answers).
+    fn box_keeper(dir: &std::path::Path, waiting_max: usize) -> (KeeperLoop, Receiver<ContentId>, Sender<Fetched>) {
+        let (asks, asked) = crossbeam_channel::bounded(waiting_max);
+        let (answer, answers) = crossbeam_channel::unbounded();
+        let timeout = Duration::from_secs(5);
+        let upstream = MetadataUpstream { asks, wake: Box::new(|| {}), answers, timeout };
+        let asking = Asking { upstream, waits: UpstreamWaits::new(waiting_max, timeout) };
+        let keeper = Keeper::new(Catalog::new(dir.join("catalog")));
+        let rescan = Duration::from_secs(3600);
+        (KeeperLoop { keeper, asking: Some(asking), rescan, next_rescan: Instant::now() + rescan }, asked, answer)
+    }
+
+    #[test]
+    fn a_box_keeper_asks_upstream_once_per_id_and_loads_what_the_fill_cataloged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut keeper, asked, _answer) = box_keeper(dir.path(), 4);
+        let id = ContentId::parse("x").unwrap();
+        assert!(keeper.run(Job::Load { ticket: 1, id: id.clone() }).is_empty(), "it waits for upstream");
+        assert!(keeper.run(Job::Load { ticket: 2, id: id.clone() }).is_empty());
+        assert_eq!(asked.try_iter().collect::<Vec<_>>(), vec![id.clone()], "one ask for both");
+        // The fill thread verified and cataloged it.
+        Catalog::new(dir.path().join("catalog")).write(&id, b"hf", &manifest("x", b"hf")).unwrap();
+        let done = keeper.answered(Fetched { id: id.clone(), result: Ok(()) });
+        let tickets: Vec<Ticket> = done
+            .iter()
+            .map(|done| match done {
+                Done::Loaded { ticket, result: Ok(Some(entry)), .. } => {
+                    assert_eq!(entry.hashfile.as_deref(), Some(b"hf".as_slice()));
+                    *ticket
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(tickets, vec![1, 2]);
+        // On disk now: answered without asking.
+        let done = keeper.run(Job::Load { ticket: 3, id });
+        assert!(matches!(done.as_slice(), [Done::Loaded { ticket: 3, result: Ok(Some(_)), .. }]), "{done:?}");
+        assert!(asked.is_empty());
+        assert!(keeper.tick(Instant::now()).is_empty(), "nobody waits");
+    }
+
+    #[test]
+    fn a_box_keeper_answers_what_upstream_lacks_busy_past_its_bound_and_504_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut keeper, asked, answer) = box_keeper(dir.path(), 2);
+        let (a, b, c) =
+            (ContentId::parse("a").unwrap(), ContentId::parse("b").unwrap(), ContentId::parse("c").unwrap());
+        assert!(keeper.run(Job::Load { ticket: 1, id: a.clone() }).is_empty());
+        assert!(keeper.run(Job::Load { ticket: 2, id: b.clone() }).is_empty());
+        let busy = keeper.run(Job::Load { ticket: 3, id: c });
+        let [Done::Unavailable { ticket: 3, miss, .. }] = busy.as_slice() else { panic!("{busy:?}") };
+        assert_eq!(miss.status(), 503);
+        assert_eq!(asked.len(), 2);
+        let unverified = UpstreamMiss::Unverified { reason: "no manifest".into() };
+        let done = keeper.answered(Fetched { id: a.clone(), result: Err(unverified.clone()) });
+        assert!(
+            matches!(done.as_slice(), [Done::Unavailable { ticket: 1, miss, .. }] if *miss == unverified),
+            "{done:?}"
+        );
+        assert_eq!(unverified.status(), 404);
+        assert!(keeper.tick(Instant::now()).is_empty(), "b is not due yet");
+        let late = keeper.tick(Instant::now() + Duration::from_secs(6));
+        let [Done::Unavailable { ticket: 2, id, miss: UpstreamMiss::TimedOut { timeout_ms: 5000 } }] = late.as_slice()
+        else {
+            panic!("{late:?}")
+        };
+        assert_eq!(*id, b);
+        // A late answer finds nobody; the fill thread gone, a new request is answered at once.
+        assert!(keeper.answered(Fetched { id: b, result: Ok(()) }).is_empty());
+        drop(asked);
+        let gone = keeper.run(Job::Load { ticket: 4, id: a });
+        assert!(
+            matches!(gone.as_slice(), [Done::Unavailable { ticket: 4, miss: UpstreamMiss::Unreachable { .. }, .. }]),
+            "{gone:?}"
+        );
+        drop(answer);
+    }
+
+    #[test]
+    fn without_upstream_an_absent_id_is_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = Keeper::new(Catalog::new(dir.path().join("catalog")));
+        let rescan = Duration::from_secs(3600);
+        let mut keeper = KeeperLoop { keeper, asking: None, rescan, next_rescan: Instant::now() + rescan };
+        let done = keeper.run(Job::Load { ticket: 1, id: ContentId::parse("x").unwrap() });
+        assert!(matches!(done.as_slice(), [Done::Loaded { ticket: 1, result: Ok(None), .. }]), "{done:?}");
     }
 }
