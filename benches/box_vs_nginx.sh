@@ -2,7 +2,7 @@
 # tessera as a cache box vs nginx as a cache with lancache's settings, the same nginx origin and
 # the same curl clients in the same run.
 #
-#   bash benches/box_vs_nginx.sh         # SIZE_MIB=256 CLIENTS=32 RUNS=3
+#   bash benches/box_vs_nginx.sh         # SIZE_MIB=256 CLIENTS=32 RUNS=3 SCENARIOS="cold cold-32 warm"
 #
 # The origin is nginx serving one file of SIZE_MIB random bytes (access log: bytes sent per
 # request). tessera's upstream metadata service is a second tessera holding the content's
@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-256}
 CLIENTS=${CLIENTS:-32}
 RUNS=${RUNS:-3}
+SCENARIOS=${SCENARIOS:-cold cold-32 warm}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -154,7 +155,7 @@ run() { # cache scenario
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-for scenario in cold cold-32 warm; do
+for scenario in $SCENARIOS; do
     echo "== $scenario" >&2
     for i in $(seq 1 "$RUNS"); do
         if [ $((i % 2)) -eq 1 ]; then order="tessera nginx"; else order="nginx tessera"; fi
@@ -166,7 +167,7 @@ echo
 echo "$SIZE_MIB MiB content, $RUNS runs each (medians), caches on CPU $SERVER_CPU, origin and curl on CPU $CLIENT_CPU; $(uname -r)"
 echo
 printf "%-8s %12s %12s %8s %14s %14s\n" run "tessera s" "nginx s" ratio "tessera egress" "nginx egress"
-for scenario in cold cold-32 warm; do
+for scenario in $SCENARIOS; do
     t=$(echo "${TIMES[tessera,$scenario]}" | median)
     n=$(echo "${TIMES[nginx,$scenario]}" | median)
     te=$(echo "${EGRESS[tessera,$scenario]}" | median)
