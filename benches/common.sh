@@ -104,7 +104,8 @@ TOML
 }
 
 # Starts an empty cache box (data dir $WORK/box, one worker, on PIN_SERVER) on PORT whose upstream
-# is the metadata service of box_upstream_setup; sets BOX_PID and adds it to PIDS.
+# is the metadata service of box_upstream_setup, plus BOX_UPSTREAM_EXTRA (lines of its
+# `[upstream]` section); sets BOX_PID and adds it to PIDS.
 box_start() { # port service_port
     rm -rf "$WORK/box"
     mkdir -p "$WORK/box"
@@ -120,6 +121,7 @@ enabled = false
 [upstream]
 service_url = "https://localhost:$2"
 ca_file = "$WORK/seed/tls/ca.pem"
+${BOX_UPSTREAM_EXTRA:-}
 TOML
     RUST_LOG=warn $PIN_SERVER "$TESSERA" serve --config "$WORK/box.toml" 2>>"$WORK/box.log" &
     BOX_PID=$!
