@@ -381,16 +381,22 @@ impl FillEngine {
     }
 
     /// Claims the waiter's window up to `read_ahead_pieces`; a first piece that cannot be claimed
-    /// makes the waiter busy, a later one is claimed on a later progress.
+    /// makes the waiter busy, a later one is claimed on a later progress. A waiter whose stream
+    /// has begun (its first piece landed: its head may be on the wire) is never made busy: its
+    /// next piece joins the waiter list past `waiters_per_piece_max` (still bounded: it was
+    /// admitted, and only its one next piece goes past), since a busy answer there would cut a
+    /// response short.
     fn extend_window(&mut self, waiter: WaiterKey, now_ms: u64) {
         let state = &self.waiters[&waiter];
         let (fill, next, end) = (state.fill, state.next_piece, state.end_piece);
+        let started = state.first_landed;
         let limit = end.min(next + u64::from(self.limits.read_ahead_pieces));
         let content = self.fills[&fill].content.clone();
         let mut index = state.claimed_end;
         while index < limit {
             let claim = Claim { claimant: Claimant::Waiter(waiter), fill, index };
-            if !self.claim(claim, content.digest(index), now_ms) {
+            let past_bound = started && index == next;
+            if !self.claim(claim, content.digest(index), past_bound, now_ms) {
                 break;
             }
             index += 1;
@@ -404,13 +410,14 @@ impl FillEngine {
         }
     }
 
-    /// Adds a claim on a digest, queueing a fetch if it is new; false when its waiter list is full.
-    pub(super) fn claim(&mut self, claim: Claim, digest: Digest, _now_ms: u64) -> bool {
+    /// Adds a claim on a digest, queueing a fetch if it is new; false when its waiter list is full
+    /// (unless `past_bound`: an admitted stream's next piece).
+    pub(super) fn claim(&mut self, claim: Claim, digest: Digest, past_bound: bool, _now_ms: u64) -> bool {
         let high = matches!(claim.claimant, Claimant::Waiter(_));
         let waiters_max = self.waiters_per_piece();
         let length = self.fills[&claim.fill].content.piece_length(claim.index);
         let entry = self.pieces.entry(digest).or_insert_with(|| PieceEntry::new(length));
-        if high && entry.waiter_claims() >= waiters_max {
+        if high && !past_bound && entry.waiter_claims() >= waiters_max {
             return false;
         }
         if high && entry.waiter_claims() > 0 {
@@ -419,7 +426,7 @@ impl FillEngine {
         let was_high = entry.is_high();
         let was_new = entry.claims.is_empty() && matches!(entry.state, PieceState::Queued);
         entry.claims.push(claim);
-        debug_assert!(entry.waiter_claims() <= waiters_max, "waiter list over its bound");
+        debug_assert!(past_bound || entry.waiter_claims() <= waiters_max, "waiter list over its bound");
         if matches!(entry.state, PieceState::Queued) && (was_new || (high && !was_high)) {
             self.enqueue(digest, high, false);
         }
@@ -492,7 +499,8 @@ impl FillEngine {
             state.background_next = Some(next + 1);
             state.background_claims += 1;
             let digest = state.content.digest(next);
-            let claimed = self.claim(Claim { claimant: Claimant::Background, fill, index: next }, digest, now_ms);
+            let claimed =
+                self.claim(Claim { claimant: Claimant::Background, fill, index: next }, digest, false, now_ms);
             debug_assert!(claimed, "background claims are not bounded by the waiter list");
         }
         self.maybe_drop_fill(fill, now_ms);
@@ -530,7 +538,15 @@ impl FillEngine {
         assert_eq!(memory, self.memory_bytes, "piece memory books balance");
         assert!(self.fills.len() <= self.limits.fills_in_flight_max as usize, "fills over their bound");
         for entry in self.pieces.values() {
-            assert!(entry.waiter_claims() <= self.waiters_per_piece(), "waiter list over its bound");
+            // Streams under way may join past the bound, each with its one next piece.
+            let under_way = |claim: &Claim| match claim.claimant {
+                Claimant::Waiter(key) => {
+                    self.waiters.get(&key).is_some_and(|w| w.first_landed && claim.index == w.next_piece)
+                }
+                Claimant::Background => false,
+            };
+            let past = entry.claims.iter().filter(|claim| under_way(claim)).count();
+            assert!(entry.waiter_claims() <= self.waiters_per_piece() + past, "waiter list over its bound");
         }
         let window = u64::from(self.limits.read_ahead_pieces);
         assert!(self.waiters.values().all(|w| w.claimed_end - w.next_piece <= window), "window over its bound");

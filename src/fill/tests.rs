@@ -386,6 +386,27 @@ fn a_full_waiter_list_answers_busy() {
 }
 
 #[test]
+fn a_stream_already_under_way_is_never_made_busy_by_a_full_waiter_list() {
+    let mut b = engine_with(FillLimits { waiters_per_piece_max: 1, ..limits() }, 1);
+    let c = content("c", &[1, 2, 3]);
+    // a streams the whole content (a window of two); b waits for piece 2 alone and fills its list.
+    b.want(key(0, 1), &c, 0, 3, 0);
+    b.want(key(0, 2), &c, 2, 3, 0);
+    let starts = b.starts();
+    assert_eq!(pieces(&starts), [0, 1, 2]);
+    for fetch in &starts[..2] {
+        b.land(fetch.fetch, 1);
+    }
+    assert_eq!(b.notes(), [landed(0, &[1], 1), landed(0, &[1], 2)]);
+    // a has sent pieces 0 and 1; its next piece's list is full, yet it must not be cut short.
+    b.engine.handle_progress(key(0, 1), 2, 2);
+    assert_eq!(b.notes(), [], "no busy answer in the middle of a stream");
+    b.land(starts[2].fetch, 3);
+    assert_eq!(b.notes(), [landed(0, &[1, 2], 3)], "both are told when piece 2 lands");
+    assert_eq!(b.engine.counters().busy_total, 0);
+}
+
+#[test]
 fn a_fill_past_the_fill_limit_answers_busy() {
     let mut b = engine_with(FillLimits { fills_in_flight_max: 1, ..limits() }, 1);
     b.want(key(0, 1), &content("a", &[1]), 0, 1, 0);
