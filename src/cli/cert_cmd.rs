@@ -7,6 +7,10 @@ use crate::tls::{host_names, DevCa, DevTlsFiles};
 
 /// Arguments of `tessera cert`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera cert init /etc/tessera/tls
+  tessera cert init ./tls --name box1.example --name 10.0.0.5 --force")]
 pub struct CertArgs {
     #[command(subcommand)]
     pub command: CertCommand,
@@ -21,6 +25,11 @@ pub enum CertCommand {
 
 /// Arguments of `tessera cert init`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera cert init /etc/tessera/tls
+  tessera cert init ./tls --name box1.example --name 10.0.0.5
+  curl --cacert ./tls/ca.pem https://box1.example:7443/v1/content/ID")]
 pub struct CertInitArgs {
     /// Directory to write ca.pem, ca.key.pem, server.pem and server.key.pem into.
     pub dir: PathBuf,

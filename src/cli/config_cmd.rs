@@ -3,15 +3,21 @@
 use std::path::PathBuf;
 
 use crate::cli::CliError;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_CONFIG_TOML};
 
 /// Arguments of `tessera config`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera config --print-default > /etc/tessera/tessera.toml
+  tessera config --check /etc/tessera/tessera.toml
+  tessera config --check box.toml && tessera serve --config box.toml")]
 pub struct ConfigArgs {
-    /// Print the default configuration (the embedded one) as TOML.
+    /// Print the embedded default configuration, comments and optional keys included.
     #[arg(long)]
     pub print_default: bool,
-    /// Check a configuration file and print it with every default filled in.
+    /// Check a configuration file with the checks `serve` runs (every bad key is named; exit
+    /// status 2), and print it with every default filled in.
     #[arg(long, value_name = "FILE")]
     pub check: Option<PathBuf>,
 }
@@ -19,7 +25,7 @@ pub struct ConfigArgs {
 /// Runs `tessera config`.
 pub fn run(args: ConfigArgs) -> Result<(), CliError> {
     if args.print_default {
-        print!("{}", Config::default_toml());
+        print!("{DEFAULT_CONFIG_TOML}");
         return Ok(());
     }
     if let Some(path) = args.check {

@@ -7,6 +7,10 @@ use crate::hash::{bulk_threads, speed, Backend, X16_LANES_MIN};
 
 /// Arguments of `tessera info`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera info
+  tessera info --hash-speed --json")]
 pub struct InfoArgs {
     /// Also measure SHA-256 speed on 1 MiB pieces: one stream, a batch on one core, batches on
     /// all cores (about 2 s each).

@@ -1,10 +1,12 @@
 //! Command-line surface: argument types and one function per subcommand.
 
 mod cert_cmd;
+mod completions_cmd;
 mod config_cmd;
 mod get_cmd;
 mod info;
 mod load_cmd;
+mod man_cmd;
 mod publish_cmd;
 mod serve;
 mod service_cmd;
@@ -41,6 +43,10 @@ pub enum Command {
     Config(config_cmd::ConfigArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
     Info(info::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions_cmd::CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    Man(man_cmd::ManArgs),
 }
 
 /// A failure the binary reports to a person (or as JSON) and turns into an exit status.
@@ -107,6 +113,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Load(args) => load_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Info(args) => info::run(args),
+        Command::Completions(args) => completions_cmd::run(args),
+        Command::Man(args) => man_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

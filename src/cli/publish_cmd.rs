@@ -13,6 +13,11 @@ use crate::store::Store;
 
 /// Arguments of `tessera publish`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera publish update.cab --id kb5031445 --source https://origin.example/update.cab
+  tessera publish big.iso --id iso-2026-11 --piece-size 4M --config /etc/tessera/tessera.toml
+  tessera publish notes.txt --id notes --no-store --json")]
 pub struct PublishArgs {
     /// The file to publish.
     pub file: PathBuf,

@@ -11,6 +11,14 @@ use crate::dataplane::ServeError;
 
 /// Arguments of `tessera serve`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera serve --config /etc/tessera/tessera.toml
+  tessera serve --listen 0.0.0.0:7680 --workers 4 --backend epoll
+  tessera serve --upstream https://seed.example:7443 --upstream-ca /etc/tessera/upstream-ca.pem
+
+Check a config first with `tessera config --check FILE`. RUST_LOG sets the log level
+(e.g. RUST_LOG=debug or RUST_LOG=tessera::fill=debug).")]
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
@@ -63,6 +71,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     args.service.apply(&mut config);
     apply_upstream(&args.upstream, &args.upstream_ca, &args.upstream_peers, &mut config)?;
+    // The file was checked when loaded; the command-line overrides are checked the same way.
+    let origin = args.data.config.clone().unwrap_or_else(|| crate::config::DEFAULT_CONFIG_ORIGIN.into());
+    config.check(&origin)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())

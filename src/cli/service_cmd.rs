@@ -6,6 +6,10 @@ use crate::control::{Service, ServiceHandle};
 
 /// Arguments of `tessera service`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tessera service --config /etc/tessera/tessera.toml
+  tessera service --listen 0.0.0.0:7443 --data-dir /var/lib/tessera")]
 pub struct ServiceArgs {
     /// Address to listen on (HTTPS); overrides the config's `[service] listen`.
     #[arg(long, value_name = "ADDR")]

@@ -7,6 +7,7 @@ mod serve;
 mod service;
 mod store;
 mod upstream;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,13 @@ pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
 pub use upstream::{UpstreamConfig, UpstreamConfigError};
+pub use validate::{Problem, Problems};
 
 /// The embedded default configuration, as shipped in `appliance/tessera.toml`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../appliance/tessera.toml");
+
+/// How errors name the embedded default config.
+pub const DEFAULT_CONFIG_ORIGIN: &str = "<embedded default>";
 
 /// Why a config file was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +35,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("config {path} is not valid: {source}")]
-    Upstream { path: PathBuf, source: UpstreamConfigError },
-    #[error("config {path} is not valid: {source}")]
-    Registry { path: PathBuf, source: RegistryConfigError },
+    #[error("config {path} has {source}")]
+    Values { path: PathBuf, source: Problems },
 }
 
 /// The whole configuration.
@@ -79,17 +82,20 @@ impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })?;
-        if let Some(upstream) = &config.upstream {
-            upstream.validate().map_err(|source| ConfigError::Upstream { path: origin.to_path_buf(), source })?;
-        }
-        config.registry.validate().map_err(|source| ConfigError::Registry { path: origin.to_path_buf(), source })?;
+        config.check(origin)?;
         Ok(config)
+    }
+
+    /// [`Config::validate`] as a [`ConfigError`] naming `origin`: what `config --check` and
+    /// `serve` (after its command-line overrides) run before starting anything.
+    pub fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+        self.validate().map_err(|source| ConfigError::Values { path: origin.to_path_buf(), source })
     }
 
     /// Loads a file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
-            None => Self::parse(DEFAULT_CONFIG_TOML, Path::new("<embedded default>")),
+            None => Self::parse(DEFAULT_CONFIG_TOML, Path::new(DEFAULT_CONFIG_ORIGIN)),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
