@@ -7,6 +7,7 @@
 //! → announcer → service.
 
 pub mod announcer;
+pub mod check;
 pub mod fill;
 pub mod store_check;
 

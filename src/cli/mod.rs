@@ -148,7 +148,15 @@ pub struct DataDirArgs {
 impl DataDirArgs {
     /// The configuration with command-line overrides applied.
     pub fn load(&self) -> Result<crate::config::Config, CliError> {
-        let mut config = crate::config::Config::load(self.config.as_deref())?;
+        self.with_data_dir(crate::config::Config::load(self.config.as_deref())?)
+    }
+
+    /// [`DataDirArgs::load`] without the value checks (`serve --check` reports them itself).
+    pub fn load_unchecked(&self) -> Result<crate::config::Config, CliError> {
+        self.with_data_dir(crate::config::Config::load_unchecked(self.config.as_deref())?)
+    }
+
+    fn with_data_dir(&self, mut config: crate::config::Config) -> Result<crate::config::Config, CliError> {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }

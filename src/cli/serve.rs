@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::appliance::check::Finding;
 use crate::appliance::{Appliance, ApplianceError};
 use crate::cli::service_cmd::{self, EmbeddedServiceArgs};
 use crate::cli::{CliError, DataDirArgs};
@@ -14,10 +15,11 @@ use crate::dataplane::ServeError;
 #[command(after_help = "\
 Examples:
   tessera serve --config /etc/tessera/tessera.toml
-  tessera serve --listen 0.0.0.0:7680 --workers 4 --backend epoll
-  tessera serve --upstream https://seed.example:7443 --upstream-ca /etc/tessera/upstream-ca.pem
+  tessera serve --check --config /etc/tessera/tessera.toml
 
-Check a config first with `tessera config --check FILE`. RUST_LOG sets the log level
+`--check` starts nothing: it checks the values, the data dir and store, the service certificate,
+that the listen addresses are free, io_uring, and the upstream; it names every problem and exits
+0 or 2. `tessera config --check FILE` checks the values alone. RUST_LOG sets the log level
 (e.g. RUST_LOG=debug or RUST_LOG=tessera::fill=debug).")]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -42,6 +44,10 @@ pub struct ServeArgs {
     /// A parent that speaks the piece API, `HOST:PORT`; repeatable (replaces `[upstream] peers`).
     #[arg(long = "upstream-peer", value_name = "HOST:PORT")]
     pub upstream_peers: Vec<String>,
+    /// Check everything a start needs (config, data dir and store, certificates, free listen
+    /// addresses, io_uring, upstream), start nothing, and exit 0 or 2 naming every problem.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl From<ApplianceError> for CliError {
@@ -58,19 +64,11 @@ impl From<ApplianceError> for CliError {
 
 /// Runs `tessera serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    if args.check {
+        return run_check(&args);
+    }
     let mut config = args.data.load()?;
-    if let Some(listen) = args.listen {
-        config.serve.listen = listen;
-    }
-    if let Some(workers) = args.workers {
-        config.serve.workers = workers;
-    }
-    if let Some(backend) = &args.backend {
-        config.serve.backend = BackendChoice::parse(backend)
-            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
-    }
-    args.service.apply(&mut config);
-    apply_upstream(&args.upstream, &args.upstream_ca, &args.upstream_peers, &mut config)?;
+    apply_flags(&args, &mut config)?;
     // The file was checked when loaded; the command-line overrides are checked the same way.
     let origin = args.data.config.clone().unwrap_or_else(|| crate::config::DEFAULT_CONFIG_ORIGIN.into());
     config.check(&origin)?;
@@ -84,6 +82,45 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         service_cmd::report(service);
     }
     appliance.run_until(&stop)?;
+    Ok(())
+}
+
+/// Applies the command-line overrides over the loaded config.
+fn apply_flags(args: &ServeArgs, config: &mut crate::config::Config) -> Result<(), CliError> {
+    if let Some(listen) = &args.listen {
+        config.serve.listen = listen.clone();
+    }
+    if let Some(workers) = args.workers {
+        config.serve.workers = workers;
+    }
+    if let Some(backend) = &args.backend {
+        config.serve.backend = BackendChoice::parse(backend)
+            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
+    }
+    args.service.apply(config);
+    apply_upstream(&args.upstream, &args.upstream_ca, &args.upstream_peers, config)
+}
+
+/// `serve --check`: every problem on stderr, one a line, then exit 2; what a start would do on
+/// stdout (after "configuration ok" when there is no problem). Bad values are collected with the rest rather than stopping the load.
+fn run_check(args: &ServeArgs) -> Result<(), CliError> {
+    let mut config = args.data.load_unchecked()?;
+    apply_flags(args, &mut config)?;
+    let findings = crate::appliance::check::check(&config);
+    let problems = findings.iter().filter(|finding| matches!(finding, Finding::Problem(_))).count();
+    if problems == 0 {
+        println!("configuration ok");
+    }
+    for finding in &findings {
+        match finding {
+            Finding::Problem(problem) => eprintln!("problem: {problem}"),
+            Finding::Note(note) => println!("  {note}"),
+        }
+    }
+    if problems > 0 {
+        let plural = if problems == 1 { "" } else { "s" };
+        return Err(CliError::Usage(format!("serve --check: {problems} problem{plural}")));
+    }
     Ok(())
 }
 

@@ -80,10 +80,15 @@ impl Default for Config {
 impl Config {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })?;
+        let config = Self::parse_unchecked(text, origin)?;
         config.check(origin)?;
         Ok(config)
+    }
+
+    /// Parses TOML text without [`Config::validate`]: for `serve --check`, which reports bad
+    /// values together with every other problem.
+    pub fn parse_unchecked(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid { path: origin.to_path_buf(), message: e.to_string() })
     }
 
     /// [`Config::validate`] as a [`ConfigError`] naming `origin`: what `config --check` and
@@ -94,12 +99,19 @@ impl Config {
 
     /// Loads a file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = Self::load_unchecked(path)?;
+        config.check(path.unwrap_or(Path::new(DEFAULT_CONFIG_ORIGIN)))?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without [`Config::validate`] (see [`Config::parse_unchecked`]).
+    pub fn load_unchecked(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
-            None => Self::parse(DEFAULT_CONFIG_TOML, Path::new(DEFAULT_CONFIG_ORIGIN)),
+            None => Self::parse_unchecked(DEFAULT_CONFIG_TOML, Path::new(DEFAULT_CONFIG_ORIGIN)),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                Self::parse(&text, path)
+                Self::parse_unchecked(&text, path)
             }
         }
     }

@@ -120,6 +120,11 @@ impl MetadataClient {
         Ok(self.get_ok(service_url, &format!("/v1/content/{id}/hashfile"))?.1)
     }
 
+    /// `GET /healthz`: the service answers over TLS (what `serve --check` asks an upstream).
+    pub fn health(&self, service_url: &str) -> Result<(), ClientError> {
+        self.get_ok(service_url, "/healthz").map(|_| ())
+    }
+
     /// `GET /metrics`: the service's own counters (Prometheus text).
     pub fn metrics(&self, service_url: &str) -> Result<String, ClientError> {
         let (url, body) = self.get_ok(service_url, "/metrics")?;
