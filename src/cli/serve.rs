@@ -15,6 +15,7 @@ use crate::dataplane::ServeError;
 #[command(after_help = "\
 Examples:
   tessera serve --config /etc/tessera/tessera.toml
+  tessera serve --upstream https://seed.example:7443 --upstream-ca /etc/tessera/upstream-ca.pem
   tessera serve --check --config /etc/tessera/tessera.toml
 
 `--check` starts nothing: it checks the values, the data dir and store, the service certificate,
