@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fakes::{Behavior, Content, Fake};
-use harness::{get_with_service, summary_source, tessera, Serve};
+use harness::{get, get_with_service, metric, metric_settled, summary_source, tessera, Serve};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,44 +27,6 @@ fn publish(data: &Path, content: &Content, extra: &[String]) {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// One `GET` with `Connection: close`: (status, head, body).
-fn get(address: &str, target: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
-    write!(stream, "GET {target} HTTP/1.1\r\nHost: box\r\n{range}Connection: close\r\n\r\n").unwrap();
-    let mut wire = Vec::new();
-    stream.read_to_end(&mut wire).unwrap();
-    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-    let head = String::from_utf8_lossy(&wire[..split]).to_string();
-    let status = head[9..12].parse().unwrap();
-    (status, head, wire[split..].to_vec())
-}
-
-/// The sum of the `/metrics` samples whose line starts with `prefix` and contains `label`.
-fn metric(address: &str, prefix: &str, label: &str) -> u64 {
-    let (_, _, body) = get(address, "/metrics", None);
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|line| line.starts_with(prefix) && line.contains(label))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// [`metric`] once it reaches `expected`, or its last value after [`WAIT`] (the fill thread
-/// publishes its counters just after it answers).
-fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let value = metric(address, prefix, "");
-        if value == expected || Instant::now() >= deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `tessera_http_requests_total` with status 200, over the server's workers.
