@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::cli::CliError;
-use crate::hash::{bulk_threads, speed, Backend, X16_LANES_MIN};
+use crate::hash::{bulk_threads, speed, Backend, NI_LANES_MIN, X16_LANES_MIN};
 
 /// Arguments of `tessera info`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,11 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<(), CliError> {
     let backend = Backend::detect();
     let batch_backend = Backend::detect_batch();
+    let batch_pieces_min = match batch_backend {
+        Backend::Avx512X16 => X16_LANES_MIN,
+        Backend::ShaNiX4 => NI_LANES_MIN,
+        _ => 1,
+    };
     let cores = bulk_threads();
     let measured = args.hash_speed.then(|| speed::measure(1 << 20, Duration::from_secs(2), cores));
     if args.json {
@@ -32,7 +37,7 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
             "version": env!("CARGO_PKG_VERSION"),
             "sha256_backend": backend.name(),
             "sha256_batch_backend": batch_backend.name(),
-            "sha256_batch_pieces_min": X16_LANES_MIN,
+            "sha256_batch_pieces_min": batch_pieces_min,
             "cores": cores,
         });
         if let Some(m) = measured {
@@ -44,7 +49,7 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
     } else {
         println!("tessera {}", env!("CARGO_PKG_VERSION"));
         println!("sha256 backend: {}", backend.name());
-        println!("sha256 batch backend ({X16_LANES_MIN}+ pieces): {}", batch_backend.name());
+        println!("sha256 batch backend ({batch_pieces_min}+ pieces): {}", batch_backend.name());
         println!("cores: {cores}");
         if let Some(m) = measured {
             println!("sha256 1 MiB pieces, one stream:        {:.2} GB/s", m.single_stream_bytes_per_s / 1e9);

@@ -1,7 +1,8 @@
 //! Every SHA-256 path against two independent implementations, `ring` and `sha2`'s own
 //! `Sha256`: block edges, batches of 1 to 33 mixed lengths, and seeded random batches. The
 //! AVX-512 path is checked with several `lanes_min` so that lanes refill, finish early and hand
-//! over to the single-stream path mid-message. Paths this CPU lacks are skipped with a note.
+//! over to the single-stream path mid-message; the interleaved SHA-NI path hands over from four
+//! streams to two to one. Paths this CPU lacks are skipped with a note.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -59,6 +60,9 @@ fn check(messages: &[Vec<u8>]) {
                 let got = x16::hash_batch(&refs, lanes_min);
                 assert_eq!(got, expected, "x16 with lanes_min {lanes_min}, lengths {lengths:?}");
             }
+        }
+        if ni_multi::available() {
+            assert_eq!(ni_multi::hash_batch(&refs), expected, "interleaved SHA-NI, lengths {lengths:?}");
         }
     }
 }
@@ -121,9 +125,15 @@ fn seeded_random_batches() {
 #[test]
 fn batch_backend_is_named() {
     let batch = Backend::detect_batch();
-    if x16_runs() {
-        assert_eq!(batch.name(), "avx512-x16");
-    } else {
-        assert_eq!(batch, Backend::detect());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let expected = match (x16::available(), ni_multi::available()) {
+            (true, true) => vec!["avx512-x16", "sha-ni-x4"],
+            (true, false) => vec!["avx512-x16"],
+            (false, true) => vec!["sha-ni-x4"],
+            (false, false) => vec![Backend::detect().name()],
+        };
+        assert!(expected.contains(&batch.name()), "{} is not one of {expected:?}", batch.name());
     }
+    assert_eq!(batch, Backend::detect_batch(), "measured once, the same answer after");
 }

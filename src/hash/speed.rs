@@ -19,7 +19,7 @@ pub struct HashSpeed {
 
 /// CPU time consumed by the calling thread. `openssl speed` also counts CPU time (not wall
 /// time) unless given `-elapsed`, so the one-core figures compare on a busy machine.
-fn thread_cpu_time() -> Duration {
+pub(crate) fn thread_cpu_time() -> Duration {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .expect("CLOCK_THREAD_CPUTIME_ID is available on Linux");
     Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
