@@ -69,6 +69,9 @@ macro_rules! rounds4 {
 /// The next four message words of every stream from the last sixteen (`w[i % 4]` is replaced),
 /// then four rounds with them.
 macro_rules! schedule_rounds4 {
+    ($abef:ident, $cdgh:ident, $w:ident; $($group:literal)*) => {
+        $(schedule_rounds4!($abef, $cdgh, $w, $group);)*
+    };
     ($abef:ident, $cdgh:ident, $w:ident, $group:literal) => {
         let [w0, w1, w2, w3] = [$group % 4, ($group + 1) % 4, ($group + 2) % 4, ($group + 3) % 4];
         for s in 0..N {
@@ -122,18 +125,7 @@ fn compress_interleaved<const N: usize>(states: &mut [[u32; 8]; N], runs: &[&[u8
             let words: [__m128i; N] = std::array::from_fn(|s| w[s][group]);
             rounds4!(abef, cdgh, words, group);
         }
-        schedule_rounds4!(abef, cdgh, w, 4);
-        schedule_rounds4!(abef, cdgh, w, 5);
-        schedule_rounds4!(abef, cdgh, w, 6);
-        schedule_rounds4!(abef, cdgh, w, 7);
-        schedule_rounds4!(abef, cdgh, w, 8);
-        schedule_rounds4!(abef, cdgh, w, 9);
-        schedule_rounds4!(abef, cdgh, w, 10);
-        schedule_rounds4!(abef, cdgh, w, 11);
-        schedule_rounds4!(abef, cdgh, w, 12);
-        schedule_rounds4!(abef, cdgh, w, 13);
-        schedule_rounds4!(abef, cdgh, w, 14);
-        schedule_rounds4!(abef, cdgh, w, 15);
+        schedule_rounds4!(abef, cdgh, w; 4 5 6 7 8 9 10 11 12 13 14 15);
         for s in 0..N {
             abef[s] = _mm_add_epi32(abef[s], abef_before[s]);
             cdgh[s] = _mm_add_epi32(cdgh[s], cdgh_before[s]);
