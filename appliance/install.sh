@@ -30,6 +30,8 @@ config_path=/etc/tessera/tessera.toml
 data_dir=/var/lib/tessera
 # Generated files (unit, man page, completions, config) before they are compared and put.
 work=
+# Set by put when a file was written.
+changed=
 
 usage() {
     # The comment block at the top of this file.
@@ -48,6 +50,7 @@ put() {
     fi
     install -D -m "$3" "$1" "$target"
     say "installed $2"
+    changed=yes
 }
 
 # The shipped config: the embedded default, with the data in the unit's StateDirectory.
@@ -114,9 +117,14 @@ do_install() {
     make_user
     # Applied now as well as at every boot; a container's read-only /proc/sys only warns.
     command -v sysctl >/dev/null && sysctl -q -p "$sysctl_path" || say "could not apply $sysctl_path now; it applies at boot"
-    if systemd_running; then
+    if systemd_running && [ -n "$changed" ]; then
         systemctl daemon-reload
-        say "start it with: systemctl enable --now tessera"
+        # A running service keeps its old binary and settings until the operator restarts it.
+        if systemctl is-active --quiet tessera.service; then
+            say "restart it to use what changed: systemctl restart tessera"
+        else
+            say "start it with: systemctl enable --now tessera"
+        fi
     fi
 }
 
