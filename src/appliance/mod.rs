@@ -9,6 +9,7 @@
 pub mod announcer;
 pub mod check;
 pub mod fill;
+pub mod notify;
 pub mod store_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,7 +109,9 @@ impl Appliance {
     }
 
     /// Serves until `stop` is set (e.g. by a signal) or a data-plane worker dies, then stops.
+    /// Tells systemd it is ready first (`notify`): every part started in [`Appliance::start`].
     pub fn run_until(self, stop: &AtomicBool) -> Result<(), ApplianceError> {
+        notify::ready();
         while !stop.load(Ordering::Acquire) && !self.server().any_worker_finished() {
             std::thread::sleep(STOP_POLL_INTERVAL);
         }
@@ -118,6 +121,7 @@ impl Appliance {
             tracing::error!("a worker stopped unexpectedly; shutting down");
         }
         let clean = !self.server().any_worker_finished();
+        notify::stopping();
         self.shutdown()?;
         if clean {
             Ok(())
