@@ -87,13 +87,13 @@ pub struct LoadArgs {
 pub enum LoadCommand {
     /// A site in one process: devices downloading a content as `tessera get` does, beside lying
     /// peers announced to the service; reports bans and the bad bytes accepted (must be 0).
-    Swarm(super::swarm_cmd::SwarmArgs),
+    Swarm(Box<super::swarm_cmd::SwarmArgs>),
 }
 
 /// Runs `tessera load`.
 pub fn run(args: LoadArgs) -> Result<(), CliError> {
     if let Some(LoadCommand::Swarm(swarm)) = args.swarm {
-        return super::swarm_cmd::run(swarm, args.json);
+        return super::swarm_cmd::run(*swarm, args.json);
     }
     let options = options(&args)?;
     // The first Ctrl-C ends the run with its summary; a second one exits at once.

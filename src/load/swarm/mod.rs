@@ -52,7 +52,7 @@ pub enum SwarmError {
     #[error("{0}")]
     Usage(String),
     #[error("--service {url}: {source}")]
-    Service { url: String, source: ClientError },
+    Service { url: String, source: Box<ClientError> },
     #[error("--content {id}: no verified hash file from {url} ({reason}); a swarm needs P2P content")]
     NotP2p { id: String, url: String, reason: String },
     #[error("--token-file: {0}")]
@@ -60,11 +60,11 @@ pub enum SwarmError {
     #[error("cannot make the work directory in {path}: {source}")]
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error("the reference copy the liars lie about could not be downloaded: {0}")]
-    Reference(#[source] GetError),
+    Reference(#[source] Box<GetError>),
     #[error("cannot start the liars: {0}")]
     Liars(#[source] std::io::Error),
     #[error("liar {address} could not announce itself to {url}: {source}{hint}")]
-    Announce { address: String, url: String, source: ClientError, hint: &'static str },
+    Announce { address: String, url: String, source: Box<ClientError>, hint: &'static str },
     #[error("cannot start device thread {index}: {source}")]
     Thread { index: usize, source: std::io::Error },
 }
@@ -189,7 +189,7 @@ impl SwarmOptions {
 
     fn metadata(&self) -> Result<ServiceMetadata, SwarmError> {
         ServiceMetadata::new(&self.service_url, self.tls.clone())
-            .map_err(|source| SwarmError::Service { url: self.service_url.clone(), source })
+            .map_err(|source| SwarmError::Service { url: self.service_url.clone(), source: Box::new(source) })
     }
 }
 
@@ -264,7 +264,7 @@ fn start_liars(
         config: options.download.clone(),
         tls: tls.clone(),
     };
-    get(&request, metadata, &mut |_| {}).map_err(SwarmError::Reference)?;
+    get(&request, metadata, &mut |_| {}).map_err(|error| SwarmError::Reference(Box::new(error)))?;
     let reference = Reference::open(options.content.clone(), hashes.clone(), &path).map_err(SwarmError::Liars)?;
     let config = LiarsConfig {
         bind: options.liar_ip,
@@ -288,7 +288,7 @@ struct Announcer {
 impl Announcer {
     fn new(options: &SwarmOptions, token: Option<AdminToken>) -> Result<Announcer, SwarmError> {
         let client = MetadataClient::new(options.tls.clone())
-            .map_err(|source| SwarmError::Service { url: options.service_url.clone(), source })?;
+            .map_err(|source| SwarmError::Service { url: options.service_url.clone(), source: Box::new(source) })?;
         Ok(Announcer {
             client,
             service_url: options.service_url.clone(),
@@ -314,7 +314,7 @@ impl Announcer {
                 address: liar.address.to_string(),
                 url: self.service_url.clone(),
                 hint: if self.token.is_none() { " (give --token-file: the service's announce.token)" } else { "" },
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(())
