@@ -77,10 +77,11 @@ fn against_a_box_every_liar_is_banned_and_every_device_gets_exact_bytes() {
 #[test]
 fn bad_input_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--content", ID, "--liar-kinds", "bit-flip,bit-flop"], "\"bit-flop\""),
         (&["--content", ID, "--token-file", "missing.token"], "missing.token"),
         (&["--content", ID, "--devices", "0"], "--devices 0"),
+        (&["--content", ID, "--liar-ip", "0.0.0.0"], "--liar-ip 0.0.0.0"),
         (&["--content", "../x"], "--content: "),
     ];
     for (extra, named) in cases {

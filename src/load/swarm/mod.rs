@@ -181,6 +181,9 @@ impl SwarmOptions {
         if self.liars > 0 && self.liar_kinds.is_empty() {
             return usage("--liar-kinds: name at least one kind".into());
         }
+        if self.liars > 0 && self.liar_ip.is_unspecified() {
+            return usage(format!("--liar-ip {}: liars announce it, so give an address devices reach", self.liar_ip));
+        }
         if self.liar_connections_max == 0 {
             return usage("--liar-connections: must be at least 1".into());
         }
