@@ -24,39 +24,17 @@ fn swarm(args: &[&str]) -> (std::process::ExitStatus, serde_json::Value, String)
     (output.status, json, stderr)
 }
 
-#[test]
-fn against_a_box_every_liar_is_banned_and_every_device_gets_exact_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("box");
-    let bytes = content();
-    publish(&data, ID, &bytes, &[]);
-    let server = Serve::start(&data, 1, &[]);
-    let ca = data.join("tls/ca.pem");
-    wait_for_peer(&server.service_url, &ca, ID, &server.data_plane);
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    let (ca, token, work) = (ca.to_str().unwrap(), data.join("announce.token"), work.to_str().unwrap());
-    let (status, summary, stderr) = swarm(&[
-        "--service",
-        &server.service_url,
-        "--ca",
-        ca,
-        "--content",
-        ID,
-        "--devices",
-        "4",
-        "--concurrency",
-        "2",
-        "--liars",
-        "2",
-        "--liar-kinds",
-        "bit-flip,good-then-bad",
-        "--token-file",
-        token.to_str().unwrap(),
-        "--work-dir",
-        work,
-        "--keep-outputs",
-    ]);
+/// Runs a swarm of 4 devices and 2 liars against `service` (`--ca ca`, announce token `token`,
+/// `extra` flags) and checks what the issue promises: every download complete and byte-exact,
+/// every liar banned, no bad byte accepted.
+fn swarm_bans_every_liar(service: &str, ca: &Path, token: &Path, work: &Path, extra: &[&str]) {
+    std::fs::create_dir(work).unwrap();
+    let (ca, token, work) = (ca.to_str().unwrap(), token.to_str().unwrap(), work.to_str().unwrap());
+    let mut args = vec!["--service", service, "--ca", ca, "--content", ID, "--token-file", token, "--work-dir", work];
+    args.extend(["--devices", "4", "--concurrency", "2", "--liars", "2", "--liar-kinds", "bit-flip,good-then-bad"]);
+    args.push("--keep-outputs");
+    args.extend(extra);
+    let (status, summary, stderr) = swarm(&args);
     assert!(status.success(), "{summary}\n{stderr}");
     assert_eq!((summary["completed"].as_u64(), summary["failed"].as_u64()), (Some(4), Some(0)), "{summary}");
     assert_eq!(summary["bad_bytes_accepted"].as_u64(), Some(0), "{summary}");
@@ -68,10 +46,39 @@ fn against_a_box_every_liar_is_banned_and_every_device_gets_exact_bytes() {
     }
     assert_eq!(summary["liars_banned"].as_u64(), Some(2), "{summary}");
     let kept = Path::new(summary["outputs_dir"].as_str().unwrap());
+    let bytes = content();
     for device in 0..4 {
         let got = std::fs::read(kept.join(format!("device-{device}.bin"))).unwrap();
         assert!(got == bytes, "device {device} has other bytes");
     }
+}
+
+#[test]
+fn against_a_seed_found_by_peer_matching_every_liar_is_banned_and_bytes_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed");
+    publish(&data, ID, &content(), &[]);
+    let seed = Serve::start(&data, 1, &[]);
+    let ca = data.join("tls/ca.pem");
+    wait_for_peer(&seed.service_url, &ca, ID, &seed.data_plane);
+    swarm_bans_every_liar(&seed.service_url, &ca, &data.join("announce.token"), &dir.path().join("work"), &[]);
+}
+
+#[test]
+fn against_a_cold_cache_box_every_liar_is_banned_and_bytes_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed");
+    publish(&data, ID, &content(), &[]);
+    let seed = Serve::start(&data, 1, &[]);
+    let upstream = ["--upstream", &seed.service_url, "--upstream-peer", &seed.data_plane, "--upstream-ca"];
+    let mut flags: Vec<String> = upstream.iter().map(|flag| flag.to_string()).collect();
+    flags.push(data.join("tls/ca.pem").to_str().unwrap().to_string());
+    let box_data = dir.path().join("box");
+    let cache = Serve::start(&box_data, 1, &flags);
+    // The devices find the box with --peer, as `get --peer` does: a cold box announces nothing.
+    let (ca, token) = (box_data.join("tls/ca.pem"), box_data.join("announce.token"));
+    let work = dir.path().join("work");
+    swarm_bans_every_liar(&cache.service_url, &ca, &token, &work, &["--peer", &cache.data_plane]);
 }
 
 #[test]

@@ -25,7 +25,7 @@ The run fails (exit 1) if any download failed or any bad byte was accepted.
 Examples:
   tessera load swarm --service https://127.0.0.1:7443 --ca data/tls/ca.pem --content demo --token-file data/announce.token
   tessera load swarm --service https://box:7443 --ca ca.pem --content kb5031445 --devices 200 --concurrency 16 --liars 4 --liar-kinds bit-flip,good-then-bad --token-file announce.token --json
-  tessera load swarm --service https://box:7443 --ca ca.pem --content demo --devices 50 --liars 0")]
+  tessera load swarm --service https://box:7443 --ca ca.pem --peer box:7680 --content demo --devices 50 --liars 0")]
 pub struct SwarmArgs {
     /// Metadata service (`https://HOST:PORT`): a box's embedded one or a fleet's.
     #[arg(long, value_name = "URL")]
@@ -36,6 +36,10 @@ pub struct SwarmArgs {
     /// Pin the service's key: SHA-256 of its SubjectPublicKeyInfo (64 hex digits).
     #[arg(long, value_name = "HEX")]
     pub pin_sha256: Option<String>,
+    /// A peer every device uses besides the matched ones, as `get --peer` (repeatable): a cache
+    /// box's data plane, which fills what it lacks from its upstream.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
     /// The content every device downloads.
     #[arg(long, value_name = "ID")]
     pub content: String,
@@ -143,6 +147,7 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
             return Err(CliError::Usage(format!("--token-file {}: no such file", path.display())));
         }
     }
+    let peers = args.peers.iter().map(|peer| super::get_cmd::resolve_peer(peer)).collect::<Result<Vec<_>, _>>()?;
     let cpus = crate::io::sys::allowed_cpus().len();
     Ok(SwarmOptions {
         service_url: args.service.clone(),
@@ -154,6 +159,7 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
         },
         content,
         group: args.group.clone(),
+        peers,
         devices: args.devices,
         concurrency: args.concurrency.unwrap_or(2 * cpus.max(1)),
         liar_kinds,

@@ -20,6 +20,8 @@ pub struct DeviceSetup<'a> {
     pub tls: Arc<rustls::ClientConfig>,
     pub id: &'a ContentId,
     pub group: &'a str,
+    /// Peers used besides the matched ones.
+    pub peers: &'a [std::net::SocketAddr],
     pub hashes: &'a HashFile,
     pub config: &'a DownloadConfig,
     pub work_dir: &'a Path,
@@ -60,7 +62,7 @@ pub fn run(setup: &DeviceSetup<'_>, index: u64) -> DeviceOutcome {
     let request = GetRequest {
         id: setup.id.clone(),
         group: setup.group.to_string(),
-        peers: Vec::new(),
+        peers: setup.peers.to_vec(),
         sources: Vec::new(),
         output: output.clone(),
         sha256: None,

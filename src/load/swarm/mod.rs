@@ -14,7 +14,7 @@ pub mod device;
 pub mod liar;
 pub mod liars;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,6 +79,8 @@ pub struct SwarmOptions {
     pub content: ContentId,
     /// Peer-matching group of the devices and liars.
     pub group: String,
+    /// Peers every device uses besides the matched ones (`get --peer`).
+    pub peers: Vec<SocketAddr>,
     pub devices: u64,
     /// Downloads running at once.
     pub concurrency: usize,
@@ -226,6 +228,7 @@ pub fn run(options: &SwarmOptions, observe: &mut dyn FnMut(&Progress)) -> Result
         tls,
         id: &options.content,
         group: &options.group,
+        peers: &options.peers,
         hashes: &hashes,
         config: &options.download,
         work_dir: work_dir.path(),
@@ -260,7 +263,7 @@ fn start_liars(
     let request = GetRequest {
         id: options.content.clone(),
         group: options.group.clone(),
-        peers: Vec::new(),
+        peers: options.peers.clone(),
         sources: Vec::new(),
         output: path.clone(),
         sha256: None,
