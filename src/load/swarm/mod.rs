@@ -220,7 +220,11 @@ pub fn run(options: &SwarmOptions, observe: &mut dyn FnMut(&Progress)) -> Result
         if options.liars > 0 { Some(start_liars(options, &metadata, &hashes, &tls, work_dir.path())?) } else { None };
     let announcer = Announcer::new(options, token)?;
     if let Some(liars) = &liars {
-        announcer.announce(liars.liars(), true)?;
+        if let Err(error) = announcer.announce(liars.liars(), true) {
+            // The liars announced before the failing one must not outlive the run.
+            let _ = announcer.announce(liars.liars(), false);
+            return Err(error);
+        }
     }
     let setup = DeviceSetup {
         service_url: &options.service_url,
@@ -235,12 +239,15 @@ pub fn run(options: &SwarmOptions, observe: &mut dyn FnMut(&Progress)) -> Result
         keep_outputs: options.keep_outputs,
     };
     let started = Instant::now();
-    let outcomes = run_devices(options, &setup, liars.as_ref().map(Liars::liars).unwrap_or(&[]), &announcer, observe)?;
+    let outcomes = run_devices(options, &setup, liars.as_ref().map(Liars::liars).unwrap_or(&[]), &announcer, observe);
     let duration_s = started.elapsed().as_secs_f64();
     if let Some(liars) = &liars {
         // Later devices of the site must not be sent to ports nobody listens on.
-        let _ = announcer.announce(liars.liars(), false);
+        if let Err(error) = announcer.announce(liars.liars(), false) {
+            tracing::warn!(%error, "the liars' last announce (holding nothing) failed; they expire with the peer TTL");
+        }
     }
+    let outcomes = outcomes?;
     let liar_list = liars.as_ref().map(|l| l.liars().to_vec()).unwrap_or_default();
     drop(liars);
     let mut summary = summarize(options, &hashes, &outcomes, &liar_list, duration_s);
