@@ -69,7 +69,7 @@ pub struct SwarmArgs {
     /// Connections one liar holds at most.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub liar_connections: usize,
-    /// The service's announce token (its `announce.token`, a box's `[announce] token_file`).
+    /// The service's announce token file (its `announce.token`); default `[announce] token_file` of --config.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Peer-matching group of the devices and liars.
@@ -81,7 +81,7 @@ pub struct SwarmArgs {
     /// Event-loop backend of the devices: auto, uring or epoll (overrides `[download] backend`).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
-    /// Configuration file (TOML) for the devices' `[download]` limits.
+    /// Configuration file (TOML): the devices' `[download]` limits, the liars' `[announce] token_file`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for the devices' outputs (each removed once checked); default the temp dir.
@@ -131,7 +131,9 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
         .map(|kind| LieKind::parse(kind))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::Usage(format!("--liar-kinds: {e}")))?;
-    let mut download = crate::config::Config::load(args.config.as_deref())?.download;
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    let mut download = config.download;
+    let token_file = args.token_file.clone().or(config.announce.token_file);
     if let Some(count) = args.ban_after {
         if count == 0 {
             return Err(CliError::Usage("--ban-after: must be at least 1".into()));
@@ -142,9 +144,10 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
         download.backend = BackendChoice::parse(backend)
             .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
     }
-    if let Some(path) = &args.token_file {
+    if let Some(path) = &token_file {
         if !path.is_file() {
-            return Err(CliError::Usage(format!("--token-file {}: no such file", path.display())));
+            let option = if args.token_file.is_some() { "--token-file" } else { "[announce] token_file" };
+            return Err(CliError::Usage(format!("{option} {}: no such file", path.display())));
         }
     }
     let peers = args.peers.iter().map(|peer| super::get_cmd::resolve_peer(peer)).collect::<Result<Vec<_>, _>>()?;
@@ -167,7 +170,7 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
         honest_pieces: args.honest_pieces,
         liar_ip: args.liar_ip,
         liar_connections_max: args.liar_connections,
-        token_file: args.token_file.clone(),
+        token_file,
         work_dir: args.work_dir.clone(),
         keep_outputs: args.keep_outputs,
         download,
