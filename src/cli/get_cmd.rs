@@ -164,7 +164,8 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
     printed.map_err(|e| CliError::Other(format!("printing the summary: {e}")))
 }
 
-fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
+/// `HOST:PORT` of a `--peer`, resolved (the first address).
+pub(super) fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
     text.to_socket_addrs()
         .map_err(|e| CliError::Usage(format!("--peer {text:?}: {e}")))?
         .next()

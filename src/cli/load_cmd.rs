@@ -6,26 +6,30 @@ use std::time::Duration;
 
 use crate::cli::CliError;
 use crate::config::BackendChoice;
-use crate::content::mode::{decide, Mode};
 use crate::content::ContentId;
-use crate::download::{MetadataSource, ServiceMetadata};
+use crate::download::ServiceMetadata;
 use crate::load::schedule::{Pace, Stop};
 use crate::load::svg::Curve;
-use crate::load::target::Pieces;
+use crate::load::target::{verified_hashes, Pieces};
 use crate::load::{hgrm, svg, LoadOptions, Percentiles, Summary};
 use crate::tls::TlsClientOptions;
 
 /// Arguments of `tessera load`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(after_help = "Examples:
   tessera load http://127.0.0.1:7680/v1/content/demo --duration 30s --connections 64
   tessera load http://box:7680/v1/content/demo --rate 2000 --range-bytes 65536 --hgrm out.hgrm --svg out.svg
+  tessera load swarm --service https://box:7443 --ca ca.pem --content demo --token-file announce.token
 
 Without --rate the loop is closed (each connection sends when the last answer is in, like wrk).
 With --rate it is open: requests leave on a fixed schedule and latency counts from the time a
 request was meant to leave, so a stalled server shows in the percentiles (service time is
 reported beside it).")]
 pub struct LoadArgs {
+    /// `swarm`: devices and lying peers instead of URLs.
+    #[command(subcommand)]
+    pub swarm: Option<LoadCommand>,
     /// URLs to load (http://), asked round-robin.
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
@@ -74,12 +78,23 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Print the summary as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// What `tessera load` runs instead of loading URLs.
+#[derive(Debug, clap::Subcommand)]
+pub enum LoadCommand {
+    /// A site in one process: devices downloading a content as `tessera get` does, beside lying
+    /// peers announced to the service; reports bans and the bad bytes accepted (must be 0).
+    Swarm(Box<super::swarm_cmd::SwarmArgs>),
 }
 
 /// Runs `tessera load`.
 pub fn run(args: LoadArgs) -> Result<(), CliError> {
+    if let Some(LoadCommand::Swarm(swarm)) = args.swarm {
+        return super::swarm_cmd::run(*swarm, args.json);
+    }
     let options = options(&args)?;
     // The first Ctrl-C ends the run with its summary; a second one exits at once.
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -157,11 +172,9 @@ fn pieces(args: &LoadArgs) -> Result<Option<Pieces>, CliError> {
         response_bytes_max: config.metadata_bytes_max,
     };
     let metadata = ServiceMetadata::new(service, options).map_err(|e| CliError::Usage(format!("--service: {e}")))?;
-    let manifest = metadata.manifest(&id);
-    let hashfile = metadata.hashfile(&id);
-    match decide(manifest.as_ref().map_err(Clone::clone), hashfile.as_deref().map_err(Clone::clone)) {
-        Mode::P2p { hashes } => Ok(Some(Pieces { id, hashes, verify: args.verify })),
-        Mode::Simple { reason } => Err(CliError::Other(format!("--content {id}: no verified hash file: {reason}"))),
+    match verified_hashes(&metadata, &id) {
+        Ok(hashes) => Ok(Some(Pieces { id, hashes, verify: args.verify })),
+        Err(reason) => Err(CliError::Other(format!("--content {id}: no verified hash file: {reason}"))),
     }
 }
 

@@ -10,6 +10,7 @@ mod man_cmd;
 mod publish_cmd;
 mod serve;
 mod service_cmd;
+mod swarm_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

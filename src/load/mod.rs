@@ -8,12 +8,14 @@
 //! - [`record`]: the histograms, counts and errors; the [`Summary`];
 //! - [`target`]: the URLs and their request bytes, random ranges;
 //! - [`worker`]: one thread's loop over `io::client::ClientLoop` and `http::client::Connection`;
-//! - [`hgrm`] and [`svg`]: the percentile distribution text and the chart.
+//! - [`hgrm`] and [`svg`]: the percentile distribution text and the chart;
+//! - [`swarm`]: `tessera load swarm`, devices running `get`'s workflow beside lying peers.
 
 pub mod hgrm;
 pub mod record;
 pub mod schedule;
 pub mod svg;
+pub mod swarm;
 pub mod target;
 pub mod worker;
 

@@ -5,7 +5,8 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::content::{ContentId, HashFile};
+use crate::content::{decide, ContentId, HashFile, Mode};
+use crate::download::MetadataSource;
 use crate::http::client::blocking::exchange;
 use crate::http::client::{ClientLimits, RequestSpec};
 use crate::http::url::HttpUrl;
@@ -22,6 +23,17 @@ pub struct Pieces {
     pub hashes: HashFile,
     /// Check every piece body against the hash file and count the mismatches.
     pub verify: bool,
+}
+
+/// The hash file of `id` under rules 1 and 2 (manifest over TLS, hash file checked against it),
+/// as `tessera get` has it; or why the content would be Simple mode.
+pub fn verified_hashes(metadata: &dyn MetadataSource, id: &ContentId) -> Result<HashFile, String> {
+    let manifest = metadata.manifest(id);
+    let hashfile = metadata.hashfile(id);
+    match decide(manifest.as_ref().map_err(Clone::clone), hashfile.as_deref().map_err(Clone::clone)) {
+        Mode::P2p { hashes } => Ok(hashes),
+        Mode::Simple { reason } => Err(reason.to_string()),
+    }
 }
 
 /// One URL of the run.

@@ -15,6 +15,7 @@ use tessera::content::{ContentId, HashFile, Manifest, MetadataFailure, PieceSize
 use tessera::download::MetadataSource;
 use tessera::hash::sha256;
 use tessera::http::{parse_range, parse_request, Method, Parsed, RangeOutcome, RequestLimits};
+use tessera::load::swarm::liar::{lie_body, LieKind};
 
 /// Longest a fake lives, whatever the test does.
 const FAKE_LIFETIME: Duration = Duration::from_secs(60);
@@ -403,17 +404,14 @@ fn respond(
     let body = if !lie {
         piece
     } else {
+        // The lies `tessera load swarm`'s liars tell, from the one implementation.
+        let next = content.piece((index + 1) % content.piece_count());
         match behavior {
-            Behavior::WrongPiece => content.piece((index + 1) % content.piece_count()).to_vec(),
-            Behavior::Truncate => piece[..piece.len() / 2].to_vec(),
+            Behavior::WrongPiece => lie_body(LieKind::WrongPiece, &piece, next),
+            Behavior::Truncate => lie_body(LieKind::ShortBody, &piece, next),
             Behavior::Overlong => [piece.as_slice(), piece.as_slice()].concat(),
             Behavior::Zeros => vec![0; piece.len()],
-            _ => {
-                let mut flipped = piece;
-                let middle = flipped.len() / 2;
-                flipped[middle] ^= 0x10;
-                flipped
-            }
+            _ => lie_body(LieKind::BitFlip, &piece, next),
         }
     };
     if lie {

@@ -125,6 +125,39 @@ pub fn metric_settled(address: &str, prefix: &str, expected: u64) -> u64 {
     }
 }
 
+/// `tessera publish` of `bytes` as `id` into the data dir `data`, 64 KiB pieces, with `extra`
+/// flags; it must succeed.
+pub fn publish(data: &Path, id: &str, bytes: &[u8], extra: &[&str]) {
+    let file = data.with_extension("bin");
+    std::fs::write(&file, bytes).unwrap();
+    let output = tessera()
+        .args(["publish", file.to_str().unwrap(), "--id", id, "--piece-size", "64K", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Waits (bounded) until the service at `service_url` (trusting `ca`) matches `peer` (HOST:PORT)
+/// as holding `id`: a `serve` announces what it holds just after it starts.
+pub fn wait_for_peer(service_url: &str, ca: &Path, id: &str, peer: &str) {
+    use tessera::control::client::MetadataClient;
+    use tessera::tls::TlsClientOptions;
+    let client =
+        MetadataClient::new(TlsClientOptions { ca_file: Some(ca.to_path_buf()), ..Default::default() }).unwrap();
+    let id = tessera::content::ContentId::parse(id).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let peers = client.peers(service_url, &id, "default", None).unwrap();
+        if peers.iter().any(|found| found.address == peer) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{service_url} never matched {peer} for {id}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `tessera get ID --service URL --ca CA -o OUT --json`, which must succeed: its JSON summary.
 pub fn get_with_service(id: &str, service_url: &str, ca: &Path, out: &Path) -> serde_json::Value {
     let output = tessera()
