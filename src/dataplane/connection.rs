@@ -107,6 +107,7 @@ impl ConnectionLimits {
                 header_bytes_max: config.header_bytes_max,
                 header_count_max: config.header_count_max,
                 target_bytes_max: config.target_bytes_max,
+                log_fields: false,
             },
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -269,6 +270,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Replaces the limits (a reload): requests parsed and timeouts checked from now on use them.
+    pub fn set_limits(&mut self, limits: ConnectionLimits) {
+        self.limits = limits;
+    }
+
     /// A connection accepted at `now`, living in the driver's slot `key`.
     pub fn new(limits: ConnectionLimits, key: SlotKey, now: Instant) -> Connection {
         Connection {
