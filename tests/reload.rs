@@ -118,24 +118,27 @@ struct AccessLine {
     seconds: f64,
 }
 
+fn bad(line: &str) -> ! {
+    panic!("not in combined format: {line:?}")
+}
+
 fn parse_access_line(line: &str) -> AccessLine {
-    let bad = || panic!("not in combined format: {line:?}");
-    let (remote, rest) = line.split_once(" - - [").unwrap_or_else(bad);
-    let (time, rest) = rest.split_once("] \"").unwrap_or_else(bad);
+    let (remote, rest) = line.split_once(" - - [").unwrap_or_else(|| bad(line));
+    let (time, rest) = rest.split_once("] \"").unwrap_or_else(|| bad(line));
     assert_eq!(time.len(), "28/Nov/2026:13:15:39 +0000".len(), "{line}");
-    let (request, rest) = rest.split_once("\" ").unwrap_or_else(bad);
-    let (status, rest) = rest.split_once(' ').unwrap_or_else(bad);
-    let (bytes, rest) = rest.split_once(" \"").unwrap_or_else(bad);
-    let (referer, rest) = rest.split_once("\" \"").unwrap_or_else(bad);
-    let (agent, seconds) = rest.rsplit_once("\" ").unwrap_or_else(bad);
+    let (request, rest) = rest.split_once("\" ").unwrap_or_else(|| bad(line));
+    let (status, rest) = rest.split_once(' ').unwrap_or_else(|| bad(line));
+    let (bytes, rest) = rest.split_once(" \"").unwrap_or_else(|| bad(line));
+    let (referer, rest) = rest.split_once("\" \"").unwrap_or_else(|| bad(line));
+    let (agent, seconds) = rest.rsplit_once("\" ").unwrap_or_else(|| bad(line));
     AccessLine {
         remote: remote.into(),
         request: request.into(),
-        status: status.parse().unwrap_or_else(|_| bad()),
-        bytes: bytes.parse().unwrap_or_else(|_| bad()),
+        status: status.parse().unwrap_or_else(|_| bad(line)),
+        bytes: bytes.parse().unwrap_or_else(|_| bad(line)),
         referer: referer.into(),
         agent: agent.into(),
-        seconds: seconds.parse().unwrap_or_else(|_| bad()),
+        seconds: seconds.parse().unwrap_or_else(|_| bad(line)),
     }
 }
 

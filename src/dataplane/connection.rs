@@ -39,8 +39,8 @@ pub trait Respond {
     /// and [`Connection::abort`] calls when the reply is pending or streaming.
     fn respond(&mut self, request: &Request, keep_alive: bool, token: ResponseToken) -> Reply;
     /// A response to a request the connection itself refused (malformed head, timeout); the
-    /// connection closes after it.
-    fn reject(&mut self, status: u16, message: &str) -> Outgoing;
+    /// connection (`connection`, the driver's slot) closes after it.
+    fn reject(&mut self, status: u16, message: &str, connection: SlotKey) -> Outgoing;
 }
 
 /// Names one response of one connection: the connection's slot and the response's sequence
@@ -516,7 +516,7 @@ impl Connection {
         }
         if let Some(since) = self.head_since.filter(|_| !self.pending_input().is_empty()) {
             if now.saturating_duration_since(since) >= self.limits.header_timeout {
-                let outgoing = responder.reject(408, "request head not received in time\n");
+                let outgoing = responder.reject(408, "request head not received in time\n", self.key);
                 self.push(Reply::Ready(outgoing), now);
                 self.finish_reading(CloseReason::HeaderTimeout);
             }
@@ -695,7 +695,8 @@ impl Connection {
             }
             self.release(seq);
             let was_unsent = self.has_unsent();
-            self.queue[index].outgoing = Some(Rc::new(responder.reject(504, "the response was not ready in time\n")));
+            self.queue[index].outgoing =
+                Some(Rc::new(responder.reject(504, "the response was not ready in time\n", self.key)));
             self.made_ready(was_unsent, now);
         }
         self.finish_reading(CloseReason::PendingTimeout);
@@ -735,7 +736,7 @@ impl Connection {
                     }
                 }
                 Err(error) => {
-                    let outgoing = responder.reject(error.status(), &format!("{error}\n"));
+                    let outgoing = responder.reject(error.status(), &format!("{error}\n"), self.key);
                     self.push(Reply::Ready(outgoing), now);
                     self.finish_reading(CloseReason::Finished);
                 }
@@ -782,7 +783,7 @@ mod tests {
             Reply::Ready(echo(request, keep_alive))
         }
 
-        fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+        fn reject(&mut self, status: u16, message: &str, _connection: SlotKey) -> Outgoing {
             Outgoing::text(status, message, false, false)
         }
     }
@@ -1061,7 +1062,7 @@ mod tests {
             }
         }
 
-        fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+        fn reject(&mut self, status: u16, message: &str, _connection: SlotKey) -> Outgoing {
             Outgoing::text(status, message, false, false)
         }
     }

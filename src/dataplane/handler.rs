@@ -897,13 +897,13 @@ impl Respond for Handler {
         Reply::Ready(outgoing)
     }
 
-    fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+    fn reject(&mut self, status: u16, message: &str, connection: SlotKey) -> Outgoing {
         self.metrics().response(status);
         let date = self.clock.date;
         let date = std::str::from_utf8(&date).expect("ASCII date");
         let outgoing =
             Answer { keep_alive: false, head_only: false, http10_keep_alive: false, date }.error(status, message);
-        self.log_access(None, None, &outgoing, self.now);
+        self.log_access(None, Some(connection), &outgoing, self.now);
         outgoing
     }
 }
