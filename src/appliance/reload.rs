@@ -26,6 +26,9 @@ impl Appliance {
                 Err(error) => tracing::error!(%error, "log.level not changed"),
             }
         }
+        if let (true, Some(fill), Some(upstream)) = (plan.changes("upstream"), &self.fill, &plan.config.upstream) {
+            fill.reload(upstream.clone());
+        }
         if plan.changes("announce") {
             self.restart_announcer(&plan.config);
         }

@@ -30,6 +30,13 @@ const LIVE: &[&str] = &[
     "serve.shutdown_grace_ms",
     "serve.ranges_per_request_max",
     "announce",
+    // The fill thread takes these; its other settings size what it holds or were handed to
+    // helper threads at start.
+    "upstream.metadata_expiry_ms",
+    "upstream.retries_per_piece_max",
+    "upstream.fill_whole",
+    "upstream.piece_memory_bytes_max",
+    "upstream.origin",
     "log.level",
     "log.access_log",
     "log.access_log_buffer_bytes",
@@ -225,6 +232,21 @@ mod tests {
         let higher = plan_reload(&running, &parse("[serve]\nconnections_per_worker_max = 1000\n"));
         assert_eq!(keys(&higher.needs_restart), ["serve.connections_per_worker_max"]);
         assert_eq!(higher.config.serve.connections_per_worker_max, 100);
+    }
+
+    #[test]
+    fn upstream_budgets_and_timing_apply_and_its_bounds_and_sources_need_a_restart() {
+        let running = parse("[upstream]\nservice_url = \"https://seed.example:7443\"\n");
+        let loaded = parse(
+            "[upstream]\nservice_url = \"https://other.example:7443\"\nmetadata_expiry_ms = 1000\n\
+             origin = false\nfills_in_flight_max = 2\n",
+        );
+        let plan = plan_reload(&running, &loaded);
+        assert_eq!(keys(&plan.applied), ["upstream.metadata_expiry_ms", "upstream.origin"]);
+        assert_eq!(keys(&plan.needs_restart), ["upstream.fills_in_flight_max", "upstream.service_url"]);
+        let upstream = plan.config.upstream.unwrap();
+        assert_eq!((upstream.metadata_expiry_ms, upstream.origin, upstream.fills_in_flight_max), (1000, false, 64));
+        assert_eq!(upstream.service_url, "https://seed.example:7443");
     }
 
     #[test]
