@@ -77,6 +77,28 @@ fn start_with_config(dir: &Path, config: &str) -> Serve {
 }
 
 #[test]
+fn sighup_changes_the_log_level_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tessera.toml");
+    std::fs::write(&file, "[log]\nlevel = \"info\"\n").unwrap();
+    let extra = ["--config".into(), file.display().to_string()];
+    let mut serve = Serve::start_with_rust_log(&dir.path().join("data"), 1, &extra, None);
+    let long = format!("/healthz?pad={}", "a".repeat(300));
+    // Quiet: info events (the reload's own report among them) are no longer logged.
+    std::fs::write(&file, "[log]\nlevel = \"warn\"\n[serve]\ntarget_bytes_max = 256\n").unwrap();
+    sighup(&serve);
+    assert_eq!(status_settled(&serve.data_plane, &long, 414), 414, "the reload is in force");
+    let log = serve.wait_log("SIGHUP: reloading");
+    assert!(log.contains("SIGHUP: reloading") && !log.contains("config reloaded"), "{log}");
+    // Back to info, with a change that needs a restart: its warning and the report are logged.
+    std::fs::write(&file, "[log]\nlevel = \"info\"\n[store]\nage_s_max = 60\n").unwrap();
+    sighup(&serve);
+    let log = serve.wait_log("config reloaded");
+    assert!(log.contains("config reloaded") && log.contains("setting=log.level"), "{log}");
+    assert!(serve.running());
+}
+
+#[test]
 fn sighup_applies_a_new_limit_keeps_connections_and_refuses_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = start_with_config(dir.path(), "[serve]\ntarget_bytes_max = 2048\n");

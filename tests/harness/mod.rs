@@ -33,13 +33,22 @@ impl Serve {
     /// Starts `serve` on `data` with `workers` workers and `extra` flags, on free loopback ports,
     /// and waits until it reports both addresses.
     pub fn start(data: &Path, workers: usize, extra: &[String]) -> Serve {
-        let mut child = tessera()
+        Serve::start_with_rust_log(data, workers, extra, Some("info"))
+    }
+
+    /// [`Serve::start`] with `RUST_LOG` set to `rust_log`, or unset (the config's `[log] level`).
+    pub fn start_with_rust_log(data: &Path, workers: usize, extra: &[String], rust_log: Option<&str>) -> Serve {
+        let mut command = tessera();
+        match rust_log {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
             .arg("--data-dir")
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
