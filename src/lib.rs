@@ -34,6 +34,8 @@ pub mod io;
 #[forbid(unsafe_code)]
 pub mod load;
 #[forbid(unsafe_code)]
+pub mod logging;
+#[forbid(unsafe_code)]
 pub mod publish;
 // `store::slab` is the one file of the store allowed `unsafe` (the mapping).
 #[deny(unsafe_code)]

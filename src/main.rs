@@ -7,6 +7,5 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tessera::cli::init_logging();
     tessera::cli::run(tessera::cli::Cli::parse())
 }

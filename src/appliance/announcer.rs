@@ -201,6 +201,8 @@ pub fn start(
     trigger: AnnounceTrigger,
 ) -> Result<AnnouncerHandle, AnnouncerError> {
     let client = MetadataClient::new(target.tls.clone())?;
+    // A trigger whose previous announcer was stopped (a reload) serves this one.
+    trigger.lock().stop = false;
     let signals = trigger.clone();
     let thread = std::thread::Builder::new()
         .name("tessera-announce".into())

@@ -35,6 +35,7 @@ pub enum Finding {
 pub fn check(config: &Config) -> Vec<Finding> {
     let mut findings = check_values(config);
     findings.extend(check_data_dir(config));
+    findings.extend(check_access_log(config));
     findings.extend(check_service_tls(config));
     findings.extend(check_listen(config));
     findings.extend(check_backend(config.serve.backend));
@@ -49,6 +50,30 @@ pub fn check_values(config: &Config) -> Vec<Finding> {
     match config.validate() {
         Ok(()) => Vec::new(),
         Err(problems) => problems.0.iter().map(|p| Finding::Problem(p.to_string())).collect(),
+    }
+}
+
+/// The access log, when on, opens for appending (an existing file is opened, not changed; a
+/// missing one is only looked for, since a check creates nothing).
+pub fn check_access_log(config: &Config) -> Vec<Finding> {
+    let Some(path) = config.log.access_log.as_deref().filter(|path| *path != Path::new("-")) else {
+        return Vec::new();
+    };
+    if path.exists() {
+        return match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => vec![Finding::Note(format!("access log {}: appending", path.display()))],
+            Err(error) => vec![Finding::Problem(format!("log.access_log {}: {error}", path.display()))],
+        };
+    }
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        vec![Finding::Note(format!("access log {}: none yet; serve creates it", path.display()))]
+    } else {
+        vec![Finding::Problem(format!(
+            "log.access_log {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        ))]
     }
 }
 
@@ -238,6 +263,18 @@ mod tests {
         let findings = check_data_dir(&config);
         assert!(matches!(&findings[..], [Finding::Problem(p)] if p.contains("absent")), "{findings:?}");
         assert!(!config.data_dir.exists());
+    }
+
+    #[test]
+    fn an_access_log_in_a_missing_directory_is_named_and_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.log.access_log = Some(dir.path().join("absent/access.log"));
+        let findings = check_access_log(&config);
+        assert!(matches!(&findings[..], [Finding::Problem(p)] if p.contains("log.access_log")), "{findings:?}");
+        config.log.access_log = Some(dir.path().join("access.log"));
+        assert!(matches!(&check_access_log(&config)[..], [Finding::Note(_)]));
+        assert!(!dir.path().join("access.log").exists(), "a check creates nothing");
     }
 
     #[test]

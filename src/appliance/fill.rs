@@ -60,6 +60,8 @@ const STOP_POLL_MS: u64 = 50;
 const VERIFY_THREADS: u32 = 2;
 /// Pieces one store ingest takes at most (they share its fsync).
 const STORE_BATCH_PIECES_MAX: u32 = 16;
+/// Reloaded `[upstream]` settings waiting for the fill thread at most (it takes them every turn).
+const RELOADS_QUEUED_MAX: usize = 4;
 /// Pieces handed to the verifier at once at most; more wait in the fill thread (their bytes are
 /// within the engine's `piece_memory_bytes_max` either way).
 const VERIFY_QUEUE_PIECES_MAX: u32 = 1024;
@@ -83,6 +85,21 @@ pub struct FillHandle {
     threads: Vec<JoinHandle<()>>,
     /// Wakes the fill loop so it sees the stop at once.
     waker: Option<Waker>,
+    /// Reloaded `[upstream]` settings to the fill thread.
+    reloads: Sender<UpstreamConfig>,
+}
+
+impl FillHandle {
+    /// Hands the fill thread reloaded `[upstream]` settings (only its live ones differ: see
+    /// `config::plan_reload`); it takes them at its next turn.
+    pub fn reload(&self, upstream: UpstreamConfig) {
+        if self.reloads.try_send(upstream).is_err() {
+            tracing::warn!("the fill thread has not taken the previous reloads; this one is dropped");
+        }
+        if let Some(waker) = &self.waker {
+            let _ = waker.wake();
+        }
+    }
 }
 
 impl Drop for FillHandle {
@@ -117,7 +134,8 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_QUEUED_MAX);
     let (results_tx, results_rx) = crossbeam_channel::bounded::<JobResult>(JOBS_QUEUED_MAX);
-    let mut handle = FillHandle { stop: stop.clone(), threads: Vec::new(), waker: None };
+    let (reloads, reloaded) = crossbeam_channel::bounded::<UpstreamConfig>(RELOADS_QUEUED_MAX);
+    let mut handle = FillHandle { stop: stop.clone(), threads: Vec::new(), waker: None, reloads };
     handle.threads.push(passthrough::start(config.serve.backend, upstream, link.clone(), stop.clone())?);
     // The client loop is the fill thread's own (not `Send`): it is made there, and its waker
     // comes back.
@@ -132,7 +150,7 @@ pub fn start(
             };
             let _ = ready_tx.send(Ok(fill.fetches.waker()));
             fill.set_asked(asked);
-            fill.with_announce(announce).run(&misses, &results_rx, &stop);
+            fill.with_announce(announce).run(&misses, &results_rx, &reloaded, &stop);
         })
         .map_err(FillStartError::Thread)?;
     handle.threads.push(thread);
@@ -277,7 +295,13 @@ impl FillThread {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn run(mut self, misses: &Receiver<FromWorker>, results: &Receiver<JobResult>, stop: &AtomicBool) {
+    fn run(
+        mut self,
+        misses: &Receiver<FromWorker>,
+        results: &Receiver<JobResult>,
+        reloaded: &Receiver<UpstreamConfig>,
+        stop: &AtomicBool,
+    ) {
         while !stop.load(Ordering::Acquire) {
             let now = self.now_ms();
             let due = [self.engine.poll_timeout(), self.meta.poll_timeout()].into_iter().flatten().min();
@@ -298,6 +322,9 @@ impl FillThread {
             while let Ok(result) = results.try_recv() {
                 self.on_result(result);
             }
+            while let Ok(upstream) = reloaded.try_recv() {
+                self.apply(&upstream);
+            }
             self.take_asks();
             self.take_verdicts();
             let now = self.now_ms();
@@ -307,6 +334,15 @@ impl FillThread {
             let text = self.render_metrics();
             self.link.set_metrics_text(text);
         }
+    }
+
+    /// Takes reloaded `[upstream]` settings: metadata expiry, retries, whole-content fill, the
+    /// piece-memory budget, whether to use the origin.
+    fn apply(&mut self, upstream: &UpstreamConfig) {
+        self.engine.set_limits(FillLimits::from_config(upstream));
+        self.meta.set_limits(MetadataLimits::from_config(upstream));
+        self.link.set_refresh_after_ms(upstream.metadata_expiry_ms);
+        self.origin = upstream.origin;
     }
 
     /// Fetches that ended: bytes go to the verifier, failures to the engine (asked again

@@ -10,6 +10,7 @@ pub mod announcer;
 pub mod check;
 pub mod fill;
 pub mod notify;
+pub mod reload;
 pub mod store_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,10 @@ pub struct Appliance {
     fill: Option<fill::FillHandle>,
     announcer: Option<AnnouncerHandle>,
     service: Option<ServiceHandle>,
+    /// The config in force (a reload changes its live settings only).
+    config: Config,
+    /// The announcer's wake-up, kept to restart it with reloaded `[announce]` settings.
+    trigger: AnnounceTrigger,
 }
 
 impl Appliance {
@@ -71,9 +76,17 @@ impl Appliance {
             None => (None, None),
         };
         let server = Server::start_with_upstream(config, link.clone())?;
-        let mut appliance = Appliance { store_check: None, server: None, fill: None, announcer: None, service: None };
         // The fill asks the announcer to announce what it just stored.
         let trigger = AnnounceTrigger::default();
+        let mut appliance = Appliance {
+            store_check: None,
+            server: None,
+            fill: None,
+            announcer: None,
+            service: None,
+            config: config.clone(),
+            trigger: trigger.clone(),
+        };
         // A cache box's embedded service asks the fill for the metadata of ids it lacks.
         let mut service_upstream = None;
         if let (Some(upstream), Some(link), Some(misses)) = (upstream, link, misses) {
@@ -110,9 +123,22 @@ impl Appliance {
 
     /// Serves until `stop` is set (e.g. by a signal) or a data-plane worker dies, then stops.
     /// Tells systemd it is ready first (`notify`): every part started in [`Appliance::start`].
-    pub fn run_until(self, stop: &AtomicBool) -> Result<(), ApplianceError> {
+    /// Each time `reload` is set (SIGHUP), `load` gives the config to reload, or why there is
+    /// none (the config in force then stays, and the log says why).
+    pub fn run_until<E: std::fmt::Display>(
+        mut self,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+        mut load: impl FnMut() -> Result<Config, E>,
+    ) -> Result<(), ApplianceError> {
         notify::ready();
         while !stop.load(Ordering::Acquire) && !self.server().any_worker_finished() {
+            if reload.swap(false, Ordering::AcqRel) {
+                match load() {
+                    Ok(config) => drop(self.reload(&config)),
+                    Err(error) => tracing::error!(%error, "reload refused: the config in force stays"),
+                }
+            }
             std::thread::sleep(STOP_POLL_INTERVAL);
         }
         if stop.load(Ordering::Acquire) {

@@ -19,11 +19,20 @@ use clap::{Parser, Subcommand};
 
 /// tessera: a content-delivery cache appliance serving verified pieces.
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about, long_about = None)]
+#[command(name = "tessera", version, about, long_about = None, after_help = LOG_HELP)]
 pub struct Cli {
+    /// Log events on stderr as `text` lines or `json` objects (overrides `[log] format`).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// How the log is set, said at the end of `--help`.
+const LOG_HELP: &str = "\
+Logging: events go to stderr. RUST_LOG sets the level and wins over `[log] level` (e.g.
+RUST_LOG=debug, or RUST_LOG=info,tessera::fill=debug); --log-format json writes one JSON object
+per event for log shippers. `tessera serve` reloads `[log] level` on SIGHUP.";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -105,9 +114,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Load(args) => args.json,
         _ => false,
     };
+    let log_format = cli.log_format.as_deref().and_then(crate::config::LogFormat::parse);
+    // `serve` sets its log up once its config is read (`[log]`); every other command now.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::logging::init(log_format.unwrap_or_default(), "info");
+    }
     let result = match cli.command {
         Command::Publish(args) => publish_cmd::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, log_format),
         Command::Service(args) => service_cmd::run(args),
         Command::Cert(args) => cert_cmd::run(args),
         Command::Get(args) => get_cmd::run(args),
@@ -163,17 +177,4 @@ impl DataDirArgs {
         }
         Ok(config)
     }
-}
-
-/// Sets up logging to stderr; `RUST_LOG` overrides the level.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colour only for a person at a terminal: logs piped to files and tests stay plain text.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }

@@ -7,7 +7,7 @@ use crate::appliance::check::Finding;
 use crate::appliance::{Appliance, ApplianceError};
 use crate::cli::service_cmd::{self, EmbeddedServiceArgs};
 use crate::cli::{CliError, DataDirArgs};
-use crate::config::BackendChoice;
+use crate::config::{BackendChoice, Config, LogFormat};
 use crate::dataplane::ServeError;
 
 /// Arguments of `tessera serve`.
@@ -21,7 +21,13 @@ Examples:
 `--check` starts nothing: it checks the values, the data dir and store, the service certificate,
 that the listen addresses are free, io_uring, and the upstream; it names every problem and exits
 0 or 2. `tessera config --check FILE` checks the values alone. RUST_LOG sets the log level
-(e.g. RUST_LOG=debug or RUST_LOG=tessera::fill=debug).")]
+(e.g. RUST_LOG=debug or RUST_LOG=tessera::fill=debug).
+
+SIGHUP reloads the config file (command-line overrides applied again) without dropping a
+connection: [serve] limits and timeouts, [announce], [log] level and the access log (reopened).
+Settings that need a restart (listen, workers, backend, data_dir, buffer and ring sizes, [store],
+[service], [upstream]…) are logged as \"needs restart\"; a config that does not load or check is
+logged with its bad keys and the running one stays.")]
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
@@ -63,27 +69,53 @@ impl From<ApplianceError> for CliError {
     }
 }
 
-/// Runs `tessera serve`.
-pub fn run(args: ServeArgs) -> Result<(), CliError> {
+/// Runs `tessera serve`; `log_format` is `--log-format`.
+pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), CliError> {
     if args.check {
+        crate::logging::init(log_format.unwrap_or_default(), "info");
         return run_check(&args);
     }
-    let mut config = args.data.load()?;
-    apply_flags(&args, &mut config)?;
-    // The file was checked when loaded; the command-line overrides are checked the same way.
-    let origin = args.data.config.clone().unwrap_or_else(|| crate::config::DEFAULT_CONFIG_ORIGIN.into());
-    config.check(&origin)?;
+    let loaded = load(&args);
+    let (format, level) = match &loaded {
+        Ok(config) => (log_format.unwrap_or(config.log.format), config.log.level.as_str()),
+        Err(_) => (log_format.unwrap_or_default(), "info"),
+    };
+    crate::logging::init(format, level);
+    let config = loaded?;
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
+    let reload = Arc::new(AtomicBool::new(false));
+    let handlers = [
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGHUP, &reload),
+    ];
+    for (signal, flag) in handlers {
+        signal_hook::flag::register(signal, Arc::clone(flag))
             .map_err(|e| CliError::Other(format!("cannot install a handler for signal {signal}: {e}")))?;
     }
     let appliance = Appliance::start(&config)?;
     if let Some(service) = appliance.service() {
         service_cmd::report(service);
     }
-    appliance.run_until(&stop)?;
+    appliance.run_until(&stop, &reload, || {
+        tracing::info!(config = %origin(&args).display(), "SIGHUP: reloading the config");
+        load(&args)
+    })?;
     Ok(())
+}
+
+/// The config file with the command-line overrides applied, checked: at start and on SIGHUP.
+fn load(args: &ServeArgs) -> Result<Config, CliError> {
+    let mut config = args.data.load()?;
+    apply_flags(args, &mut config)?;
+    // The file was checked when loaded; the command-line overrides are checked the same way.
+    config.check(&origin(args))?;
+    Ok(config)
+}
+
+/// How errors name the config: its file, or the embedded default.
+fn origin(args: &ServeArgs) -> std::path::PathBuf {
+    args.data.config.clone().unwrap_or_else(|| crate::config::DEFAULT_CONFIG_ORIGIN.into())
 }
 
 /// Applies the command-line overrides over the loaded config.

@@ -65,14 +65,15 @@ pub fn report(handle: &ServiceHandle) {
     // One line on stdout with the real address (port 0 picks one), for people and scripts.
     println!("tessera service: listening on https://{}", handle.local_addr());
     if let Some(ca) = handle.dev_ca_file() {
-        println!(
-            "tessera service: development certificate; try: curl --cacert {} https://localhost:{}/healthz",
-            ca.display(),
-            handle.local_addr().port()
+        let port = handle.local_addr().port();
+        tracing::info!(
+            ca = %ca.display(),
+            "development certificate; try: curl --cacert {} https://localhost:{port}/healthz",
+            ca.display()
         );
     }
     if let Some(token) = handle.announce_token_file() {
-        println!("tessera service: announces need the bearer token in {}", token.display());
+        tracing::info!(token_file = %token.display(), "announces need the bearer token in this file");
     }
 }
 

@@ -2,7 +2,9 @@
 
 mod announce;
 mod download;
+mod log;
 mod registry;
+mod reload;
 mod serve;
 mod service;
 mod store;
@@ -15,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use announce::AnnounceConfig;
 pub use download::DownloadConfig;
+pub use log::{LogConfig, LogFormat};
 pub use registry::{RegistryBackend, RegistryConfig, RegistryConfigError};
+pub use reload::{plan_reload, Change, ReloadPlan};
 pub use serve::{BackendChoice, ServeConfig};
 pub use service::ServiceConfig;
 pub use store::StoreConfig;
@@ -60,6 +64,8 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// Where the service keeps its peer registry: in memory, or on Redis for a fleet.
     pub registry: RegistryConfig,
+    /// The log's level and format, and the optional access log.
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -73,6 +79,7 @@ impl Default for Config {
             announce: AnnounceConfig::default(),
             upstream: None,
             registry: RegistryConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -15,6 +15,9 @@ const RING_ENTRIES_MAX: u32 = 32_768;
 const SEND_IOVECS_MAX: usize = 1024;
 /// Smallest useful receive buffer.
 const RECV_BUFFER_BYTES_MIN: usize = 512;
+/// Bounds of a worker's access-log buffer: room for a few lines, at most 16 MiB per worker.
+const ACCESS_LOG_BUFFER_BYTES_MIN: u64 = 4096;
+const ACCESS_LOG_BUFFER_BYTES_MAX: u64 = 16 << 20;
 /// Connection slots are indexed with 24 bits.
 const CONNECTIONS_PER_WORKER_MAX: usize = (1 << 24) - 1;
 
@@ -83,6 +86,7 @@ impl Config {
         self.check_download(&mut check);
         self.check_serve(&mut check);
         self.check_announce(&mut check);
+        self.check_log(&mut check);
         if let Some(upstream) = &self.upstream {
             if let Err(error) = upstream.validate() {
                 check.0.push(error.into());
@@ -216,6 +220,36 @@ impl Config {
     }
 }
 
+impl Config {
+    fn check_log(&self, check: &mut Checker) {
+        let log = &self.log;
+        if let Err(reason) = check_level_filter(&log.level) {
+            check.bad("log.level", &log.level, reason);
+        }
+        if log.access_log.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+            check.bad("log.access_log", &log.access_log, "must name a file, or \"-\" for stdout");
+        }
+        let buffer = log.access_log_buffer_bytes as u64;
+        check.within("log.access_log_buffer_bytes", buffer, ACCESS_LOG_BUFFER_BYTES_MIN, ACCESS_LOG_BUFFER_BYTES_MAX);
+    }
+}
+
+/// A level filter in `RUST_LOG` syntax whose bare words are levels: `RUST_LOG` reads a bare word
+/// as a module to trace, so a mistyped level (`inf`) would silently log nothing at info.
+fn check_level_filter(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let mut bare = text.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains(['=', '[']));
+    if let Some(word) = bare.find(|word| !LEVELS.contains(&word.to_ascii_lowercase().as_str())) {
+        return Err(format!(
+            "{word:?} is not a level (trace, debug, info, warn, error, off); use MODULE=LEVEL for one module"
+        ));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(drop)
+        .map_err(|error| format!("is not a level filter (RUST_LOG syntax): {error}"))
+}
+
 /// `IP:PORT`, `[V6]:PORT` or `HOST:PORT` with a DNS name; port 0 asks the kernel for one. Names are
 /// not resolved here: that is the listener's job when it binds.
 fn is_listen_address(text: &str) -> bool {
@@ -275,6 +309,10 @@ mod tests {
             ("[announce]\ninterval_ms = 0", "announce.interval_ms = 0"),
             ("[download]\nverify_threads = 0", "download.verify_threads = 0"),
             ("[store]\nslab_size_bytes = 2048\nsize_bytes_max = 1024", "store.slab_size_bytes = 2048"),
+            ("[log]\nlevel = \"loud\"", "log.level = \"loud\""),
+            ("[log]\nlevel = \"info,tessera=loud\"", "log.level"),
+            ("[log]\naccess_log_buffer_bytes = 1", "log.access_log_buffer_bytes = 1"),
+            ("[log]\naccess_log = \"\"", "log.access_log"),
         ] {
             let message = problems(text);
             assert!(message.contains(key), "{message:?} should name {key:?}");

@@ -39,8 +39,8 @@ pub trait Respond {
     /// and [`Connection::abort`] calls when the reply is pending or streaming.
     fn respond(&mut self, request: &Request, keep_alive: bool, token: ResponseToken) -> Reply;
     /// A response to a request the connection itself refused (malformed head, timeout); the
-    /// connection closes after it.
-    fn reject(&mut self, status: u16, message: &str) -> Outgoing;
+    /// connection (`connection`, the driver's slot) closes after it.
+    fn reject(&mut self, status: u16, message: &str, connection: SlotKey) -> Outgoing;
 }
 
 /// Names one response of one connection: the connection's slot and the response's sequence
@@ -107,6 +107,7 @@ impl ConnectionLimits {
                 header_bytes_max: config.header_bytes_max,
                 header_count_max: config.header_count_max,
                 target_bytes_max: config.target_bytes_max,
+                log_fields: false,
             },
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -269,6 +270,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Replaces the limits (a reload): requests parsed and timeouts checked from now on use them.
+    pub fn set_limits(&mut self, limits: ConnectionLimits) {
+        self.limits = limits;
+    }
+
     /// A connection accepted at `now`, living in the driver's slot `key`.
     pub fn new(limits: ConnectionLimits, key: SlotKey, now: Instant) -> Connection {
         Connection {
@@ -510,7 +516,7 @@ impl Connection {
         }
         if let Some(since) = self.head_since.filter(|_| !self.pending_input().is_empty()) {
             if now.saturating_duration_since(since) >= self.limits.header_timeout {
-                let outgoing = responder.reject(408, "request head not received in time\n");
+                let outgoing = responder.reject(408, "request head not received in time\n", self.key);
                 self.push(Reply::Ready(outgoing), now);
                 self.finish_reading(CloseReason::HeaderTimeout);
             }
@@ -689,7 +695,8 @@ impl Connection {
             }
             self.release(seq);
             let was_unsent = self.has_unsent();
-            self.queue[index].outgoing = Some(Rc::new(responder.reject(504, "the response was not ready in time\n")));
+            self.queue[index].outgoing =
+                Some(Rc::new(responder.reject(504, "the response was not ready in time\n", self.key)));
             self.made_ready(was_unsent, now);
         }
         self.finish_reading(CloseReason::PendingTimeout);
@@ -729,7 +736,7 @@ impl Connection {
                     }
                 }
                 Err(error) => {
-                    let outgoing = responder.reject(error.status(), &format!("{error}\n"));
+                    let outgoing = responder.reject(error.status(), &format!("{error}\n"), self.key);
                     self.push(Reply::Ready(outgoing), now);
                     self.finish_reading(CloseReason::Finished);
                 }
@@ -776,7 +783,7 @@ mod tests {
             Reply::Ready(echo(request, keep_alive))
         }
 
-        fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+        fn reject(&mut self, status: u16, message: &str, _connection: SlotKey) -> Outgoing {
             Outgoing::text(status, message, false, false)
         }
     }
@@ -1055,7 +1062,7 @@ mod tests {
             }
         }
 
-        fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+        fn reject(&mut self, status: u16, message: &str, _connection: SlotKey) -> Outgoing {
             Outgoing::text(status, message, false, false)
         }
     }

@@ -8,6 +8,7 @@
 //! `send_bytes_per_turn_max` bytes per turn, so one fast reader cannot starve the others.
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
@@ -15,7 +16,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{reclaim_batch, WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::live::{Settings, SettingsWatch};
+use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -76,9 +78,11 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
         send_bytes_max: context.shared.config.send_bytes_per_turn_max.max(1),
         reclaim_batch: reclaim_batch(context.connections_max()),
+        connections_max: context.connections_max(),
+        watch: SettingsWatch::default(),
         listener: Some(listener),
     };
-    let tick = context.tick();
+    let mut tick = context.tick();
     let mut events = Events::with_capacity(EVENTS_MAX);
     let mut accept_ready = true;
     let mut next_tick = Instant::now() + tick;
@@ -120,6 +124,10 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
             accept_ready = worker.accept(&poll, now, &mut dirty);
         }
         if now >= next_tick {
+            if let Some(settings) = worker.watch.poll(&context.shared.live) {
+                tick = tick_of(&settings);
+                worker.apply(&context, settings);
+            }
             next_tick = now + tick;
             for key in worker.sockets.keys() {
                 if let Some(socket) = worker.sockets.get_mut(key) {
@@ -147,6 +155,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
                 carry.push(key);
             }
         }
+        worker.handler.flush_access_log();
         if let Some(deadline) = grace_deadline {
             if worker.sockets.is_empty() {
                 return Ok(());
@@ -174,6 +183,10 @@ struct Worker {
     send_bytes_max: usize,
     /// Idle connections reclaimed at once at the limit.
     reclaim_batch: usize,
+    /// Open connections at most (a reload may lower it below the table's size).
+    connections_max: usize,
+    /// Reloaded settings not yet taken.
+    watch: SettingsWatch,
     listener: Option<TcpListener>,
 }
 
@@ -182,8 +195,8 @@ impl Worker {
     fn accept(&mut self, poll: &Poll, now: Instant, dirty: &mut Vec<SlotKey>) -> bool {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
             let Some(listener) = &self.listener else { return false };
-            let mut stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let (mut stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
                 Err(error) => {
                     // EMFILE, ECONNABORTED...: the listener stays; try again next turn.
@@ -191,10 +204,10 @@ impl Worker {
                     return false;
                 }
             };
-            if self.sockets.is_full() {
+            if self.at_limit() {
                 self.reclaim_idle(poll);
             }
-            if self.sockets.is_full() {
+            if self.at_limit() {
                 self.counters.refused();
                 continue;
             }
@@ -211,10 +224,33 @@ impl Worker {
                 self.sockets.remove(key);
                 continue;
             }
+            if self.handler.wants_peers() {
+                self.handler.opened(key, peer);
+            }
             self.counters.opened();
             dirty.push(key);
         }
         true
+    }
+
+    fn at_limit(&self) -> bool {
+        self.sockets.is_full() || self.sockets.len() >= self.connections_max
+    }
+
+    /// Takes on reloaded settings: open connections get the new limits too.
+    fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
+        self.limits = limits_of(&settings);
+        self.send_bytes_max = settings.serve.send_bytes_per_turn_max.max(1);
+        self.connections_max = context.connections_live_max(&settings);
+        self.handler.apply(settings);
+        let wants_peers = self.handler.wants_peers();
+        for key in self.sockets.keys() {
+            let Some(socket) = self.sockets.get_mut(key) else { continue };
+            socket.state.set_limits(self.limits);
+            if let (true, Ok(peer)) = (wants_peers, socket.stream.peer_addr()) {
+                self.handler.opened(key, peer);
+            }
+        }
     }
 
     /// At the connection limit: closes the longest-idle connections to make room. One whose
@@ -303,6 +339,7 @@ impl Worker {
 
     fn close(&mut self, poll: &Poll, key: SlotKey, reason: CloseReason) {
         if let Some(mut socket) = self.sockets.remove(key) {
+            self.handler.closed(key);
             let _ = poll.registry().deregister(&mut socket.stream);
             self.counters.closed(reason);
         }

@@ -6,12 +6,15 @@
 //! `If-Range` (`http::conditional`).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::dataplane::access_log::{AccessLog, Entry};
 use crate::dataplane::connection::{Connection, ConnectionEvent, Respond, ResponseError, ResponseToken};
 use crate::dataplane::library::{Content, Library};
+use crate::dataplane::live::Settings;
 use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::response::{Body, BodyPart, Outgoing, PieceSlice, Reply, Segment};
 use crate::dataplane::route::{route, Route};
@@ -22,6 +25,7 @@ use crate::http::{
     parse_range, ByteRange, ContentRange, DigestTag, Framing, Method, RangeOutcome, Request, ResponseHead, Validators,
     Version,
 };
+use crate::io::slots::SlotKey;
 
 const OCTETS: &str = "application/octet-stream";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -168,6 +172,8 @@ fn simple_mode_value(reason: &str) -> String {
 /// A response pending on a cache box's fill.
 struct PendingFill {
     request: Request,
+    /// When the request was answered pending (its access-log request time runs from here).
+    since: Instant,
     keep_alive: bool,
     id: crate::content::ContentId,
     need: Need,
@@ -230,12 +236,19 @@ pub struct Handler {
     stream: Option<Stream>,
     /// The upstream link's catalog generation this worker's library has followed.
     catalog_seen: u64,
+    /// The reloadable settings in force (the drivers hand new ones in: [`Handler::apply`]).
+    settings: Arc<Settings>,
+    /// This worker's access log, when on.
+    access_log: Option<AccessLog>,
+    /// Client addresses by connection, kept only while the access log is on.
+    peers: HashMap<SlotKey, SocketAddr>,
 }
 
 impl Handler {
     /// The handler of worker `worker`.
     pub fn new(shared: Arc<Shared>, worker: usize) -> Handler {
         let now = Instant::now();
+        let settings = shared.live.load();
         let library = Library::new(
             shared.catalog.clone(),
             shared.store.clone(),
@@ -255,7 +268,61 @@ impl Handler {
             streaming: false,
             stream: None,
             catalog_seen: 0,
+            access_log: access_log_of(&settings),
+            settings,
+            peers: HashMap::new(),
         }
+    }
+
+    /// Takes on reloaded settings: range limits, the access log (reopened).
+    pub fn apply(&mut self, settings: Arc<Settings>) {
+        // The old buffer goes to the old file before it closes.
+        self.access_log = access_log_of(&settings);
+        if self.access_log.is_none() {
+            self.peers.clear();
+        }
+        self.settings = settings;
+    }
+
+    /// Whether the drivers should say who each connection is ([`Handler::opened`]).
+    pub fn wants_peers(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    /// Connection `key` came from `peer` (told only while [`Handler::wants_peers`]).
+    pub fn opened(&mut self, key: SlotKey, peer: SocketAddr) {
+        self.peers.insert(key, peer);
+    }
+
+    /// Connection `key` is closed.
+    pub fn closed(&mut self, key: SlotKey) {
+        self.peers.remove(&key);
+    }
+
+    /// Writes the access-log lines of this loop turn (drivers call it at the end of every turn).
+    pub fn flush_access_log(&mut self) {
+        if let Some(log) = &mut self.access_log {
+            log.flush();
+        }
+    }
+
+    /// One access-log line, when the log is on.
+    fn log_access(
+        &mut self,
+        request: Option<&Request>,
+        connection: Option<SlotKey>,
+        outgoing: &Outgoing,
+        since: Instant,
+    ) {
+        let Some(log) = &mut self.access_log else { return };
+        let entry = Entry {
+            remote: connection.and_then(|key| self.peers.get(&key).copied()),
+            request,
+            status: outgoing.status,
+            body_bytes: outgoing.body_bytes_declared(),
+            request_time: self.now.saturating_duration_since(since),
+        };
+        log.record(&entry, self.clock.now_s);
     }
 
     /// Sets the time the next requests are handled at (drivers call it once per loop turn).
@@ -404,7 +471,7 @@ impl Handler {
         // An If-Range that names another version means "send it all": never splice two versions.
         let range = request.range.as_deref().filter(|_| conditions.range_allowed(validators));
         let (status, start, end, content_range) =
-            match parse_range(range, length, self.shared.config.ranges_per_request_max) {
+            match parse_range(range, length, self.settings.serve.ranges_per_request_max) {
                 RangeOutcome::Full => (200, 0, length, None),
                 RangeOutcome::Partial { start, end } => {
                     (206, start, end + 1, Some(ContentRange::Bytes { start, end, length }))
@@ -550,6 +617,7 @@ impl Handler {
         if pending.stream.is_none() {
             if let Some(filled) = pending.done.take() {
                 let outgoing = self.answer_filled(&pending, filled);
+                self.log_access(Some(&pending.request), Some(token.connection), &outgoing, pending.since);
                 return self.give(token, connection, outgoing, now);
             }
             if !std::mem::take(&mut pending.landed) || pending.request.method != Method::Get {
@@ -562,6 +630,7 @@ impl Handler {
             };
             pending.stream = self.stream.take();
             let streaming = pending.stream.is_some();
+            self.log_access(Some(&pending.request), Some(token.connection), &outgoing, pending.since);
             self.give(token, connection, outgoing, now);
             if !streaming {
                 // Whole already (or a 304): the fill need not go on for it.
@@ -630,6 +699,7 @@ impl Handler {
             let http10 = pending.request.version == Version::Http10;
             let outgoing = self.relay_outgoing(&head, pending.keep_alive, http10);
             self.metrics().response(outgoing.status);
+            self.log_access(Some(&pending.request), Some(token.connection), &outgoing, pending.since);
             if connection.complete(token, outgoing, now).is_err() {
                 return self.relay_gone(token);
             }
@@ -799,6 +869,7 @@ impl Respond for Handler {
             if link.send_miss(miss) {
                 let pending = PendingFill {
                     request: request.clone(),
+                    since: self.now,
                     keep_alive,
                     id,
                     need,
@@ -815,21 +886,32 @@ impl Respond for Handler {
             let busy =
                 self.fill_error(reply, 503, "the fill queue is full; retry shortly\n", FillHeader::RetryAfter(1));
             self.metrics().response(busy.status);
+            self.log_access(Some(request), Some(token.connection), &busy, self.now);
             return Reply::Ready(busy);
         }
         self.metrics().response(outgoing.status);
+        self.log_access(Some(request), Some(token.connection), &outgoing, self.now);
         if outgoing.is_from_store() {
             self.metrics().hit(outgoing.body_bytes());
         }
         Reply::Ready(outgoing)
     }
 
-    fn reject(&mut self, status: u16, message: &str) -> Outgoing {
+    fn reject(&mut self, status: u16, message: &str, connection: SlotKey) -> Outgoing {
         self.metrics().response(status);
         let date = self.clock.date;
         let date = std::str::from_utf8(&date).expect("ASCII date");
-        Answer { keep_alive: false, head_only: false, http10_keep_alive: false, date }.error(status, message)
+        let outgoing =
+            Answer { keep_alive: false, head_only: false, http10_keep_alive: false, date }.error(status, message);
+        self.log_access(None, Some(connection), &outgoing, self.now);
+        outgoing
     }
+}
+
+/// A worker's access log for `settings`, when on.
+fn access_log_of(settings: &Settings) -> Option<AccessLog> {
+    let file = settings.access_log.clone()?;
+    Some(AccessLog::new(file, settings.access_log_buffer_bytes))
 }
 
 #[cfg(test)]
@@ -885,6 +967,11 @@ mod tests {
             metrics: Metrics::new(1),
             config: ServeConfig::default(),
             upstream,
+            live: crate::dataplane::live::LiveSettings::new(crate::dataplane::live::Settings {
+                serve: ServeConfig::default(),
+                access_log: None,
+                access_log_buffer_bytes: 4096,
+            }),
         });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }

@@ -12,10 +12,12 @@
 //!  kernel ◄─ send(msg) of head + mmap slices ◄─┘ Outgoing (guards live until the kernel is done)
 //! ```
 
+pub mod access_log;
 pub mod connection;
 pub mod epoll;
 pub mod handler;
 pub mod library;
+pub mod live;
 pub mod metrics;
 pub mod response;
 pub mod route;
@@ -35,7 +37,9 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{BackendChoice, Config};
 use crate::io::sys::{self, ListenError, ListenerGroup};
 use crate::store::{Store, StoreError};
+use access_log::AccessLogFile;
 use library::Content;
+use live::{LiveSettings, Settings};
 use metrics::Metrics;
 use shared::Shared;
 use worker::{WorkerContext, WorkerError};
@@ -66,6 +70,8 @@ pub enum ServeError {
     Worker(#[from] WorkerError),
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog { path: PathBuf, source: std::io::Error },
 }
 
 /// The piece server.
@@ -102,6 +108,7 @@ impl Server {
     ) -> Result<ServerHandle, ServeError> {
         let serve = &config.serve;
         let address = resolve(&serve.listen)?;
+        let live = LiveSettings::new(settings_of(config)?);
         let (backend, why) = choose_backend(serve.backend)?;
         let catalog = Catalog::new(config.catalog_dir());
         let (contents, refused) = Content::load_all(&catalog)?;
@@ -134,6 +141,7 @@ impl Server {
             metrics: Metrics::new(worker_count),
             config: serve.clone(),
             upstream,
+            live,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -221,6 +229,25 @@ impl ServerHandle {
         &self.shared.metrics
     }
 
+    /// Puts `config`'s live settings in force (`[serve]` limits and timeouts, the access log,
+    /// reopened): each worker takes them at its next timeout tick (at most 100 ms), without
+    /// dropping a connection. On an access log that does not open, the previous one stays.
+    pub fn reload(&self, config: &Config) -> Result<(), ServeError> {
+        let (settings, result) = match settings_of(config) {
+            Ok(settings) => (settings, Ok(())),
+            Err(error) => {
+                let access_log = self.shared.live.load().access_log.clone();
+                let serve = config.serve.clone();
+                (
+                    Settings { serve, access_log, access_log_buffer_bytes: config.log.access_log_buffer_bytes },
+                    Err(error),
+                )
+            }
+        };
+        self.shared.live.publish(settings);
+        result
+    }
+
     /// Whether any worker has exited (only after `shutdown` or a failure).
     pub fn any_worker_finished(&self) -> bool {
         self.workers.iter().any(JoinHandle::is_finished)
@@ -256,6 +283,21 @@ impl Drop for ServerHandle {
             tracing::error!(%error, "data plane stopped with an error");
         }
     }
+}
+
+/// The live settings of `config`, with its access log opened.
+fn settings_of(config: &Config) -> Result<Settings, ServeError> {
+    let access_log = match &config.log.access_log {
+        Some(path) => Some(Arc::new(
+            AccessLogFile::open(path).map_err(|source| ServeError::AccessLog { path: path.clone(), source })?,
+        )),
+        None => None,
+    };
+    Ok(Settings {
+        serve: config.serve.clone(),
+        access_log,
+        access_log_buffer_bytes: config.log.access_log_buffer_bytes,
+    })
 }
 
 /// Worker threads `serve` runs: `workers`, or one per allowed CPU when 0.

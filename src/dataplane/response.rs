@@ -212,6 +212,13 @@ impl Outgoing {
         self.body_bytes
     }
 
+    /// Body bytes this response puts on the wire in all (a streaming one: as declared; a text
+    /// answer carries its body in the head buffer), as an access log counts them.
+    pub fn body_bytes_declared(&self) -> u64 {
+        let head_end = self.head.windows(4).position(|w| w == b"\r\n\r\n").map_or(self.head.len(), |at| at + 4);
+        self.length_declared - head_end as u64
+    }
+
     /// Whether the body is slices of stored pieces (a cache hit, or a miss answered once filled).
     pub fn is_from_store(&self) -> bool {
         match &self.body {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::config::ServeConfig;
 use crate::dataplane::library::Content;
+use crate::dataplane::live::LiveSettings;
 use crate::dataplane::metrics::Metrics;
 use crate::dataplane::upstream::UpstreamLink;
 use crate::store::Store;
@@ -15,7 +16,10 @@ pub struct Shared {
     pub catalog: Catalog,
     pub contents: Vec<Content>,
     pub metrics: Metrics,
+    /// `[serve]` as the server started (what sized its tables, rings and buffers).
     pub config: ServeConfig,
     /// A cache box's way to its fill thread; `None` for a seed.
     pub upstream: Option<Arc<UpstreamLink>>,
+    /// The settings a reload changes (limits, timeouts, access log), taken by each worker at its tick.
+    pub live: LiveSettings,
 }

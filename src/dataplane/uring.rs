@@ -17,6 +17,7 @@
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
@@ -24,7 +25,8 @@ use socket2::SockRef;
 
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
-use crate::dataplane::worker::{reclaim_batch, WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::live::{Settings, SettingsWatch};
+use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::accept::{AcceptOp, Accepted};
 use crate::io::uring::buf_ring::{BufRing, Pooled, PooledRecvOp};
@@ -86,6 +88,8 @@ struct Worker {
     accept_retry_at: Option<Instant>,
     /// A cache box's wake-up from its fill thread (answers to pending responses are waiting).
     wake: Option<WakeOp>,
+    /// Reloaded settings not yet taken.
+    watch: SettingsWatch,
 }
 
 /// Runs one worker on io_uring until the server stops. `ready` is called once, before serving.
@@ -174,6 +178,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         stopping: false,
         accept_retry_at: None,
         wake,
+        watch: SettingsWatch::default(),
     };
     ready(Ok(()));
     let result = worker.serve(&context);
@@ -200,7 +205,7 @@ fn build_ring_fitting(submission_entries: u32, mut completion_entries: u32) -> s
 
 impl Worker {
     fn serve(&mut self, context: &WorkerContext) -> std::io::Result<()> {
-        let tick = context.tick();
+        let mut tick = context.tick();
         let mut next_tick = Instant::now() + tick;
         let mut grace_deadline = None;
         let mut completions = Vec::with_capacity(COMPLETIONS_PER_TURN_MAX);
@@ -222,6 +227,10 @@ impl Worker {
                 self.dispatch(user_data, result, flags, now);
             }
             if now >= next_tick {
+                if let Some(settings) = self.watch.poll(&context.shared.live) {
+                    tick = tick_of(&settings);
+                    self.apply(context, settings);
+                }
                 next_tick = now + tick;
                 for key in self.conns.keys() {
                     if let Some(conn) = self.conns.get_mut(key) {
@@ -246,6 +255,7 @@ impl Worker {
                 self.accept.arm(&mut self.ring.queue);
             }
             self.advance_dirty();
+            self.handler.flush_access_log();
             if let Some(deadline) = grace_deadline {
                 let listener_closed = self.accept.close_when_idle();
                 if self.conns.is_empty() && listener_closed {
@@ -359,6 +369,7 @@ impl Worker {
                     drop(stream);
                 } else {
                     let _ = stream.set_nodelay(true);
+                    let peer = if self.handler.wants_peers() { stream.peer_addr().ok() } else { None };
                     let (limits, iovecs, send_bytes_max) = (self.limits, self.iovecs_max, self.send_bytes_max);
                     let socket = Rc::new(OwnedFd::from(stream));
                     let key = self
@@ -373,6 +384,9 @@ impl Worker {
                             })
                         })
                         .expect("checked not full");
+                    if let Some(peer) = peer {
+                        self.handler.opened(key, peer);
+                    }
                     self.counters.opened();
                     self.dirty.push(key);
                 }
@@ -387,6 +401,25 @@ impl Worker {
         }
         if !self.stopping && self.accept_retry_at.is_none() {
             self.accept.arm(&mut self.ring.queue);
+        }
+    }
+
+    /// Takes on reloaded settings: open connections get the new limits too (a send already
+    /// set up keeps its per-turn bound; new connections get the new one).
+    fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
+        self.limits = limits_of(&settings);
+        self.send_bytes_max = settings.serve.send_bytes_per_turn_max as u64;
+        self.connections_max = context.connections_live_max(&settings);
+        self.handler.apply(settings);
+        let wants_peers = self.handler.wants_peers();
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.state.set_limits(self.limits);
+            if let (true, Ok(Some(peer))) =
+                (wants_peers, SockRef::from(&*conn.socket).peer_addr().map(|a| a.as_socket()))
+            {
+                self.handler.opened(key, peer);
+            }
         }
     }
 
@@ -457,6 +490,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.closing = true;
         self.closing_count += 1;
+        self.handler.closed(key);
         conn.recv.abandon();
         conn.send.abandon();
         // Queued bytes still go out before the FIN; a pending receive completes at once.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataplane::connection::ConnectionLimits;
 use crate::dataplane::handler::Handler;
+use crate::dataplane::live::Settings;
 use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::shared::Shared;
 
@@ -29,9 +30,9 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    /// The connection limits from `[serve]`.
+    /// The connection limits in force.
     pub fn limits(&self) -> ConnectionLimits {
-        ConnectionLimits::from_config(&self.shared.config)
+        limits_of(&self.shared.live.load())
     }
 
     /// This worker's counters, for the driver's own transport events (accepts, refusals, bytes
@@ -45,15 +46,10 @@ impl WorkerContext {
         Handler::new(self.shared.clone(), self.index)
     }
 
-    /// How often timeouts are checked: a quarter of the shortest timeout, within 5..=100 ms.
+    /// How often timeouts are checked (and reloaded settings taken): a quarter of the shortest
+    /// timeout in force, within 5..=100 ms.
     pub fn tick(&self) -> Duration {
-        let config = &self.shared.config;
-        let shortest = config
-            .header_timeout_ms
-            .min(config.idle_timeout_ms)
-            .min(config.send_timeout_ms)
-            .min(config.pending_timeout_ms);
-        Duration::from_millis((shortest / 4).clamp(5, 100))
+        tick_of(&self.shared.live.load())
     }
 
     /// Whether the server was asked to stop.
@@ -61,15 +57,37 @@ impl WorkerContext {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Most connections this worker holds.
+    /// Most connections this worker's tables are sized for (the limit it started with).
     pub fn connections_max(&self) -> usize {
         self.shared.config.connections_per_worker_max.clamp(1, (1 << 24) - 1)
     }
 
+    /// Most connections this worker holds under `settings` (a reload may lower the limit, not
+    /// raise it past the tables).
+    pub fn connections_live_max(&self, settings: &Settings) -> usize {
+        settings.serve.connections_per_worker_max.clamp(1, self.connections_max())
+    }
+
     /// When in-flight responses are cut off after shutdown starts at `now`.
     pub fn grace_deadline(&self, now: Instant) -> Instant {
-        now + Duration::from_millis(self.shared.config.shutdown_grace_ms)
+        now + Duration::from_millis(self.shared.live.load().serve.shutdown_grace_ms)
     }
+}
+
+/// The connection limits of `settings` (request headers kept for the access log when it is on).
+pub fn limits_of(settings: &Settings) -> ConnectionLimits {
+    let mut limits = ConnectionLimits::from_config(&settings.serve);
+    limits.request.log_fields = settings.access_log.is_some();
+    limits
+}
+
+/// How often timeouts are checked under `settings`: a quarter of the shortest timeout, within
+/// 5..=100 ms.
+pub fn tick_of(settings: &Settings) -> Duration {
+    let config = &settings.serve;
+    let shortest =
+        config.header_timeout_ms.min(config.idle_timeout_ms).min(config.send_timeout_ms).min(config.pending_timeout_ms);
+    Duration::from_millis((shortest / 4).clamp(5, 100))
 }
 
 /// One worker's counters, owned (a driver keeps it beside its handler, not inside it).

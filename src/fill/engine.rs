@@ -158,6 +158,20 @@ pub struct FillEngine {
 }
 
 impl FillEngine {
+    /// Replaces the limits on a reload. Only budgets and timing may change: the bounds that
+    /// size what the engine holds (fills, windows, waiters, requests per source) stay, since
+    /// what is held now was admitted under them.
+    pub fn set_limits(&mut self, limits: FillLimits) {
+        let sizes = |l: &FillLimits| {
+            (l.fills_in_flight_max, l.pieces_in_flight_per_fill_max, l.read_ahead_pieces, l.waiters_per_piece_max)
+        };
+        assert_eq!(sizes(&limits), sizes(&self.limits), "a reload changed a bound of what the engine holds");
+        assert!(
+            limits.piece_memory_bytes_max >= 1 && limits.requests_per_source_max == self.limits.requests_per_source_max
+        );
+        self.limits = limits;
+    }
+
     /// An engine with `limits`, choosing sources with `policy`.
     pub fn new(limits: FillLimits, policy: Box<dyn SourcePolicy + Send>) -> FillEngine {
         assert!(limits.read_ahead_pieces >= 1 && limits.waiters_per_piece_max >= 1, "limits must be at least 1");

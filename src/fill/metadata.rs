@@ -159,6 +159,14 @@ pub struct MetadataCache {
 }
 
 impl MetadataCache {
+    /// Replaces the limits on a reload: expiry and retry timing only (the bounds of what the
+    /// cache holds stay, as the engine's do).
+    pub fn set_limits(&mut self, limits: MetadataLimits) {
+        let sizes = |l: &MetadataLimits| (l.entries_max, l.fetches_in_flight_max, l.waiters_per_id_max, l.timeout_ms);
+        assert_eq!(sizes(&limits), sizes(&self.limits), "a reload changed a bound of what the cache holds");
+        self.limits = limits;
+    }
+
     /// An empty cache.
     pub fn new(limits: MetadataLimits) -> MetadataCache {
         assert!(limits.entries_max >= 1 && limits.fetches_in_flight_max >= 1 && limits.waiters_per_id_max >= 1);

@@ -13,11 +13,13 @@ pub struct RequestLimits {
     pub header_count_max: usize,
     /// Longest request target, in bytes.
     pub target_bytes_max: usize,
+    /// Keep `Referer` and `User-Agent` ([`Request::log_fields`]) for an access log.
+    pub log_fields: bool,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        RequestLimits { header_bytes_max: 8192, header_count_max: 64, target_bytes_max: 2048 }
+        RequestLimits { header_bytes_max: 8192, header_count_max: 64, target_bytes_max: 2048, log_fields: false }
     }
 }
 
@@ -62,6 +64,16 @@ pub struct Request {
     /// The conditional headers, if any was sent (boxed: most requests have none, and a
     /// `Request` stays small).
     pub conditional: Option<Box<ConditionalHeaders>>,
+    /// `Referer` and `User-Agent`, kept only when [`RequestLimits::log_fields`] asks (boxed and
+    /// absent otherwise: no allocation per request without an access log).
+    pub log_fields: Option<Box<LogFields>>,
+}
+
+/// The request headers an access log records and nothing acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFields {
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// The conditional request headers, as sent.
@@ -199,6 +211,7 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
         host: None,
         content_type: None,
         conditional: None,
+        log_fields: None,
     };
     let mut seen_length = false;
     for header in parsed.headers.iter() {
@@ -241,6 +254,10 @@ pub fn parse_request(buffer: &[u8], limits: &RequestLimits) -> Result<Parsed, Re
             request.conditional.get_or_insert_default().if_modified_since = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("if-range") {
             request.conditional.get_or_insert_default().if_range = Some(value.to_string());
+        } else if limits.log_fields && name.eq_ignore_ascii_case("referer") {
+            request.log_fields.get_or_insert_default().referer = Some(value.to_string());
+        } else if limits.log_fields && name.eq_ignore_ascii_case("user-agent") {
+            request.log_fields.get_or_insert_default().user_agent = Some(value.to_string());
         }
     }
     Ok(Parsed::Complete { request, head_length })

@@ -33,13 +33,22 @@ impl Serve {
     /// Starts `serve` on `data` with `workers` workers and `extra` flags, on free loopback ports,
     /// and waits until it reports both addresses.
     pub fn start(data: &Path, workers: usize, extra: &[String]) -> Serve {
-        let mut child = tessera()
+        Serve::start_with_rust_log(data, workers, extra, Some("info"))
+    }
+
+    /// [`Serve::start`] with `RUST_LOG` set to `rust_log`, or unset (the config's `[log] level`).
+    pub fn start_with_rust_log(data: &Path, workers: usize, extra: &[String], rust_log: Option<&str>) -> Serve {
+        let mut command = tessera();
+        match rust_log {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--service-listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
             .arg("--data-dir")
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -77,6 +86,28 @@ impl Serve {
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits (bounded) until its log contains `text`; the log then.
+    pub fn wait_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
