@@ -31,7 +31,7 @@ fn publish(data: &Path, content: &Content, extra: &[String]) {
 
 /// `tessera_http_requests_total` with status 200, over the server's workers.
 fn ok_responses(address: &str) -> u64 {
-    metric(address, "tessera_http_requests_total{", "status=\"200\"")
+    metric(address, "tessera_http_requests_total{", "code=\"200\"")
 }
 
 /// A seed holding `content` (published with `extra`), and the flags that make a box fill from it.

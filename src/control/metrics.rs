@@ -1,5 +1,5 @@
-//! The service's own counters, shown on its `GET /metrics` (Prometheus text): peer registry
-//! operations and their latency, the registry backend's state, refused announces.
+//! The service's own counters, shown on its `GET /metrics` (Prometheus text): the build, peer
+//! registry operations and their latency, the registry backend's state, refused announces.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -94,6 +94,7 @@ impl ServiceMetrics {
     /// Prometheus text of every counter, with the registry backend's `status`.
     pub fn render(&self, status: &RegistryStatus, entries: u64) -> String {
         let mut out = String::with_capacity(4096);
+        crate::build_info::write_prometheus(&mut out);
         let name = "tessera_registry_operation_seconds";
         let _ = writeln!(out, "# HELP {name} Peer registry operations and their latency, by operation.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -164,6 +165,7 @@ mod tests {
         metrics.refused(Refusal::NoToken);
         let status = RegistryStatus { backend: "redis", fallback: true, backend_errors: 4, ..Default::default() };
         let text = metrics.render(&status, 7);
+        let build = format!("tessera_build_info{{version=\"{}\"}} 1", crate::build_info::VERSION);
         for line in [
             "tessera_registry_operation_seconds_bucket{op=\"peers\",le=\"0.00005\"} 1",
             "tessera_registry_operation_seconds_bucket{op=\"peers\",le=\"0.005\"} 2",
@@ -175,6 +177,7 @@ mod tests {
             "tessera_registry_backend_errors_total 4",
             "tessera_registry_local_entries 7",
             "tessera_registry_backend{backend=\"redis\"} 1",
+            build.as_str(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

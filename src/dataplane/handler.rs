@@ -26,6 +26,8 @@ use crate::http::{
 const OCTETS: &str = "application/octet-stream";
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
 /// Caches may store every answer but must revalidate before reuse: an id can be republished with
 /// other bytes under the same URL, and revalidation is cheap (a 304 on the strong `ETag`).
 const CACHE_CONTROL: &str = "public, no-cache";
@@ -262,6 +264,7 @@ impl Handler {
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
         self.clock.tick(now);
+        self.metrics().mark_rate(self.clock.now_s);
     }
 
     /// This worker's counters (the handler counts responses; drivers count transport events).
@@ -309,6 +312,15 @@ impl Handler {
                     text.push_str(&link.metrics_text());
                 }
                 return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
+            }
+            Route::Status => {
+                let page = crate::dataplane::status_page::render(&crate::dataplane::status::gather(&self.shared));
+                return reply.text(200, &page, HTML, &reply.extra());
+            }
+            Route::StatusJson => {
+                let status = crate::dataplane::status::gather(&self.shared);
+                let json = serde_json::to_string_pretty(&status).expect("the status serializes");
+                return reply.text(200, &json, JSON, &reply.extra());
             }
             Route::HashFile { ref id } | Route::Content { ref id } => (id, None),
             Route::Piece { ref id, index } => (id, Some(index)),
@@ -830,6 +842,10 @@ impl Respond for Handler {
         let date = std::str::from_utf8(&date).expect("ASCII date");
         Answer { keep_alive: false, head_only: false, http10_keep_alive: false, date }.error(status, message)
     }
+
+    fn answered(&mut self, elapsed: Duration) {
+        self.metrics().answered(elapsed);
+    }
 }
 
 #[cfg(test)]
@@ -885,6 +901,7 @@ mod tests {
             metrics: Metrics::new(1),
             config: ServeConfig::default(),
             upstream,
+            status: crate::dataplane::status::StatusContext::new(crate::io::Backend::Epoll, 1),
         });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }
@@ -1163,7 +1180,7 @@ mod tests {
         assert_eq!(status, 200);
         assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
         let text = String::from_utf8(body).unwrap();
-        assert!(text.contains("tessera_http_requests_total{worker=\"0\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("tessera_http_requests_total{worker=\"0\",code=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_store_pieces 3"), "{text}");
         let (_, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n");
         assert_eq!(body.len(), 10);
@@ -1171,6 +1188,28 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 1\n"), "{text}");
         assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 10\n"), "{text}");
+    }
+
+    #[test]
+    fn the_status_page_and_its_json_show_the_contents_and_counters() {
+        let mut f = fixture();
+        get(&mut f.handler, "GET /v1/content/a/piece/1 HTTP/1.1\r\n\r\n");
+        let (status, head, body) = get(&mut f.handler, "GET /status.json HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Type: application/json\r\n"), "{head}");
+        let shown: crate::dataplane::status::Status = serde_json::from_slice(&body).unwrap();
+        let ids: Vec<&str> = shown.contents.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "meta-only"]);
+        let (a, meta_only) = (&shown.contents[0], &shown.contents[1]);
+        assert_eq!((a.pieces, a.pieces_held, a.bytes_held), (3, 3, f.bytes.len() as u64));
+        assert_eq!((meta_only.pieces_held, meta_only.bytes_held), (0, 0));
+        assert_eq!((shown.requests_total, shown.cache.hits, shown.store.pieces), (1, 1, 3));
+        assert_eq!((shown.role.as_str(), shown.fill.is_none(), shown.request_rate.counts.len()), ("seed", true, 36));
+        let (status, head, body) = get(&mut f.handler, "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Type: text/html; charset=utf-8\r\n"), "{head}");
+        let page = String::from_utf8(body).unwrap();
+        assert!(page.contains("<td>meta-only</td>") && page.contains("3 of 3"), "{page}");
     }
 
     /// Sends what `connection` has, releases it, and hands the connection's events to `handler`:

@@ -17,9 +17,12 @@ pub mod epoll;
 pub mod handler;
 pub mod library;
 pub mod metrics;
+pub mod rate;
 pub mod response;
 pub mod route;
 pub mod shared;
+pub mod status;
+pub mod status_page;
 pub mod upstream;
 pub mod uring;
 pub mod worker;
@@ -134,6 +137,7 @@ impl Server {
             metrics: Metrics::new(worker_count),
             config: serve.clone(),
             upstream,
+            status: status::StatusContext::new(backend, worker_count),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::config::ServeConfig;
 use crate::dataplane::library::Content;
 use crate::dataplane::metrics::Metrics;
+use crate::dataplane::status::StatusContext;
 use crate::dataplane::upstream::UpstreamLink;
 use crate::store::Store;
 
@@ -18,4 +19,6 @@ pub struct Shared {
     pub config: ServeConfig,
     /// A cache box's way to its fill thread; `None` for a seed.
     pub upstream: Option<Arc<UpstreamLink>>,
+    /// What the status page shows beside the counters (start time, backend, workers).
+    pub status: StatusContext,
 }
