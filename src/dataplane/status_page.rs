@@ -51,7 +51,7 @@ pub fn render(status: &Status) -> String {
          <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n"
     );
     overview(&mut out, status);
-    let _ = write!(out, "<h2>Requests per second, last {} minutes</h2>\n", rate_minutes(&status.request_rate));
+    let _ = writeln!(out, "<h2>Requests per second, last {} minutes</h2>", rate_minutes(&status.request_rate));
     out.push_str(&rate_svg(&status.request_rate));
     store(&mut out, status);
     contents(&mut out, status);
