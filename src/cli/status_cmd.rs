@@ -136,7 +136,7 @@ fn render(status: &Status) -> String {
     for content in &status.contents {
         let _ = writeln!(
             out,
-            "  {:<32} {:>12}  {:>6} of {:<6} pieces held  {:>12} held",
+            "  {:<32} {:>12}  {} of {} pieces held  {:>12} held",
             content.id,
             HumanBytes(content.length_bytes).to_string(),
             content.pieces_held,
@@ -191,6 +191,23 @@ mod tests {
         let url = default_url();
         assert!(url.starts_with("http://") && url.ends_with(listen.rsplit(':').next().unwrap()), "{url}");
         assert!(!url.contains("0.0.0.0"), "{url}");
+    }
+
+    #[test]
+    fn a_cache_box_is_shown_with_its_upstream_and_sources() {
+        let text = render(&crate::dataplane::status::example::status("pkg-1"));
+        for shown in [
+            "tessera 0.1.0 · cache box · up 1h 2m 3s",
+            "hits: 30 · misses: 10 · bans in force: 1",
+            "contents: 1",
+            "pkg-1",
+            "2 of 3 pieces held",
+            "upstream: https://seed.example:7443 (failing: refused <x>)",
+            "evil\"<peer>",
+            "banned",
+        ] {
+            assert!(text.contains(shown), "{shown:?} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ const JSON: &str = "application/json";
 /// Caches may store every answer but must revalidate before reuse: an id can be republished with
 /// other bytes under the same URL, and revalidation is cheap (a 304 on the strong `ETag`).
 const CACHE_CONTROL: &str = "public, no-cache";
+/// How long a worker answers `/` and `/status.json` from the status it gathered last: the
+/// page reads the catalog, so a client reloading it in a loop costs one gather a second.
+const STATUS_REUSE: Duration = Duration::from_secs(1);
 /// Most extra headers one head carries (Date, ETag, Last-Modified, Cache-Control, Accept-Ranges,
 /// Connection).
 const EXTRA_MAX: usize = 6;
@@ -232,6 +235,8 @@ pub struct Handler {
     stream: Option<Stream>,
     /// The upstream link's catalog generation this worker's library has followed.
     catalog_seen: u64,
+    /// The status last gathered, and when (reused for [`STATUS_REUSE`]).
+    status: Option<(Instant, Rc<crate::dataplane::status::Status>)>,
 }
 
 impl Handler {
@@ -257,6 +262,7 @@ impl Handler {
             streaming: false,
             stream: None,
             catalog_seen: 0,
+            status: None,
         }
     }
 
@@ -314,12 +320,11 @@ impl Handler {
                 return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
             }
             Route::Status => {
-                let page = crate::dataplane::status_page::render(&crate::dataplane::status::gather(&self.shared));
+                let page = crate::dataplane::status_page::render(&self.status());
                 return reply.text(200, &page, HTML, &reply.extra());
             }
             Route::StatusJson => {
-                let status = crate::dataplane::status::gather(&self.shared);
-                let json = serde_json::to_string_pretty(&status).expect("the status serializes");
+                let json = serde_json::to_string_pretty(&*self.status()).expect("the status serializes");
                 return reply.text(200, &json, JSON, &reply.extra());
             }
             Route::HashFile { ref id } | Route::Content { ref id } => (id, None),
@@ -356,6 +361,18 @@ impl Handler {
                 debug_assert!(piece.is_none());
                 let validators = Validators { etag: content.etag.as_str(), last_modified_s };
                 self.content_range(&content, request, &reply, &validators, last_modified)
+            }
+        }
+    }
+
+    /// The status page's data: gathered again once [`STATUS_REUSE`] has passed.
+    fn status(&mut self) -> Rc<crate::dataplane::status::Status> {
+        match &self.status {
+            Some((at, status)) if self.now.saturating_duration_since(*at) < STATUS_REUSE => status.clone(),
+            _ => {
+                let status = Rc::new(crate::dataplane::status::gather(&self.shared));
+                self.status = Some((self.now, status.clone()));
+                status
             }
         }
     }
@@ -1210,6 +1227,16 @@ mod tests {
         assert!(head.contains("Content-Type: text/html; charset=utf-8\r\n"), "{head}");
         let page = String::from_utf8(body).unwrap();
         assert!(page.contains("<td>meta-only</td>") && page.contains("3 of 3"), "{page}");
+        // Within a second the page is answered from the status gathered last, then gathered again.
+        get(&mut f.handler, "GET /v1/content/a/piece/0 HTTP/1.1\r\n\r\n");
+        let hits = |handler: &mut Handler| {
+            let (_, _, body) = get(handler, "GET /status.json HTTP/1.1\r\n\r\n");
+            serde_json::from_slice::<crate::dataplane::status::Status>(&body).unwrap().cache.hits
+        };
+        assert_eq!(hits(&mut f.handler), 1);
+        let later = f.handler.now + STATUS_REUSE;
+        f.handler.set_now(later);
+        assert_eq!(hits(&mut f.handler), 2);
     }
 
     /// Sends what `connection` has, releases it, and hands the connection's events to `handler`:

@@ -220,6 +220,58 @@ fn contents(shared: &Shared) -> (Vec<ContentStatus>, usize) {
     (statuses, ids.len())
 }
 
+/// A status for the renderers' tests.
+#[cfg(test)]
+pub mod example {
+    use super::*;
+
+    /// A cache box's status with one content named `id`, a banned source and a failing service.
+    pub fn status(id: &str) -> Status {
+        Status {
+            version: "0.1.0".into(),
+            role: "cache box".into(),
+            uptime_s: 3723,
+            started_unix_s: 1_700_000_000,
+            backend: "uring".into(),
+            workers: 2,
+            requests_total: 12345,
+            bytes_sent_total: 3 << 20,
+            connections_open: 4,
+            cache: CacheStatus { hits: 30, misses: 10, hit_bytes: 1 << 20, miss_bytes: 0 },
+            store: StoreStatus {
+                pieces: 5,
+                piece_bytes: 5 << 20,
+                slab_bytes: 64 << 20,
+                size_bytes_max: 1 << 30,
+                age_s_max: 259_200,
+                evictions_total: 7,
+            },
+            contents: vec![ContentStatus {
+                id: id.into(),
+                length_bytes: 2_621_440,
+                piece_size_bytes: 1 << 20,
+                pieces: 3,
+                pieces_held: 2,
+                bytes_held: 2 << 20,
+            }],
+            contents_total: 1,
+            bans_in_force: 1,
+            fill: Some(FillStatus {
+                service_url: "https://seed.example:7443".into(),
+                service: ServiceHealth {
+                    last_failure_unix_s: Some(1),
+                    last_failure: Some("refused <x>".into()),
+                    ..ServiceHealth::default()
+                },
+                sources: vec![SourceStatus { name: "evil\"<peer>".into(), bytes: 10, bad_pieces: 2, banned: true }],
+                bans_in_force: 1,
+                ..FillStatus::default()
+            }),
+            request_rate: RequestRate { period_s: 10, counts: (0..36).map(|i| i * 3).collect() },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
