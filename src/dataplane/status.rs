@@ -12,6 +12,7 @@ use crate::dataplane::library::Content;
 use crate::dataplane::rate::RATE_PERIOD_S;
 use crate::dataplane::shared::Shared;
 use crate::io::Backend;
+use crate::store::StoreStats;
 
 /// Contents listed at most (by id); `contents_total` counts them all.
 pub const CONTENTS_SHOWN_MAX: usize = 100;
@@ -49,7 +50,8 @@ pub struct Status {
     pub bytes_sent_total: u64,
     pub connections_open: u64,
     pub cache: CacheStatus,
-    pub store: StoreStatus,
+    /// The piece store against its limits.
+    pub store: StoreStats,
     /// Servable contents of the catalog (the first [`CONTENTS_SHOWN_MAX`] by id).
     pub contents: Vec<ContentStatus>,
     pub contents_total: usize,
@@ -67,17 +69,6 @@ pub struct CacheStatus {
     pub misses: u64,
     pub hit_bytes: u64,
     pub miss_bytes: u64,
-}
-
-/// The piece store against its limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStatus {
-    pub pieces: u64,
-    pub piece_bytes: u64,
-    pub slab_bytes: u64,
-    pub size_bytes_max: u64,
-    pub age_s_max: u64,
-    pub evictions_total: u64,
 }
 
 /// One content of the catalog and how much of it the store holds.
@@ -150,7 +141,6 @@ pub fn gather(shared: &Shared) -> Status {
     let context = &shared.status;
     let now_s = unix_now_s();
     let totals = shared.metrics.totals();
-    let stats = shared.store.stats();
     let (contents, contents_total) = contents(shared);
     let fill = shared.upstream.as_ref().map(|link| link.fill_status());
     Status {
@@ -169,14 +159,7 @@ pub fn gather(shared: &Shared) -> Status {
             hit_bytes: totals.hit_bytes,
             miss_bytes: totals.miss_bytes,
         },
-        store: StoreStatus {
-            pieces: stats.pieces,
-            piece_bytes: stats.piece_bytes,
-            slab_bytes: stats.slab_bytes,
-            size_bytes_max: stats.size_bytes_max,
-            age_s_max: stats.age_s_max,
-            evictions_total: stats.evictions_total,
-        },
+        store: shared.store.stats(),
         contents,
         contents_total,
         bans_in_force: fill.as_ref().map_or(0, |fill| fill.bans_in_force),
@@ -238,7 +221,7 @@ pub mod example {
             bytes_sent_total: 3 << 20,
             connections_open: 4,
             cache: CacheStatus { hits: 30, misses: 10, hit_bytes: 1 << 20, miss_bytes: 0 },
-            store: StoreStatus {
+            store: StoreStats {
                 pieces: 5,
                 piece_bytes: 5 << 20,
                 slab_bytes: 64 << 20,

@@ -75,8 +75,8 @@ pub struct IngestReport {
     pub evicted: usize,
 }
 
-/// Counters for logs and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters for logs, metrics and the status page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub pieces: u64,
     pub piece_bytes: u64,
