@@ -131,6 +131,11 @@ fn status_json_and_tessera_status_show_the_same_box() {
     for shown in ["pkg-alpha", "pkg-beta.2", "hits: 3 · misses: 0", "contents: 2", "store: 5 pieces"] {
         assert!(text.contains(shown), "{shown:?} missing from tessera status:\n{text}");
     }
+    // Or from the box's config file, as on an installed box.
+    let config = dir.path().join("box.toml");
+    std::fs::write(&config, format!("[serve]\nlisten = \"{}\"\n", serve.data_plane)).unwrap();
+    let from_config = tessera().args(["status", "--config"]).arg(&config).output().unwrap();
+    assert!(String::from_utf8_lossy(&from_config.stdout).contains("pkg-beta.2"), "{from_config:?}");
     let as_json = tessera().args(["status", "--json", "--url", &url]).output().unwrap();
     let again: serde_json::Value = serde_json::from_slice(&as_json.stdout).unwrap();
     assert_eq!((&again["contents"], &again["cache"]["hits"]), (&json["contents"], &json["cache"]["hits"]));

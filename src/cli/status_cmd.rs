@@ -24,14 +24,18 @@ const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█
 #[command(after_help = "\
 Examples:
   tessera status
-  tessera status --url http://10.0.0.5:7680
-  tessera status --json
+  tessera status --config /etc/tessera/tessera.toml
+  tessera status --url http://10.0.0.5:7680 --json
 
 The same data is on the box's status page (http://HOST:7680/ in a browser) and at /status.json.")]
 pub struct StatusArgs {
-    /// The box's data plane, `http://HOST:PORT` (default: the embedded config's listen address).
+    /// The box's data plane, `http://HOST:PORT` (default: the listen address of `--config`, or
+    /// of the embedded config).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// The box's configuration file, for its `[serve] listen` address.
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    pub config: Option<std::path::PathBuf>,
     /// Print the box's JSON as it gave it.
     #[arg(long)]
     pub json: bool,
@@ -54,7 +58,10 @@ pub enum StatusError {
 
 /// Runs `tessera status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
-    let base = args.url.clone().unwrap_or_else(default_url);
+    let base = match &args.url {
+        Some(url) => url.clone(),
+        None => url_of(&crate::config::Config::load(args.config.as_deref())?.serve.listen),
+    };
     let url = HttpUrl::parse(&base).and_then(|url| url.join("/status.json")).map_err(StatusError::from)?;
     let body = fetch(&url)?;
     let status: Status =
@@ -67,9 +74,8 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `http://` and the embedded config's listen address (loopback for a wildcard address).
-fn default_url() -> String {
-    let listen = crate::config::Config::default().serve.listen;
+/// `http://` and a listen address (loopback for a wildcard address).
+fn url_of(listen: &str) -> String {
     match listen.parse::<SocketAddr>() {
         Ok(mut address) if address.ip().is_unspecified() => {
             let loopback = if address.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
@@ -186,11 +192,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_url_is_the_embedded_listen_address() {
+    fn the_url_is_the_listen_address_with_loopback_for_a_wildcard() {
         let listen = crate::config::Config::default().serve.listen;
-        let url = default_url();
-        assert!(url.starts_with("http://") && url.ends_with(listen.rsplit(':').next().unwrap()), "{url}");
-        assert!(!url.contains("0.0.0.0"), "{url}");
+        assert_eq!(url_of(&listen), format!("http://{listen}"));
+        assert_eq!(url_of("0.0.0.0:7680"), "http://127.0.0.1:7680");
+        assert_eq!(url_of("[::]:7680"), "http://[::1]:7680");
+        assert_eq!(url_of("box.example:7680"), "http://box.example:7680");
     }
 
     #[test]
