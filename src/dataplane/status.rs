@@ -52,8 +52,9 @@ pub struct Status {
     pub cache: CacheStatus,
     /// The piece store against its limits.
     pub store: StoreStats,
-    /// Servable contents of the catalog (the first [`CONTENTS_SHOWN_MAX`] by id).
+    /// Servable contents among the first [`CONTENTS_SHOWN_MAX`] catalog entries by id.
     pub contents: Vec<ContentStatus>,
+    /// Catalog entries, all of them.
     pub contents_total: usize,
     /// Upstream sources banned now (rule 4); 0 on a seed.
     pub bans_in_force: u64,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::HumanBytes;
 
-use crate::dataplane::status::{ContentStatus, FillStatus, RequestRate, Status};
+use crate::dataplane::status::{ContentStatus, FillStatus, RequestRate, Status, CONTENTS_SHOWN_MAX};
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:70em}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
@@ -137,7 +137,13 @@ fn contents(out: &mut String, status: &Status) {
     }
     out.push_str("</table>\n");
     if status.contents_total > status.contents.len() {
-        let _ = writeln!(out, "<p class=\"dim\">The first {} shown.</p>", status.contents.len());
+        let _ = writeln!(
+            out,
+            "<p class=\"dim\">{} of {} catalog entries shown: the first {CONTENTS_SHOWN_MAX} by id, \
+             without those whose metadata does not verify (not served).</p>",
+            status.contents.len(),
+            status.contents_total
+        );
     }
 }
 
