@@ -12,7 +12,7 @@ use crate::dataplane::status::{ContentStatus, FillStatus, RequestRate, Status, C
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:70em}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}td,th{padding:.2em .8em .2em 0;text-align:left;vertical-align:top}\
-th{font-weight:600;color:#555}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th{font-weight:600;color:#555}#sources{margin-top:.8em}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .bad{color:#b00020;font-weight:600}.ok{color:#1b6e20}.dim{color:#777}";
 
 /// Characters of a user-given value shown at most (ids are at most 128; names and errors vary).
