@@ -6,6 +6,8 @@
 #[forbid(unsafe_code)]
 pub mod appliance;
 #[forbid(unsafe_code)]
+pub mod build_info;
+#[forbid(unsafe_code)]
 pub mod catalog;
 #[forbid(unsafe_code)]
 pub mod cli;

@@ -31,7 +31,7 @@ fn publish(data: &Path, content: &Content, extra: &[String]) {
 
 /// `tessera_http_requests_total` with status 200, over the server's workers.
 fn ok_responses(address: &str) -> u64 {
-    metric(address, "tessera_http_requests_total{", "status=\"200\"")
+    metric(address, "tessera_http_requests_total{", "code=\"200\"")
 }
 
 /// A seed holding `content` (published with `extra`), and the flags that make a box fill from it.
@@ -132,6 +132,14 @@ fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
     assert!(log.contains("upstream source banned") && log.contains(&liar.address.to_string()), "{log}");
     assert_eq!(metric_settled(&cache.data_plane, "tessera_fill_bans_total ", 1), 1);
     assert!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", "") >= 2);
+    // The status page shows the ban, the healthy service and what the box now holds.
+    let (_, _, body) = get(&cache.data_plane, "/status.json", None);
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((&status["role"], &status["bans_in_force"]), (&"cache box".into(), &1.into()), "{status}");
+    let liar_row = status["fill"]["sources"].as_array().unwrap().iter().find(|s| s["name"] == liar.address.to_string());
+    assert_eq!(liar_row.map(|row| &row["banned"]), Some(&true.into()), "{status}");
+    assert!(status["fill"]["service"]["last_answer_unix_s"].is_u64(), "{status}");
+    assert_eq!(status["contents"][0]["pieces_held"], content.piece_count(), "{status}");
     // A piece it lied about is whole in the box's store: asked again, the box answers it itself.
     let (status, _, body) = get(&cache.data_plane, &format!("/v1/content/{}/piece/0", content.id.as_str()), None);
     assert_eq!((status, body.as_slice()), (200, content.piece(0)));

@@ -423,8 +423,8 @@ fn with_the_upstream_down_hits_are_served_and_misses_get_a_clear_error() {
         );
         assert!(body.contains(&blob.id), "the {status} names what failed: {body}");
     }
-    let errors = metric(&cache.data_plane, "tessera_http_requests_total{", "status=\"502\"")
-        + metric(&cache.data_plane, "tessera_http_requests_total{", "status=\"503\"");
+    let errors = metric(&cache.data_plane, "tessera_http_requests_total{", "code=\"502\"")
+        + metric(&cache.data_plane, "tessera_http_requests_total{", "code=\"503\"");
     assert_eq!(errors, 2, "/metrics counts the two misses by their status");
 }
 
@@ -456,7 +456,7 @@ fn cold_ranges_and_a_segmented_aria2_download_are_byte_exact() {
         .expect("aria2c runs (scripts/test installs it)");
     assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), cache.log());
     assert_bytes("aria2c -x4 -s4", &std::fs::read(dir.path().join("aria2.bin")).unwrap(), &blob.bytes);
-    let partial = metric(&cache.data_plane, "tessera_http_requests_total{", "status=\"206\"");
+    let partial = metric(&cache.data_plane, "tessera_http_requests_total{", "code=\"206\"");
     assert!(partial >= 2, "aria2c fetched segments by Range ({partial} partial responses)");
 }
 

@@ -356,7 +356,7 @@ fn metrics_count_requests_and_bytes() {
         };
         assert!(total("tessera_http_sent_bytes_total") >= 1 << 20, "{metrics}");
         assert_eq!(total("tessera_connections_open"), 1, "{metrics}");
-        assert!(metrics.contains("status=\"404\"} 1"), "{metrics}");
+        assert!(metrics.contains("code=\"404\"} 1"), "{metrics}");
         assert_eq!(server.metrics().requests_with_status(200), 2, "{backend:?}: the piece and this scrape");
     });
 }

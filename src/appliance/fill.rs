@@ -31,9 +31,10 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::appliance::announcer::AnnounceTrigger;
 use crate::catalog::Catalog;
 use crate::config::{Config, UpstreamConfig};
-use crate::content::ContentId;
+use crate::content::{ContentId, MetadataFailure};
 use crate::control::client::{ClientError, MetadataClient};
 use crate::dataplane::connection::ResponseToken;
+use crate::dataplane::status::{unix_now_s, ServiceHealth};
 use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, ToPassThrough, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
 use crate::download::verify::{Check, Checked, Verifier};
@@ -221,6 +222,9 @@ struct FillThread {
     simple: metrics::SimpleCounts,
     /// The embedded service's asks for metadata of ids its catalog lacks.
     asked: Option<service_asks::ServiceAsks>,
+    /// The upstream metadata service and how it answered lately, for the status page.
+    service_url: String,
+    service_health: ServiceHealth,
 }
 
 impl FillThread {
@@ -283,6 +287,8 @@ impl FillThread {
             announce: AnnounceTrigger::default(),
             simple: metrics::SimpleCounts::default(),
             asked: None,
+            service_url: upstream.service_url.clone(),
+            service_health: ServiceHealth::default(),
         })
     }
 
@@ -331,8 +337,7 @@ impl FillThread {
             self.engine.handle_timeout(now);
             self.meta.handle_timeout(now);
             self.pump();
-            let text = self.render_metrics();
-            self.link.set_metrics_text(text);
+            self.publish_metrics();
         }
     }
 
@@ -517,6 +522,16 @@ impl FillThread {
 
     fn on_result(&mut self, result: JobResult) {
         let now = self.now_ms();
+        let failure = match &result {
+            JobResult::Manifest(_, Err(MetadataFailure::Fetch(why))) => Some(why),
+            JobResult::HashFile(_, Err(MetadataFailure::Fetch(why))) => Some(why),
+            _ => None,
+        };
+        let health = &mut self.service_health;
+        match failure {
+            Some(why) => (health.last_failure_unix_s, health.last_failure) = (Some(unix_now_s()), Some(why.clone())),
+            None => health.last_answer_unix_s = Some(unix_now_s()),
+        }
         match result {
             JobResult::Manifest(fetch, manifest) => self.meta.handle_manifest(fetch, manifest, now),
             JobResult::HashFile(fetch, hashfile) => self.meta.handle_hashfile(fetch, hashfile, now),

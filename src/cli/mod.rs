@@ -10,6 +10,7 @@ mod man_cmd;
 mod publish_cmd;
 mod serve;
 mod service_cmd;
+mod status_cmd;
 mod swarm_cmd;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub enum Command {
     Load(load_cmd::LoadArgs),
     /// Print or check the configuration.
     Config(config_cmd::ConfigArgs),
+    /// Show a running box's status: contents, store, hits and misses, upstream, request rate.
+    Status(status_cmd::StatusArgs),
     /// Show the build, the hashing backend and the I/O backends this machine supports.
     Info(info::InfoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -78,6 +81,8 @@ pub enum CliError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Get(#[from] crate::download::GetError),
+    #[error(transparent)]
+    Status(#[from] status_cmd::StatusError),
     #[error("{0}")]
     Other(String),
 }
@@ -95,6 +100,7 @@ impl CliError {
         match self {
             CliError::Usage(_)
             | CliError::Config(_)
+            | CliError::Status(status_cmd::StatusError::BadUrl(_))
             | CliError::Publish(PublishError::Open { .. } | PublishError::NotAFile { .. })
             | CliError::Get(GetError::BadSource(_) | GetError::Output(OutputError::Unusable { .. })) => 2,
             CliError::Get(GetError::NotFound { .. }) => 3,
@@ -112,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Info(args) => args.json,
         Command::Get(args) => args.json,
         Command::Load(args) => args.json,
+        Command::Status(args) => args.json,
         _ => false,
     };
     let log_format = cli.log_format.as_deref().and_then(crate::config::LogFormat::parse);
@@ -127,6 +134,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Get(args) => get_cmd::run(args),
         Command::Load(args) => load_cmd::run(args),
         Command::Config(args) => config_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Info(args) => info::run(args),
         Command::Completions(args) => completions_cmd::run(args),
         Command::Man(args) => man_cmd::run(args),

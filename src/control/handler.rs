@@ -125,6 +125,22 @@ impl Handler {
         now: Instant,
         ticket: Ticket,
     ) -> Option<Response> {
+        let answer = self.answer(request, body, from, now, ticket);
+        if let Some(response) = &answer {
+            self.metrics.response(response.status);
+        }
+        answer
+    }
+
+    /// What [`Handler::handle`] answers, before it is counted.
+    fn answer(
+        &mut self,
+        request: &Request,
+        body: &[u8],
+        from: IpAddr,
+        now: Instant,
+        ticket: Ticket,
+    ) -> Option<Response> {
         let path = request.path();
         if path == "/healthz" {
             return Some(match request.method {
@@ -176,6 +192,15 @@ impl Handler {
 
     /// Takes in what the catalog keeper did; returns the answer it completes, if any.
     pub fn apply(&mut self, done: Done) -> Option<(Ticket, Response)> {
+        let answered = self.settle(done);
+        if let Some((_, response)) = &answered {
+            self.metrics.response(response.status);
+        }
+        answered
+    }
+
+    /// What [`Handler::apply`] answers, before it is counted.
+    fn settle(&mut self, done: Done) -> Option<(Ticket, Response)> {
         let (ticket, response) = match done {
             Done::Changed { id, entry } => {
                 self.snapshot.set(id, entry);
@@ -524,6 +549,9 @@ mod tests {
             "tessera_registry_operation_seconds_count{op=\"announce\"} 1",
             "tessera_registry_operation_seconds_count{op=\"peers\"} 2",
             "tessera_registry_backend{backend=\"memory\"} 1",
+            "tessera_service_requests_total{code=\"200\"} 3",
+            "tessera_service_requests_total{code=\"401\"} 1",
+            "tessera_service_requests_total{code=\"403\"} 2",
         ] {
             assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
         }

@@ -1,6 +1,8 @@
-//! The service's own counters, shown on its `GET /metrics` (Prometheus text): peer registry
-//! operations and their latency, the registry backend's state, refused announces.
+//! The service's own counters, shown on its `GET /metrics` (Prometheus text): the build,
+//! responses by status code, peer registry operations and their latency, the registry backend's
+//! state, refused announces.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -78,12 +80,19 @@ impl Histogram {
 pub struct ServiceMetrics {
     latency: [Histogram; RegistryOp::ALL.len()],
     refused: [u64; Refusal::ALL.len()],
+    /// Responses by status code (the handler answers with a few fixed codes, so it stays small).
+    responses: BTreeMap<u16, u64>,
 }
 
 impl ServiceMetrics {
     /// One registry operation took `latency`.
     pub fn record(&mut self, op: RegistryOp, latency: Duration) {
         self.latency[op as usize].record(latency);
+    }
+
+    /// One response with `status` was given.
+    pub fn response(&mut self, status: u16) {
+        *self.responses.entry(status).or_default() += 1;
     }
 
     /// One announce was refused.
@@ -94,6 +103,12 @@ impl ServiceMetrics {
     /// Prometheus text of every counter, with the registry backend's `status`.
     pub fn render(&self, status: &RegistryStatus, entries: u64) -> String {
         let mut out = String::with_capacity(4096);
+        crate::build_info::write_prometheus(&mut out);
+        let name = "tessera_service_requests_total";
+        let _ = writeln!(out, "# HELP {name} Service responses by status code.\n# TYPE {name} counter");
+        for (code, count) in &self.responses {
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {count}");
+        }
         let name = "tessera_registry_operation_seconds";
         let _ = writeln!(out, "# HELP {name} Peer registry operations and their latency, by operation.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -162,8 +177,12 @@ mod tests {
         metrics.record(RegistryOp::Peers, Duration::from_millis(3));
         metrics.record(RegistryOp::Peers, Duration::from_secs(2));
         metrics.refused(Refusal::NoToken);
+        metrics.response(200);
+        metrics.response(404);
+        metrics.response(200);
         let status = RegistryStatus { backend: "redis", fallback: true, backend_errors: 4, ..Default::default() };
         let text = metrics.render(&status, 7);
+        let build = format!("tessera_build_info{{version=\"{}\"}} 1", crate::build_info::VERSION);
         for line in [
             "tessera_registry_operation_seconds_bucket{op=\"peers\",le=\"0.00005\"} 1",
             "tessera_registry_operation_seconds_bucket{op=\"peers\",le=\"0.005\"} 2",
@@ -175,6 +194,9 @@ mod tests {
             "tessera_registry_backend_errors_total 4",
             "tessera_registry_local_entries 7",
             "tessera_registry_backend{backend=\"redis\"} 1",
+            build.as_str(),
+            "tessera_service_requests_total{code=\"200\"} 2",
+            "tessera_service_requests_total{code=\"404\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

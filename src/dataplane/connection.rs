@@ -41,6 +41,9 @@ pub trait Respond {
     /// A response to a request the connection itself refused (malformed head, timeout); the
     /// connection (`connection`, the driver's slot) closes after it.
     fn reject(&mut self, status: u16, message: &str, connection: SlotKey) -> Outgoing;
+    /// A response went out whole (its last byte handed to the kernel and released), `elapsed`
+    /// after its request was parsed; for the request-duration histogram.
+    fn answered(&mut self, _elapsed: Duration) {}
 }
 
 /// Names one response of one connection: the connection's slot and the response's sequence
@@ -192,6 +195,8 @@ struct Queued {
     stalled_since: Instant,
     /// An append was refused as full: report [`ConnectionEvent::Writable`] once there is room.
     append_refused: bool,
+    /// When its request was parsed (the response's duration runs from here).
+    queued_at: Instant,
 }
 
 impl Queued {
@@ -203,6 +208,7 @@ impl Queued {
             ended: false,
             stalled_since: now,
             append_refused: false,
+            queued_at: now,
         }
     }
 
@@ -410,8 +416,9 @@ impl Connection {
     pub fn release_through(&mut self, seq: u64, now: Instant, responder: &mut impl Respond) {
         self.absorb_front();
         while self.sent_count > 0 && self.queue.front().is_some_and(|q| q.seq <= seq) {
-            self.queue.pop_front();
+            let released = self.queue.pop_front().expect("the front was just looked at");
             self.sent_count -= 1;
+            responder.answered(now.saturating_duration_since(released.queued_at));
         }
         if self.sent_count == 0 {
             self.trim_front(seq);
@@ -1093,6 +1100,44 @@ mod tests {
         assert_eq!(bodies(&drain(&mut c, now)), ["done", "/c"]);
         assert!(matches!(c.complete(token, text("again"), now), Err(ResponseError::NotWaiting(_))));
         assert_eq!((c.queued_count(), events(&mut c)), (0, vec![]));
+    }
+
+    /// Echo that keeps the durations it is told of.
+    #[derive(Default)]
+    struct Timed(Vec<Duration>);
+
+    impl Respond for Timed {
+        fn respond(&mut self, request: &Request, keep_alive: bool, _token: ResponseToken) -> Reply {
+            if request.path() == "/pending" {
+                return Reply::Pending;
+            }
+            Reply::Ready(echo(request, keep_alive))
+        }
+
+        fn reject(&mut self, status: u16, message: &str, _connection: SlotKey) -> Outgoing {
+            Outgoing::text(status, message, false, false)
+        }
+
+        fn answered(&mut self, elapsed: Duration) {
+            self.0.push(elapsed);
+        }
+    }
+
+    #[test]
+    fn a_response_is_timed_from_its_parse_to_its_release() {
+        let t0 = Instant::now();
+        let (mut timed, mut c) = (Timed::default(), Connection::new(limits(), KEY, t0));
+        c.receive(b"GET /pending HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", t0, &mut timed);
+        let t1 = t0 + Duration::from_millis(40);
+        c.complete(ResponseToken { connection: KEY, seq: 1 }, text("late"), t1).unwrap();
+        let mut slices = Vec::new();
+        let plan = c.fill_send(&mut slices, 1024);
+        drop(slices);
+        c.sent(plan.bytes, t1);
+        assert!(timed.0.is_empty(), "sent is not released: the kernel may still read it");
+        let t2 = t1 + Duration::from_millis(5);
+        c.release_through(plan.through_seq, t2, &mut timed);
+        assert_eq!(timed.0, [Duration::from_millis(45); 2]);
     }
 
     #[test]

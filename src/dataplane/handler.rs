@@ -30,9 +30,14 @@ use crate::io::slots::SlotKey;
 const OCTETS: &str = "application/octet-stream";
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
 /// Caches may store every answer but must revalidate before reuse: an id can be republished with
 /// other bytes under the same URL, and revalidation is cheap (a 304 on the strong `ETag`).
 const CACHE_CONTROL: &str = "public, no-cache";
+/// How long a worker answers `/` and `/status.json` from the status it gathered last: the
+/// page reads the catalog, so a client reloading it in a loop costs one gather a second.
+const STATUS_REUSE: Duration = Duration::from_secs(1);
 /// Most extra headers one head carries (Date, ETag, Last-Modified, Cache-Control, Accept-Ranges,
 /// Connection).
 const EXTRA_MAX: usize = 6;
@@ -242,6 +247,8 @@ pub struct Handler {
     access_log: Option<AccessLog>,
     /// Client addresses by connection, kept only while the access log is on.
     peers: HashMap<SlotKey, SocketAddr>,
+    /// The status last gathered, and when (reused for [`STATUS_REUSE`]).
+    status: Option<(Instant, Rc<crate::dataplane::status::Status>)>,
 }
 
 impl Handler {
@@ -271,6 +278,7 @@ impl Handler {
             access_log: access_log_of(&settings),
             settings,
             peers: HashMap::new(),
+            status: None,
         }
     }
 
@@ -329,6 +337,7 @@ impl Handler {
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
         self.clock.tick(now);
+        self.metrics().mark_rate(self.clock.now_s);
     }
 
     /// This worker's counters (the handler counts responses; drivers count transport events).
@@ -377,6 +386,14 @@ impl Handler {
                 }
                 return reply.text(200, &text, PROMETHEUS_TEXT, &reply.extra());
             }
+            Route::Status => {
+                let page = crate::dataplane::status_page::render(&self.status());
+                return reply.text(200, &page, HTML, &reply.extra());
+            }
+            Route::StatusJson => {
+                let json = serde_json::to_string_pretty(&*self.status()).expect("the status serializes");
+                return reply.text(200, &json, JSON, &reply.extra());
+            }
             Route::HashFile { ref id } | Route::Content { ref id } => (id, None),
             Route::Piece { ref id, index } => (id, Some(index)),
         };
@@ -411,6 +428,18 @@ impl Handler {
                 debug_assert!(piece.is_none());
                 let validators = Validators { etag: content.etag.as_str(), last_modified_s };
                 self.content_range(&content, request, &reply, &validators, last_modified)
+            }
+        }
+    }
+
+    /// The status page's data: gathered again once [`STATUS_REUSE`] has passed.
+    fn status(&mut self) -> Rc<crate::dataplane::status::Status> {
+        match &self.status {
+            Some((at, status)) if self.now.saturating_duration_since(*at) < STATUS_REUSE => status.clone(),
+            _ => {
+                let status = Rc::new(crate::dataplane::status::gather(&self.shared));
+                self.status = Some((self.now, status.clone()));
+                status
             }
         }
     }
@@ -906,6 +935,10 @@ impl Respond for Handler {
         self.log_access(None, Some(connection), &outgoing, self.now);
         outgoing
     }
+
+    fn answered(&mut self, elapsed: Duration) {
+        self.metrics().answered(elapsed);
+    }
 }
 
 /// A worker's access log for `settings`, when on.
@@ -972,6 +1005,7 @@ mod tests {
                 access_log: None,
                 access_log_buffer_bytes: 4096,
             }),
+            status: crate::dataplane::status::StatusContext::new(crate::io::Backend::Epoll, 1),
         });
         Fixture { _dir: dir, handler: Handler::new(shared, 0), bytes }
     }
@@ -1250,7 +1284,7 @@ mod tests {
         assert_eq!(status, 200);
         assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
         let text = String::from_utf8(body).unwrap();
-        assert!(text.contains("tessera_http_requests_total{worker=\"0\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("tessera_http_requests_total{worker=\"0\",code=\"200\"} 1"), "{text}");
         assert!(text.contains("tessera_store_pieces 3"), "{text}");
         let (_, _, body) = get(&mut f.handler, "GET /v1/content/a HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n");
         assert_eq!(body.len(), 10);
@@ -1258,6 +1292,38 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("tessera_cache_requests_total{worker=\"0\",result=\"hit\"} 1\n"), "{text}");
         assert!(text.contains("tessera_cache_bytes_total{worker=\"0\",result=\"hit\"} 10\n"), "{text}");
+    }
+
+    #[test]
+    fn the_status_page_and_its_json_show_the_contents_and_counters() {
+        let mut f = fixture();
+        get(&mut f.handler, "GET /v1/content/a/piece/1 HTTP/1.1\r\n\r\n");
+        let (status, head, body) = get(&mut f.handler, "GET /status.json HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Type: application/json\r\n"), "{head}");
+        let shown: crate::dataplane::status::Status = serde_json::from_slice(&body).unwrap();
+        let ids: Vec<&str> = shown.contents.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "meta-only"]);
+        let (a, meta_only) = (&shown.contents[0], &shown.contents[1]);
+        assert_eq!((a.pieces, a.pieces_held, a.bytes_held), (3, 3, f.bytes.len() as u64));
+        assert_eq!((meta_only.pieces_held, meta_only.bytes_held), (0, 0));
+        assert_eq!((shown.requests_total, shown.cache.hits, shown.store.pieces), (1, 1, 3));
+        assert_eq!((shown.role.as_str(), shown.fill.is_none(), shown.request_rate.counts.len()), ("seed", true, 36));
+        let (status, head, body) = get(&mut f.handler, "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Type: text/html; charset=utf-8\r\n"), "{head}");
+        let page = String::from_utf8(body).unwrap();
+        assert!(page.contains("<td>meta-only</td>") && page.contains("3 of 3"), "{page}");
+        // Within a second the page is answered from the status gathered last, then gathered again.
+        get(&mut f.handler, "GET /v1/content/a/piece/0 HTTP/1.1\r\n\r\n");
+        let hits = |handler: &mut Handler| {
+            let (_, _, body) = get(handler, "GET /status.json HTTP/1.1\r\n\r\n");
+            serde_json::from_slice::<crate::dataplane::status::Status>(&body).unwrap().cache.hits
+        };
+        assert_eq!(hits(&mut f.handler), 1);
+        let later = f.handler.now + STATUS_REUSE;
+        f.handler.set_now(later);
+        assert_eq!(hits(&mut f.handler), 2);
     }
 
     /// Sends what `connection` has, releases it, and hands the connection's events to `handler`:

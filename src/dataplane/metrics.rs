@@ -3,8 +3,10 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::dataplane::connection::CloseReason;
+use crate::dataplane::rate::{RateMarks, RATE_PERIODS};
 use crate::store::StoreStats;
 
 /// Status codes counted individually; anything else is counted as `other`.
@@ -23,6 +25,13 @@ const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::Error,
     CloseReason::Reclaimed,
 ];
+/// Upper bounds (µs) of the request-duration histogram's buckets, rendered in seconds as `le`
+/// labels; `+Inf` follows. From a hit answered in one loop turn to a long miss.
+pub const DURATION_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
 /// Where `Reclaimed` sits in [`CLOSE_REASONS`] (its closes are also rendered on their own).
 const RECLAIMED_AT: usize = CLOSE_REASONS.len() - 1;
 
@@ -42,6 +51,13 @@ pub struct WorkerMetrics {
     hit_bytes: AtomicU64,
     misses: AtomicU64,
     miss_bytes: AtomicU64,
+    /// Responses by duration bucket (not cumulative: summed on render); past the last bound
+    /// they are only in `duration_count`.
+    duration_buckets: [AtomicU64; DURATION_BUCKETS_US.len()],
+    duration_count: AtomicU64,
+    duration_sum_us: AtomicU64,
+    /// The response count at the start of each recent period (the status page's rate).
+    rate: RateMarks,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -104,6 +120,27 @@ impl WorkerMetrics {
         bump(&self.miss_bytes, bytes);
     }
 
+    /// A response went out whole, `elapsed` after its request was parsed.
+    pub fn answered(&self, elapsed: Duration) {
+        let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(at) = DURATION_BUCKETS_US.iter().position(|&bound| elapsed_us <= bound) {
+            bump(&self.duration_buckets[at], 1);
+        }
+        bump(&self.duration_count, 1);
+        bump(&self.duration_sum_us, elapsed_us);
+    }
+
+    /// Marks the response count for the request rate at wall time `now_s` (the worker calls it
+    /// every loop turn; it reads the counters once per period).
+    pub fn mark_rate(&self, now_s: u64) {
+        self.rate.mark(now_s, || self.responses_total());
+    }
+
+    /// Responses so far, every status.
+    pub fn responses_total(&self) -> u64 {
+        self.requests.iter().map(|counter| counter.load(Ordering::Relaxed)).sum()
+    }
+
     /// Requests answered with `status` so far.
     pub fn requests_with_status(&self, status: u16) -> u64 {
         COUNTED_STATUSES.iter().position(|&s| s == status).map_or(0, |at| self.requests[at].load(Ordering::Relaxed))
@@ -160,9 +197,34 @@ impl Metrics {
         self.workers.iter().map(WorkerMetrics::zero_copy_sends).sum()
     }
 
+    /// Sums over workers, for the status page.
+    pub fn totals(&self) -> Totals {
+        let sum = |field: Field| self.workers.iter().map(|w| field(w).load(Ordering::Relaxed)).sum::<u64>();
+        Totals {
+            requests: self.workers.iter().map(WorkerMetrics::responses_total).sum(),
+            bytes_sent: sum(|m| &m.bytes_sent),
+            connections_open: sum(|m| &m.connections_open),
+            hits: sum(|m| &m.hits),
+            hit_bytes: sum(|m| &m.hit_bytes),
+            misses: sum(|m| &m.misses),
+            miss_bytes: sum(|m| &m.miss_bytes),
+        }
+    }
+
+    /// Responses in each of the last [`RATE_PERIODS`] periods up to wall time `now_s`, oldest
+    /// first, summed over workers.
+    pub fn rate(&self, now_s: u64) -> [u64; RATE_PERIODS] {
+        let mut counts = [0; RATE_PERIODS];
+        for worker in self.workers.iter() {
+            worker.rate.add_counts(now_s, worker.responses_total(), &mut counts);
+        }
+        counts
+    }
+
     /// Prometheus text exposition of every counter, per worker, plus the store's gauges.
     pub fn render(&self, store: &StoreStats) -> String {
         let mut out = String::with_capacity(4096);
+        crate::build_info::write_prometheus(&mut out);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP tessera_http_requests_total Data-plane responses by status code.");
         let _ = writeln!(out, "# TYPE tessera_http_requests_total counter");
@@ -171,11 +233,12 @@ impl Metrics {
                 let label = if *status == 0 { "other".to_string() } else { status.to_string() };
                 let _ = writeln!(
                     out,
-                    "tessera_http_requests_total{{worker=\"{worker}\",status=\"{label}\"}} {}",
+                    "tessera_http_requests_total{{worker=\"{worker}\",code=\"{label}\"}} {}",
                     load(&metrics.requests[at])
                 );
             }
         }
+        self.render_durations(&mut out);
         let simple: [(&str, &str, &str, Field); 7] = [
             ("tessera_http_sent_bytes_total", "counter", "Bytes handed to the kernel.", |m| &m.bytes_sent),
             ("tessera_connections_open", "gauge", "Open data-plane connections.", |m| &m.connections_open),
@@ -246,8 +309,40 @@ impl Metrics {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let name = "tessera_store_evictions_total";
+        let help = "Pieces evicted from the store: to make room, expired, or failing their check.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", store.evictions_total);
         out
     }
+
+    /// The request-duration histogram, summed over workers.
+    fn render_durations(&self, out: &mut String) {
+        let name = "tessera_http_request_duration_seconds";
+        let help = "From a request parsed to the last byte of its response handed to the kernel.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut cumulative = 0;
+        for (at, bound_us) in DURATION_BUCKETS_US.iter().enumerate() {
+            cumulative += self.workers.iter().map(|w| load(&w.duration_buckets[at])).sum::<u64>();
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound_us as f64 / 1e6);
+        }
+        let count: u64 = self.workers.iter().map(|w| load(&w.duration_count)).sum();
+        let sum_us: u64 = self.workers.iter().map(|w| load(&w.duration_sum_us)).sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {count}", sum_us as f64 / 1e6);
+    }
+}
+
+/// Data-plane numbers summed over workers (the status page's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub connections_open: u64,
+    pub hits: u64,
+    pub hit_bytes: u64,
+    pub misses: u64,
+    pub miss_bytes: u64,
 }
 
 #[cfg(test)]
@@ -270,9 +365,27 @@ mod tests {
         metrics.worker(0).hit(50);
         metrics.worker(1).miss();
         metrics.worker(1).miss_bytes(70);
-        let text = metrics.render(&StoreStats::default());
-        assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("tessera_http_requests_total{worker=\"1\",status=\"other\"} 1"));
+        metrics.worker(0).answered(Duration::from_micros(80));
+        metrics.worker(1).answered(Duration::from_millis(3));
+        metrics.worker(1).answered(Duration::from_secs(60));
+        let store = StoreStats { evictions_total: 4, ..StoreStats::default() };
+        let text = metrics.render(&store);
+        assert!(text.starts_with("# HELP tessera_build_info"), "{text}");
+        assert!(text.contains("tessera_http_requests_total{worker=\"1\",code=\"200\"} 1"), "{text}");
+        assert!(text.contains("tessera_http_requests_total{worker=\"1\",code=\"other\"} 1"));
+        assert!(!text.contains("status=\""), "the status label is named code: {text}");
+        for line in [
+            "tessera_http_request_duration_seconds_bucket{le=\"0.0001\"} 1",
+            "tessera_http_request_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "tessera_http_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "tessera_http_request_duration_seconds_bucket{le=\"10\"} 2",
+            "tessera_http_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "tessera_http_request_duration_seconds_count 3",
+            "tessera_http_request_duration_seconds_sum 60.00308",
+            "tessera_store_evictions_total 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
         assert!(text.contains("tessera_http_sent_bytes_total{worker=\"1\"} 1234"));
         assert!(text.contains("tessera_connections_open{worker=\"0\"} 1"));
         assert!(text.contains("tessera_connections_closed_total{worker=\"0\",reason=\"header_timeout\"} 1"));
@@ -284,5 +397,7 @@ mod tests {
         assert!(text.contains("tessera_cache_bytes_total{worker=\"1\",result=\"miss\"} 70\n"), "{text}");
         assert!(text.contains("tessera_cache_requests_total{worker=\"1\",result=\"hit\"} 0\n"), "{text}");
         assert_eq!(metrics.requests_with_status(200), 2);
+        let totals = metrics.totals();
+        assert_eq!((totals.requests, totals.hits, totals.hit_bytes, totals.misses), (3, 2, 150, 1));
     }
 }

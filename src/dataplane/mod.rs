@@ -19,9 +19,12 @@ pub mod handler;
 pub mod library;
 pub mod live;
 pub mod metrics;
+pub mod rate;
 pub mod response;
 pub mod route;
 pub mod shared;
+pub mod status;
+pub mod status_page;
 pub mod upstream;
 pub mod uring;
 pub mod worker;
@@ -142,6 +145,7 @@ impl Server {
             config: serve.clone(),
             upstream,
             live,
+            status: status::StatusContext::new(backend, worker_count),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();

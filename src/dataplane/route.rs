@@ -19,6 +19,10 @@ pub enum Route {
     Metrics,
     /// `/healthz`.
     Health,
+    /// `/`: the status page (HTML).
+    Status,
+    /// `/status.json`: the status page's data.
+    StatusJson,
 }
 
 /// Why a target names no resource; each maps to one status code.
@@ -58,6 +62,8 @@ fn resolve(path: &str) -> Result<Route, RouteError> {
     match path {
         "/healthz" => return Ok(Route::Health),
         "/metrics" => return Ok(Route::Metrics),
+        "/" => return Ok(Route::Status),
+        "/status.json" => return Ok(Route::StatusJson),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/content/") else { return Err(RouteError::NotFound) };
@@ -94,6 +100,8 @@ mod tests {
     fn resolves_every_data_plane_path() {
         assert_eq!(route(Method::Get, "/healthz"), Ok(Route::Health));
         assert_eq!(route(Method::Head, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(route(Method::Get, "/"), Ok(Route::Status));
+        assert_eq!(route(Method::Get, "/status.json"), Ok(Route::StatusJson));
         assert_eq!(route(Method::Get, "/v1/content/pkg-1"), Ok(Route::Content { id: id("pkg-1") }));
         assert_eq!(route(Method::Get, "/v1/content/a/hashfile"), Ok(Route::HashFile { id: id("a") }));
         assert_eq!(route(Method::Get, "/v1/content/a/piece/0"), Ok(Route::Piece { id: id("a"), index: 0 }));
@@ -126,7 +134,9 @@ mod tests {
             let path = format!("/v1/content/a/piece/{index}");
             assert_eq!(route(Method::Get, &path).unwrap_err().status(), 400, "{path}");
         }
-        for path in ["/", "/v1", "/v1/content", "/v1/content/a/piece", "/v1/content/a/piece/1/x", "/v1/content/a/b"] {
+        for path in
+            ["/status", "/v1", "/v1/content", "/v1/content/a/piece", "/v1/content/a/piece/1/x", "/v1/content/a/b"]
+        {
             assert_eq!(route(Method::Get, path).unwrap_err().status(), 404, "{path}");
         }
     }

@@ -7,6 +7,7 @@ use crate::config::ServeConfig;
 use crate::dataplane::library::Content;
 use crate::dataplane::live::LiveSettings;
 use crate::dataplane::metrics::Metrics;
+use crate::dataplane::status::StatusContext;
 use crate::dataplane::upstream::UpstreamLink;
 use crate::store::Store;
 
@@ -22,4 +23,6 @@ pub struct Shared {
     pub upstream: Option<Arc<UpstreamLink>>,
     /// The settings a reload changes (limits, timeouts, access log), taken by each worker at its tick.
     pub live: LiveSettings,
+    /// What the status page shows beside the counters (start time, backend, workers).
+    pub status: StatusContext,
 }

@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::content::ContentId;
 use crate::dataplane::connection::ResponseToken;
+use crate::dataplane::status::FillStatus;
 use crate::io::client::Waker;
 
 /// Misses queued to the fill thread at most; past it the request gets 503.
@@ -164,6 +165,8 @@ pub struct UpstreamLink {
     pass_waker: OnceLock<Waker>,
     /// The pass-through thread's counters, rendered by it.
     pass_metrics_text: Mutex<String>,
+    /// The fill's state for the status page, as the fill thread last published it.
+    fill_status: Mutex<FillStatus>,
 }
 
 impl UpstreamLink {
@@ -189,6 +192,7 @@ impl UpstreamLink {
             pass_rx,
             pass_waker: OnceLock::new(),
             pass_metrics_text: Mutex::new(String::new()),
+            fill_status: Mutex::new(FillStatus::default()),
         };
         (link, misses_rx)
     }
@@ -316,6 +320,16 @@ impl UpstreamLink {
         let mut text = self.metrics_text.lock().unwrap_or_else(PoisonError::into_inner).clone();
         text.push_str(&self.pass_metrics_text.lock().unwrap_or_else(PoisonError::into_inner));
         text
+    }
+
+    /// The fill thread publishes its state for the status page.
+    pub fn set_fill_status(&self, status: FillStatus) {
+        *self.fill_status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// The fill's state as last published, for the status page.
+    pub fn fill_status(&self) -> FillStatus {
+        self.fill_status.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The pass-through thread registers its wake-up.

@@ -75,13 +75,17 @@ pub struct IngestReport {
     pub evicted: usize,
 }
 
-/// Counters for logs and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters for logs, metrics and the status page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub pieces: u64,
     pub piece_bytes: u64,
     pub slab_bytes: u64,
     pub size_bytes_max: u64,
+    /// The store's age limit (`[store] age_s_max`).
+    pub age_s_max: u64,
+    /// Pieces evicted since the store was opened (to make room, expired, or failing their check).
+    pub evictions_total: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +143,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     access_tick: AtomicU64,
     touched_bytes: AtomicU64,
+    /// Pieces evicted since open, for `/metrics` and the status page.
+    evictions_total: AtomicU64,
 }
 
 const SWEEP_INTERVAL_S: u64 = 60;
@@ -196,6 +202,7 @@ impl Store {
             writer: Mutex::new(writer),
             access_tick: AtomicU64::new(1),
             touched_bytes: AtomicU64::new(0),
+            evictions_total: AtomicU64::new(0),
         };
         {
             let mut writer = store.lock_writer();
@@ -329,6 +336,8 @@ impl Store {
             piece_bytes: guard.pieces.values().map(|e| u64::from(e.length)).sum(),
             slab_bytes: guard.slabs.iter().flatten().map(|s| s.size_bytes()).sum(),
             size_bytes_max: self.config.size_bytes_max,
+            age_s_max: self.config.age_s_max,
+            evictions_total: self.evictions_total.load(Ordering::Relaxed),
         }
     }
 
@@ -645,6 +654,7 @@ impl Store {
             }
         }
         writer.log.append(&records).map_err(io_error(&self.dir))?;
+        self.evictions_total.fetch_add(records.len() as u64, Ordering::Relaxed);
         writer.draining.extend(records.iter().map(|record| (record.slab, record.slot)));
         self.reclaim_drained(writer);
         Ok(())

@@ -171,8 +171,10 @@ fn full_store_evicts_least_recently_used() {
     // Touch 0 and 2 so 1 and 3 are the least recently used.
     drop(store.get(&digest(1, 0)));
     drop(store.get(&digest(1, 2)));
+    assert_eq!(store.stats().evictions_total, 0);
     let report = put(&store, 2, 0..2).unwrap();
     assert_eq!(report.evicted, 2);
+    assert_eq!(store.stats().evictions_total, 2, "evictions are counted for /metrics");
     assert_eq!(held(&store, 1, 0..4), vec![0, 2]);
     assert_piece(&store, 1, 0);
     assert_piece(&store, 2, 1);

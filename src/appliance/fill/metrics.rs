@@ -1,11 +1,12 @@
 //! The fill thread's part of `/metrics`: its counters, gauges, latency histograms, per-source
 //! lines and Simple-mode answers in Prometheus text, appended to the data plane's by
-//! `UpstreamLink::metrics_text`.
+//! `UpstreamLink::metrics_text`; and its part of the status page ([`FillStatus`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::content::SimpleReason;
+use crate::dataplane::status::{FillStatus, SourceStatus, SOURCES_SHOWN_MAX};
 use crate::download::ban::BanPolicy;
 use crate::fill::{FillEngine, SourceId, SourceKind};
 use crate::http::url::HttpUrl;
@@ -136,13 +137,33 @@ fn render_sources(out: &mut String, rows: &[(String, SourceRow)]) {
 }
 
 impl FillThread {
-    /// The fill's counters and gauges in Prometheus text.
-    pub(super) fn render_metrics(&mut self) -> String {
+    /// Publishes the fill's counters and gauges (Prometheus text) and its status-page state.
+    pub(super) fn publish_metrics(&mut self) {
         let now = self.now_ms();
         let (bans, banned, rows) = {
             let policy = self.bans.lock();
             (policy.counts(), policy.banned_count(now), source_rows(&mut self.engine, &policy, now))
         };
+        let status = FillStatus {
+            service_url: self.service_url.clone(),
+            service: self.service_health.clone(),
+            fills_in_flight: self.engine.fills_in_flight() as u64,
+            pieces_in_flight: self.engine.pieces_in_flight() as u64,
+            waiters: self.engine.waiters() as u64,
+            bans_in_force: banned as u64,
+            bans_total: bans.bans_total,
+            sources: rows
+                .iter()
+                .take(SOURCES_SHOWN_MAX)
+                .map(|(name, row)| SourceStatus {
+                    name: name.clone(),
+                    bytes: row.bytes,
+                    bad_pieces: row.bad_pieces,
+                    banned: row.banned > 0,
+                })
+                .collect(),
+        };
+        self.link.set_fill_status(status);
         let gauges = [
             ("tessera_fill_fills_in_flight", "Contents being filled.", self.engine.fills_in_flight() as u64),
             ("tessera_fill_pieces_in_flight", "Piece fetches in flight.", self.engine.pieces_in_flight() as u64),
@@ -183,7 +204,7 @@ impl FillThread {
         c.piece_fetch_ms.render(&mut out, "tessera_fill_piece_fetch_seconds", help, "");
         render_sources(&mut out, &rows);
         self.simple.render(&mut out);
-        out
+        self.link.set_metrics_text(out);
     }
 }
 
