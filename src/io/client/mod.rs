@@ -101,6 +101,11 @@ impl Spare {
         buffer
     }
 
+    /// A reused buffer when one is spare (its old bytes still in it), else an empty one.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.buffers.pop().unwrap_or_default()
+    }
+
     fn put(&mut self, buffer: Vec<u8>) {
         if self.buffers.len() < SPARE_BUFFERS_MAX {
             self.buffers.push(buffer);

@@ -252,7 +252,14 @@ impl UringLoop {
             },
             OpKind::Recv => match state.recv.complete(result) {
                 Received::Bytes(bytes) if !state.closing => {
-                    events.push(Event::Received { conn, bytes: self.spare.copy_of(bytes) });
+                    // A mostly full buffer is handed on as it is (a spare one takes its place); a
+                    // few bytes are copied out, keeping the large buffer for the next receive.
+                    let bytes = if bytes.len() >= self.recv_buffer_bytes / 2 {
+                        state.recv.take(self.spare.take())
+                    } else {
+                        self.spare.copy_of(bytes)
+                    };
+                    events.push(Event::Received { conn, bytes });
                     None
                 }
                 Received::Bytes(_) => None,
