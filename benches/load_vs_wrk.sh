@@ -8,8 +8,9 @@
 # dominate). Each client runs ROUNDS times per target, alternated (tessera, wrk, tessera, wrk)
 # so drift on a shared machine hits both alike; prints req/s of every run, the means and the
 # ratio tessera / wrk. Goal: >= 1.3 on the 1 KiB file with one thread. Also prints each client's
-# CPU time (user + system) per request: when nginx, not the client, is the limit, both clients
-# get the same req/s and the CPU per request is what tells them apart.
+# CPU time (user + system) per request, and how busy nginx's worker was during the run: when
+# nginx, not the client, is the limit (busy near 100 %), both clients get about the same req/s and
+# the CPU per request is what tells them apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,12 +56,20 @@ PIDS+=("$!")
 wait_ready "http://127.0.0.1:$NGINX_PORT/1k"
 
 # Runs a client; prints "<req/s> <client CPU µs per request>".
-measured() { # command... (prints req/s on stdout)
-    local TIMEFORMAT='%U %S' rate cpu
+NGINX_WORKER=$(pgrep -P "${PIDS[-1]}" | head -1)
+server_ticks() { # CPU clock ticks (user + system) of nginx's worker so far
+    awk '{ print $14 + $15 }' "/proc/$NGINX_WORKER/stat"
+}
+
+measured() { # command... (prints req/s, client CPU µs per request, nginx worker busy %)
+    local TIMEFORMAT='%U %S' rate cpu ticks_before ticks_after
+    ticks_before=$(server_ticks)
     rate=$( { time "$@" 2>>"$WORK/client.log"; } 2>"$WORK/cpu")
+    ticks_after=$(server_ticks)
     read -r -a cpu < "$WORK/cpu"
-    awk -v rate="$rate" -v user="${cpu[0]}" -v sys="${cpu[1]}" -v seconds="${DURATION%s}" 'BEGIN {
-        printf "%.0f %.1f\n", rate, (rate > 0 ? (user + sys) * 1e6 / (rate * seconds) : 0) }'
+    awk -v rate="$rate" -v user="${cpu[0]}" -v sys="${cpu[1]}" -v seconds="${DURATION%s}" \
+        -v ticks=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        printf "%.0f %.1f %.0f\n", rate, (rate > 0 ? (user + sys) * 1e6 / (rate * seconds) : 0), 100 * ticks / hz / seconds }'
 }
 
 tessera_rate() { # url
@@ -77,7 +86,7 @@ mean() { # field
 }
 
 echo "closed loop, -t$THREADS -c$CONNECTIONS -d$DURATION, nginx on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU; $(uname -r)"
-printf "%-8s %-8s %s\n" target client "req/s (client CPU µs/request) per run"
+printf "%-8s %-8s %s\n" target client "req/s (client CPU µs/request, nginx worker busy) per run"
 for target in 1k 1m; do
     url="http://127.0.0.1:$NGINX_PORT/$target"
     tessera_runs=()
@@ -91,7 +100,7 @@ for target in 1k 1m; do
         line=""
         for run in "${runs[@]}"; do
             set -- $run
-            line+="$1 ($2)  "
+            line+="$1 ($2 µs, nginx $3 %)  "
         done
         printf "%-8s %-8s %s mean %s req/s, %s µs/request\n" "$target" "$client" "$line" \
             "$(printf "%s\n" "${runs[@]}" | mean 1)" "$(printf "%s\n" "${runs[@]}" | mean 2)"

@@ -417,7 +417,8 @@ fn at_the_fill_limit_another_content_gets_503_with_retry_after_and_the_running_f
     let (status, head, body) = get(&cache.data_plane, "/v1/content/refused", None);
     assert_eq!(status, 503, "{head}\n{}\n{}", String::from_utf8_lossy(&body), cache.log());
     assert!(head.contains("Retry-After: 1\r\n"), "{head}");
-    assert!(metric(&cache.data_plane, "tessera_fill_busy_total ", "") >= 1);
+    // The fill thread publishes its counters after it answered: wait for the refusal to show.
+    assert!(metric_settled(&cache.data_plane, "tessera_fill_busy_total ", 1) >= 1);
 
     first.read_to_end(&mut wire).unwrap();
     let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
