@@ -35,6 +35,8 @@ pub mod io;
 pub mod load;
 #[forbid(unsafe_code)]
 pub mod publish;
+#[forbid(unsafe_code)]
+pub mod rendezvous;
 // `store::slab` is the one file of the store allowed `unsafe` (the mapping).
 #[deny(unsafe_code)]
 pub mod store;
