@@ -49,6 +49,11 @@ pub struct DownloadConfig {
     pub verify_queue_pieces: u32,
     /// Piece buffers kept for reuse at most (each one piece long).
     pub piece_buffers_max: u32,
+    /// Names this device when it ranks the site's boxes (rendezvous hashing of device id and
+    /// content id); empty means the host name.
+    pub device_id: String,
+    /// Average download rate at most, in bytes per second (requests are paced); 0: no limit.
+    pub rate_bytes_per_s_max: u64,
 }
 
 impl Default for DownloadConfig {
@@ -74,6 +79,8 @@ impl Default for DownloadConfig {
             verify_threads: 1,
             verify_queue_pieces: 16,
             piece_buffers_max: 32,
+            device_id: String::new(),
+            rate_bytes_per_s_max: 0,
         }
     }
 }

@@ -156,6 +156,13 @@ impl Config {
             ("piece_buffers_max", download.piece_buffers_max.into()),
         ];
         check.positive("download", &limits);
+        if !download.device_id.is_empty() && !is_name(&download.device_id) {
+            check.bad(
+                "download.device_id",
+                &download.device_id,
+                "must be 1 to 128 printable characters without spaces",
+            );
+        }
     }
 
     fn check_serve(&self, check: &mut Checker) {
@@ -214,6 +221,11 @@ impl Config {
             check.bad("announce.address", &announce.address, "is not IP:PORT (or empty)");
         }
     }
+}
+
+/// 1 to 128 printable ASCII characters, no spaces.
+fn is_name(text: &str) -> bool {
+    (1..=128).contains(&text.len()) && text.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// `IP:PORT`, `[V6]:PORT` or `HOST:PORT` with a DNS name; port 0 asks the kernel for one. Names are
