@@ -199,16 +199,19 @@ fn device_ranking(content: &Content, boxes: &[&Fake], order: &[usize]) -> String
 
 #[test]
 fn boxes_serve_one_at_a_time_in_rendezvous_order_and_a_hung_one_hands_over() {
-    for backend in backends() {
-        eprintln!("backend {backend:?}");
+    // Silent from the start: the request timeout (300 ms here) hands over. Hung mid-piece: the
+    // stall timeout does, long before the request timeout (a minute here).
+    let cases = [(Behavior::Stall, config().request_timeout_ms), (Behavior::HangMidBody, 60_000)];
+    for (backend, (behavior, request_timeout_ms)) in backends().into_iter().flat_map(|b| cases.map(|c| (b, c))) {
+        eprintln!("backend {backend:?}, {behavior:?}");
         let content = Content::new("boxes", 24 * 65536);
-        let hung = Fake::start(&content, Behavior::Stall);
+        let hung = Fake::start(&content, behavior);
         let next = Fake::start(&content, Behavior::Honest);
         let last = Fake::start(&content, Behavior::Honest);
         let boxes = [&hung, &next, &last];
         let dir = tempfile::tempdir().unwrap();
         let device_id = device_ranking(&content, &boxes, &[0, 1, 2]);
-        let config = DownloadConfig { device_id, pipeline_depth: 4, ..on(backend) };
+        let config = DownloadConfig { device_id, pipeline_depth: 4, request_timeout_ms, ..on(backend) };
         // Listed out of rank order: the ranking, not the listing, decides.
         let request = request(&content, dir.path(), &[&last, &hung, &next], vec![], config);
         let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
@@ -219,6 +222,13 @@ fn boxes_serve_one_at_a_time_in_rendezvous_order_and_a_hung_one_hands_over() {
         assert_eq!(second.pieces, content.piece_count(), "the next box served every piece: {second:?}");
         assert_eq!(last.connections(), 0, "the third box is never asked while the second serves");
         assert!(next.requests() >= content.piece_count());
+        if behavior == Behavior::HangMidBody {
+            let took_over_ms = second.first_piece_ms.unwrap();
+            assert!(
+                took_over_ms < request_timeout_ms,
+                "the stall timeout did not hand over: began at {took_over_ms} ms"
+            );
+        }
     }
 }
 

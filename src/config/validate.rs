@@ -143,6 +143,7 @@ impl Config {
             ("pipeline_depth", download.pipeline_depth.into()),
             ("request_timeout_ms", download.request_timeout_ms),
             ("connect_timeout_ms", download.connect_timeout_ms),
+            ("stall_timeout_ms", download.stall_timeout_ms),
             ("retries_per_piece_max", download.retries_per_piece_max.into()),
             ("source_failures_max", download.source_failures_max.into()),
             ("sources_max", download.sources_max.into()),
@@ -286,6 +287,7 @@ mod tests {
             ("[service]\nlisten = \"localhost:7443\"", "service.listen"),
             ("[announce]\ninterval_ms = 0", "announce.interval_ms = 0"),
             ("[download]\nverify_threads = 0", "download.verify_threads = 0"),
+            ("[download]\ndevice_id = \"a b\"", "download.device_id = \"a b\""),
             ("[store]\nslab_size_bytes = 2048\nsize_bytes_max = 1024", "store.slab_size_bytes = 2048"),
         ] {
             let message = problems(text);

@@ -484,6 +484,11 @@ impl Driver<'_> {
         let expect = expect_of(self.job, conn.source);
         let mut landed = Vec::new();
         let end = conn.rx.receive(bytes, &expect, &mut self.pool, &mut landed);
+        if conn.rx.mid_body() {
+            // A body that has begun should keep coming: a source that stops mid-piece is hung.
+            let stall = Duration::from_millis(self.job.config.stall_timeout_ms).min(timeout);
+            conn.deadline = Instant::now() + stall;
+        }
         keep_landed(&mut self.landed, conn, landed);
         end
     }
