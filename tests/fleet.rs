@@ -225,8 +225,16 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     publish(&dir.path().join("b"), "pkg", &content, &[]);
     let boxes = [start_box(dir.path(), "a", &redis.url()), start_box(dir.path(), "b", &redis.url())];
 
-    // Which box is primary for this device and content is the ranking's, computed as `get` does.
-    let device_id = "device-7";
+    // A third service that is down, and a device for which it ranks first: metadata comes from
+    // the next service. Which box is primary is the ranking's, computed as `get` does.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down_url = format!("https://{down}");
+    let services = [down_url.clone(), boxes[0].service_url.clone(), boxes[1].service_url.clone()];
+    let device_id = (0..1000)
+        .map(|n| format!("device-{n}"))
+        .find(|device| tessera::rendezvous::rank(device, "pkg", &services)[0] == 0)
+        .expect("one name in 1000 ranks the down service first");
+    let device_id = device_id.as_str();
     let names: Vec<String> = boxes.iter().map(|b| b.data_plane.clone()).collect();
     let order = tessera::rendezvous::rank(device_id, "pkg", &names);
     let [primary, second] = boxes;
@@ -244,7 +252,7 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     let out = dir.path().join("got.bin");
     let mut device = tessera()
         .args(["get", "pkg", "--json", "--config", device_config.to_str().unwrap(), "--ca", cas.to_str().unwrap()])
-        .args(["--service", &second.service_url, "--service", &primary.service_url])
+        .args(["--service", &second.service_url, "--service", &down_url, "--service", &primary.service_url])
         .args(["--peer", &second.data_plane, "--peer", &primary.data_plane])
         .arg("-o")
         .arg(&out)
@@ -278,6 +286,7 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(std::fs::read(&out).unwrap() == content, "the file differs from the content");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "the metadata came from a service that was up: {summary}");
     let from = |serve: &Serve| harness::summary_source(&summary, &serve.data_plane).clone();
     let (first, next) = (from(&primary), from(&second));
     assert_eq!(

@@ -176,13 +176,10 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
 /// This machine's host name: the device id when `[download] device_id` is empty. It is stable
 /// across runs and differs between the devices of a site, which is all the ranking needs.
 fn host_name() -> String {
-    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        Ok(name) if !name.trim().is_empty() => name.trim().to_string(),
-        other => {
-            tracing::warn!(result = ?other.map(|_| "empty"), "no host name: set [download] device_id to spread devices over boxes");
-            "unnamed-device".into()
-        }
-    }
+    crate::io::sys::host_name().unwrap_or_else(|| {
+        tracing::warn!("no host name: set [download] device_id to spread devices over boxes");
+        "unnamed-device".into()
+    })
 }
 
 fn resolve_peer(text: &str) -> Result<SocketAddr, CliError> {
