@@ -237,6 +237,9 @@ impl FillThread {
             })
             .collect();
         engine.set_parents(parents);
+        if upstream.peers.len() >= 2 {
+            engine.rank_parents(&box_id(config), upstream.parent_retry_ms);
+        }
         link.set_refresh_after_ms(upstream.metadata_expiry_ms);
         let limits = FetchLimits {
             connections_per_source_max: upstream.connections_per_source_max,

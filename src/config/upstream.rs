@@ -43,8 +43,11 @@ pub struct UpstreamConfig {
     /// SHA-256 (hex) of the upstream service's SubjectPublicKeyInfo, to pin its key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_sha256: Option<String>,
-    /// Parents that speak the piece API (`HOST:PORT`), asked for every content.
+    /// Parents that speak the piece API (`HOST:PORT`), asked for every content; two or more are
+    /// ranked per content by rendezvous hashing (the first serves, the next when it fails).
     pub peers: Vec<String>,
+    /// A ranked parent whose fetch failed is passed over this long, then tried again.
+    pub parent_retry_ms: u64,
     /// Peer-matching group (site) the box asks peers for.
     pub group: String,
     /// Ask the upstream service for peers of `group` holding the content.
@@ -97,6 +100,7 @@ impl Default for UpstreamConfig {
             ca_file: None,
             pin_sha256: None,
             peers: Vec::new(),
+            parent_retry_ms: 30_000,
             group: "default".into(),
             peer_matching: false,
             origin: true,
@@ -161,7 +165,8 @@ impl UpstreamConfig {
     }
 
     fn validate_limits(&self) -> Result<(), UpstreamConfigError> {
-        let limits: [(&'static str, u64); 16] = [
+        let limits: [(&'static str, u64); 17] = [
+            ("parent_retry_ms", self.parent_retry_ms),
             ("fills_in_flight_max", self.fills_in_flight_max.into()),
             ("pieces_in_flight_per_fill_max", self.pieces_in_flight_per_fill_max.into()),
             ("read_ahead_pieces", self.read_ahead_pieces.into()),
