@@ -295,7 +295,7 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     );
     assert_eq!(first["dropped"], true, "{summary}");
     let (first_pieces, next_pieces) = (first["pieces"].as_u64().unwrap(), next["pieces"].as_u64().unwrap());
-    assert!(first_pieces >= 1 && first_pieces < PIECES, "the kill came mid-download: {summary}");
+    assert!((1..PIECES).contains(&first_pieces), "the kill came mid-download: {summary}");
     assert_eq!(first_pieces + next_pieces, PIECES, "what the first box delivered was kept: {summary}");
     // The download's own record: the last piece from the killed box, the first from the next one.
     let gap_ms = next["first_piece_ms"].as_u64().unwrap().saturating_sub(first["last_piece_ms"].as_u64().unwrap());
