@@ -22,7 +22,6 @@ use crate::tls::{ca_client_config, TlsClientOptions};
 Examples:
   tessera get kb5031445 --service https://seed.example:7443 --ca ca.pem -o update.cab
   tessera get iso-2026-11 --peer 10.0.0.5:7680 --source https://origin.example/big.iso -o big.iso
-  tessera get notes --service https://127.0.0.1:7443 --ca tessera-data/tls/ca.pem -o - | sha256sum
   tessera get pkg --service https://box1:7443 --service https://box2:7443 --peer box1:7680 --peer box2:7680 -o pkg")]
 pub struct GetArgs {
     /// Content id: [A-Za-z0-9._-]{1,128}.
