@@ -3,6 +3,7 @@
 //! device asking any box's service is told about content another box holds. Redis restarts
 //! empty, goes down, peers expire, announces are authenticated.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -206,6 +207,16 @@ fn announces_need_the_site_token_and_peers_expire_after_their_ttl() {
 /// Bound of the whole download in the failover test (it is paced to take about 4 s).
 const DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
 
+/// A `tessera get` child, killed if the test ends before it does.
+struct Device(std::process::Child);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sum of `prefix` samples with `label` on a box's data-plane `/metrics`.
 fn data_plane_metric(serve: &Serve, prefix: &str, label: &str) -> u64 {
     harness::metric(&serve.data_plane, prefix, label)
@@ -250,21 +261,23 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     let text = format!("[download]\ndevice_id = \"{device_id}\"\nrate_bytes_per_s_max = {RATE_BYTES_PER_S}\n");
     std::fs::write(&device_config, text).unwrap();
     let out = dir.path().join("got.bin");
-    let mut device = tessera()
-        .args(["get", "pkg", "--json", "--config", device_config.to_str().unwrap(), "--ca", cas.to_str().unwrap()])
-        .args(["--service", &second.service_url, "--service", &down_url, "--service", &primary.service_url])
-        .args(["--peer", &second.data_plane, "--peer", &primary.data_plane])
-        .arg("-o")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut device = Device(
+        tessera()
+            .args(["get", "pkg", "--json", "--config", device_config.to_str().unwrap(), "--ca", cas.to_str().unwrap()])
+            .args(["--service", &second.service_url, "--service", &down_url, "--service", &primary.service_url])
+            .args(["--peer", &second.data_plane, "--peer", &primary.data_plane])
+            .arg("-o")
+            .arg(&out)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
 
     let hit_bytes = "tessera_cache_bytes_total{";
     let served_before_kill = 32 * PIECE_BYTES;
     wait_until("the primary box served a quarter of the content", || {
-        assert!(device.try_wait().unwrap().is_none(), "the download ended before the primary box was killed");
+        assert!(device.0.try_wait().unwrap().is_none(), "the download ended before the primary box was killed");
         data_plane_metric(&primary, hit_bytes, "result=\"hit\"") >= served_before_kill
     });
     assert_eq!(
@@ -275,14 +288,15 @@ fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_
     primary.kill();
 
     let deadline = Instant::now() + DOWNLOAD_WAIT;
-    while device.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = device.kill();
-            panic!("the download did not finish within {DOWNLOAD_WAIT:?}");
-        }
+    while device.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the download did not finish within {DOWNLOAD_WAIT:?}");
         std::thread::sleep(POLL);
     }
-    let output = device.wait_with_output().unwrap();
+    let mut stdout = Vec::new();
+    device.0.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let mut stderr = Vec::new();
+    device.0.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    let output = std::process::Output { status: device.0.wait().unwrap(), stdout, stderr };
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(std::fs::read(&out).unwrap() == content, "the file differs from the content");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
