@@ -113,6 +113,27 @@ fn a_cold_range_through_the_box_is_byte_exact() {
     assert_eq!((status, body.as_slice()), (200, content.piece(7)));
 }
 
+/// A box given several upstream services asks them in rendezvous order per content: the one
+/// ranked first is down, the next one answers, and the fill goes on.
+#[test]
+fn a_box_whose_first_ranked_upstream_service_is_down_fills_from_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("two-services", 4 * 65536 + 9);
+    let (seed, seed_flags) = seed(dir.path(), &content);
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let services = [format!("https://{down}"), seed.service_url.clone()];
+    let mut flags = vec!["--upstream".to_string(), services[1].clone(), "--upstream".to_string(), services[0].clone()];
+    flags.extend(seed_flags[2..].iter().cloned());
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    flags.extend(config_flags(dir.path(), "box.toml", &first_ranked(content.id.as_str(), &services)));
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{}", content.id.as_str()), None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let log = cache.log();
+    assert!(log.contains("metadata service failed; asking the next") && log.contains(&services[0]), "{log}");
+}
+
 #[test]
 fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
