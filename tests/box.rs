@@ -564,6 +564,16 @@ fn a_parent_closing_mid_body_is_asked_elsewhere(backend: &str) {
     assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a cut is not a bad piece");
 }
 
+/// A parent that hangs in the middle of a body, with the request timeout far beyond the test's
+/// wait: the stall timeout leaves it, and the next parent fills the content.
+#[test]
+fn a_parent_hanging_mid_body_is_left_after_the_stall_timeout() {
+    let config = "[upstream]\nrequest_timeout_ms = 120000\nstall_timeout_ms = 500\n";
+    let (_dir, cache, hung) = fill_past_a_failing_parent("hung", Behavior::HangMidBody, "auto", config);
+    assert!(hung.bad_sent() >= 1, "a body was begun and left hanging");
+    assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a stall is not a bad piece");
+}
+
 #[test]
 fn a_parent_closing_mid_body_is_asked_elsewhere_on_the_default_backend() {
     a_parent_closing_mid_body_is_asked_elsewhere("auto");

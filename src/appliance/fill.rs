@@ -246,6 +246,7 @@ impl FillThread {
             pipeline_depth: upstream.pipeline_depth,
             connect_timeout_ms: upstream.connect_timeout_ms,
             request_timeout_ms: upstream.request_timeout_ms,
+            stall_timeout_ms: upstream.stall_timeout_ms,
         };
         let fetches = Fetches::new(config.serve.backend, limits)?;
         let queue = (upstream.piece_memory_bytes_max >> 20).clamp(4, u64::from(VERIFY_QUEUE_PIECES_MAX)) as u32;

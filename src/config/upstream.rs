@@ -71,6 +71,9 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// A piece request with no complete answer this long after it was sent is failed and retried elsewhere.
     pub request_timeout_ms: u64,
+    /// A response whose body has begun and then gets no byte this long fails (a source that
+    /// hangs mid-piece), and its pieces are asked elsewhere.
+    pub stall_timeout_ms: u64,
     /// One metadata fetch (manifest or hash file) is failed after this long.
     pub metadata_timeout_ms: u64,
     /// Bytes of pieces fetched and not yet verified and stored, at most.
@@ -112,6 +115,7 @@ impl Default for UpstreamConfig {
             pipeline_depth: 4,
             connect_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
+            stall_timeout_ms: 1_000,
             metadata_timeout_ms: 10_000,
             piece_memory_bytes_max: 256 << 20,
             waiters_per_piece_max: 1024,
@@ -165,8 +169,9 @@ impl UpstreamConfig {
     }
 
     fn validate_limits(&self) -> Result<(), UpstreamConfigError> {
-        let limits: [(&'static str, u64); 17] = [
+        let limits: [(&'static str, u64); 18] = [
             ("parent_retry_ms", self.parent_retry_ms),
+            ("stall_timeout_ms", self.stall_timeout_ms),
             ("fills_in_flight_max", self.fills_in_flight_max.into()),
             ("pieces_in_flight_per_fill_max", self.pieces_in_flight_per_fill_max.into()),
             ("read_ahead_pieces", self.read_ahead_pieces.into()),
