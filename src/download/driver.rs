@@ -210,36 +210,7 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         start: Instant::now(),
         bytes_done,
     };
-    if config.rate_bytes_per_s_max > 0 {
-        driver.scheduler.set_pace(config.rate_bytes_per_s_max, job.piece_size.min(job.content_length).max(1), 0);
-    }
-    let mut boxes = 0;
-    for spec in &job.sources {
-        let (added, kind, rank) = match spec {
-            SourceSpec::Peer(_) => (driver.scheduler.add_source(SourceKind::Peer, &spec.label()), "peer", None),
-            SourceSpec::Box(_) => (driver.scheduler.add_box(&spec.label()), "box", Some(boxes)),
-            SourceSpec::Http(_) => (driver.scheduler.add_source(SourceKind::Http, &spec.label()), "http", None),
-        };
-        if added.is_none() {
-            tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
-            continue;
-        }
-        boxes += u32::from(rank.is_some());
-        let address = match spec {
-            SourceSpec::Http(url) => {
-                url.resolve().map_err(|error| tracing::warn!(source = %url, %error, "source unusable")).ok()
-            }
-            peer => peer.address(),
-        };
-        driver.addresses.push(address);
-        driver.urls.push(match spec {
-            SourceSpec::Http(url) => Some(url.clone()),
-            _ => None,
-        });
-        driver.generations.push(0);
-        driver.hops.push(0);
-        driver.stats.push(SourceStats { source: spec.label(), kind, rank, ..SourceStats::default() });
-    }
+    driver.add_sources();
     let outcome = driver.run_loop(output, observe)?;
     Ok(DriverReport { outcome, sources: driver.stats })
 }
@@ -271,6 +242,44 @@ fn piece_length(job: &Job, piece: u64) -> u64 {
 }
 
 impl Driver<'_> {
+    /// Registers the job's sources with the scheduler (boxes in their rank order) and the pace.
+    fn add_sources(&mut self) {
+        if self.job.config.rate_bytes_per_s_max > 0 {
+            self.scheduler.set_pace(
+                self.job.config.rate_bytes_per_s_max,
+                self.job.piece_size.min(self.job.content_length).max(1),
+                0,
+            );
+        }
+        let mut boxes = 0;
+        for spec in &self.job.sources {
+            let (added, kind, rank) = match spec {
+                SourceSpec::Peer(_) => (self.scheduler.add_source(SourceKind::Peer, &spec.label()), "peer", None),
+                SourceSpec::Box(_) => (self.scheduler.add_box(&spec.label()), "box", Some(boxes)),
+                SourceSpec::Http(_) => (self.scheduler.add_source(SourceKind::Http, &spec.label()), "http", None),
+            };
+            if added.is_none() {
+                tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
+                continue;
+            }
+            boxes += u32::from(rank.is_some());
+            let address = match spec {
+                SourceSpec::Http(url) => {
+                    url.resolve().map_err(|error| tracing::warn!(source = %url, %error, "source unusable")).ok()
+                }
+                peer => peer.address(),
+            };
+            self.addresses.push(address);
+            self.urls.push(match spec {
+                SourceSpec::Http(url) => Some(url.clone()),
+                _ => None,
+            });
+            self.generations.push(0);
+            self.hops.push(0);
+            self.stats.push(SourceStats { source: spec.label(), kind, rank, ..SourceStats::default() });
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
