@@ -39,6 +39,8 @@ pub mod load;
 pub mod logging;
 #[forbid(unsafe_code)]
 pub mod publish;
+#[forbid(unsafe_code)]
+pub mod rendezvous;
 // `store::slab` is the one file of the store allowed `unsafe` (the mapping).
 #[deny(unsafe_code)]
 pub mod store;

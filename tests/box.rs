@@ -113,15 +113,38 @@ fn a_cold_range_through_the_box_is_byte_exact() {
     assert_eq!((status, body.as_slice()), (200, content.piece(7)));
 }
 
+/// A box given several upstream services asks them in rendezvous order per content: the one
+/// ranked first is down, the next one answers, and the fill goes on.
+#[test]
+fn a_box_whose_first_ranked_upstream_service_is_down_fills_from_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::new("two-services", 4 * 65536 + 9);
+    let (seed, seed_flags) = seed(dir.path(), &content);
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let services = [format!("https://{down}"), seed.service_url.clone()];
+    let mut flags = vec!["--upstream".to_string(), services[1].clone(), "--upstream".to_string(), services[0].clone()];
+    flags.extend(seed_flags[2..].iter().cloned());
+    flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone()]);
+    flags.extend(config_flags(dir.path(), "box.toml", &first_ranked(content.id.as_str(), &services)));
+    let cache = Serve::start(&dir.path().join("box"), 2, &flags);
+    let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{}", content.id.as_str()), None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *content.bytes, "other bytes ({} of {})", body.len(), content.bytes.len());
+    let log = cache.log();
+    assert!(log.contains("metadata service failed; asking the next") && log.contains(&services[0]), "{log}");
+}
+
 #[test]
 fn a_lying_parent_is_banned_and_the_bytes_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let content = Content::new("lied", 10 * 65536);
     let (seed, mut flags) = seed(dir.path(), &content);
     let liar = Fake::start(&content, Behavior::BitFlip);
-    for parent in [liar.address.to_string(), seed.data_plane.clone()] {
-        flags.extend(["--upstream-peer".to_string(), parent]);
+    let parents = [liar.address.to_string(), seed.data_plane.clone()];
+    for parent in &parents {
+        flags.extend(["--upstream-peer".to_string(), parent.clone()]);
     }
+    flags.extend(config_flags(dir.path(), "box.toml", &first_ranked(content.id.as_str(), &parents)));
     let cache = Serve::start(&dir.path().join("box"), 2, &flags);
 
     let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{}", content.id.as_str()), None);
@@ -292,9 +315,11 @@ fn metrics_show_the_miss_the_hit_the_fill_latency_and_the_liar() {
     let (seed, mut flags) = seed(dir.path(), &content);
     let liar = Fake::start(&content, Behavior::BitFlip);
     let liar_address = liar.address.to_string();
-    for parent in [liar_address.clone(), seed.data_plane.clone()] {
-        flags.extend(["--upstream-peer".to_string(), parent]);
+    let parents = [liar_address.clone(), seed.data_plane.clone()];
+    for parent in &parents {
+        flags.extend(["--upstream-peer".to_string(), parent.clone()]);
     }
+    flags.extend(config_flags(dir.path(), "box.toml", &first_ranked("watched", &parents)));
     let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let address = cache.data_plane.as_str();
     let length = content.bytes.len() as u64;
@@ -428,6 +453,24 @@ fn at_the_fill_limit_another_content_gets_503_with_retry_after_and_the_running_f
 }
 
 /// Flags for a box on `backend` whose only parent is `parent`, with `config` as its config file.
+/// Config lines naming the box so that, of two or more parents (ranked per content by rendezvous
+/// hashing of the box's id), `parents[0]` ranks first for content `id`: the faulty parent a
+/// test is about is the one the box asks.
+fn first_ranked(id: &str, parents: &[String]) -> String {
+    let name = (0..1000)
+        .map(|n| format!("box-{n}"))
+        .find(|name| tessera::rendezvous::rank(name, id, parents)[0] == 0)
+        .expect("one name in 1000 ranks the parent first");
+    format!("[announce]\npeer_id = \"{name}\"\n")
+}
+
+/// `--config` with `text` in `dir/NAME`.
+fn config_flags(dir: &Path, name: &str, text: &str) -> Vec<String> {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    vec!["--config".to_string(), file.to_str().unwrap().to_string()]
+}
+
 fn box_flags(dir: &Path, seed_flags: Vec<String>, parents: &[String], backend: &str, config: &str) -> Vec<String> {
     let file = dir.join("box.toml");
     std::fs::write(&file, config).unwrap();
@@ -494,9 +537,9 @@ fn requests_to_a_parent_are_pipelined_on_epoll() {
     requests_to_a_parent_are_pipelined("epoll");
 }
 
-/// A box with two parents, the first failing as `behavior` does, fills content `id` whole with
-/// exact bytes; the failing parent was asked and pieces were asked again. Returns the test's
-/// dir, the box and the failing parent.
+/// A box with two parents, the first (ranked first for the content) failing as `behavior` does,
+/// fills content `id` whole with exact bytes; the failing parent was asked and pieces were asked
+/// again. Returns the test's dir, the box and the failing parent.
 fn fill_past_a_failing_parent(
     id: &str,
     behavior: Behavior,
@@ -508,7 +551,8 @@ fn fill_past_a_failing_parent(
     let (seed, flags) = seed(dir.path(), &content);
     let failing = Fake::start(&content, behavior);
     let parents = [failing.address.to_string(), seed.data_plane.clone()];
-    let flags = box_flags(dir.path(), flags, &parents, backend, config);
+    let config = format!("{config}\n{}", first_ranked(id, &parents));
+    let flags = box_flags(dir.path(), flags, &parents, backend, &config);
     let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let (status, head, body) = get(&cache.data_plane, &format!("/v1/content/{id}"), None);
     assert_eq!(status, 200, "{head}\n{}", cache.log());
@@ -527,6 +571,16 @@ fn a_parent_closing_mid_body_is_asked_elsewhere(backend: &str) {
     let (_dir, cache, cutter) = fill_past_a_failing_parent("cut", Behavior::CutMidBody, backend, "");
     assert!(cutter.bad_sent() >= 1, "a body was cut");
     assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a cut is not a bad piece");
+}
+
+/// A parent that hangs in the middle of a body, with the request timeout far beyond the test's
+/// wait: the stall timeout leaves it, and the next parent fills the content.
+#[test]
+fn a_parent_hanging_mid_body_is_left_after_the_stall_timeout() {
+    let config = "[upstream]\nrequest_timeout_ms = 120000\nstall_timeout_ms = 500\n";
+    let (_dir, cache, hung) = fill_past_a_failing_parent("hung", Behavior::HangMidBody, "auto", config);
+    assert!(hung.bad_sent() >= 1, "a body was begun and left hanging");
+    assert_eq!(metric(&cache.data_plane, "tessera_fill_bad_pieces_total ", ""), 0, "a stall is not a bad piece");
 }
 
 #[test]

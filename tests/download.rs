@@ -114,8 +114,9 @@ fn every_lying_peer_is_banned_after_two_bad_pieces_and_asked_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let mut all: Vec<&Fake> = liars.iter().collect();
         all.push(&honest);
-        let request = request(&content, dir.path(), &all, vec![], on(backend));
-        let metadata = FakeMetadata::new(&content, vec![], vec![]);
+        // Matched peers are used side by side (hand-given ones are boxes, used one at a time).
+        let request = request(&content, dir.path(), &[], vec![], on(backend));
+        let metadata = FakeMetadata::new(&content, vec![], all.iter().map(|p| p.address).collect());
         let summary = run(&request, &metadata).unwrap();
         assert_output(&request, &content);
         for liar in &liars {
@@ -156,8 +157,8 @@ fn liars_on_probation_get_at_most_one_request_past_the_ban_threshold_with_full_p
         ..config()
     };
     assert!(config.connections_per_source_max * config.pipeline_depth > config.ban_after_bad_pieces + 1);
-    let request = request(&content, dir.path(), &all, vec![], config.clone());
-    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let request = request(&content, dir.path(), &[], vec![], config.clone());
+    let metadata = FakeMetadata::new(&content, vec![], all.iter().map(|p| p.address).collect());
     let summary = run(&request, &metadata).unwrap();
     assert_output(&request, &content);
     let allowed = u64::from(config.ban_after_bad_pieces) + 1;
@@ -177,12 +178,57 @@ fn a_stalling_peer_does_not_stall_the_download() {
         let stall = Fake::start(&content, Behavior::Stall);
         let honest = Fake::start(&content, Behavior::Honest);
         let dir = tempfile::tempdir().unwrap();
-        let request = request(&content, dir.path(), &[&stall, &honest], vec![], on(backend));
-        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        let request = request(&content, dir.path(), &[], vec![], on(backend));
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![stall.address, honest.address])).unwrap();
         assert_output(&request, &content);
         let stats = stats(&summary, &stall);
         assert!(stats.timeouts >= 1 && stats.bytes == 0, "{stats:?}");
         assert!(stall.requests() <= u64::from(on(backend).source_failures_max), "dropped after its failure budget");
+    }
+}
+
+/// A device id for which `boxes` rank in the order of their indexes `order` (searched among a
+/// bounded number of names).
+fn device_ranking(content: &Content, boxes: &[&Fake], order: &[usize]) -> String {
+    let names: Vec<String> = boxes.iter().map(|b| b.address.to_string()).collect();
+    (0..1000)
+        .map(|n| format!("device-{n}"))
+        .find(|device| tessera::rendezvous::rank(device, content.id.as_str(), &names) == order)
+        .expect("one name in 1000 ranks three boxes as asked")
+}
+
+#[test]
+fn boxes_serve_one_at_a_time_in_rendezvous_order_and_a_hung_one_hands_over() {
+    // Silent from the start: the request timeout (300 ms here) hands over. Hung mid-piece: the
+    // stall timeout does, long before the request timeout (a minute here).
+    let cases = [(Behavior::Stall, config().request_timeout_ms), (Behavior::HangMidBody, 60_000)];
+    for (backend, (behavior, request_timeout_ms)) in backends().into_iter().flat_map(|b| cases.map(|c| (b, c))) {
+        eprintln!("backend {backend:?}, {behavior:?}");
+        let content = Content::new("boxes", 24 * 65536);
+        let hung = Fake::start(&content, behavior);
+        let next = Fake::start(&content, Behavior::Honest);
+        let last = Fake::start(&content, Behavior::Honest);
+        let boxes = [&hung, &next, &last];
+        let dir = tempfile::tempdir().unwrap();
+        let device_id = device_ranking(&content, &boxes, &[0, 1, 2]);
+        let config = DownloadConfig { device_id, pipeline_depth: 4, request_timeout_ms, ..on(backend) };
+        // Listed out of rank order: the ranking, not the listing, decides.
+        let request = request(&content, dir.path(), &[&last, &hung, &next], vec![], config);
+        let summary = run(&request, &FakeMetadata::new(&content, vec![], vec![])).unwrap();
+        assert_output(&request, &content);
+        let (first, second) = (stats(&summary, &hung), stats(&summary, &next));
+        assert_eq!((first.kind, first.rank, second.rank), ("box", Some(0), Some(1)), "{summary:?}");
+        assert!(first.timeouts == 1 && first.dropped && first.bytes == 0, "one stall hands over: {first:?}");
+        assert_eq!(second.pieces, content.piece_count(), "the next box served every piece: {second:?}");
+        assert_eq!(last.connections(), 0, "the third box is never asked while the second serves");
+        assert!(next.requests() >= content.piece_count());
+        if behavior == Behavior::HangMidBody {
+            let took_over_ms = second.first_piece_ms.unwrap();
+            assert!(
+                took_over_ms < request_timeout_ms,
+                "the stall timeout did not hand over: began at {took_over_ms} ms"
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! device asking any box's service is told about content another box holds. Redis restarts
 //! empty, goes down, peers expire, announces are authenticated.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -201,4 +202,117 @@ fn announces_need_the_site_token_and_peers_expire_after_their_ttl() {
     wait_until("the peer expired", || addresses(&client, &url, "pkg").is_empty());
     assert!(announced_at.elapsed() >= Duration::from_millis(TTL_MS), "expired before its TTL");
     assert!(redis.holders("fleet:", "default", "pkg").is_empty());
+}
+
+/// Bound of the whole download in the failover test (it is paced to take about 4 s).
+const DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// A `tessera get` child, killed if the test ends before it does.
+struct Device(std::process::Child);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sum of `prefix` samples with `label` on a box's data-plane `/metrics`.
+fn data_plane_metric(serve: &Serve, prefix: &str, label: &str) -> u64 {
+    harness::metric(&serve.data_plane, prefix, label)
+}
+
+#[test]
+fn a_device_continues_from_the_next_ranked_box_within_a_second_of_its_box_being_killed() {
+    const PIECE_BYTES: u64 = 65536;
+    const PIECES: u64 = 128;
+    // 32 pieces a second: the download takes about 4 s, and the test kills the primary box once
+    // it has served a quarter, with seconds to spare whatever the machine's speed.
+    const RATE_BYTES_PER_S: u64 = 32 * PIECE_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"));
+    let content: Vec<u8> = (0..PIECES * PIECE_BYTES).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    publish(&dir.path().join("a"), "pkg", &content, &[]);
+    publish(&dir.path().join("b"), "pkg", &content, &[]);
+    let boxes = [start_box(dir.path(), "a", &redis.url()), start_box(dir.path(), "b", &redis.url())];
+
+    // A third service that is down, and a device for which it ranks first: metadata comes from
+    // the next service. Which box is primary is the ranking's, computed as `get` does.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down_url = format!("https://{down}");
+    let services = [down_url.clone(), boxes[0].service_url.clone(), boxes[1].service_url.clone()];
+    let device_id = (0..1000)
+        .map(|n| format!("device-{n}"))
+        .find(|device| tessera::rendezvous::rank(device, "pkg", &services)[0] == 0)
+        .expect("one name in 1000 ranks the down service first");
+    let device_id = device_id.as_str();
+    let names: Vec<String> = boxes.iter().map(|b| b.data_plane.clone()).collect();
+    let order = tessera::rendezvous::rank(device_id, "pkg", &names);
+    let [primary, second] = boxes;
+    let (mut primary, second) = if order[0] == 0 { (primary, second) } else { (second, primary) };
+
+    let cas = dir.path().join("cas.pem");
+    let pem = [
+        std::fs::read(dir.path().join("a/tls/ca.pem")).unwrap(),
+        std::fs::read(dir.path().join("b/tls/ca.pem")).unwrap(),
+    ];
+    std::fs::write(&cas, pem.concat()).unwrap();
+    let device_config = dir.path().join("device.toml");
+    let text = format!("[download]\ndevice_id = \"{device_id}\"\nrate_bytes_per_s_max = {RATE_BYTES_PER_S}\n");
+    std::fs::write(&device_config, text).unwrap();
+    let out = dir.path().join("got.bin");
+    let mut device = Device(
+        tessera()
+            .args(["get", "pkg", "--json", "--config", device_config.to_str().unwrap(), "--ca", cas.to_str().unwrap()])
+            .args(["--service", &second.service_url, "--service", &down_url, "--service", &primary.service_url])
+            .args(["--peer", &second.data_plane, "--peer", &primary.data_plane])
+            .arg("-o")
+            .arg(&out)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    let hit_bytes = "tessera_cache_bytes_total{";
+    let served_before_kill = 32 * PIECE_BYTES;
+    wait_until("the primary box served a quarter of the content", || {
+        assert!(device.0.try_wait().unwrap().is_none(), "the download ended before the primary box was killed");
+        data_plane_metric(&primary, hit_bytes, "result=\"hit\"") >= served_before_kill
+    });
+    assert_eq!(
+        data_plane_metric(&second, hit_bytes, "result=\"hit\""),
+        0,
+        "the second box was used before the first failed"
+    );
+    primary.kill();
+
+    let deadline = Instant::now() + DOWNLOAD_WAIT;
+    while device.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the download did not finish within {DOWNLOAD_WAIT:?}");
+        std::thread::sleep(POLL);
+    }
+    let mut stdout = Vec::new();
+    device.0.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let mut stderr = Vec::new();
+    device.0.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    let output = std::process::Output { status: device.0.wait().unwrap(), stdout, stderr };
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(std::fs::read(&out).unwrap() == content, "the file differs from the content");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["mode"], "p2p", "the metadata came from a service that was up: {summary}");
+    let from = |serve: &Serve| harness::summary_source(&summary, &serve.data_plane).clone();
+    let (first, next) = (from(&primary), from(&second));
+    assert_eq!(
+        (first["kind"].as_str(), first["rank"].as_u64(), next["rank"].as_u64()),
+        (Some("box"), Some(0), Some(1))
+    );
+    assert_eq!(first["dropped"], true, "{summary}");
+    let (first_pieces, next_pieces) = (first["pieces"].as_u64().unwrap(), next["pieces"].as_u64().unwrap());
+    assert!((1..PIECES).contains(&first_pieces), "the kill came mid-download: {summary}");
+    assert_eq!(first_pieces + next_pieces, PIECES, "what the first box delivered was kept: {summary}");
+    // The download's own record: the last piece from the killed box, the first from the next one.
+    let gap_ms = next["first_piece_ms"].as_u64().unwrap().saturating_sub(first["last_piece_ms"].as_u64().unwrap());
+    assert!(gap_ms <= 1000, "the next box took over {gap_ms} ms after the last piece of the killed one: {summary}");
+    eprintln!("failover gap: {gap_ms} ms");
 }

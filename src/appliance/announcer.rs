@@ -121,7 +121,7 @@ impl AnnounceTarget {
 
 /// `HOSTNAME-PORT`, with anything a peer id may not hold replaced by `-`.
 fn default_peer_id(port: u16) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "tessera".into());
+    let host = crate::io::sys::host_name().unwrap_or_else(|| "tessera".into());
     let host: String = host
         .trim()
         .chars()

@@ -237,7 +237,7 @@ pub fn check_backend(choice: BackendChoice) -> Vec<Finding> {
     }
 }
 
-/// The upstream metadata service answers `/healthz` over TLS, trusted as the fill would trust it.
+/// Each upstream metadata service answers `/healthz` over TLS, trusted as the fill would trust it.
 pub fn check_upstream(upstream: &UpstreamConfig) -> Vec<Finding> {
     let options = TlsClientOptions {
         ca_file: upstream.ca_file.clone(),
@@ -245,11 +245,25 @@ pub fn check_upstream(upstream: &UpstreamConfig) -> Vec<Finding> {
         timeout_ms: UPSTREAM_CHECK_TIMEOUT_MS,
         ..TlsClientOptions::default()
     };
-    let url = &upstream.service_url;
-    match MetadataClient::new(options).and_then(|client| client.health(url)) {
-        Ok(()) => vec![Finding::Note(format!("upstream {url}: reachable"))],
-        Err(error) => vec![Finding::Problem(format!("upstream.service_url = {url}: {error}"))],
-    }
+    let client = match MetadataClient::new(options) {
+        Ok(client) => client,
+        Err(error) => {
+            return vec![Finding::Problem(format!("upstream.service_url = {}: {error}", upstream.service_url))]
+        }
+    };
+    let urls = upstream.all_service_urls();
+    let key = |index: usize| {
+        if index == 0 {
+            "upstream.service_url".to_string()
+        } else {
+            format!("upstream.service_urls[{}]", index - 1)
+        }
+    };
+    let finding = |(index, url): (usize, &String)| match client.health(url) {
+        Ok(()) => Finding::Note(format!("upstream {url}: reachable")),
+        Err(error) => Finding::Problem(format!("{} = {url}: {error}", key(index))),
+    };
+    urls.iter().enumerate().map(finding).collect()
 }
 
 #[cfg(test)]

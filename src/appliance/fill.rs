@@ -32,12 +32,13 @@ use crate::appliance::announcer::AnnounceTrigger;
 use crate::catalog::Catalog;
 use crate::config::{Config, UpstreamConfig};
 use crate::content::{ContentId, MetadataFailure};
-use crate::control::client::{ClientError, MetadataClient};
+use crate::control::client::ClientError;
 use crate::dataplane::connection::ResponseToken;
 use crate::dataplane::status::{unix_now_s, ServiceHealth};
 use crate::dataplane::upstream::{Done, Filled, FromWorker, Miss, Need, ToPassThrough, UpstreamLink};
 use crate::download::ban::{BanLimits, NodeBans};
 use crate::download::verify::{Check, Checked, Verifier};
+use crate::download::ServiceMetadata;
 use crate::fill::{ContentVersion, FailReason, SimpleContent};
 use crate::fill::{
     FetchAction, FillEngine, FillLimits, MetaAction, MetaAnswer, MetaReady, Metadata, MetadataCache, MetadataLimits,
@@ -131,7 +132,7 @@ pub fn start(
         timeout_ms: upstream.metadata_timeout_ms,
         ..TlsClientOptions::default()
     };
-    let client = MetadataClient::new(options)?;
+    let services = ServiceMetadata::ranked(&upstream.all_service_urls(), &box_id(config), options)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_QUEUED_MAX);
     let (results_tx, results_rx) = crossbeam_channel::bounded::<JobResult>(JOBS_QUEUED_MAX);
@@ -163,11 +164,7 @@ pub fn start(
     handle.waker = Some(waker.clone());
     link_waker.set_fill_waker(waker.clone());
     for index in 0..HELPER_THREADS {
-        let context = fetcher::Context {
-            client: client.clone(),
-            service_url: upstream.service_url.clone(),
-            waker: waker.clone(),
-        };
+        let context = fetcher::Context { services: services.clone(), waker: waker.clone() };
         let (jobs, results) = (jobs_rx.clone(), results_tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("tessera-fetch{index}"))
@@ -176,6 +173,15 @@ pub fn start(
         handle.threads.push(thread);
     }
     Ok(handle)
+}
+
+/// Names this box when it ranks its upstream services per content: `[announce] peer_id`, else
+/// the host name.
+fn box_id(config: &Config) -> String {
+    if !config.announce.peer_id.is_empty() {
+        return config.announce.peer_id.clone();
+    }
+    crate::io::sys::host_name().unwrap_or_else(|| "tessera".into())
 }
 
 /// One miss being served.
@@ -253,12 +259,16 @@ impl FillThread {
             })
             .collect();
         engine.set_parents(parents);
+        if upstream.peers.len() >= 2 {
+            engine.rank_parents(&box_id(config), upstream.parent_retry_ms);
+        }
         link.set_refresh_after_ms(upstream.metadata_expiry_ms);
         let limits = FetchLimits {
             connections_per_source_max: upstream.connections_per_source_max,
             pipeline_depth: upstream.pipeline_depth,
             connect_timeout_ms: upstream.connect_timeout_ms,
             request_timeout_ms: upstream.request_timeout_ms,
+            stall_timeout_ms: upstream.stall_timeout_ms,
         };
         let fetches = Fetches::new(config.serve.backend, limits)?;
         let queue = (upstream.piece_memory_bytes_max >> 20).clamp(4, u64::from(VERIFY_QUEUE_PIECES_MAX)) as u32;

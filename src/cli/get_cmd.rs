@@ -22,13 +22,15 @@ use crate::tls::{ca_client_config, TlsClientOptions};
 Examples:
   tessera get kb5031445 --service https://seed.example:7443 --ca ca.pem -o update.cab
   tessera get iso-2026-11 --peer 10.0.0.5:7680 --source https://origin.example/big.iso -o big.iso
-  tessera get notes --service https://127.0.0.1:7443 --ca tessera-data/tls/ca.pem -o - | sha256sum")]
+  tessera get pkg --service https://box1:7443 --service https://box2:7443 --peer box1:7680 --peer box2:7680 -o pkg")]
 pub struct GetArgs {
     /// Content id: [A-Za-z0-9._-]{1,128}.
     pub id: String,
-    /// Metadata service, `https://HOST:PORT`; without it the download runs in Simple mode.
-    #[arg(long, value_name = "URL")]
-    pub service: Option<String>,
+    /// Metadata service, `https://HOST:PORT`; repeatable (the services of a site's boxes, ranked
+    /// per content by rendezvous hashing, the next asked when one fails). Without it the
+    /// download runs in Simple mode.
+    #[arg(long = "service", value_name = "URL")]
+    pub services: Vec<String>,
     /// CA certificate(s) (PEM) that sign the service's and https sources' certificates.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -38,7 +40,9 @@ pub struct GetArgs {
     /// Peer-matching group.
     #[arg(long, value_name = "G", default_value = "default")]
     pub group: String,
-    /// A peer to use besides the matched ones (repeatable).
+    /// One of the site's boxes (its data plane), repeatable: ranked per content by rendezvous
+    /// hashing of `[download] device_id` and the content id, the first serves the download and
+    /// the next takes over when it fails; matched peers are used besides.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,
     /// An HTTP(S) URL of the content: the Simple-mode source, and a fallback in P2P mode (repeatable).
@@ -88,18 +92,22 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
         None => None,
     };
     let peers = args.peers.iter().map(|peer| resolve_peer(peer)).collect::<Result<Vec<_>, _>>()?;
+    if config.device_id.is_empty() {
+        config.device_id = host_name();
+    }
     let tls = ca_client_config(args.ca.as_deref()).map_err(|e| CliError::Usage(format!("--ca: {e}")))?;
-    let metadata: Box<dyn MetadataSource> = match &args.service {
-        Some(url) => {
-            let options = TlsClientOptions {
-                ca_file: args.ca.clone(),
-                pin_spki_sha256: args.pin_sha256.clone(),
-                timeout_ms: config.metadata_timeout_ms,
-                response_bytes_max: config.metadata_bytes_max,
-            };
-            Box::new(ServiceMetadata::new(url, options).map_err(|e| CliError::Usage(format!("--service: {e}")))?)
-        }
-        None => Box::new(NoService),
+    let metadata: Box<dyn MetadataSource> = if args.services.is_empty() {
+        Box::new(NoService)
+    } else {
+        let options = TlsClientOptions {
+            ca_file: args.ca.clone(),
+            pin_spki_sha256: args.pin_sha256.clone(),
+            timeout_ms: config.metadata_timeout_ms,
+            response_bytes_max: config.metadata_bytes_max,
+        };
+        let service = ServiceMetadata::ranked(&args.services, &config.device_id, options)
+            .map_err(|e| CliError::Usage(format!("--service: {e}")))?;
+        Box::new(service)
     };
     let request = GetRequest {
         id,
@@ -162,6 +170,15 @@ pub fn run(args: GetArgs) -> Result<(), CliError> {
         print_summary(&mut out, &summary)
     };
     printed.map_err(|e| CliError::Other(format!("printing the summary: {e}")))
+}
+
+/// This machine's host name: the device id when `[download] device_id` is empty. It is stable
+/// across runs and differs between the devices of a site, which is all the ranking needs.
+fn host_name() -> String {
+    crate::io::sys::host_name().unwrap_or_else(|| {
+        tracing::warn!("no host name: set [download] device_id to spread devices over boxes");
+        "unnamed-device".into()
+    })
 }
 
 /// `HOST:PORT` of a `--peer`, resolved (the first address).

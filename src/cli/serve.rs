@@ -42,9 +42,11 @@ pub struct ServeArgs {
     /// Event-loop backend: auto, uring or epoll (overrides `[serve] backend`).
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
-    /// Upstream metadata service of this cache box, `https://HOST:PORT` (overrides `[upstream] service_url`).
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
+    /// Upstream metadata service of this cache box, `https://HOST:PORT` (overrides `[upstream]
+    /// service_url`); repeatable: the services of an upstream fleet (the rest replace
+    /// `service_urls`), ranked per content by rendezvous hashing, the next asked on failure.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub upstream: Vec<String>,
     /// CA certificate(s) (PEM) for `--upstream` (overrides `[upstream] ca_file`).
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Option<std::path::PathBuf>,
@@ -160,17 +162,18 @@ fn run_check(args: &ServeArgs) -> Result<(), CliError> {
 /// Applies `--upstream`, `--upstream-ca` and `--upstream-peer` over `[upstream]` (creating the
 /// section when a flag is given) and checks the result.
 fn apply_upstream(
-    url: &Option<String>,
+    urls: &[String],
     ca: &Option<std::path::PathBuf>,
     peers: &[String],
     config: &mut crate::config::Config,
 ) -> Result<(), CliError> {
-    if url.is_none() && ca.is_none() && peers.is_empty() {
+    if urls.is_empty() && ca.is_none() && peers.is_empty() {
         return Ok(());
     }
     let upstream = config.upstream.get_or_insert_with(Default::default);
-    if let Some(url) = url {
-        upstream.service_url = url.clone();
+    if let Some((first, rest)) = urls.split_first() {
+        upstream.service_url = first.clone();
+        upstream.service_urls = rest.to_vec();
     }
     if let Some(ca) = ca {
         upstream.ca_file = Some(ca.clone());

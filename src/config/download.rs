@@ -22,6 +22,9 @@ pub struct DownloadConfig {
     pub request_timeout_ms: u64,
     /// A connection not established after this long is abandoned.
     pub connect_timeout_ms: u64,
+    /// A response whose body has begun and then gets no byte for this long is abandoned and its
+    /// source counted as failed: a box that hangs mid-piece hands over to the next this fast.
+    pub stall_timeout_ms: u64,
     /// Failures of a piece (bad, timed out, connection lost) before the download gives up.
     pub retries_per_piece_max: u32,
     /// Failures of a source (connection refused or lost, timeouts) before it is no longer used.
@@ -49,6 +52,11 @@ pub struct DownloadConfig {
     pub verify_queue_pieces: u32,
     /// Piece buffers kept for reuse at most (each one piece long).
     pub piece_buffers_max: u32,
+    /// Names this device when it ranks the site's boxes (rendezvous hashing of device id and
+    /// content id); empty means the host name.
+    pub device_id: String,
+    /// Average download rate at most, in bytes per second (requests are paced); 0: no limit.
+    pub rate_bytes_per_s_max: u64,
 }
 
 impl Default for DownloadConfig {
@@ -61,6 +69,7 @@ impl Default for DownloadConfig {
             pipeline_depth: 4,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
+            stall_timeout_ms: 1_000,
             retries_per_piece_max: 8,
             source_failures_max: 3,
             endgame_pieces: 8,
@@ -74,6 +83,8 @@ impl Default for DownloadConfig {
             verify_threads: 1,
             verify_queue_pieces: 16,
             piece_buffers_max: 32,
+            device_id: String::new(),
+            rate_bytes_per_s_max: 0,
         }
     }
 }

@@ -13,6 +13,10 @@ use crate::http::url::HttpUrl;
 pub enum UpstreamConfigError {
     #[error("upstream.service_url {value:?} is not an https:// URL")]
     ServiceUrl { value: String },
+    #[error("upstream.service_urls[{index}] {value:?} is not an https:// URL")]
+    ServiceUrls { index: usize, value: String },
+    #[error("upstream.service_urls is set but upstream.service_url is empty; put the first service there")]
+    ServiceUrlsAlone,
     #[error("upstream.pin_sha256 {value:?} is not 64 hex digits (SHA-256 of the server's SubjectPublicKeyInfo)")]
     PinSha256 { value: String },
     #[error("upstream.peers[{index}] {value:?} is not HOST:PORT")]
@@ -29,14 +33,21 @@ pub enum UpstreamConfigError {
 pub struct UpstreamConfig {
     /// The upstream metadata service (`https://HOST:PORT`); empty means it must come from `--upstream`.
     pub service_url: String,
+    /// Further services of the same upstream fleet: with `service_url` they are ranked per
+    /// content by rendezvous hashing of (this box's id, content id), the next asked on failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_urls: Vec<String>,
     /// CA certificate(s) (PEM) for `service_url`; without it the web roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// SHA-256 (hex) of the upstream service's SubjectPublicKeyInfo, to pin its key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_sha256: Option<String>,
-    /// Parents that speak the piece API (`HOST:PORT`), asked for every content.
+    /// Parents that speak the piece API (`HOST:PORT`), asked for every content; two or more are
+    /// ranked per content by rendezvous hashing (the first serves, the next when it fails).
     pub peers: Vec<String>,
+    /// A ranked parent whose fetch failed is passed over this long, then tried again.
+    pub parent_retry_ms: u64,
     /// Peer-matching group (site) the box asks peers for.
     pub group: String,
     /// Ask the upstream service for peers of `group` holding the content.
@@ -60,6 +71,9 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// A piece request with no complete answer this long after it was sent is failed and retried elsewhere.
     pub request_timeout_ms: u64,
+    /// A response whose body has begun and then gets no byte this long fails (a source that
+    /// hangs mid-piece), and its pieces are asked elsewhere.
+    pub stall_timeout_ms: u64,
     /// One metadata fetch (manifest or hash file) is failed after this long.
     pub metadata_timeout_ms: u64,
     /// Bytes of pieces fetched and not yet verified and stored, at most.
@@ -85,9 +99,11 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             service_url: String::new(),
+            service_urls: Vec::new(),
             ca_file: None,
             pin_sha256: None,
             peers: Vec::new(),
+            parent_retry_ms: 30_000,
             group: "default".into(),
             peer_matching: false,
             origin: true,
@@ -99,6 +115,7 @@ impl Default for UpstreamConfig {
             pipeline_depth: 4,
             connect_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
+            stall_timeout_ms: 1_000,
             metadata_timeout_ms: 10_000,
             piece_memory_bytes_max: 256 << 20,
             waiters_per_piece_max: 1024,
@@ -118,6 +135,13 @@ impl UpstreamConfig {
         if !self.service_url.is_empty() && !HttpUrl::parse(&self.service_url).is_ok_and(|url| url.is_tls()) {
             return Err(UpstreamConfigError::ServiceUrl { value: self.service_url.clone() });
         }
+        let not_https = |url: &&String| !HttpUrl::parse(url).is_ok_and(|url| url.is_tls());
+        if let Some((index, value)) = self.service_urls.iter().enumerate().find(|(_, url)| not_https(url)) {
+            return Err(UpstreamConfigError::ServiceUrls { index, value: value.clone() });
+        }
+        if self.service_url.is_empty() && !self.service_urls.is_empty() {
+            return Err(UpstreamConfigError::ServiceUrlsAlone);
+        }
         if let Some(pin) = &self.pin_sha256 {
             if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(UpstreamConfigError::PinSha256 { value: pin.clone() });
@@ -133,8 +157,21 @@ impl UpstreamConfig {
         self.validate_limits()
     }
 
+    /// `service_url` and then `service_urls`, each once.
+    pub fn all_service_urls(&self) -> Vec<String> {
+        let mut urls = vec![self.service_url.clone()];
+        for url in &self.service_urls {
+            if !urls.contains(url) {
+                urls.push(url.clone());
+            }
+        }
+        urls
+    }
+
     fn validate_limits(&self) -> Result<(), UpstreamConfigError> {
-        let limits: [(&'static str, u64); 16] = [
+        let limits: [(&'static str, u64); 18] = [
+            ("parent_retry_ms", self.parent_retry_ms),
+            ("stall_timeout_ms", self.stall_timeout_ms),
             ("fills_in_flight_max", self.fills_in_flight_max.into()),
             ("pieces_in_flight_per_fill_max", self.pieces_in_flight_per_fill_max.into()),
             ("read_ahead_pieces", self.read_ahead_pieces.into()),
@@ -191,6 +228,17 @@ mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.service_url = "http://up:7443".into()), "upstream.service_url"),
             (Box::new(|c| c.service_url = "up:7443".into()), "upstream.service_url"),
+            (
+                Box::new(|c| c.service_urls = vec!["https://b:7443".into(), "http://c:7443".into()]),
+                "upstream.service_urls[1]",
+            ),
+            (
+                Box::new(|c| {
+                    c.service_url = String::new();
+                    c.service_urls = vec!["https://b:7443".into()];
+                }),
+                "upstream.service_urls",
+            ),
             (Box::new(|c| c.pin_sha256 = Some("abc".into())), "upstream.pin_sha256"),
             (Box::new(|c| c.peers = vec!["10.0.0.1:7680".into(), "parent".into()]), "upstream.peers[1]"),
             (Box::new(|c| c.peers = vec!["parent:0".into()]), "upstream.peers[0]"),

@@ -147,6 +147,7 @@ impl Config {
             ("pipeline_depth", download.pipeline_depth.into()),
             ("request_timeout_ms", download.request_timeout_ms),
             ("connect_timeout_ms", download.connect_timeout_ms),
+            ("stall_timeout_ms", download.stall_timeout_ms),
             ("retries_per_piece_max", download.retries_per_piece_max.into()),
             ("source_failures_max", download.source_failures_max.into()),
             ("sources_max", download.sources_max.into()),
@@ -160,6 +161,13 @@ impl Config {
             ("piece_buffers_max", download.piece_buffers_max.into()),
         ];
         check.positive("download", &limits);
+        if !download.device_id.is_empty() && !is_name(&download.device_id) {
+            check.bad(
+                "download.device_id",
+                &download.device_id,
+                "must be 1 to 128 printable characters without spaces",
+            );
+        }
     }
 
     fn check_serve(&self, check: &mut Checker) {
@@ -250,6 +258,11 @@ fn check_level_filter(text: &str) -> Result<(), String> {
         .map_err(|error| format!("is not a level filter (RUST_LOG syntax): {error}"))
 }
 
+/// 1 to 128 printable ASCII characters, no spaces.
+fn is_name(text: &str) -> bool {
+    (1..=128).contains(&text.len()) && text.chars().all(|c| c.is_ascii_graphic())
+}
+
 /// `IP:PORT`, `[V6]:PORT` or `HOST:PORT` with a DNS name; port 0 asks the kernel for one. Names are
 /// not resolved here: that is the listener's job when it binds.
 fn is_listen_address(text: &str) -> bool {
@@ -308,6 +321,7 @@ mod tests {
             ("[service]\nlisten = \"localhost:7443\"", "service.listen"),
             ("[announce]\ninterval_ms = 0", "announce.interval_ms = 0"),
             ("[download]\nverify_threads = 0", "download.verify_threads = 0"),
+            ("[download]\ndevice_id = \"a b\"", "download.device_id = \"a b\""),
             ("[store]\nslab_size_bytes = 2048\nsize_bytes_max = 1024", "store.slab_size_bytes = 2048"),
             ("[log]\nlevel = \"loud\"", "log.level = \"loud\""),
             ("[log]\nlevel = \"info,tessera=loud\"", "log.level"),

@@ -40,6 +40,9 @@ const POLL_INTERVAL_MS: u64 = 50;
 pub enum SourceSpec {
     /// A peer speaking the piece API.
     Peer(SocketAddr),
+    /// One of the site's boxes (a peer speaking the piece API), in rendezvous order: boxes are
+    /// used one at a time, the next when the one before fails.
+    Box(SocketAddr),
     /// An HTTP(S) URL of the whole content, asked for byte ranges.
     Http(HttpUrl),
 }
@@ -48,8 +51,16 @@ impl SourceSpec {
     /// How the source is named in logs and summaries.
     pub fn label(&self) -> String {
         match self {
-            SourceSpec::Peer(address) => address.to_string(),
+            SourceSpec::Peer(address) | SourceSpec::Box(address) => address.to_string(),
             SourceSpec::Http(url) => url.to_string(),
+        }
+    }
+
+    /// The peer address, for a peer or a box.
+    fn address(&self) -> Option<SocketAddr> {
+        match self {
+            SourceSpec::Peer(address) | SourceSpec::Box(address) => Some(*address),
+            SourceSpec::Http(_) => None,
         }
     }
 }
@@ -81,6 +92,15 @@ pub struct SourceStats {
     pub failures: u64,
     pub banned: bool,
     pub dropped: bool,
+    /// A box's rendezvous rank (0: the primary); absent for other sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    /// When its first and its last verified piece landed, in milliseconds since the download
+    /// started: how long a failover took is the next box's first minus the failed box's last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_piece_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_piece_ms: Option<u64>,
 }
 
 /// How the download loop ended.
@@ -190,34 +210,7 @@ pub fn run(job: &Job, output: &mut Output, observe: &mut dyn FnMut(&Progress)) -
         start: Instant::now(),
         bytes_done,
     };
-    for spec in &job.sources {
-        let kind = match spec {
-            SourceSpec::Peer(_) => SourceKind::Peer,
-            SourceSpec::Http(_) => SourceKind::Http,
-        };
-        let Some(_id) = driver.scheduler.add_source(kind, &spec.label()) else {
-            tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
-            continue;
-        };
-        let address = match spec {
-            SourceSpec::Peer(address) => Some(*address),
-            SourceSpec::Http(url) => {
-                url.resolve().map_err(|error| tracing::warn!(source = %url, %error, "source unusable")).ok()
-            }
-        };
-        driver.addresses.push(address);
-        driver.urls.push(match spec {
-            SourceSpec::Http(url) => Some(url.clone()),
-            SourceSpec::Peer(_) => None,
-        });
-        driver.generations.push(0);
-        driver.hops.push(0);
-        driver.stats.push(SourceStats {
-            source: spec.label(),
-            kind: if kind == SourceKind::Peer { "peer" } else { "http" },
-            ..SourceStats::default()
-        });
-    }
+    driver.add_sources();
     let outcome = driver.run_loop(output, observe)?;
     Ok(DriverReport { outcome, sources: driver.stats })
 }
@@ -249,6 +242,44 @@ fn piece_length(job: &Job, piece: u64) -> u64 {
 }
 
 impl Driver<'_> {
+    /// Registers the job's sources with the scheduler (boxes in their rank order) and the pace.
+    fn add_sources(&mut self) {
+        if self.job.config.rate_bytes_per_s_max > 0 {
+            self.scheduler.set_pace(
+                self.job.config.rate_bytes_per_s_max,
+                self.job.piece_size.min(self.job.content_length).max(1),
+                0,
+            );
+        }
+        let mut boxes = 0;
+        for spec in &self.job.sources {
+            let (added, kind, rank) = match spec {
+                SourceSpec::Peer(_) => (self.scheduler.add_source(SourceKind::Peer, &spec.label()), "peer", None),
+                SourceSpec::Box(_) => (self.scheduler.add_box(&spec.label()), "box", Some(boxes)),
+                SourceSpec::Http(_) => (self.scheduler.add_source(SourceKind::Http, &spec.label()), "http", None),
+            };
+            if added.is_none() {
+                tracing::warn!(source = %spec.label(), "source ignored: sources_max reached");
+                continue;
+            }
+            boxes += u32::from(rank.is_some());
+            let address = match spec {
+                SourceSpec::Http(url) => {
+                    url.resolve().map_err(|error| tracing::warn!(source = %url, %error, "source unusable")).ok()
+                }
+                peer => peer.address(),
+            };
+            self.addresses.push(address);
+            self.urls.push(match spec {
+                SourceSpec::Http(url) => Some(url.clone()),
+                _ => None,
+            });
+            self.generations.push(0);
+            self.hops.push(0);
+            self.stats.push(SourceStats { source: spec.label(), kind, rank, ..SourceStats::default() });
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -270,7 +301,12 @@ impl Driver<'_> {
                     Action::Drop { source } => {
                         let stats = &mut self.stats[source.0 as usize];
                         stats.dropped = true;
-                        tracing::warn!(source = %stats.source, failures = stats.failures, "source dropped");
+                        if stats.rank.is_some() {
+                            let at_ms = self.start.elapsed().as_millis() as u64;
+                            tracing::warn!(source = %stats.source, failures = stats.failures, at_ms, "box failed: the next-ranked box takes over");
+                        } else {
+                            tracing::warn!(source = %stats.source, failures = stats.failures, "source dropped");
+                        }
                         self.close_source(source);
                     }
                     Action::Done => {
@@ -302,7 +338,7 @@ impl Driver<'_> {
         let mut progress =
             Progress { bytes_done: self.bytes_done, bytes_total: self.job.content_length, ..Progress::default() };
         for (index, stats) in self.stats.iter().enumerate() {
-            if stats.kind != "peer" {
+            if stats.kind == "http" {
                 continue;
             }
             let id = SourceId(index as u32);
@@ -335,8 +371,8 @@ impl Driver<'_> {
             return RequestSpec { range: Some((start, end)), ..RequestSpec::new("GET", url) };
         }
         let host = match &self.job.sources[index] {
-            SourceSpec::Peer(address) => address.to_string(),
             SourceSpec::Http(url) => url.authority(),
+            peer => peer.label(),
         };
         RequestSpec::to_host("GET", host, format!("/v1/content/{}/piece/{piece}", self.job.id))
     }
@@ -457,6 +493,11 @@ impl Driver<'_> {
         let expect = expect_of(self.job, conn.source);
         let mut landed = Vec::new();
         let end = conn.rx.receive(bytes, &expect, &mut self.pool, &mut landed);
+        if conn.rx.mid_body() {
+            // A body that has begun should keep coming: a source that stops mid-piece is hung.
+            let stall = Duration::from_millis(self.job.config.stall_timeout_ms).min(timeout);
+            conn.deadline = Instant::now() + stall;
+        }
         keep_landed(&mut self.landed, conn, landed);
         end
     }
@@ -589,9 +630,12 @@ impl Driver<'_> {
                 output.mark_written(piece)?;
                 let length = piece_length(self.job, piece);
                 self.bytes_done += length;
+                let now_ms = self.now_ms();
                 let stats = &mut self.stats[source.0 as usize];
                 stats.bytes += length;
                 stats.pieces += 1;
+                stats.first_piece_ms.get_or_insert(now_ms);
+                stats.last_piece_ms = Some(now_ms);
             }
             Event::Verified { source, piece }
         } else {

@@ -16,6 +16,7 @@ use crate::download::metadata::{gather, MetadataSource};
 use crate::download::output::{Identity, Layout, Output, OutputError};
 use crate::download::scheduler::Exhaustion;
 use crate::http::url::{HttpUrl, UrlError};
+use crate::rendezvous;
 
 /// What to download, from where, to where.
 #[derive(Debug, Clone)]
@@ -23,7 +24,9 @@ pub struct GetRequest {
     pub id: ContentId,
     /// Peer-matching group.
     pub group: String,
-    /// Peers given by hand (`--peer`), used besides the matched ones in P2P mode.
+    /// The site's boxes given by hand (`--peer`), in P2P mode: ranked by rendezvous hashing of
+    /// (`config.device_id`, content id), the first serves the download and the next takes over
+    /// when it fails; matched peers that are not among them are used besides, side by side.
     pub peers: Vec<SocketAddr>,
     /// The caller's own HTTP sources (`--source`).
     pub sources: Vec<String>,
@@ -90,8 +93,9 @@ pub fn get(
     let started = Instant::now();
     let config = &request.config;
     let own_sources = request.sources.iter().map(|s| HttpUrl::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    // Peers are only looked up when P2P is possible; hand-given ones can serve the hash file.
-    let found = gather(&request.id, metadata, &request.peers, &request.tls, config);
+    let boxes = rank_boxes(&config.device_id, &request.id, &request.peers);
+    // Peers are only looked up when P2P is possible; the boxes can serve the hash file.
+    let found = gather(&request.id, metadata, &boxes, &request.tls, config);
     let manifest = found.manifest.clone();
     let manifest_sources = manifest_urls(manifest.as_ref());
     let mut http: Vec<HttpUrl> = manifest_sources;
@@ -108,12 +112,12 @@ pub fn get(
     let mut sources = Vec::new();
     let (content_length, piece_size) = match hashes {
         Some(hashes) => {
-            let mut peers = metadata.peers(&request.id, &request.group).unwrap_or_else(|failure| {
+            let peers = metadata.peers(&request.id, &request.group).unwrap_or_else(|failure| {
                 tracing::warn!(%failure, "peer matching failed; using --peer and HTTP sources");
                 Vec::new()
             });
-            peers.extend(request.peers.iter().copied());
-            let mut seen = Vec::new();
+            sources.extend(boxes.iter().copied().map(SourceSpec::Box));
+            let mut seen = boxes.clone();
             for peer in peers {
                 if !seen.contains(&peer) {
                     seen.push(peer);
@@ -209,6 +213,23 @@ pub enum Status {
     Mode { mode: &'static str, reason: Option<String> },
     /// Pieces landed.
     Progress(Progress),
+}
+
+/// The boxes in rendezvous order for this device and content, each once: the primary first.
+fn rank_boxes(device_id: &str, id: &ContentId, boxes: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(boxes.len());
+    for address in boxes {
+        if !unique.contains(address) {
+            unique.push(*address);
+        }
+    }
+    let names: Vec<String> = unique.iter().map(ToString::to_string).collect();
+    let ranked: Vec<SocketAddr> =
+        rendezvous::rank(device_id, id.as_str(), &names).into_iter().map(|i| unique[i]).collect();
+    if ranked.len() > 1 {
+        tracing::info!(device = device_id, content = %id, boxes = ?ranked, "boxes ranked: the first serves, the next takes over");
+    }
+    ranked
 }
 
 fn manifest_urls(manifest: Option<&Manifest>) -> Vec<HttpUrl> {

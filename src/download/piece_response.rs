@@ -110,6 +110,11 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
         PieceReceiver { http: http_client::Connection::new(limits), body: None }
     }
 
+    /// Whether a response body is being received (begun, not complete).
+    pub(crate) fn mid_body(&self) -> bool {
+        self.body.is_some()
+    }
+
     /// Gives up on the connection: the unanswered requests' tags; the body buffer goes back.
     pub(crate) fn abandon(&mut self, pool: &mut BufferPool) -> Vec<T> {
         if let Some(body) = self.body.take() {

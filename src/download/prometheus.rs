@@ -79,7 +79,7 @@ mod tests {
             timeouts: 0,
             failures: 0,
             banned,
-            dropped: false,
+            ..SourceStats::default()
         }
     }
 

@@ -20,6 +20,13 @@
 //!   source dropped.
 //! - End game: when few pieces are missing and every one of them is in flight, each is also asked
 //!   of a second source; the first good copy wins and the other is ignored when it lands.
+//! - Boxes ([`Scheduler::add_box`]) are peers used one at a time, in the order they were added
+//!   (their rendezvous rank): a piece goes only to the first box that is usable and has not
+//!   failed it, never spills to the next box because the first is busy, and a box that fails
+//!   while another is usable is dropped at once, so the next-ranked box takes over. The last
+//!   usable box keeps the usual failure budget. Other peers are used side by side with it.
+//! - An optional pace ([`Scheduler::set_pace`]) spends a byte budget per request, so a download
+//!   can be held to a rate.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -105,6 +112,35 @@ struct Source {
     in_flight: u32,
     failures: u32,
     dropped: bool,
+    /// A box's rank (0: the primary); `None` for other sources.
+    rank: Option<u32>,
+}
+
+/// A byte budget refilled at a fixed rate (a token bucket), kept in milli-bytes so that short
+/// intervals are not rounded away.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate_bytes_per_s: u64,
+    request_bytes: u64,
+    credit_millibytes: u64,
+    cap_millibytes: u64,
+    last_ms: u64,
+}
+
+impl Pace {
+    /// Refills to `now_ms`; true (and spent) when one request's bytes are affordable.
+    fn spend(&mut self, now_ms: u64) -> bool {
+        let elapsed_ms = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        let gained = self.rate_bytes_per_s.saturating_mul(elapsed_ms);
+        self.credit_millibytes = self.credit_millibytes.saturating_add(gained).min(self.cap_millibytes);
+        let cost = self.request_bytes.saturating_mul(1000);
+        if self.credit_millibytes < cost {
+            return false;
+        }
+        self.credit_millibytes -= cost;
+        true
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -138,6 +174,9 @@ pub struct Scheduler {
     capacity: Vec<u32>,
     actions: VecDeque<Action>,
     finished: bool,
+    /// Boxes added so far (the next box's rank).
+    boxes: u32,
+    pace: Option<Pace>,
 }
 
 impl Scheduler {
@@ -160,6 +199,8 @@ impl Scheduler {
             capacity: Vec::new(),
             actions: VecDeque::new(),
             finished: false,
+            boxes: 0,
+            pace: None,
         }
     }
 
@@ -179,8 +220,26 @@ impl Scheduler {
             return None;
         }
         let id = SourceId(self.sources.len() as u32);
-        self.sources.push(Source { kind, key: key.to_string(), in_flight: 0, failures: 0, dropped: false });
+        self.sources.push(Source { kind, key: key.to_string(), in_flight: 0, failures: 0, dropped: false, rank: None });
         Some(id)
+    }
+
+    /// Adds a box (a peer used one at a time, see the module docs), ranked after the boxes added
+    /// before it; `None` when `sources_max` is reached.
+    pub fn add_box(&mut self, key: &str) -> Option<SourceId> {
+        let id = self.add_source(SourceKind::Peer, key)?;
+        self.sources[id.0 as usize].rank = Some(self.boxes);
+        self.boxes += 1;
+        Some(id)
+    }
+
+    /// Holds requests to `rate_bytes_per_s` on average, each counted as `request_bytes` (the
+    /// piece size), with bursts of at most a tenth of a second's worth (one request at least).
+    pub fn set_pace(&mut self, rate_bytes_per_s: u64, request_bytes: u64, now_ms: u64) {
+        assert!(rate_bytes_per_s > 0 && request_bytes > 0, "a pace needs a rate and a request size");
+        let cap_millibytes = request_bytes.max(rate_bytes_per_s / 10).saturating_mul(1000);
+        let credit_millibytes = request_bytes.saturating_mul(1000);
+        self.pace = Some(Pace { rate_bytes_per_s, request_bytes, credit_millibytes, cap_millibytes, last_ms: now_ms });
     }
 
     /// Applies one event at `now_ms`.
@@ -236,7 +295,7 @@ impl Scheduler {
                     }
                 }
                 if any {
-                    self.source_failed(source);
+                    self.source_failed(source, now_ms);
                 }
             }
         }
@@ -329,14 +388,23 @@ impl Scheduler {
         self.requeue(piece);
     }
 
-    fn source_failed(&mut self, source: SourceId) {
+    fn source_failed(&mut self, source: SourceId, now_ms: u64) {
+        let failover = self.sources[source.0 as usize].rank.is_some() && self.other_box_usable(source, now_ms);
         let record = &mut self.sources[source.0 as usize];
         record.failures += 1;
-        if record.failures >= self.limits.source_failures_max && !record.dropped {
+        if (failover || record.failures >= self.limits.source_failures_max) && !record.dropped {
             record.dropped = true;
             self.forget(source);
             self.actions.push_back(Action::Drop { source });
         }
+    }
+
+    /// Whether a box other than `source` is neither dropped nor banned.
+    fn other_box_usable(&self, source: SourceId, now_ms: u64) -> bool {
+        let mut bans = self.bans.lock();
+        self.sources.iter().enumerate().any(|(index, other)| {
+            index != source.0 as usize && other.rank.is_some() && !other.dropped && !bans.is_banned(&other.key, now_ms)
+        })
     }
 
     fn ban(&mut self, source: SourceId) {
@@ -375,8 +443,18 @@ impl Scheduler {
         self.capacity[source.0 as usize] > 0
     }
 
+    /// The box `piece` may go to: the best-ranked one that is usable and has not failed it.
+    fn box_for(&self, piece: u64) -> Option<SourceId> {
+        let slot = &self.pieces[piece as usize];
+        // Boxes are added in rank order, so index order is rank order.
+        (0..self.sources.len())
+            .map(|index| SourceId(index as u32))
+            .find(|&id| self.sources[id.0 as usize].rank.is_some() && self.usable(id) && !slot.excluded.contains(&id))
+    }
+
     /// The least-loaded usable source for `piece`: peers first, HTTP only when no peer is left.
     fn pick(&self, piece: u64) -> Pick {
+        let active_box = self.box_for(piece);
         for kind in [SourceKind::Peer, SourceKind::Http] {
             let mut eligible = false;
             let mut best: Option<SourceId> = None;
@@ -384,6 +462,9 @@ impl Scheduler {
                 let id = SourceId(index as u32);
                 let slot = &self.pieces[piece as usize];
                 if self.sources[index].kind != kind || slot.excluded.contains(&id) || slot.asked.contains(&id) {
+                    continue;
+                }
+                if self.sources[index].rank.is_some() && Some(id) != active_box {
                     continue;
                 }
                 if !self.usable(id) {
@@ -418,6 +499,7 @@ impl Scheduler {
         }
         self.refresh_capacity(now_ms);
         let mut busy = Vec::new();
+        let mut paced = false;
         for _ in 0..self.queue.len() {
             let free = self.sources.iter().zip(&self.capacity).any(|(s, &capacity)| s.in_flight < capacity);
             if !free {
@@ -429,6 +511,12 @@ impl Scheduler {
                 continue;
             }
             match self.pick(piece) {
+                Pick::Source(_) if self.pace.as_mut().is_some_and(|pace| !pace.spend(now_ms)) => {
+                    // Out of budget: the piece waits at the head of the queue for the next plan.
+                    paced = true;
+                    busy.push(piece);
+                    break;
+                }
                 Pick::Source(source) => self.ask(source, piece),
                 Pick::Busy => busy.push(piece),
                 Pick::Nobody => {
@@ -439,6 +527,9 @@ impl Scheduler {
         }
         for piece in busy.into_iter().rev() {
             self.queue.push_front(piece);
+        }
+        if paced {
+            return;
         }
         self.plan_endgame();
         if self.actions.is_empty() && self.sources.iter().all(|s| s.in_flight == 0) {
@@ -708,6 +799,81 @@ mod tests {
         let mut s = Scheduler::new(1, SchedulerLimits { sources_max: 1, ..limits() });
         assert!(add(&mut s, SourceKind::Peer).is_some());
         assert!(add(&mut s, SourceKind::Http).is_none());
+    }
+
+    /// Adds a box past its probation.
+    fn add_trusted_box(scheduler: &mut Scheduler) -> SourceId {
+        let key = format!("box-{}", scheduler.sources.len());
+        for _ in 0..8 {
+            scheduler.node_bans().lock().record_good(&key);
+        }
+        scheduler.add_box(&key).unwrap()
+    }
+
+    #[test]
+    fn boxes_serve_one_at_a_time_and_the_next_takes_over_when_the_primary_fails() {
+        let mut s = Scheduler::new(8, limits());
+        let primary = add_trusted_box(&mut s);
+        let second = add_trusted_box(&mut s);
+        let peer = add(&mut s, SourceKind::Peer).unwrap();
+        let asked = requests(&drain(&mut s));
+        assert_eq!(asked, vec![(0, 0), (2, 1), (0, 2), (2, 3)], "the primary box and the peer, never the second box");
+        s.handle(Event::Verified { source: primary, piece: 0 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 4)], "a busy primary is waited for, not bypassed");
+        s.handle(Event::Failed { source: primary, pieces: vec![2] }, 0);
+        let actions = drain(&mut s);
+        assert_eq!(actions[0], Action::Drop { source: primary }, "one failure is enough while another box is left");
+        let mut asked = requests(&actions);
+        asked.sort();
+        assert_eq!(asked, vec![(1, 2), (1, 4)], "its pieces, in flight or failed, go to the next box");
+        assert_eq!((s.in_flight(primary), s.in_flight(second), s.in_flight(peer)), (0, 2, 2));
+    }
+
+    #[test]
+    fn the_last_usable_box_keeps_the_usual_failure_budget() {
+        let mut s = Scheduler::new(8, SchedulerLimits { source_failures_max: 2, ..limits() });
+        let primary = add_trusted_box(&mut s);
+        let second = add_trusted_box(&mut s);
+        // A plain peer takes the pieces a box failed, so the download goes on.
+        add(&mut s, SourceKind::Peer).unwrap();
+        drain(&mut s);
+        s.handle(Event::Failed { source: primary, pieces: vec![0] }, 0);
+        assert_eq!(drain(&mut s)[0], Action::Drop { source: primary });
+        s.handle(Event::TimedOut { source: second, pieces: vec![2] }, 0);
+        assert!(!drain(&mut s).contains(&Action::Drop { source: second }), "no box left to take over");
+        s.handle(Event::TimedOut { source: second, pieces: vec![0] }, 0);
+        assert!(drain(&mut s).contains(&Action::Drop { source: second }), "dropped at source_failures_max");
+    }
+
+    #[test]
+    fn a_piece_the_primary_lacks_goes_to_the_next_box_alone() {
+        let mut s = Scheduler::new(4, SchedulerLimits { slots_per_source: 1, ..limits() });
+        let primary = add_trusted_box(&mut s);
+        let second = add_trusted_box(&mut s);
+        assert_eq!(requests(&drain(&mut s)), vec![(0, 0)]);
+        s.handle(Event::Missing { source: primary, piece: 0 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![(1, 0), (0, 1)], "piece 0 to the second box, the rest stays");
+        s.handle(Event::Verified { source: second, piece: 0 }, 0);
+        assert_eq!(requests(&drain(&mut s)), vec![], "the second box gets nothing the primary can serve");
+    }
+
+    #[test]
+    fn a_pace_spreads_requests_over_time() {
+        // 10 pieces of 100 bytes at 1000 bytes/s: one piece of credit at start, then one per 100 ms.
+        let mut s = Scheduler::new(10, SchedulerLimits { slots_per_source: 16, ..limits() });
+        let a = add(&mut s, SourceKind::Peer).unwrap();
+        s.set_pace(1000, 100, 0);
+        let mut asked_at = Vec::new();
+        for now_ms in (0..=1000).step_by(50) {
+            while let Some(action) = s.poll(now_ms) {
+                if let Action::Request { piece, .. } = action {
+                    asked_at.push(now_ms);
+                    s.handle(Event::Verified { source: a, piece }, now_ms);
+                }
+            }
+        }
+        assert_eq!(asked_at, vec![0, 100, 200, 300, 400, 500, 600, 700, 800, 900]);
+        assert!(s.is_finished(), "a paced download is never exhausted while it waits");
     }
 
     fn probation_limits() -> SchedulerLimits {

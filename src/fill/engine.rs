@@ -132,6 +132,17 @@ pub(super) struct SourceState {
     pub(super) kind: SourceKind,
     pub(super) name: String,
     pub(super) in_flight: u32,
+    /// When a fetch from it last failed (timeout, refused, reset), until one verifies again.
+    pub(super) failed_at_ms: Option<u64>,
+}
+
+/// How the parents are ranked per content (see [`FillEngine::rank_parents`]).
+#[derive(Debug, Clone)]
+pub(super) struct ParentRanking {
+    /// This box's name in the rendezvous weights.
+    pub(super) box_id: String,
+    /// A parent whose fetch failed is passed over this long.
+    pub(super) retry_ms: u64,
 }
 
 /// The fill state machine; see the module docs of [`crate::fill`].
@@ -140,6 +151,7 @@ pub struct FillEngine {
     pub(super) policy: Box<dyn SourcePolicy + Send>,
     pub(super) sources: Vec<SourceState>,
     pub(super) parents: Vec<SourceId>,
+    pub(super) parent_ranking: Option<ParentRanking>,
     pub(super) fills: HashMap<FillId, Fill>,
     pub(super) fill_ids: HashMap<(ContentId, u64), FillId>,
     pub(super) next_fill: u64,
@@ -182,6 +194,7 @@ impl FillEngine {
             policy,
             sources: Vec::new(),
             parents: Vec::new(),
+            parent_ranking: None,
             fills: HashMap::new(),
             fill_ids: HashMap::new(),
             next_fill: 0,
@@ -207,7 +220,7 @@ impl FillEngine {
         if self.sources.len() >= SOURCES_MAX {
             return None;
         }
-        self.sources.push(SourceState { kind, name: name.to_string(), in_flight: 0 });
+        self.sources.push(SourceState { kind, name: name.to_string(), in_flight: 0, failed_at_ms: None });
         Some(SourceId((self.sources.len() - 1) as u32))
     }
 
@@ -215,6 +228,14 @@ impl FillEngine {
     pub fn set_parents(&mut self, parents: Vec<SourceId>) {
         assert!(parents.iter().all(|s| (s.0 as usize) < self.sources.len()), "parents must be added first");
         self.parents = parents;
+    }
+
+    /// Ranks the parents per content by rendezvous hashing of (`box_id`, content id, parent
+    /// name): a piece goes to the best-ranked parent that has not failed it and has not failed a
+    /// fetch in the last `retry_ms` (waiting for it when it is busy), the next parent when it
+    /// fails; other sources only when no parent is left. Without it parents take turns.
+    pub fn rank_parents(&mut self, box_id: &str, retry_ms: u64) {
+        self.parent_ranking = Some(ParentRanking { box_id: box_id.to_string(), retry_ms });
     }
 
     /// Sources registered (their ids are `0..source_count`).

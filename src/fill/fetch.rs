@@ -165,6 +165,7 @@ impl FillEngine {
         self.counters.source_mut(started.source).bytes += u64::from(length);
         self.counters.piece_fetch_ms.record(now_ms.saturating_sub(started.started_ms));
         self.policy.record(started.source, Outcome::Good { bytes: length }, now_ms);
+        self.sources[started.source.0 as usize].failed_at_ms = None;
         self.dispatch(now_ms);
         self.check_invariants();
     }
@@ -269,6 +270,7 @@ impl FillEngine {
                 Some((_, count)) => *count += 1,
                 None => entry.failed.push((started.source, 1)),
             }
+            self.sources[started.source.0 as usize].failed_at_ms = Some(now_ms);
             Outcome::Failed
         };
         self.policy.record(started.source, outcome, now_ms);
@@ -441,7 +443,7 @@ impl FillEngine {
         let per_fill_max = self.limits.pieces_in_flight_per_fill_max;
         let owner = entry.claims.iter().find(|c| self.fills[&c.fill].in_flight < per_fill_max).copied();
         let Some(owner) = owner else { return Start::Later };
-        let candidates = self.candidates(entry);
+        let candidates = self.candidates(entry, now_ms);
         match self.policy.pick(&digest, &candidates, now_ms) {
             Pick::Source(source) => {
                 let chosen = candidates.iter().find(|c| c.source == source);
@@ -457,8 +459,19 @@ impl FillEngine {
         }
     }
 
+    /// The parents' ranks for the content of the piece's first claim, when parents are ranked.
+    fn parent_ranks(&self, entry: &PieceEntry) -> Vec<(SourceId, u32)> {
+        let (Some(ranking), Some(claim)) = (&self.parent_ranking, entry.claims.first()) else { return Vec::new() };
+        let content = &self.fills[&claim.fill].content.id;
+        let names: Vec<&str> = self.parents.iter().map(|s| self.sources[s.0 as usize].name.as_str()).collect();
+        let order = crate::rendezvous::rank(&ranking.box_id, content.as_str(), &names);
+        order.into_iter().enumerate().map(|(rank, index)| (self.parents[index], rank as u32)).collect()
+    }
+
     /// The parents and every source of the fills that claim the piece, each once.
-    fn candidates(&self, entry: &PieceEntry) -> Vec<Candidate> {
+    fn candidates(&self, entry: &PieceEntry, now_ms: u64) -> Vec<Candidate> {
+        let ranks = self.parent_ranks(entry);
+        let retry_ms = self.parent_ranking.as_ref().map_or(0, |r| r.retry_ms);
         let mut ids: Vec<SourceId> = self.parents.clone();
         for claim in &entry.claims {
             for source in &self.fills[&claim.fill].sources {
@@ -477,6 +490,8 @@ impl FillEngine {
                     in_flight_max: self.limits.requests_per_source_max,
                     excluded: entry.excluded.contains(&source),
                     failures: entry.failed.iter().find(|(s, _)| *s == source).map_or(0, |(_, n)| *n),
+                    rank: ranks.iter().find(|(s, _)| *s == source).map(|(_, rank)| *rank),
+                    resting: state.failed_at_ms.is_some_and(|at| now_ms < at.saturating_add(retry_ms)),
                 }
             })
             .collect()

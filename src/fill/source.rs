@@ -56,6 +56,10 @@ pub struct Candidate {
     pub excluded: bool,
     /// Fetches of this piece from it that failed (timeouts, lost connections).
     pub failures: u32,
+    /// A ranked parent's rendezvous rank for the content (0: the primary); `None` otherwise.
+    pub rank: Option<u32>,
+    /// It failed a fetch recently: a ranked parent is passed over while another is not.
+    pub resting: bool,
 }
 
 impl Candidate {
@@ -100,7 +104,9 @@ pub trait SourcePolicy {
     fn record(&mut self, source: SourceId, outcome: Outcome, now_ms: u64);
 }
 
-/// The default policy: round robin over open sources, fewest failures for this piece first.
+/// The default policy: the best-ranked parent that may serve the piece when parents are ranked
+/// (waited for when busy), else round robin over open sources, fewest failures for this piece
+/// first.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: u32,
@@ -110,6 +116,10 @@ impl SourcePolicy for RoundRobin {
     fn pick(&mut self, _digest: &Digest, candidates: &[Candidate], _now_ms: u64) -> Pick {
         if candidates.iter().all(|candidate| candidate.excluded) {
             return Pick::Nobody;
+        }
+        let may_serve = |c: &&Candidate| c.rank.is_some() && !c.excluded && c.failures == 0 && !c.resting;
+        if let Some(primary) = candidates.iter().filter(may_serve).min_by_key(|c| c.rank) {
+            return if primary.is_open() { Pick::Source(primary.source) } else { Pick::Wait };
         }
         // Rotation distance from the cursor, so equal candidates take turns.
         let distance = |candidate: &&Candidate| candidate.source.0.wrapping_sub(self.next);
@@ -138,7 +148,31 @@ mod tests {
             in_flight_max: 2,
             excluded,
             failures,
+            rank: None,
+            resting: false,
         }
+    }
+
+    fn ranked(source: u32, rank: u32, in_flight: u32, resting: bool) -> Candidate {
+        Candidate { rank: Some(rank), resting, ..candidate(source, in_flight, false, 0) }
+    }
+
+    #[test]
+    fn ranked_parents_serve_best_first_and_are_waited_for_not_bypassed() {
+        let mut policy = RoundRobin::default();
+        let origin = candidate(9, 0, false, 0);
+        let all = [ranked(0, 1, 0, false), ranked(1, 0, 0, false), origin];
+        assert_eq!(policy.pick(&[0; 32], &all, 0), Pick::Source(SourceId(1)), "rank 0 first");
+        let busy = [ranked(0, 1, 0, false), ranked(1, 0, 2, false), origin];
+        assert_eq!(policy.pick(&[0; 32], &busy, 0), Pick::Wait, "a busy primary is waited for");
+        let resting = [ranked(0, 1, 0, false), ranked(1, 0, 0, true), origin];
+        assert_eq!(policy.pick(&[0; 32], &resting, 0), Pick::Source(SourceId(0)), "the next takes over");
+        let failed_here = [
+            Candidate { failures: 1, ..ranked(0, 1, 0, true) },
+            Candidate { failures: 1, ..ranked(1, 0, 0, false) },
+            origin,
+        ];
+        assert_eq!(policy.pick(&[0; 32], &failed_here, 0), Pick::Source(SourceId(9)), "no parent left: others");
     }
 
     #[test]

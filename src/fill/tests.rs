@@ -608,3 +608,38 @@ fn random_inputs_never_break_the_books_or_leave_a_waiter_hanging() {
         random_run(seed, seed % 2 == 0);
     }
 }
+
+#[test]
+fn ranked_parents_serve_from_the_first_and_the_next_takes_over_until_the_retry_time() {
+    let mut b = engine_with(FillLimits { fill_whole: true, ..limits() }, 1);
+    let names = ["10.0.0.1:7680", "10.0.0.2:7680", "10.0.0.3:7680"];
+    let parents: Vec<SourceId> = names.iter().map(|n| b.engine.add_source(SourceKind::Parent, n).unwrap()).collect();
+    b.engine.set_parents(parents.clone());
+    b.engine.rank_parents("box-a", 500);
+    // The parents in rendezvous order for a content, as every box of the fleet computes it.
+    let ranked = |id: &str| -> Vec<SourceId> {
+        crate::rendezvous::rank("box-a", id, &names).into_iter().map(|i| parents[i]).collect()
+    };
+    let first = ranked("c");
+    b.want(key(0, 1), &content("c", &[1, 2, 3, 4]), 0, 1, 0);
+    let starts = b.starts();
+    assert_eq!(starts.len(), 4, "the whole content is filled");
+    assert!(starts.iter().all(|f| f.source == first[0]), "only the first parent is asked");
+    b.engine.handle_fetch_failed(starts[0].fetch, FetchFailure::Failed, 10);
+    let retried = b.starts();
+    assert_eq!(retried.iter().map(|f| f.source).collect::<Vec<_>>(), [first[1]], "the next parent takes over");
+    for fetch in starts[1..].iter().chain(&retried) {
+        b.land(fetch.fetch, 20);
+    }
+
+    // Within the retry time the failed parent is passed over for every content; after it, it
+    // serves again what it ranks first for.
+    let (failed, later) = (first[0], 600);
+    let second = ranked("d");
+    b.want(key(0, 2), &content("d", &[5]), 0, 1, 100);
+    let expected = if second[0] == failed { second[1] } else { second[0] };
+    assert_eq!(b.starts()[0].source, expected);
+    let third = (0..100).map(|n| format!("e{n}")).find(|id| ranked(id)[0] == failed).unwrap();
+    b.want(key(0, 3), &content(&third, &[6]), 0, 1, later);
+    assert_eq!(b.starts()[0].source, failed, "tried again after parent_retry_ms");
+}

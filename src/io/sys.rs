@@ -98,6 +98,14 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`), or `None` when it cannot be read or
+/// is empty.
+pub fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// CPUs this process may run on, in order (falls back to 0..available_parallelism).
 pub fn allowed_cpus() -> Vec<usize> {
     let fallback = || (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();

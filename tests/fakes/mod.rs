@@ -91,6 +91,8 @@ pub enum Behavior {
     Stall,
     /// Sends a piece's head and half its body, then closes the connection.
     CutMidBody,
+    /// Sends a piece's head and half its body, then hangs: the connection stays open, silent.
+    HangMidBody,
     /// Honest, but waits this many milliseconds before answering each piece.
     Slow(u64),
     /// Honest for this many pieces, then flips bits.
@@ -273,6 +275,7 @@ fn serve(tcp: TcpStream, setup: Setup, counters: Arc<Counters>, stop: Arc<Atomic
     let born = Instant::now();
     let mut input = Vec::new();
     let mut buffer = vec![0u8; 65536];
+    let mut hung = false;
     while !stop.load(Ordering::SeqCst) && born.elapsed() < FAKE_LIFETIME {
         match stream.read(&mut buffer) {
             Ok(0) => return,
@@ -281,6 +284,10 @@ fn serve(tcp: TcpStream, setup: Setup, counters: Arc<Counters>, stop: Arc<Atomic
                 continue
             }
             Err(_) => return,
+        }
+        if hung {
+            input.clear();
+            continue;
         }
         // Answer every whole request received so far (pipelining).
         for answered in 0..1000 {
@@ -300,6 +307,10 @@ fn serve(tcp: TcpStream, setup: Setup, counters: Arc<Counters>, stop: Arc<Atomic
             if let Some(response) = response {
                 if stream.write_all(&response).is_err() || behavior == Behavior::CutMidBody {
                     return;
+                }
+                if behavior == Behavior::HangMidBody {
+                    hung = true;
+                    break;
                 }
             }
         }
@@ -393,7 +404,7 @@ fn respond(
         Behavior::HasBelow(limit) if index >= limit => return Some(head(404, 0, "")),
         Behavior::HasBelow(_) => false,
         Behavior::LieAfter(good) => served_before >= good,
-        Behavior::CutMidBody => {
+        Behavior::CutMidBody | Behavior::HangMidBody => {
             counters.bad_sent.fetch_add(1, Ordering::SeqCst);
             let mut out = head(200, piece.len(), "");
             out.extend_from_slice(&piece[..piece.len() / 2]);

@@ -109,6 +109,13 @@ impl Serve {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Kills it with SIGKILL (as `kill -9`: no shutdown, its sockets closed by the kernel) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Serve {

@@ -2,7 +2,9 @@
 //! or epoll): persistent keep-alive connections per source, at most `connections_per_source_max`,
 //! each with up to `pipeline_depth` requests pipelined. Parents and peers are asked through the
 //! piece API, origin URLs by `Range:`. A connection's one timer is its connect timeout, then its
-//! request timeout (reset whenever bytes arrive); an idle connection whose timer fires is closed.
+//! request timeout (reset whenever bytes arrive; the shorter stall timeout while a response body
+//! is under way, so a source that hangs mid-piece is left quickly); an idle connection whose
+//! timer fires is closed.
 //! A connection that closes, breaks or times out fails the fetches it still carried, and the next
 //! fetch for that source opens a new one.
 //!
@@ -37,6 +39,7 @@ pub struct FetchLimits {
     pub pipeline_depth: u32,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
 }
 
 /// How a fetch ended on the wire.
@@ -280,10 +283,15 @@ impl Fetches {
     /// Takes in received bytes: whole responses become outcomes.
     fn receive(&mut self, conn: ConnId, bytes: &[u8]) -> End<FetchId> {
         let Some(state) = self.conns.get_mut(&conn) else { return End::Open };
-        // Progress: the request timeout starts again.
-        let _ = self.client.set_timer(conn, Duration::from_millis(self.limits.request_timeout_ms));
         let mut landed = Vec::new();
         let end = state.rx.receive(bytes, &expect_in(&self.asked), &mut self.pool, &mut landed);
+        // Progress: the timer starts again; a body under way should keep coming.
+        let timeout_ms = if state.rx.mid_body() {
+            self.limits.stall_timeout_ms.min(self.limits.request_timeout_ms)
+        } else {
+            self.limits.request_timeout_ms
+        };
+        let _ = self.client.set_timer(conn, Duration::from_millis(timeout_ms));
         self.landed(landed);
         end
     }

@@ -7,7 +7,7 @@
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::content::{Manifest, MetadataFailure};
-use crate::control::client::MetadataClient;
+use crate::download::{MetadataSource, ServiceMetadata};
 use crate::fill::{MetaFetch, MetaFetchId, MetaStep};
 use crate::io::client::Waker;
 
@@ -25,8 +25,8 @@ pub enum JobResult {
 
 /// What every helper thread shares.
 pub struct Context {
-    pub client: MetadataClient,
-    pub service_url: String,
+    /// The upstream services, ranked per content (the next asked when one fails).
+    pub services: ServiceMetadata,
     /// Wakes the fill loop when a result is ready.
     pub waker: Waker,
 }
@@ -45,15 +45,8 @@ pub fn run(context: &Context, jobs: &Receiver<Job>, results: &Sender<JobResult>)
 }
 
 fn meta(context: &Context, fetch: MetaFetch) -> JobResult {
-    let url = &context.service_url;
     match fetch.step {
-        MetaStep::Manifest => JobResult::Manifest(
-            fetch.fetch,
-            context.client.fetch_manifest(url, &fetch.id).map_err(|error| MetadataFailure::from(&error)),
-        ),
-        MetaStep::HashFile(_) => JobResult::HashFile(
-            fetch.fetch,
-            context.client.fetch_hashfile(url, &fetch.id).map_err(|error| MetadataFailure::from(&error)),
-        ),
+        MetaStep::Manifest => JobResult::Manifest(fetch.fetch, context.services.manifest(&fetch.id)),
+        MetaStep::HashFile(_) => JobResult::HashFile(fetch.fetch, context.services.hashfile(&fetch.id)),
     }
 }
