@@ -3,7 +3,9 @@
 # piece hashes (aria2 gets them in a Metalink and verifies every piece too). Prints the time ratio.
 #
 # Two seeds: `tessera serve --workers 1 --no-service`, each on its own data dir; the metadata
-# service runs alone (`tessera service`) with a development CA in seed1/tls.
+# service runs alone (`tessera service`) with a development CA in seed1/tls. Given as `--peer`,
+# they are the site's boxes (issue 14): the one ranked first for this device and content serves
+# the download, the other stands by to take over.
 #
 # Usage: benches/get_vs_aria2.sh [SIZE_MIB]   (default 256)
 set -euo pipefail
@@ -130,7 +132,7 @@ cmp "$WORK/aria2/content.bin" "$WORK/content.bin"
 python3 - "$tessera_s" "$aria2_s" <<'PY'
 import sys
 tessera, aria2 = float(sys.argv[1]), float(sys.argv[2])
-print(f"tessera get (2 seeds, P2P, verified): {tessera:7.3f} s (median)")
-print(f"aria2c (nginx origin, metalink):      {aria2:7.3f} s (median)")
-print(f"speed-up aria2 time / tessera time:   {aria2 / tessera:7.2f}x  (goal >= 1.5x)")
+print(f"tessera get (ranked seed, P2P, verified): {tessera:7.3f} s (median)")
+print(f"aria2c (nginx origin, metalink):          {aria2:7.3f} s (median)")
+print(f"speed-up aria2 time / tessera time:       {aria2 / tessera:7.2f}x  (goal >= 2.5x, issue 12)")
 PY
