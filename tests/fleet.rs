@@ -11,7 +11,7 @@ mod harness;
 #[path = "harness/redis.rs"]
 mod redis_server;
 
-use harness::{tessera, Serve};
+use harness::{publish, tessera, Serve};
 use redis_server::Redis;
 use tessera::config::{Config, RegistryBackend};
 use tessera::content::ContentId;
@@ -30,18 +30,6 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(POLL);
     }
-}
-
-fn publish(data: &Path, id: &str, bytes: &[u8], extra: &[&str]) {
-    let file = data.with_extension("bin");
-    std::fs::write(&file, bytes).unwrap();
-    let output = tessera()
-        .args(["publish", file.to_str().unwrap(), "--id", id, "--piece-size", "64K", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A box's config: the shared Redis, the site's token file, fast announces and reconnects.

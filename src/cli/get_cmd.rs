@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::CliError;
-use crate::config::BackendChoice;
+use crate::config::{BackendChoice, DownloadConfig};
 use crate::content::manifest::parse_digest;
 use crate::content::ContentId;
 use crate::download::output::STDOUT_PATH;
@@ -77,16 +77,7 @@ pub struct GetArgs {
 pub fn run(args: GetArgs) -> Result<(), CliError> {
     let id = ContentId::parse(&args.id).map_err(|e| CliError::Usage(format!("ID: {e}")))?;
     let mut config = crate::config::Config::load(args.config.as_deref())?.download;
-    if let Some(count) = args.ban_after {
-        if count == 0 {
-            return Err(CliError::Usage("--ban-after: must be at least 1".into()));
-        }
-        config.ban_after_bad_pieces = count;
-    }
-    if let Some(backend) = &args.backend {
-        config.backend = BackendChoice::parse(backend)
-            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
-    }
+    apply_download_flags(&mut config, args.ban_after, args.backend.as_deref())?;
     let sha256 = match &args.sha256 {
         Some(hex) => Some(parse_digest("--sha256", hex).map_err(|e| CliError::Usage(e.to_string()))?),
         None => None,
@@ -179,6 +170,25 @@ fn host_name() -> String {
         tracing::warn!("no host name: set [download] device_id to spread devices over boxes");
         "unnamed-device".into()
     })
+}
+
+/// `--ban-after` and `--backend` over `[download]`: the flags `get` and `load swarm` share.
+pub(super) fn apply_download_flags(
+    config: &mut DownloadConfig,
+    ban_after: Option<u32>,
+    backend: Option<&str>,
+) -> Result<(), CliError> {
+    if let Some(count) = ban_after {
+        if count == 0 {
+            return Err(CliError::Usage("--ban-after: must be at least 1".into()));
+        }
+        config.ban_after_bad_pieces = count;
+    }
+    if let Some(backend) = backend {
+        config.backend = BackendChoice::parse(backend)
+            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
+    }
+    Ok(())
 }
 
 /// `HOST:PORT` of a `--peer`, resolved (the first address).

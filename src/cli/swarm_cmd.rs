@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cli::CliError;
-use crate::config::BackendChoice;
 use crate::content::ContentId;
 use crate::load::swarm::liar::LieKind;
 use crate::load::swarm::{self, Progress, SwarmError, SwarmOptions, SwarmSummary};
@@ -134,16 +133,7 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
     let config = crate::config::Config::load(args.config.as_deref())?;
     let mut download = config.download;
     let token_file = args.token_file.clone().or(config.announce.token_file);
-    if let Some(count) = args.ban_after {
-        if count == 0 {
-            return Err(CliError::Usage("--ban-after: must be at least 1".into()));
-        }
-        download.ban_after_bad_pieces = count;
-    }
-    if let Some(backend) = &args.backend {
-        download.backend = BackendChoice::parse(backend)
-            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
-    }
+    super::get_cmd::apply_download_flags(&mut download, args.ban_after, args.backend.as_deref())?;
     if let Some(path) = &token_file {
         if !path.is_file() {
             let option = if args.token_file.is_some() { "--token-file" } else { "[announce] token_file" };
