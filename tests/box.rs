@@ -627,6 +627,10 @@ enum OriginAnswer {
     Status(u16),
     /// Nothing until [`OriginSeen::release`] is set, then `Bytes`.
     Hold,
+    /// `/content.bin` is a 302 to `/moved/content.bin`, which answers as `Bytes`.
+    Redirect,
+    /// Every request is a 302 to itself.
+    RedirectLoop,
 }
 
 /// What a test origin's connections report.
@@ -720,6 +724,17 @@ fn origin_serve(mut stream: TcpStream, bytes: &[u8], answer: OriginAnswer, seen:
     let deadline = Instant::now() + WAIT;
     while answer == OriginAnswer::Hold && !seen.release.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
+    }
+    let redirect_to = match answer {
+        OriginAnswer::Redirect if request.path() == "/content.bin" => Some("/moved/content.bin"),
+        OriginAnswer::RedirectLoop => Some("/content.bin"),
+        _ => None,
+    };
+    if let Some(location) = redirect_to {
+        let head =
+            format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        return;
     }
     let length = bytes.len() as u64;
     let (status, start, end) = match answer {
@@ -914,6 +929,31 @@ fn an_origin_error_or_an_unreachable_origin_is_a_502_naming_it() {
     // A HEAD gets the same answer without its body.
     let (status, _, body) = ask(&cache.data_plane, "HEAD", "/v1/content/failing", None);
     assert_eq!((status, body.len()), (502, 0));
+}
+
+#[test]
+fn a_redirecting_origin_is_followed_and_a_redirect_loop_is_a_502_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let moved = Content::new("moved", 300_000);
+    let looping = Content::new("looping", 1_000);
+    let origin = Origin::start(moved.bytes.clone(), OriginAnswer::Redirect);
+    let loop_origin = Origin::start(looping.bytes.clone(), OriginAnswer::RedirectLoop);
+    let contents = [(&moved, origin.url()), (&looping, loop_origin.url())];
+    let (_seed, cache) = simple_box(dir.path(), &contents, "auto", "");
+
+    let (status, head, body) = ask(&cache.data_plane, "GET", "/v1/content/moved", None);
+    assert_eq!(status, 200, "{head}\n{}", cache.log());
+    assert!(body == *moved.bytes, "the redirect's target's bytes, whole");
+    let (status, head, body) = ask(&cache.data_plane, "GET", "/v1/content/moved", Some("bytes=1000-1999"));
+    assert_eq!(status, 206, "{head}");
+    assert!(body == moved.bytes[1000..2000], "the range, asked again of the redirect's target");
+    assert_eq!(origin.requests(), 4, "each device request: the 302, then its target");
+
+    let (status, head, body) = ask(&cache.data_plane, "GET", "/v1/content/looping", None);
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{head}{text}");
+    assert!(text.contains("more than 5 redirects"), "names the loop: {text}");
+    assert_eq!(loop_origin.requests(), 6, "the first request and five redirects, no more");
 }
 
 #[test]

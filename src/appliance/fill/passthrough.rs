@@ -17,8 +17,8 @@
 //! early or silent for `request_timeout_ms` → `Filled::Failed`, and the worker aborts the device's
 //! connection after the bytes it has (never a short body presented as whole). A device's
 //! `If-Range:` goes with its `Range:`, so the origin decides whether the range still applies.
-//! Before the head:
-//! a status other than 200, 206 or 416 → 502 naming it; unreachable → 502 with the reason; more
+//! Before the head: a redirect is followed (curl's `-L` rules, at most five hops, plain HTTP:
+//! the same request on a new connection); a status other than 200, 206 or 416 → 502 naming it; unreachable → 502 with the reason; more
 //! than `pass_throughs_max` at once → 503 with `Retry-After`.
 
 use std::collections::HashMap;
@@ -33,6 +33,7 @@ use super::FillStartError;
 use crate::config::{BackendChoice, UpstreamConfig};
 use crate::dataplane::connection::ResponseToken;
 use crate::dataplane::upstream::{Done, Filled, Miss, Need, PassHead, ToPassThrough, UpstreamLink};
+use crate::http::client::redirect::next_hop;
 use crate::http::client::{ClientLimits, Connection as HttpConnection, Event as HttpEvent, ReceivedHead, RequestSpec};
 use crate::http::response::reason_phrase;
 use crate::http::url::HttpUrl;
@@ -123,6 +124,10 @@ struct Pass {
     /// Why the content is in Simple mode.
     reason: String,
     head_only: bool,
+    /// The device's `Range:` and `If-Range:`, asked again of a redirect's target.
+    fields: Vec<(&'static str, String)>,
+    /// Redirects followed so far.
+    hops: u32,
     http: HttpConnection<()>,
     /// The origin's head went to the worker: what follows is the body.
     relaying: bool,
@@ -233,7 +238,7 @@ impl PassThroughs {
         if !fields.is_empty() {
             fields.extend(miss.if_range.clone().map(|tag| ("If-Range", tag)));
         }
-        let (conn, http) = match self.connect(&url, head_only, fields) {
+        let (conn, http) = match self.connect(&url, head_only, fields.clone()) {
             Ok(opened) => opened,
             Err(why) => {
                 self.counters.failed_total += 1;
@@ -250,6 +255,8 @@ impl PassThroughs {
             url,
             reason,
             head_only,
+            fields,
+            hops: 0,
             http,
             relaying: false,
             untaken_bytes: 0,
@@ -355,6 +362,9 @@ impl PassThroughs {
     /// The origin's head: relayed if it is a body (or its absence) a device can be given.
     fn on_head(&mut self, conn: ConnId, head: &ReceivedHead) {
         let Some(pass) = self.passes.get_mut(&conn) else { return };
+        if (300..400).contains(&head.status) && head.location.is_some() {
+            return self.redirect(conn, head);
+        }
         if !matches!(head.status, 200 | 206 | 416) {
             let why = format!("it answered {} {}", head.status, reason_phrase(head.status));
             return self.fail(conn, why);
@@ -381,6 +391,39 @@ impl PassThroughs {
         };
         if !answer(&self.link, pass.worker, pass.token, Filled::PassThrough { head }) {
             drop(self.close(conn));
+        }
+    }
+
+    /// A redirect before any byte went to the device: the same request, on a new connection, to
+    /// where it points (curl's `-L` rules, at most `REDIRECTS_MAX` hops; plain HTTP only).
+    fn redirect(&mut self, conn: ConnId, head: &ReceivedHead) {
+        let Some(pass) = self.passes.get(&conn) else { return };
+        let method = if pass.head_only { "HEAD" } else { "GET" };
+        let next = HttpUrl::parse(&pass.url)
+            .map_err(|error| error.to_string())
+            .and_then(|url| next_hop(&url, method, head, pass.hops).map_err(|error| error.to_string()));
+        let next = match next {
+            Ok(Some((_, next))) if !next.is_tls() => next,
+            Ok(Some((_, next))) => {
+                return self.fail(conn, format!("it redirected to {next}, and a pass-through speaks plain HTTP only"))
+            }
+            Ok(None) => return self.fail(conn, format!("it answered {} {}", head.status, reason_phrase(head.status))),
+            Err(why) => return self.fail(conn, why),
+        };
+        let Some(mut pass) = self.close(conn) else { return };
+        tracing::debug!(from = %pass.url, to = %next, "pass-through redirected");
+        match self.connect(next.as_str(), pass.head_only, pass.fields.clone()) {
+            Ok((conn, http)) => {
+                (pass.url, pass.http, pass.hops) = (next.to_string(), http, pass.hops + 1);
+                self.by_response.insert((pass.worker, pass.token), conn);
+                self.passes.insert(conn, pass);
+            }
+            Err(why) => {
+                self.counters.failed_total += 1;
+                let reason =
+                    format!("{}; its HTTP source redirected to {next}, which cannot be asked: {why}", pass.reason);
+                answer(&self.link, pass.worker, pass.token, Filled::Simple { reason });
+            }
         }
     }
 
