@@ -166,6 +166,7 @@ fn options(url: String) -> LoadOptions {
         pieces: None,
         timeout: Duration::from_secs(10),
         backend: BackendChoice::Auto,
+        ca_file: None,
         interrupt: Arc::default(),
     }
 }
@@ -366,4 +367,27 @@ fn content_pieces_are_asked_over_the_piece_api_and_bad_ones_are_counted() {
     let lying = format!("http://{}/", liar.address);
     let json = load_json(&[&[lying.as_str()][..], &content, &requests].concat());
     assert_eq!((json["requests"].as_u64(), json["bad_pieces"].as_u64()), (Some(40), Some(40)), "{json}");
+}
+
+#[test]
+fn https_urls_are_loaded_over_tls_checked_against_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = harness::Serve::start(&dir.path().join("data"), 1, &[]);
+    let ca = dir.path().join("data/tls/ca.pem");
+    let url = format!("{}/healthz", serve.service_url);
+    for backend in harness::backends() {
+        let report = load(&LoadOptions {
+            backend,
+            stop: Stop::Requests { count: 200 },
+            ca_file: Some(ca.clone()),
+            ..options(url.clone())
+        });
+        assert_eq!(report.summary.requests, 200, "{backend:?}: {:?}", report.summary.errors);
+        assert!(report.summary.errors.status.is_empty(), "{:?}", report.summary.errors);
+        assert!(report.summary.bytes > 0);
+    }
+    // Without the CA the certificate is not trusted: every connection fails, none is answered.
+    let report = load(&LoadOptions { stop: Stop::Requests { count: 3 }, connections: 1, ..options(url) });
+    assert_eq!(report.summary.requests, 0);
+    assert!(report.summary.errors.read + report.summary.errors.connect >= 1, "{:?}", report.summary.errors);
 }

@@ -62,8 +62,9 @@ pub struct LoadArgs {
     /// Metadata service (`https://HOST:PORT`) for --content.
     #[arg(long, value_name = "URL", requires = "content")]
     pub service: Option<String>,
-    /// CA certificate(s) (PEM) that sign the service's certificate.
-    #[arg(long, value_name = "FILE", requires = "content")]
+    /// CA certificate(s) (PEM) that sign the service's certificate (--content) and https URLs'
+    /// certificates; default the system's roots.
+    #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// With --content: check every piece body against the hash file and count the mismatches.
     #[arg(long, requires = "content")]
@@ -155,6 +156,7 @@ fn options(args: &LoadArgs) -> Result<LoadOptions, CliError> {
         pieces: pieces(args)?,
         timeout: args.timeout,
         backend,
+        ca_file: args.ca.clone(),
         interrupt: std::sync::Arc::default(),
     })
 }

@@ -69,6 +69,9 @@ pub struct LoadOptions {
     /// A request not answered (or a connect not done) within this fails.
     pub timeout: Duration,
     pub backend: BackendChoice,
+    /// CA certificate(s) (PEM) that https URLs' certificates are checked against; `None`: the
+    /// system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Set (by a Ctrl-C handler) to end the run early: no new sends, the ones in flight are
     /// waited for (within the timeout), and the summary covers what was done.
     pub interrupt: Arc<AtomicBool>,
@@ -122,7 +125,14 @@ impl LoadOptions {
 /// Runs the load; `observe` hears how it goes once a second.
 pub fn run(options: &LoadOptions, observe: &mut dyn FnMut(&Live)) -> Result<Report, LoadError> {
     options.check()?;
-    let plan = Arc::new(Plan::new(&options.urls, options.range_bytes, options.pieces.as_ref(), options.timeout)?);
+    let tls = if options.urls.iter().any(|url| url.starts_with("https://")) {
+        let config = crate::tls::client::ca_client_config(options.ca_file.as_deref())
+            .map_err(|error| LoadError::Usage(format!("--ca: {error}")))?;
+        Some(config)
+    } else {
+        None
+    };
+    let plan = Arc::new(Plan::new(&options.urls, options.range_bytes, options.pieces.as_ref(), options.timeout, tls)?);
     let cpus = crate::io::sys::allowed_cpus();
     let (ticks_in, ticks) = crossbeam_channel::bounded::<Tick>(options.threads * 4);
     let (ready_in, ready) = crossbeam_channel::bounded::<()>(options.threads);
@@ -244,6 +254,7 @@ mod tests {
             pieces: None,
             timeout: Duration::from_secs(1),
             backend: BackendChoice::Auto,
+            ca_file: None,
             interrupt: Arc::default(),
         };
         let error = run(&options, &mut |_| {}).err().expect("refused");

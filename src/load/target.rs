@@ -3,6 +3,7 @@
 //! again; or random byte ranges of one URL whose length a HEAD request told.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::content::{decide, ContentId, HashFile, Mode};
@@ -61,6 +62,10 @@ pub struct Ranges {
 pub struct Plan {
     /// Distinct server addresses, in the order their URLs came.
     pub addresses: Vec<SocketAddr>,
+    /// For each address, the name its certificate is checked against when its URLs are https.
+    pub server_names: Vec<Option<String>>,
+    /// The TLS client setup of https URLs (their `--ca`, else the system's roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub targets: Vec<Target>,
     pub ranges: Option<Ranges>,
     /// With `--content --verify`: the hash file piece bodies are checked against.
@@ -68,13 +73,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resolves `urls` (plain `http://`); with `range_bytes` asks the first one's length; with
-    /// `pieces` every URL is a piece server asked for every piece of the content.
+    /// Resolves `urls` (`http://`, or `https://` checked with `tls`); with `range_bytes` asks the
+    /// first one's length; with `pieces` every URL is a piece server asked for every piece of the
+    /// content.
     pub fn new(
         urls: &[String],
         range_bytes: Option<u64>,
         pieces: Option<&Pieces>,
         timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Plan, LoadError> {
         if urls.is_empty() {
             return Err(LoadError::Usage("at least one URL is needed".into()));
@@ -83,17 +90,33 @@ impl Plan {
             return Err(LoadError::Usage("--range-bytes and --content cannot be used together".into()));
         }
         let verify = pieces.filter(|p| p.verify).map(|p| p.hashes.clone());
-        let mut plan = Plan { addresses: Vec::new(), targets: Vec::new(), ranges: None, verify };
+        let mut plan = Plan {
+            addresses: Vec::new(),
+            server_names: Vec::new(),
+            tls: None,
+            targets: Vec::new(),
+            ranges: None,
+            verify,
+        };
         for text in urls {
             let url = HttpUrl::parse(text)?;
-            if url.is_tls() {
-                return Err(LoadError::Usage(format!("{text}: https is not supported by load yet; use http://")));
+            if url.is_tls() && range_bytes.is_some() {
+                return Err(LoadError::Usage(format!("{text}: --range-bytes is for http:// URLs")));
+            }
+            let server_name = url.is_tls().then(|| url.host());
+            if server_name.is_some() {
+                plan.tls =
+                    Some(tls.clone().ok_or_else(|| LoadError::Usage(format!("{text}: https needs a TLS setup")))?);
             }
             let address = url.resolve()?;
             let address_index = match plan.addresses.iter().position(|known| *known == address) {
+                Some(index) if plan.server_names[index] != server_name => {
+                    return Err(LoadError::Usage(format!("{text}: {address} is asked both over http and https")));
+                }
                 Some(index) => index,
                 None => {
                     plan.addresses.push(address);
+                    plan.server_names.push(server_name);
                     plan.addresses.len() - 1
                 }
             };
@@ -184,7 +207,7 @@ mod tests {
     #[test]
     fn urls_on_one_server_share_an_address_and_ranges_end_at_the_length() {
         let urls = vec!["http://127.0.0.1:9/a".to_string(), "http://127.0.0.1:9/b?x=1".to_string()];
-        let mut plan = Plan::new(&urls, None, None, Duration::from_secs(1)).unwrap();
+        let mut plan = Plan::new(&urls, None, None, Duration::from_secs(1), None).unwrap();
         assert_eq!(plan.addresses.len(), 1);
         let request = String::from_utf8(plan.targets[1].request.clone()).unwrap();
         assert!(request.starts_with("GET /b?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"), "{request}");
@@ -200,9 +223,13 @@ mod tests {
     }
 
     #[test]
-    fn https_and_missing_urls_are_refused_naming_the_problem() {
-        let error = Plan::new(&["https://127.0.0.1:9/".into()], None, None, Duration::from_secs(1)).unwrap_err();
+    fn https_without_tls_ranges_over_https_and_missing_urls_are_refused_naming_the_problem() {
+        let url = "https://127.0.0.1:9/".to_string();
+        let error = Plan::new(std::slice::from_ref(&url), None, None, Duration::from_secs(1), None).unwrap_err();
         assert!(error.to_string().contains("https"), "{error}");
-        assert!(Plan::new(&[], None, None, Duration::from_secs(1)).is_err());
+        let tls = crate::tls::client::ca_client_config(None).ok();
+        let error = Plan::new(&[url], Some(10), None, Duration::from_secs(1), tls).unwrap_err();
+        assert!(error.to_string().contains("--range-bytes"), "{error}");
+        assert!(Plan::new(&[], None, None, Duration::from_secs(1), None).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! client connection and body bytes are counted, not copied.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 
 use crate::config::BackendChoice;
 use crate::content::HashFile;
@@ -31,6 +34,8 @@ const TICK_NS: u64 = 1_000_000_000;
 const CHECK_NS: u64 = 5_000_000;
 /// Request buffers per connection in range mode (one may still be held by the last send).
 const RANGE_BUFFERS: usize = 2;
+/// Plaintext read out of TLS at a time.
+const PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What a load thread is given.
 pub struct Setup {
@@ -102,6 +107,8 @@ struct Slot {
     /// Its body so far, when pieces are verified (at most one byte past the piece's length is
     /// kept: more means bad anyway).
     body: Vec<u8>,
+    /// The connection's TLS state, for an https URL (connecting lasts until its handshake is done).
+    tls: Option<Box<ClientConnection>>,
 }
 
 /// One thread's loop.
@@ -121,6 +128,8 @@ struct Worker {
     start: Instant,
     /// Whether the run has started (connects before it use up no sends).
     started: bool,
+    /// Plaintext out of TLS records, reused.
+    plaintext: Vec<u8>,
 }
 
 /// A client connection as load uses it: one request in flight (like wrk), bodies counted and
@@ -184,6 +193,7 @@ impl Worker {
                     range_requests: (0..RANGE_BUFFERS).map(|_| Rc::new(Vec::with_capacity(512))).collect(),
                     piece: None,
                     body: Vec::new(),
+                    tls: None,
                 }
             })
             .collect();
@@ -202,6 +212,7 @@ impl Worker {
             timeout_ns: setup.timeout.as_nanos().min(u64::MAX as u128) as u64,
             start: Instant::now(),
             started: false,
+            plaintext: Vec::new(),
         })
     }
 
@@ -310,7 +321,10 @@ impl Worker {
         let request = self.next_request(index);
         let slot = &mut self.slots[index];
         let conn = slot.conn.expect("an idle slot has a connection");
-        let sent = self.client.send_shared(conn, request).is_ok() && slot.http.send_prepared((), false).is_ok();
+        let sent = match slot.tls.as_mut() {
+            None => self.client.send_shared(conn, request).is_ok(),
+            Some(tls) => tls.writer().write_all(&request).is_ok() && flush_tls(&mut self.client, conn, tls).is_ok(),
+        } && slot.http.send_prepared((), false).is_ok();
         if !sent {
             // The connection went away under us: the request failed like a broken read.
             self.recorder.errors.read += 1;
@@ -347,15 +361,28 @@ impl Worker {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Connected { conn } => {
-                if let Some(&index) = self.by_conn.get(&conn) {
-                    self.slots[index].state = State::Idle;
-                    self.idle.push(index);
+                let Some(&index) = self.by_conn.get(&conn) else { return };
+                match self.slots[index].tls.as_mut() {
+                    // The client's hello; the slot is idle once the handshake is done.
+                    Some(tls) => {
+                        if flush_tls(&mut self.client, conn, tls).is_err() {
+                            self.tls_failed(index);
+                        }
+                    }
+                    None => {
+                        self.slots[index].state = State::Idle;
+                        self.idle.push(index);
+                    }
                 }
             }
             Event::Received { conn, bytes } => {
-                self.recorder.bytes += bytes.len() as u64;
                 if let Some(&index) = self.by_conn.get(&conn) {
-                    self.receive(index, &bytes);
+                    if self.slots[index].tls.is_some() {
+                        self.receive_tls(index, conn, &bytes);
+                    } else {
+                        self.recorder.bytes += bytes.len() as u64;
+                        self.receive(index, &bytes);
+                    }
                 }
                 self.client.recycle(bytes);
             }
@@ -366,6 +393,68 @@ impl Worker {
                 }
             }
             Event::Sent { .. } | Event::Timer { .. } | Event::Woken => {}
+        }
+    }
+
+    /// Received TLS records of slot `index`: through rustls, the plaintext on to
+    /// [`Worker::receive`]; the handshake's end makes a connecting slot idle.
+    fn receive_tls(&mut self, index: usize, conn: ConnId, mut records: &[u8]) {
+        let mut plaintext = std::mem::take(&mut self.plaintext);
+        plaintext.resize(PLAINTEXT_CHUNK_BYTES, 0);
+        // Bounded by the input: each pass consumes records, or stops.
+        while !records.is_empty() {
+            let Some(tls) = self.slots[index].tls.as_mut() else { break };
+            let fed = tls.read_tls(&mut records).is_ok() && tls.process_new_packets().is_ok();
+            if !fed {
+                self.tls_failed(index);
+                break;
+            }
+            let handshaken = !tls.is_handshaking();
+            if handshaken && matches!(self.slots[index].state, State::Connecting { .. }) {
+                self.slots[index].state = State::Idle;
+                self.idle.push(index);
+            }
+            // Bounded: the plaintext of the records just processed runs dry with WouldBlock (or
+            // 0 at the server's close_notify).
+            while let Some(count) =
+                self.slots[index].tls.as_mut().and_then(|tls| tls.reader().read(&mut plaintext).ok())
+            {
+                if count == 0 {
+                    break;
+                }
+                self.recorder.bytes += count as u64;
+                self.receive(index, &plaintext[..count]);
+                if self.slots[index].conn != Some(conn) {
+                    // The response ended the connection: the rest of its bytes are moot.
+                    self.plaintext = plaintext;
+                    return;
+                }
+            }
+        }
+        let slot = &mut self.slots[index];
+        if let (Some(tls), true) = (slot.tls.as_mut(), slot.conn == Some(conn)) {
+            if flush_tls(&mut self.client, conn, tls).is_err() {
+                self.tls_failed(index);
+            }
+        }
+        self.plaintext = plaintext;
+    }
+
+    /// A TLS error on slot `index`: during the handshake a failed connect (it uses up a send and
+    /// the slot waits, so a run against an untrusted server ends); later a read error and a new
+    /// connection.
+    fn tls_failed(&mut self, index: usize) {
+        let now_ns = self.now_ns();
+        let handshaking = matches!(self.slots[index].state, State::Connecting { .. });
+        self.slots[index].tls = None;
+        self.end_busy(index);
+        self.drop_connection(index);
+        if handshaking {
+            self.recorder.errors.connect += 1;
+            self.connect_failed(index, now_ns);
+        } else {
+            self.recorder.errors.read += 1;
+            self.reconnect(index, now_ns);
         }
     }
 
@@ -519,9 +608,22 @@ impl Worker {
         if self.slots[index].state == State::Idle {
             self.idle.retain(|&i| i != index);
         }
-        let address = self.plan.addresses[self.slots[index].address_index];
+        let address_index = self.slots[index].address_index;
+        let address = self.plan.addresses[address_index];
         let slot = &mut self.slots[index];
         slot.http = http_connection();
+        slot.tls = match (&self.plan.tls, &self.plan.server_names[address_index]) {
+            (Some(config), Some(name)) => match tls_connection(config, name) {
+                Ok(tls) => Some(tls),
+                Err(reason) => {
+                    tracing::debug!(%address, %reason, "load TLS setup failed");
+                    self.recorder.errors.connect += 1;
+                    self.connect_failed(index, now_ns);
+                    return;
+                }
+            },
+            _ => None,
+        };
         match self.client.connect(address) {
             Ok(conn) => {
                 slot.conn = Some(conn);
@@ -566,6 +668,29 @@ impl Worker {
 }
 
 /// Whether `body` is piece `piece` as the hash file says (always, when nothing is verified).
+/// A TLS client state for `name` (checked against the certificate).
+fn tls_connection(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<Box<ClientConnection>, String> {
+    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    Ok(Box::new(ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?))
+}
+
+/// Sends what rustls has to send on `conn` (records, handshake messages).
+fn flush_tls(client: &mut ClientLoop, conn: ConnId, tls: &mut ClientConnection) -> Result<(), String> {
+    let mut records = Vec::new();
+    // Bounded: each pass moves bytes rustls holds into `records`, or stops.
+    while tls.wants_write() {
+        match tls.write_tls(&mut records) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    client.send(conn, records).map_err(|error| error.to_string())
+}
+
 fn piece_is_good(verify: Option<&HashFile>, piece: Option<u64>, body: &[u8]) -> bool {
     let (Some(hashes), Some(piece)) = (verify, piece) else { return true };
     hashes.digest(piece) == Some(&crate::hash::sha256(body))
