@@ -52,8 +52,8 @@ impl RecvOp {
         let entry = opcode::Recv::new(fd, self.buffer.as_mut_ptr(), length).build();
         // SAFETY: the buffer is a heap allocation of `length` bytes of capacity (written by the
         // kernel, read only after `complete` sets the length it reported), and the descriptor an
-        // `Rc` this op owns; they are neither moved nor freed before the completion: `complete` is the only way back to
-        // Idle, and dropping the op earlier leaks them (`Drop`).
+        // `Rc` this op owns; they are neither moved nor freed before the completion: `complete`
+        // is the only way back to Idle, and dropping the op earlier leaks them (`Drop`).
         unsafe { queue.push(entry.user_data(encode(OpKind::Recv, key))) };
         self.state = OpState::InFlight;
     }
