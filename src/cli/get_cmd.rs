@@ -55,12 +55,8 @@ pub struct GetArgs {
     /// Expected SHA-256 of the whole file (64 hex digits); checked before the file appears.
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
-    /// Bad pieces after which a peer is banned (overrides the config).
-    #[arg(long, value_name = "N")]
-    pub ban_after: Option<u32>,
-    /// Event-loop backend: auto, uring or epoll (overrides `[download] backend`).
-    #[arg(long, value_name = "BACKEND")]
-    pub backend: Option<String>,
+    #[command(flatten)]
+    pub download: DownloadFlags,
     /// Configuration file (TOML) for the `[download]` limits.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -77,7 +73,7 @@ pub struct GetArgs {
 pub fn run(args: GetArgs) -> Result<(), CliError> {
     let id = ContentId::parse(&args.id).map_err(|e| CliError::Usage(format!("ID: {e}")))?;
     let mut config = crate::config::Config::load(args.config.as_deref())?.download;
-    apply_download_flags(&mut config, args.ban_after, args.backend.as_deref())?;
+    args.download.apply(&mut config)?;
     let sha256 = match &args.sha256 {
         Some(hex) => Some(parse_digest("--sha256", hex).map_err(|e| CliError::Usage(e.to_string()))?),
         None => None,
@@ -172,23 +168,32 @@ fn host_name() -> String {
     })
 }
 
-/// `--ban-after` and `--backend` over `[download]`: the flags `get` and `load swarm` share.
-pub(super) fn apply_download_flags(
-    config: &mut DownloadConfig,
-    ban_after: Option<u32>,
-    backend: Option<&str>,
-) -> Result<(), CliError> {
-    if let Some(count) = ban_after {
-        if count == 0 {
-            return Err(CliError::Usage("--ban-after: must be at least 1".into()));
+/// The `[download]` overrides `get` and `load swarm` share.
+#[derive(Debug, clap::Args)]
+pub struct DownloadFlags {
+    /// Bad pieces after which a peer is banned (overrides the config).
+    #[arg(long, value_name = "N")]
+    pub ban_after: Option<u32>,
+    /// Event-loop backend: auto, uring or epoll (overrides `[download] backend`).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
+}
+
+impl DownloadFlags {
+    /// Puts the flags given over `config`; a bad value is named.
+    pub(super) fn apply(&self, config: &mut DownloadConfig) -> Result<(), CliError> {
+        if let Some(count) = self.ban_after {
+            if count == 0 {
+                return Err(CliError::Usage("--ban-after: must be at least 1".into()));
+            }
+            config.ban_after_bad_pieces = count;
         }
-        config.ban_after_bad_pieces = count;
+        if let Some(backend) = &self.backend {
+            config.backend = BackendChoice::parse(backend)
+                .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
+        }
+        Ok(())
     }
-    if let Some(backend) = backend {
-        config.backend = BackendChoice::parse(backend)
-            .ok_or_else(|| CliError::Usage(format!("--backend {backend:?}: use auto, uring or epoll")))?;
-    }
-    Ok(())
 }
 
 /// `HOST:PORT` of a `--peer`, resolved (the first address).

@@ -74,12 +74,9 @@ pub struct SwarmArgs {
     /// Peer-matching group of the devices and liars.
     #[arg(long, value_name = "G", default_value = "default")]
     pub group: String,
-    /// Bad pieces after which a device bans a peer (overrides the config).
-    #[arg(long, value_name = "N")]
-    pub ban_after: Option<u32>,
-    /// Event-loop backend of the devices: auto, uring or epoll (overrides `[download] backend`).
-    #[arg(long, value_name = "BACKEND")]
-    pub backend: Option<String>,
+    /// The devices' `--ban-after` and `--backend`.
+    #[command(flatten)]
+    pub download: super::get_cmd::DownloadFlags,
     /// Configuration file (TOML): the devices' `[download]` limits, the liars' `[announce] token_file`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -133,7 +130,7 @@ fn options(args: &SwarmArgs) -> Result<SwarmOptions, CliError> {
     let config = crate::config::Config::load(args.config.as_deref())?;
     let mut download = config.download;
     let token_file = args.token_file.clone().or(config.announce.token_file);
-    super::get_cmd::apply_download_flags(&mut download, args.ban_after, args.backend.as_deref())?;
+    args.download.apply(&mut download)?;
     if let Some(path) = &token_file {
         if !path.is_file() {
             let option = if args.token_file.is_some() { "--token-file" } else { "[announce] token_file" };

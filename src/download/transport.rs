@@ -7,14 +7,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
 use crate::http::client::Connection;
 use crate::io::client::{ClientLoop, ConnId};
-
-/// Plaintext read out of TLS at a time.
-const PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
+use crate::tls::client::{client_connection, records_to_send, PLAINTEXT_CHUNK_BYTES};
 
 /// One connection's loop id and TLS state.
 pub(crate) struct Transport {
@@ -31,10 +28,7 @@ impl Transport {
         tls: Option<(Arc<ClientConfig>, String)>,
     ) -> Result<Transport, String> {
         let tls = match tls {
-            Some((config, name)) => {
-                let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
-                Some(Box::new(ClientConnection::new(config, name).map_err(|e| e.to_string())?))
-            }
+            Some((config, name)) => Some(Box::new(client_connection(config, &name)?)),
             None => None,
         };
         let id = client.connect(address).map_err(|e| e.to_string())?;
@@ -113,15 +107,7 @@ impl Transport {
 
     fn flush_tls(&mut self, client: &mut ClientLoop) -> Result<(), String> {
         let Some(tls) = self.tls.as_mut() else { return Ok(()) };
-        let mut records = Vec::new();
-        // Bounded: each pass moves TLS bytes rustls holds into `records`, or stops.
-        while tls.wants_write() {
-            match tls.write_tls(&mut records) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(error) => return Err(format!("TLS write: {error}")),
-            }
-        }
+        let records = records_to_send(tls)?;
         if records.is_empty() {
             return Ok(());
         }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
 use crate::config::BackendChoice;
@@ -25,6 +24,7 @@ use crate::load::record::Recorder;
 use crate::load::schedule::{Due, Pace, Schedule, Stop};
 use crate::load::target::Plan;
 use crate::load::LoadError;
+use crate::tls::client::{client_connection, records_to_send, PLAINTEXT_CHUNK_BYTES};
 
 /// Wait before reconnecting after a failed connect (a refused server is not hammered).
 const RECONNECT_BACKOFF_NS: u64 = 50_000_000;
@@ -34,8 +34,6 @@ const TICK_NS: u64 = 1_000_000_000;
 const CHECK_NS: u64 = 5_000_000;
 /// Request buffers per connection in range mode (one may still be held by the last send).
 const RANGE_BUFFERS: usize = 2;
-/// Plaintext read out of TLS at a time.
-const PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What a load thread is given.
 pub struct Setup {
@@ -613,8 +611,8 @@ impl Worker {
         let slot = &mut self.slots[index];
         slot.http = http_connection();
         slot.tls = match (&self.plan.tls, &self.plan.server_names[address_index]) {
-            (Some(config), Some(name)) => match tls_connection(config, name) {
-                Ok(tls) => Some(tls),
+            (Some(config), Some(name)) => match client_connection(config.clone(), name) {
+                Ok(tls) => Some(Box::new(tls)),
                 Err(reason) => {
                     tracing::debug!(%address, %reason, "load TLS setup failed");
                     self.recorder.errors.connect += 1;
@@ -668,23 +666,9 @@ impl Worker {
 }
 
 /// Whether `body` is piece `piece` as the hash file says (always, when nothing is verified).
-/// A TLS client state for `name` (checked against the certificate).
-fn tls_connection(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<Box<ClientConnection>, String> {
-    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    Ok(Box::new(ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?))
-}
-
 /// Sends what rustls has to send on `conn` (records, handshake messages).
 fn flush_tls(client: &mut ClientLoop, conn: ConnId, tls: &mut ClientConnection) -> Result<(), String> {
-    let mut records = Vec::new();
-    // Bounded: each pass moves bytes rustls holds into `records`, or stops.
-    while tls.wants_write() {
-        match tls.write_tls(&mut records) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => return Err(error.to_string()),
-        }
-    }
+    let records = records_to_send(tls)?;
     if records.is_empty() {
         return Ok(());
     }

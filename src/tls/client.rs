@@ -130,6 +130,30 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// Plaintext read out of a TLS connection at a time, by the event-loop clients (`get`, the fill,
+/// `load`).
+pub const PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A client connection to `name` (its certificate is checked against it) under `config`.
+pub fn client_connection(config: Arc<rustls::ClientConfig>, name: &str) -> Result<rustls::ClientConnection, String> {
+    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())
+}
+
+/// What rustls has to send (records, handshake messages), taken out of `tls`; empty when nothing.
+pub fn records_to_send(tls: &mut rustls::ClientConnection) -> Result<Vec<u8>, String> {
+    let mut records = Vec::new();
+    // Bounded: each pass moves bytes rustls holds into `records`, or stops.
+    while tls.wants_write() {
+        match tls.write_tls(&mut records) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => return Err(format!("TLS write: {error}")),
+        }
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
