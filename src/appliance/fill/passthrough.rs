@@ -350,7 +350,12 @@ impl PassThroughs {
             match step {
                 Step::Head(head) => self.on_head(conn, &head),
                 Step::Body(bytes) => self.on_body(conn, bytes),
-                Step::Done => drop(self.close(conn)),
+                Step::Done => {
+                    // The whole body came: an orderly close.
+                    if self.forget(conn).is_some() {
+                        self.client.close(conn);
+                    }
+                }
                 Step::Closed(why) => {
                     let why = why.unwrap_or_else(|| "it closed the connection".to_string());
                     self.fail(conn, why);
@@ -472,13 +477,20 @@ impl PassThroughs {
         answer(&self.link, pass.worker, pass.token, filled);
     }
 
-    /// Forgets a pass-through and closes its origin connection.
+    /// Forgets a pass-through whose body is not over and resets its origin connection, so the
+    /// origin stops sending at once (a FIN would leave it pushing into a window nobody reads).
     fn close(&mut self, conn: ConnId) -> Option<Pass> {
+        let pass = self.forget(conn)?;
+        self.client.abort(conn);
+        Some(pass)
+    }
+
+    /// Forgets a pass-through; its connection is the caller's to close.
+    fn forget(&mut self, conn: ConnId) -> Option<Pass> {
         let pass = self.passes.remove(&conn)?;
         let indexed = self.by_response.remove(&(pass.worker, pass.token));
         assert_eq!(indexed, Some(conn), "a pass-through is indexed by its response");
         debug_assert_eq!(self.passes.len(), self.by_response.len());
-        self.client.close(conn);
         Some(pass)
     }
 

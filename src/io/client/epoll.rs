@@ -143,6 +143,14 @@ impl EpollLoop {
         }
     }
 
+    /// See [`super::ClientLoop::abort`].
+    pub fn abort(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(conn.into()) {
+            let _ = socket2::SockRef::from(&state.stream).set_linger(Some(Duration::ZERO));
+        }
+        self.close(conn);
+    }
+
     /// See [`super::ClientLoop::connection_count`].
     pub fn connection_count(&self) -> usize {
         self.conns.len()

@@ -262,6 +262,16 @@ impl ClientLoop {
         }
     }
 
+    /// Closes the connection with a reset (`SO_LINGER` 0) rather than a FIN: for a response
+    /// abandoned mid-body, so that the peer stops sending at once. A graceful close there can
+    /// leave the peer pushing into a zero window nobody reads until its own timeout.
+    pub fn abort(&mut self, conn: ConnId) {
+        match self {
+            ClientLoop::Uring(inner) => inner.abort(conn),
+            ClientLoop::Epoll(inner) => inner.abort(conn),
+        }
+    }
+
     /// Open connections (closing ones whose operations are still in flight included).
     pub fn connection_count(&self) -> usize {
         match self {

@@ -221,3 +221,52 @@ fn a_connection_that_stops_receiving_gets_its_bytes_once_resumed() {
         assert_eq!(received(&events, conn), message, "{choice:?}");
     }
 }
+
+/// What the server's read saw when the client ended a connection whose bytes it had all read.
+fn end_seen_by_server(choice: BackendChoice, abort: bool) -> std::io::ErrorKind {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buffer = [0u8; 64];
+        let request = stream.read(&mut buffer);
+        assert!(matches!(request, Ok(7)), "{request:?}");
+        stream.write_all(b"answer").unwrap();
+        let end = match stream.read(&mut buffer) {
+            Ok(0) => std::io::ErrorKind::UnexpectedEof,
+            Ok(_) => std::io::ErrorKind::InvalidData,
+            Err(error) => error.kind(),
+        };
+        tx.send(end).unwrap();
+    });
+    let mut client = client(choice);
+    let conn = client.connect(address).unwrap();
+    client.send(conn, b"request".to_vec()).unwrap();
+    poll_until(&mut client, |events| received(events, conn) == b"answer");
+    if abort {
+        client.abort(conn);
+    } else {
+        client.close(conn);
+    }
+    // The loop lets the socket go once its operations are done.
+    let mut end = None;
+    poll_until(&mut client, |_| {
+        end = rx.try_recv().ok();
+        end.is_some()
+    });
+    end.unwrap()
+}
+
+#[test]
+fn abort_resets_the_connection_where_close_ends_it_in_order() {
+    for choice in backends() {
+        assert_eq!(end_seen_by_server(choice, false), std::io::ErrorKind::UnexpectedEof, "{choice:?}: close is a FIN");
+        assert_eq!(
+            end_seen_by_server(choice, true),
+            std::io::ErrorKind::ConnectionReset,
+            "{choice:?}: abort is a reset"
+        );
+    }
+}

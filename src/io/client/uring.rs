@@ -178,6 +178,21 @@ impl UringLoop {
 
     /// See [`super::ClientLoop::close`].
     pub fn close(&mut self, conn: ConnId) {
+        self.end(conn, Shutdown::Both);
+    }
+
+    /// See [`super::ClientLoop::abort`]: no FIN first; the reset goes when the last operation
+    /// lets the socket go.
+    pub fn abort(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(conn.into()).filter(|state| !state.closing) {
+            let _ = SockRef::from(&*state.socket).set_linger(Some(Duration::ZERO));
+        }
+        self.end(conn, Shutdown::Read);
+    }
+
+    /// Closes `conn`, shutting `how` at once (a receive in flight completes: the slot goes when
+    /// every operation is idle).
+    fn end(&mut self, conn: ConnId, how: Shutdown) {
         let key: SlotKey = conn.into();
         let Some(state) = self.conns.get_mut(key) else { return };
         if state.closing {
@@ -191,8 +206,7 @@ impl UringLoop {
             state.connect.abandon();
             crate::io::uring::cancel::cancel(encode(OpKind::Connect, key), &mut self.ring.queue);
         }
-        // A pending receive completes at once; the slot goes when every operation is idle.
-        let _ = SockRef::from(&*state.socket).shutdown(Shutdown::Both);
+        let _ = SockRef::from(&*state.socket).shutdown(how);
         self.dirty.push(key);
     }
 
