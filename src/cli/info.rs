@@ -38,6 +38,7 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
             "sha256_backend": backend.name(),
             "sha256_batch_backend": batch_backend.name(),
             "sha256_batch_pieces_min": batch_pieces_min,
+            "sha_ni_x4_registers": crate::hash::ni_registers(),
             "cores": cores,
         });
         if let Some(m) = measured {
@@ -50,6 +51,9 @@ pub fn run(args: InfoArgs) -> Result<(), CliError> {
         println!("tessera {}", env!("CARGO_PKG_VERSION"));
         println!("sha256 backend: {}", backend.name());
         println!("sha256 batch backend ({batch_pieces_min}+ pieces): {}", batch_backend.name());
+        if let Some(registers) = crate::hash::ni_registers() {
+            println!("sha-ni-x4 rounds on: {registers}");
+        }
         println!("cores: {cores}");
         if let Some(m) = measured {
             println!("sha256 1 MiB pieces, one stream:        {:.2} GB/s", m.single_stream_bytes_per_s / 1e9);

@@ -151,24 +151,30 @@ pub fn hash_batch(pieces: &[&[u8]]) -> Vec<Digest> {
     pieces.iter().map(|piece| sha256(piece)).collect()
 }
 
+/// The vector registers the interleaved SHA-NI rounds use here (`xmm0-15`, or `xmm0-31` where
+/// the AVX-512VL build ran faster), for `tessera info`; `None` without the SHA extensions.
+pub fn ni_registers() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if ni_multi::available() {
+            return Some(match ni_multi::Registers::best() {
+                ni_multi::Registers::Sse16 => "xmm0-15",
+                ni_multi::Registers::Evex32 => "xmm0-31",
+            });
+        }
+    }
+    None
+}
+
 /// Times the two batch paths on the same 16 messages of 256 KiB (CPU time of this thread, the
 /// best of three each) and names the faster. Both must be available.
 #[cfg(target_arch = "x86_64")]
 fn faster_batch_backend() -> Backend {
     let messages: Vec<Vec<u8>> = (0..BATCH_LANES).map(|i| vec![i as u8; 256 << 10]).collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let best = |run: &dyn Fn() -> Vec<Digest>| {
-        (0..3)
-            .map(|_| {
-                let started = speed::thread_cpu_time();
-                std::hint::black_box(run());
-                speed::thread_cpu_time().saturating_sub(started)
-            })
-            .min()
-            .unwrap_or_default()
-    };
-    let x16_time = best(&|| x16::hash_batch(&refs, X16_LANES_MIN));
-    let ni_time = best(&|| ni_multi::hash_batch(&refs));
+    ni_multi::Registers::best(); // its own timing, outside this one
+    let x16_time = speed::best_cpu_time(3, &|| x16::hash_batch(&refs, X16_LANES_MIN).len());
+    let ni_time = speed::best_cpu_time(3, &|| ni_multi::hash_batch(&refs).len());
     if x16_time < ni_time {
         Backend::Avx512X16
     } else {
