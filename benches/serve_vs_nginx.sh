@@ -21,6 +21,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 install_missing nginx wrk iperf3 curl
+command -v nstat >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq iproute2 >/dev/null; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 pin_setup
 
@@ -132,11 +133,20 @@ run_wrk() { # script url [env...]
         printf "%.2f %.0f %.2f %.2f %d %.2f\n", bytes / us / 1000, reqs / (us / 1e6), p50 / 1000, p99 / 1000, errors, max / 1000 }'
 }
 
+# The kernel's count of TCP retransmission timeouts or of retransmitted segments (since boot).
+tcp_counter() { nstat -az "$1" | awk -v name="$1" '$1 == name { print $2 }'; }
+
 declare -A PIECES RANGES MANY
 measure() { # name base_url pieces_prefix range_path
     PIECES[$1]=$(run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")
     RANGES[$1]=$(run_wrk "$WORK/ranges.lua" "$2" BENCH_PATH="$4")
-    MANY[$1]=$(WRK_CONNECTIONS=$MANY_CONNECTIONS run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")
+    # A response that lost a segment waits for the retransmission timeout (200 ms and doubling on
+    # loopback): the 512-connection row also counts them, to tell a late response from unfairness.
+    local timeouts retransmits
+    timeouts=$(tcp_counter TcpExtTCPTimeouts)
+    retransmits=$(tcp_counter TcpRetransSegs)
+    MANY[$1]="$(WRK_CONNECTIONS=$MANY_CONNECTIONS run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")\
+ $(($(tcp_counter TcpExtTCPTimeouts) - timeouts)) $(($(tcp_counter TcpRetransSegs) - retransmits))"
 }
 
 # nginx is measured twice: tcp_nopush (TCP_CORK) on is the usual sendfile setting, but it stalls
@@ -188,11 +198,11 @@ table() { # title, then the name of an associative array
 }
 table "1 MiB pieces " PIECES
 table "64 KiB ranges" RANGES
-echo "1 MiB pieces, $MANY_CONNECTIONS connections    GB/s   p99 ms   max ms  errors"
+echo "1 MiB pieces, $MANY_CONNECTIONS connections    GB/s   p99 ms   max ms  errors  TCP RTOs  retransmits"
 for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-zc tessera-epoll; do
     # shellcheck disable=SC2086
     set -- ${MANY[$name]}
-    printf "%-30s %6s %8s %8s %7s\n" "$name" "$1" "$4" "$6" "$5"
+    printf "%-30s %6s %8s %8s %7s %9s %12s\n" "$name" "$1" "$4" "$6" "$5" "$7" "$8"
 done
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
