@@ -1,7 +1,7 @@
 //! tessera: a content-delivery cache appliance that serves and consumes verified pieces.
 //!
-//! See `docs/ARCHITECTURE.md` for the module map. `unsafe` lives only in `io`, `store::slab` and
-//! `hash::x16`; every other module forbids it.
+//! See `docs/ARCHITECTURE.md` for the module map. `unsafe` lives only in `io`, `store::slab`,
+//! `hash::x16` and `hash::ni_multi`; every other module forbids it.
 
 #[forbid(unsafe_code)]
 pub mod appliance;
@@ -26,7 +26,8 @@ pub mod fill;
 #[doc(hidden)]
 #[forbid(unsafe_code)]
 pub mod fuzzing;
-// `hash::x16` (AVX-512 rounds) is the one file of `hash` allowed `unsafe`.
+// `hash::x16` (AVX-512 rounds) and `hash::ni_multi` (SHA-NI rounds) are the files of `hash`
+// allowed `unsafe`.
 #[deny(unsafe_code)]
 pub mod hash;
 #[forbid(unsafe_code)]
