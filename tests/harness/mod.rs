@@ -6,6 +6,7 @@ pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -39,6 +40,17 @@ impl Serve {
     /// [`Serve::start`] with `RUST_LOG` set to `rust_log`, or unset (the config's `[log] level`).
     pub fn start_with_rust_log(data: &Path, workers: usize, extra: &[String], rust_log: Option<&str>) -> Serve {
         let mut command = tessera();
+        // A test binary killed mid-run (a timeout, ^C) takes its servers with it, so that none
+        // lingers to take CPU from the next run. The signal comes when the spawning thread ends:
+        // the test's own, which outlives its `Serve` (dropped, and so killed, first).
+        // SAFETY: the closure runs in the child between fork and exec and only calls `prctl`,
+        // which is async-signal-safe and touches no memory shared with the parent.
+        unsafe {
+            command.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            });
+        }
         match rust_log {
             Some(level) => command.env("RUST_LOG", level),
             None => command.env_remove("RUST_LOG"),
