@@ -18,7 +18,7 @@ use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, Connect
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{
-    count_sending, limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
+    limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
 };
 use crate::io::slots::{SlotKey, Slots};
 
@@ -339,7 +339,15 @@ impl Worker {
             self.close(poll, key, reason);
             return false;
         }
-        count_sending(&mut socket.sending, &mut self.sending, socket.state.has_unsent());
+        let sending = socket.state.has_unsent();
+        if sending != socket.sending {
+            socket.sending = sending;
+            if sending {
+                self.sending += 1;
+            } else {
+                self.sending -= 1;
+            }
+        }
         let read_more = reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read();
         let send_more = (send_budget == 0 || appended) && socket.writable && socket.state.has_unsent();
         read_more || send_more

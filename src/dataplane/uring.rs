@@ -27,7 +27,7 @@ use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, Connect
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{
-    count_sending, limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
+    limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
 };
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::accept::{AcceptOp, Accepted};
@@ -475,7 +475,14 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else { return };
         // Counted while it has bytes to send (or a send in flight); a closing one stops counting.
         let sending = !conn.closing && (conn.state.has_unsent() || !conn.send.is_idle());
-        count_sending(&mut conn.sending, &mut self.sending, sending);
+        if sending != conn.sending {
+            conn.sending = sending;
+            if sending {
+                self.sending += 1;
+            } else {
+                self.sending -= 1;
+            }
+        }
         if conn.closing {
             if !conn.owns_buffers() {
                 // Every completion and notification is in: the kernel holds no pointer into the

@@ -32,19 +32,6 @@ pub fn send_share(in_flight_bytes_max: u64, per_connection_max: u64, sending: us
     }
 }
 
-/// Keeps a worker's count of connections with bytes to send: `counted` is whether this one is in
-/// `count`, `sending` whether it now has bytes to send.
-pub fn count_sending(counted: &mut bool, count: &mut usize, sending: bool) {
-    if sending != *counted {
-        *counted = sending;
-        if sending {
-            *count += 1;
-        } else {
-            *count -= 1;
-        }
-    }
-}
-
 /// Idle connections a driver reclaims at once at a limit of `connections_max`: about 1/64th of
 /// it, within 1..=16 (amortises the scan for the oldest, as nginx's batch of 32 does); io_uring
 /// also keeps this many slots beyond the limit for reclaimed connections still draining.
