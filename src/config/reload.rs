@@ -27,7 +27,6 @@ const LIVE: &[&str] = &[
     "serve.stream_queued_parts_max",
     "serve.stream_queued_bytes_max",
     "serve.send_bytes_per_turn_max",
-    "serve.send_bytes_in_flight_max",
     "serve.shutdown_grace_ms",
     "serve.ranges_per_request_max",
     "announce",

@@ -77,10 +77,6 @@ pub struct ServeConfig {
     /// Bytes one connection may hand the kernel per turn of the event loop (one io_uring send,
     /// or the `writev` calls of one epoll turn), so a fast reader cannot starve the others.
     pub send_bytes_per_turn_max: usize,
-    /// Bytes a worker's connections may have handed the kernel in sends not yet complete, all
-    /// together: shared evenly among the connections sending, each at least 64 KiB and at most
-    /// `send_bytes_per_turn_max` (io_uring). Many connections so take turns in small sends.
-    pub send_bytes_in_flight_max: u64,
     /// Bodies of at least this many bytes are sent with io_uring `SendMsgZc` (zero-copy); smaller
     /// ones with plain `SendMsg`. 0 disables zero-copy sends. See docs/performance.md.
     pub send_zc_bytes_min: u64,
@@ -124,7 +120,6 @@ impl Default for ServeConfig {
             stream_queued_bytes_max: 64 << 20,
             send_iovecs_max: 64,
             send_bytes_per_turn_max: 2 * 1024 * 1024,
-            send_bytes_in_flight_max: 32 << 20,
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
             ring_entries: 1024,

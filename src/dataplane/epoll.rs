@@ -17,9 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
-use crate::dataplane::worker::{
-    limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
-};
+use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -37,8 +35,6 @@ struct Socket {
     state: Connection,
     readable: bool,
     writable: bool,
-    /// Counted in the worker's `sending` (it has bytes to send).
-    sending: bool,
 }
 
 fn token(key: SlotKey) -> Token {
@@ -81,8 +77,6 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
         send_bytes_max: context.shared.config.send_bytes_per_turn_max.max(1),
-        send_in_flight_bytes_max: context.shared.config.send_bytes_in_flight_max,
-        sending: 0,
         reclaim_batch: reclaim_batch(context.connections_max()),
         connections_max: context.connections_max(),
         watch: SettingsWatch::default(),
@@ -187,11 +181,6 @@ struct Worker {
     iovecs_max: usize,
     /// Bytes one connection may write per turn.
     send_bytes_max: usize,
-    /// Bytes all connections with bytes to send may write in a turn together
-    /// (`worker::send_share`).
-    send_in_flight_bytes_max: u64,
-    /// Connections with bytes to send.
-    sending: usize,
     /// Idle connections reclaimed at once at the limit.
     reclaim_batch: usize,
     /// Open connections at most (a reload may lower it below the table's size).
@@ -227,13 +216,7 @@ impl Worker {
             let mut registered = Ok(());
             let key = self.sockets.insert_with(|key| {
                 registered = poll.registry().register(&mut stream, token(key), Interest::READABLE | Interest::WRITABLE);
-                Box::new(Socket {
-                    stream,
-                    state: Connection::new(limits, key, now),
-                    readable: true,
-                    writable: true,
-                    sending: false,
-                })
+                Box::new(Socket { stream, state: Connection::new(limits, key, now), readable: true, writable: true })
             });
             let key = key.expect("checked not full");
             if let Err(error) = registered {
@@ -258,7 +241,6 @@ impl Worker {
     fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
         self.limits = limits_of(&settings);
         self.send_bytes_max = settings.serve.send_bytes_per_turn_max.max(1);
-        self.send_in_flight_bytes_max = settings.serve.send_bytes_in_flight_max;
         self.connections_max = context.connections_live_max(&settings);
         self.handler.apply(settings);
         let wants_peers = self.handler.wants_peers();
@@ -290,8 +272,7 @@ impl Worker {
         let Some(socket) = self.sockets.get_mut(key) else { return false };
         let handler = &mut self.handler;
         let mut reads = 0;
-        let mut send_budget =
-            send_share(self.send_in_flight_bytes_max, self.send_bytes_max as u64, self.sending) as usize;
+        let mut send_budget = self.send_bytes_max;
         loop {
             while socket.writable && socket.state.has_unsent() && !socket.state.should_close() && send_budget > 0 {
                 let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
@@ -339,15 +320,6 @@ impl Worker {
             self.close(poll, key, reason);
             return false;
         }
-        let sending = socket.state.has_unsent();
-        if sending != socket.sending {
-            socket.sending = sending;
-            if sending {
-                self.sending += 1;
-            } else {
-                self.sending -= 1;
-            }
-        }
         let read_more = reads >= READS_PER_TURN_MAX && socket.readable && socket.state.wants_read();
         let send_more = (send_budget == 0 || appended) && socket.writable && socket.state.has_unsent();
         read_more || send_more
@@ -367,7 +339,6 @@ impl Worker {
 
     fn close(&mut self, poll: &Poll, key: SlotKey, reason: CloseReason) {
         if let Some(mut socket) = self.sockets.remove(key) {
-            self.sending -= usize::from(socket.sending);
             self.handler.closed(key);
             let _ = poll.registry().deregister(&mut socket.stream);
             self.counters.closed(reason);

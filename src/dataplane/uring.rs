@@ -26,9 +26,7 @@ use socket2::SockRef;
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
-use crate::dataplane::worker::{
-    limits_of, reclaim_batch, send_share, tick_of, WorkerContext, WorkerCounters, WorkerError,
-};
+use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::accept::{AcceptOp, Accepted};
 use crate::io::uring::buf_ring::{BufRing, Pooled, PooledRecvOp};
@@ -57,8 +55,6 @@ struct Conn {
     recv: PooledRecvOp,
     send: SendOp,
     closing: bool,
-    /// Counted in the worker's `sending` (it has bytes to send).
-    sending: bool,
 }
 
 impl Conn {
@@ -85,11 +81,6 @@ struct Worker {
     limits: ConnectionLimits,
     iovecs_max: usize,
     send_bytes_max: u64,
-    /// Bytes the sends of all connections with bytes to send may hand the kernel together
-    /// (`worker::send_share`).
-    send_in_flight_bytes_max: u64,
-    /// Connections with bytes to send.
-    sending: usize,
     zero_copy_bytes_min: Option<u64>,
     zero_copy_pending_max: usize,
     dirty: Vec<SlotKey>,
@@ -181,8 +172,6 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         limits: context.limits(),
         iovecs_max: config.send_iovecs_max.clamp(1, 1024),
         send_bytes_max: config.send_bytes_per_turn_max as u64,
-        send_in_flight_bytes_max: config.send_bytes_in_flight_max,
-        sending: 0,
         zero_copy_bytes_min,
         zero_copy_pending_max,
         dirty: Vec::new(),
@@ -392,7 +381,6 @@ impl Worker {
                                 socket,
                                 state: Connection::new(limits, key, now),
                                 closing: false,
-                                sending: false,
                             })
                         })
                         .expect("checked not full");
@@ -416,12 +404,11 @@ impl Worker {
         }
     }
 
-    /// Takes on reloaded settings: open connections get the new limits too (a send in flight
-    /// keeps its size; the next one takes the new bounds).
+    /// Takes on reloaded settings: open connections get the new limits too (a send already
+    /// set up keeps its per-turn bound; new connections get the new one).
     fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
         self.limits = limits_of(&settings);
         self.send_bytes_max = settings.serve.send_bytes_per_turn_max as u64;
-        self.send_in_flight_bytes_max = settings.serve.send_bytes_in_flight_max;
         self.connections_max = context.connections_live_max(&settings);
         self.handler.apply(settings);
         let wants_peers = self.handler.wants_peers();
@@ -473,16 +460,6 @@ impl Worker {
             }
         }
         let Some(conn) = self.conns.get_mut(key) else { return };
-        // Counted while it has bytes to send (or a send in flight); a closing one stops counting.
-        let sending = !conn.closing && (conn.state.has_unsent() || !conn.send.is_idle());
-        if sending != conn.sending {
-            conn.sending = sending;
-            if sending {
-                self.sending += 1;
-            } else {
-                self.sending -= 1;
-            }
-        }
         if conn.closing {
             if !conn.owns_buffers() {
                 // Every completion and notification is in: the kernel holds no pointer into the
@@ -497,7 +474,6 @@ impl Worker {
             && conn.send.notifications_pending() < self.zero_copy_pending_max
         {
             let parts = conn.state.unsent_parts(conn.send.iovecs_max());
-            conn.send.set_bytes_max(send_share(self.send_in_flight_bytes_max, self.send_bytes_max, self.sending));
             let (_, zero_copy) = conn.send.submit(key, parts, self.zero_copy_bytes_min, &mut self.ring.queue);
             if zero_copy {
                 self.counters.zero_copy_send();

@@ -11,27 +11,6 @@ use crate::dataplane::live::Settings;
 use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::shared::Shared;
 
-/// The fewest bytes [`send_share`] gives a connection's send (unless the per-connection cap is
-/// lower): below it, per-send costs eat the rate.
-pub const SEND_SHARE_MIN_BYTES: u64 = 64 << 10;
-
-/// The bytes one connection's next send may hand the kernel when `sending` connections (this one
-/// included) have bytes to send: `per_connection_max` while that many fit in
-/// `in_flight_bytes_max` together, otherwise [`SEND_SHARE_MIN_BYTES`] (or the cap, if lower). A
-/// few connections each send whole pieces at once; hundreds take turns in small sends, so that
-/// none waits behind the others' megabytes. Issue 9 §7b, 512 connections: 2 MiB sends left the
-/// slowest response at about 1 s, 64 KiB ones at about 0.24 s; sends of 128–256 KiB were worse
-/// than either, and 64 KiB sends cost 16 connections a third of their rate
-/// (docs/performance.md). Hence two sizes and no even split in between.
-pub fn send_share(in_flight_bytes_max: u64, per_connection_max: u64, sending: usize) -> u64 {
-    let whole = per_connection_max.max(1);
-    if (sending.max(1) as u64).saturating_mul(whole) <= in_flight_bytes_max {
-        whole
-    } else {
-        SEND_SHARE_MIN_BYTES.min(whole)
-    }
-}
-
 /// Idle connections a driver reclaims at once at a limit of `connections_max`: about 1/64th of
 /// it, within 1..=16 (amortises the scan for the oldest, as nginx's batch of 32 does); io_uring
 /// also keeps this many slots beyond the limit for reclaimed connections still draining.
@@ -130,27 +109,4 @@ impl std::ops::Deref for WorkerCounters {
 pub enum WorkerError {
     #[error("worker {index}: {what}: {source}")]
     Io { index: usize, what: &'static str, source: std::io::Error },
-}
-
-#[cfg(test)]
-mod send_share_tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    #[test]
-    fn few_connections_send_whole_pieces_and_many_take_turns() {
-        assert_eq!(send_share(32 * MIB, 2 * MIB, 1), 2 * MIB);
-        assert_eq!(send_share(32 * MIB, 2 * MIB, 16), 2 * MIB, "16 × 2 MiB fit in 32 MiB");
-        assert_eq!(send_share(32 * MIB, 2 * MIB, 17), SEND_SHARE_MIN_BYTES);
-        assert_eq!(send_share(32 * MIB, 2 * MIB, 512), SEND_SHARE_MIN_BYTES);
-        assert_eq!(send_share(32 * MIB, 2 * MIB, 0), 2 * MIB, "the first to send counts itself");
-    }
-
-    #[test]
-    fn the_per_connection_cap_always_holds() {
-        assert_eq!(send_share(32 * MIB, 16 << 10, 512), 16 << 10);
-        assert_eq!(send_share(0, 2 * MIB, 1), SEND_SHARE_MIN_BYTES, "a zero budget still sends");
-        assert_eq!(send_share(0, 0, 1), 1);
-    }
 }

@@ -94,11 +94,6 @@ impl SendOp {
         self
     }
 
-    /// Caps the bytes of the sends submitted from now on (at least 1).
-    pub fn set_bytes_max(&mut self, bytes_max: u64) {
-        self.bytes_max = bytes_max.max(1);
-    }
-
     /// Most slices one send takes.
     pub fn iovecs_max(&self) -> usize {
         self.iovecs_max
