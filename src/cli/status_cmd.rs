@@ -1,19 +1,18 @@
 //! `tessera status`: a running box's status page, from its `/status.json`, for a shell on the box.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use indicatif::HumanBytes;
 
 use crate::cli::CliError;
 use crate::dataplane::status::{FillStatus, Status};
-use crate::http::client::blocking::{exchange, ExchangeError};
-use crate::http::client::{ClientLimits, RequestSpec};
+use crate::download::fetch::{fetch, FetchError, FetchLimits};
 use crate::http::url::{HttpUrl, UrlError};
 
-/// How long connecting and reading the answer may take.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting and reading the answer may take, in milliseconds.
+const TIMEOUT_MS: u64 = 5000;
 /// Largest `/status.json` taken (a few hundred contents and sources fit in far less).
 const STATUS_BYTES_MAX: u64 = 4 << 20;
 /// Bars of the rate sparkline, lowest to highest.
@@ -48,8 +47,8 @@ pub enum StatusError {
     BadUrl(#[from] UrlError),
     #[error("cannot reach {url}: {source} (is `tessera serve` running there?)")]
     Unreachable { url: String, source: std::io::Error },
-    #[error("{url}: {source}")]
-    Exchange { url: String, source: ExchangeError },
+    #[error(transparent)]
+    Fetch(FetchError),
     #[error("{url} answered {status}, not the status (is it a tessera data plane?)")]
     Status { url: String, status: u16 },
     #[error("{url} did not give a status this tessera reads: {source}")]
@@ -63,7 +62,7 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         None => url_of(&crate::config::Config::load(args.config.as_deref())?.serve.listen),
     };
     let url = HttpUrl::parse(&base).and_then(|url| url.join("/status.json")).map_err(StatusError::from)?;
-    let body = fetch(&url)?;
+    let body = get_status(&url)?;
     let status: Status =
         serde_json::from_slice(&body).map_err(|source| StatusError::Json { url: url.as_str().to_string(), source })?;
     if args.json {
@@ -87,21 +86,18 @@ fn url_of(listen: &str) -> String {
 }
 
 /// The body of a 200 answer to `GET url`.
-fn fetch(url: &HttpUrl) -> Result<Vec<u8>, StatusError> {
-    let named = || url.as_str().to_string();
-    let address = url.resolve()?;
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT)
-        .map_err(|source| StatusError::Unreachable { url: named(), source })?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(|source| StatusError::Unreachable { url: named(), source })?;
-    let limits = ClientLimits { body_bytes_max: STATUS_BYTES_MAX, ..ClientLimits::default() };
-    let mut spec = RequestSpec::new("GET", url);
-    spec.close = true;
-    let response = exchange(&mut stream, &spec, limits, Some(Instant::now() + TIMEOUT))
-        .map_err(|source| StatusError::Exchange { url: named(), source })?;
-    if response.head.status != 200 {
-        return Err(StatusError::Status { url: named(), status: response.head.status });
+fn get_status(url: &HttpUrl) -> Result<Vec<u8>, StatusError> {
+    let tls = crate::tls::client::ca_client_config(None)
+        .map_err(|error| StatusError::Fetch(FetchError::Tls { url: url.to_string(), reason: error.to_string() }))?;
+    let limits = FetchLimits { timeout_ms: TIMEOUT_MS, body_bytes_max: STATUS_BYTES_MAX };
+    let fetched = fetch(url, "GET", &tls, limits).map_err(|error| match error {
+        FetchError::Connect { url, source } => StatusError::Unreachable { url, source },
+        error => StatusError::Fetch(error),
+    })?;
+    if fetched.head.status != 200 {
+        return Err(StatusError::Status { url: url.to_string(), status: fetched.head.status });
     }
-    Ok(response.body)
+    Ok(fetched.body)
 }
 
 /// The status as lines for a terminal.
