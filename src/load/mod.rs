@@ -206,7 +206,7 @@ fn share(total: usize, count: usize, index: usize) -> usize {
 /// tick senders are dropped then).
 fn watch(ticks: &crossbeam_channel::Receiver<Tick>, threads: usize, start: Instant, observe: &mut dyn FnMut(&Live)) {
     let mut latest = vec![None::<Tick>; threads];
-    let mut last_responses = 0u64;
+    let mut shown = vec![None::<Tick>; threads];
     let mut next = start + LIVE_INTERVAL;
     loop {
         match ticks.recv_deadline(next) {
@@ -219,22 +219,60 @@ fn watch(ticks: &crossbeam_channel::Receiver<Tick>, threads: usize, start: Insta
         }
         next += LIVE_INTERVAL;
         let seen = latest.iter().flatten();
-        let responses: u64 = seen.clone().map(|t| t.responses).sum();
         let live = Live {
             elapsed_s: start.elapsed().as_secs_f64(),
-            rate_per_s: (responses - last_responses.min(responses)) as f64 / LIVE_INTERVAL.as_secs_f64(),
-            responses,
+            rate_per_s: rate_per_s(&shown, &latest),
+            responses: seen.clone().map(|t| t.responses).sum(),
             errors: seen.clone().map(|t| t.errors).sum(),
             p99_ms: seen.map(|t| t.p99_us).max().unwrap_or(0) as f64 / 1000.0,
         };
-        last_responses = responses;
+        shown.clone_from(&latest);
         observe(&live);
     }
+}
+
+/// Responses per second between two sets of the threads' reports: each thread's count over its
+/// own interval, summed. A thread's reports carry their own times, so a line drawn just before
+/// a report arrives shows the rate so far, not 0 then twice the rate (as counting the responses
+/// since the last line over a fixed second did). A thread with no new report adds nothing.
+fn rate_per_s(before: &[Option<Tick>], now: &[Option<Tick>]) -> f64 {
+    before
+        .iter()
+        .zip(now)
+        .filter_map(|(before, now)| {
+            let now = now.as_ref()?;
+            let (responses, at_ns) = before.as_ref().map_or((0, 0), |t| (t.responses, t.at_ns));
+            (now.at_ns > at_ns)
+                .then(|| now.responses.saturating_sub(responses) as f64 * 1e9 / (now.at_ns - at_ns) as f64)
+        })
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tick(thread_index: usize, at_ms: u64, responses: u64) -> Option<Tick> {
+        Some(Tick { thread_index, at_ns: at_ms * 1_000_000, responses, errors: 0, p99_us: 0 })
+    }
+
+    #[test]
+    fn the_live_rate_follows_each_threads_own_report_times() {
+        // Two threads at 1,000 and 3,000 responses per second, reporting at their own times.
+        let before = [tick(0, 900, 900), tick(1, 950, 2_850)];
+        let now = [tick(0, 1_900, 1_900), tick(1, 1_950, 5_850)];
+        assert_eq!(rate_per_s(&before, &now), 4_000.0);
+        // The first line: from each thread's start.
+        assert_eq!(rate_per_s(&[None, None], &before), 4_000.0);
+    }
+
+    #[test]
+    fn a_thread_without_a_new_report_adds_nothing_to_the_live_rate() {
+        let before = [tick(0, 900, 900), tick(1, 950, 2_850)];
+        let now = [tick(0, 900, 900), tick(1, 1_950, 5_850)];
+        assert_eq!(rate_per_s(&before, &now), 3_000.0);
+        assert_eq!(rate_per_s(&[None, None], &[None, None]), 0.0);
+    }
 
     #[test]
     fn connections_are_shared_over_threads_without_loss() {

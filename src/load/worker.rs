@@ -29,7 +29,9 @@ use crate::tls::client::{client_connection, records_to_send, PLAINTEXT_CHUNK_BYT
 /// Wait before reconnecting after a failed connect (a refused server is not hammered).
 const RECONNECT_BACKOFF_NS: u64 = 50_000_000;
 /// Live counters are handed to the main thread this often.
-const TICK_NS: u64 = 1_000_000_000;
+/// How often a thread reports its totals to the live line (ten times per printed line, so the
+/// line's rate is never read from a stale report).
+const TICK_NS: u64 = 100_000_000;
 /// Timeouts and reconnects are checked this often (a scan of the thread's connections).
 const CHECK_NS: u64 = 5_000_000;
 /// Request buffers per connection in range mode (one may still be held by the last send).
@@ -58,10 +60,12 @@ pub struct Setup {
     pub interrupt: Arc<AtomicBool>,
 }
 
-/// A thread's running totals, once a second.
+/// A thread's running totals, ten times a second.
 #[derive(Debug, Clone, Copy)]
 pub struct Tick {
     pub thread_index: usize,
+    /// When the totals were taken, ns from the thread's start.
+    pub at_ns: u64,
     pub responses: u64,
     pub errors: u64,
     /// p99 of the corrected latency so far, µs.
@@ -278,6 +282,7 @@ impl Worker {
                 next_tick_ns += TICK_NS;
                 let _ = setup.ticks.try_send(Tick {
                     thread_index: setup.thread_index,
+                    at_ns: self.now_ns(),
                     responses: self.recorder.responses,
                     errors: self.recorder.errors.total(),
                     p99_us: self.recorder.corrected.value_at_quantile(0.99),
