@@ -21,7 +21,7 @@ use crate::content::{ContentId, HashFile};
 use crate::download::ban::BanLimits;
 use crate::download::output::PieceWriter;
 use crate::download::output::{Output, OutputError};
-use crate::download::piece_response::{self, BufferPool, Expect, PieceReceiver, Response};
+use crate::download::piece_response::{self, BufferPool, Expect, PieceReceiver, Response, Taken};
 use crate::download::scheduler::{Action, Event, Exhaustion, Scheduler, SchedulerLimits, SourceId, SourceKind};
 use crate::download::transport::Transport;
 use crate::download::verify::{Check, Checked, FilePiece, Verifier};
@@ -324,8 +324,19 @@ impl Driver<'_> {
             }
             let timeout = self.next_timeout();
             self.client.poll(&mut events, Some(timeout)).map_err(client_error)?;
+            let mut touched = Vec::new();
             for event in events.drain(..) {
+                if let io_client::Event::Received { conn, .. } | io_client::Event::Filled { conn, .. } = event {
+                    touched.push(conn);
+                }
                 self.on_event(event);
+            }
+            // With every event handled, the connections that received lend the body's buffer
+            // for their next receive: piece bytes go from the socket straight into it.
+            for token in touched {
+                if let Some(conn) = self.conns.get_mut(&token).filter(|conn| !conn.transport.is_tls()) {
+                    conn.rx.lend_to(&mut self.client, token);
+                }
             }
             self.verify(output)?;
             self.expire();
@@ -454,9 +465,12 @@ impl Driver<'_> {
                 (token, flush(&mut self.client, conn))
             }
             io_client::Event::Received { conn: token, bytes } => {
-                let end = self.receive(token, &bytes);
+                let end = self.receive(token, Taken::Copy(&bytes));
                 self.client.recycle(bytes);
                 (token, end)
+            }
+            io_client::Event::Filled { conn: token, buffer, start, bytes } => {
+                (token, self.receive(token, Taken::Lent { buffer, start, bytes }))
             }
             io_client::Event::Closed { conn: token, error } => {
                 let Some(conn) = self.conns.get_mut(&token) else { return };
@@ -475,11 +489,11 @@ impl Driver<'_> {
 
     /// Takes in received bytes, framing responses as they come. Plain body bytes the framing
     /// allows are copied straight into the piece buffer, the rest goes through the HTTP input.
-    fn receive(&mut self, token: ConnId, bytes: &[u8]) -> End {
+    fn receive(&mut self, token: ConnId, taken: Taken) -> End {
         let timeout = Duration::from_millis(self.job.config.request_timeout_ms);
         let Some(conn) = self.conns.get_mut(&token) else { return End::Open };
         conn.deadline = Instant::now() + timeout;
-        if conn.transport.is_tls() {
+        if let (true, Taken::Copy(bytes)) = (conn.transport.is_tls(), &taken) {
             let ended = match conn.transport.receive_tls(&mut self.client, &mut conn.rx.http, bytes) {
                 Ok(ended) => ended,
                 Err(reason) => return End::Failed(Vec::new(), reason),
@@ -492,7 +506,7 @@ impl Driver<'_> {
         }
         let expect = expect_of(self.job, conn.source);
         let mut landed = Vec::new();
-        let end = conn.rx.receive(bytes, &expect, &mut self.pool, &mut landed);
+        let end = conn.rx.take_in(taken, &expect, &mut self.pool, &mut landed);
         if conn.rx.mid_body() {
             // A body that has begun should keep coming: a source that stops mid-piece is hung.
             let stall = Duration::from_millis(self.job.config.stall_timeout_ms).min(timeout);

@@ -5,6 +5,15 @@
 //! are not trusted here — the verifier hashes them.
 
 use crate::http::client::{self as http_client, ClientLimits, ReceivedHead};
+use crate::io::client::{ClientLoop, ConnId};
+
+/// Bytes the client loop brought for a connection.
+pub(crate) enum Taken<'a> {
+    /// Received into the loop's own buffer ([`crate::io::client::Event::Received`]).
+    Copy(&'a [u8]),
+    /// Received straight into the lent piece buffer ([`crate::io::client::Event::Filled`]).
+    Lent { buffer: Vec<u8>, start: usize, bytes: usize },
+}
 
 /// What the request tagged `T` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +104,8 @@ struct Body {
     overflow: bool,
     /// The head of a redirect from an HTTP source, followed once the response is complete.
     redirect: Option<ReceivedHead>,
+    /// The buffer is lent to the client loop for a receive straight into it ([`PieceReceiver::lend`]).
+    lent: bool,
 }
 
 /// One connection's HTTP state and the body being received; each request is tagged `T`.
@@ -102,12 +113,21 @@ pub(crate) struct PieceReceiver<T> {
     /// The HTTP client connection (requests go in here).
     pub http: http_client::Connection<T>,
     body: Option<Body>,
+    /// A small buffer lent for receives while a response head is awaited (empty until first
+    /// lent, and while lent).
+    head: Vec<u8>,
+    head_lent: bool,
 }
+
+/// Bytes of a receive while a response head is awaited: a head and little else, because the body
+/// bytes that come with a head go through the HTTP input (copied twice) instead of straight into
+/// the piece buffer.
+const HEAD_RECEIVE_BYTES: usize = 4096;
 
 impl<T: Copy + PartialEq> PieceReceiver<T> {
     /// A fresh connection under `limits`.
     pub(crate) fn new(limits: ClientLimits) -> PieceReceiver<T> {
-        PieceReceiver { http: http_client::Connection::new(limits), body: None }
+        PieceReceiver { http: http_client::Connection::new(limits), body: None, head: Vec::new(), head_lent: false }
     }
 
     /// Whether a response body is being received (begun, not complete).
@@ -125,7 +145,8 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
 
     /// Takes in plaintext received bytes, framing responses as they come; finished responses are
     /// pushed on `landed`. Plain body bytes the framing allows are copied straight into the piece
-    /// buffer, the rest goes through the HTTP input.
+    /// buffer, the rest goes through the HTTP input. Never called while the body's buffer is lent
+    /// (the client loop receives into a loan before any other receive).
     pub(crate) fn receive(
         &mut self,
         bytes: &[u8],
@@ -133,6 +154,10 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
         pool: &mut BufferPool,
         landed: &mut Vec<(T, Response)>,
     ) -> End<T> {
+        assert!(
+            !self.head_lent && !self.body.as_ref().is_some_and(|b| b.lent),
+            "bytes received while a buffer is lent"
+        );
         let mut rest = bytes;
         // Bounded by the input: each pass consumes received bytes.
         while !rest.is_empty() {
@@ -155,6 +180,84 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
             }
         }
         End::Open
+    }
+
+    /// Takes in what the client loop brought: [`PieceReceiver::receive`] for copied bytes,
+    /// [`PieceReceiver::filled`] for a lent buffer.
+    pub(crate) fn take_in(
+        &mut self,
+        taken: Taken,
+        expect: &dyn Fn(&T) -> Expect,
+        pool: &mut BufferPool,
+        landed: &mut Vec<(T, Response)>,
+    ) -> End<T> {
+        match taken {
+            Taken::Copy(bytes) => self.receive(bytes, expect, pool, landed),
+            Taken::Lent { buffer, start, bytes } => self.filled(buffer, start, bytes, expect, pool, landed),
+        }
+    }
+
+    /// Lends a buffer to `client` for the connection's next receive ([`ClientLoop::receive_into`]):
+    /// the body's, when the next body bytes have a place waiting there, so they skip the copy out
+    /// of a receive buffer; or a small one while a head is awaited, so that few body bytes come
+    /// with it. Call it with every event of the loop's poll handled; the buffer comes back with
+    /// [`crate::io::client::Event::Filled`]. Plaintext connections only.
+    pub(crate) fn lend_to(&mut self, client: &mut ClientLoop, conn: ConnId) {
+        let Some((buffer, start, length)) = self.lend() else { return };
+        if let Err(buffer) = client.receive_into(conn, buffer, start, length) {
+            self.unlend(buffer);
+        }
+    }
+
+    /// The buffer to lend, the place in it and its length, if a receive is due.
+    fn lend(&mut self) -> Option<(Vec<u8>, usize, usize)> {
+        if let Some(span) = self.direct_span() {
+            let body = self.body.as_mut().expect("a direct span is inside a body");
+            body.lent = true;
+            return Some((std::mem::take(&mut body.buffer), span.start, span.len()));
+        }
+        if self.body.is_some() || self.head_lent || self.http.in_flight() == 0 {
+            return None;
+        }
+        self.head.resize(HEAD_RECEIVE_BYTES, 0);
+        self.head_lent = true;
+        Some((std::mem::take(&mut self.head), 0, HEAD_RECEIVE_BYTES))
+    }
+
+    /// Takes back a buffer whose loan was refused.
+    fn unlend(&mut self, buffer: Vec<u8>) {
+        if std::mem::take(&mut self.head_lent) {
+            self.head = buffer;
+            return;
+        }
+        let body = self.body.as_mut().filter(|b| b.lent).expect("only a lent buffer comes back");
+        body.buffer = buffer;
+        body.lent = false;
+    }
+
+    /// Takes back a lent buffer into which `bytes` bytes were received at `start`, framing as
+    /// [`PieceReceiver::receive`] does.
+    fn filled(
+        &mut self,
+        buffer: Vec<u8>,
+        start: usize,
+        bytes: usize,
+        expect: &dyn Fn(&T) -> Expect,
+        pool: &mut BufferPool,
+        landed: &mut Vec<(T, Response)>,
+    ) -> End<T> {
+        if std::mem::take(&mut self.head_lent) {
+            let end = self.receive(&buffer[start..start + bytes], expect, pool, landed);
+            self.head = buffer;
+            return end;
+        }
+        let body = self.body.as_mut().filter(|b| b.lent).expect("only a lent buffer comes back");
+        assert_eq!(start, body.filled, "a loan starts where the body stands");
+        body.buffer = buffer;
+        body.lent = false;
+        body.filled += bytes;
+        self.http.handle_body_direct(bytes as u64);
+        self.frame(expect, pool, landed).unwrap_or(End::Open)
     }
 
     /// Turns the HTTP connection's events into finished responses; `Some` when the connection ends.
@@ -204,7 +307,7 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
     /// body of known length, with nothing buffered, and no more than the piece has room for.
     fn direct_span(&self) -> Option<std::ops::Range<usize>> {
         let direct = self.http.body_direct_bytes();
-        let body = self.body.as_ref().filter(|b| matches!(b.status, 200 | 206) && direct > 0)?;
+        let body = self.body.as_ref().filter(|b| matches!(b.status, 200 | 206) && !b.lent && direct > 0)?;
         let room = body.expected.saturating_sub(body.filled) as u64;
         (direct <= room).then(|| body.filled..body.filled + direct as usize)
     }
@@ -214,8 +317,15 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
 /// its head.
 fn body_for(head: ReceivedHead, expect: &Expect, pool: &mut BufferPool, body: &mut Option<Body>) -> Option<Response> {
     let Expect { start, length, ranged } = *expect;
-    let empty =
-        |status, redirect| Body { status, buffer: Vec::new(), filled: 0, expected: 0, overflow: false, redirect };
+    let empty = |status, redirect| Body {
+        status,
+        buffer: Vec::new(),
+        filled: 0,
+        expected: 0,
+        overflow: false,
+        redirect,
+        lent: false,
+    };
     if !matches!(head.status, 200 | 206) {
         let status = head.status;
         let redirect = (ranged && (300..400).contains(&status) && head.location.is_some()).then_some(head);

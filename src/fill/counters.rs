@@ -1,6 +1,7 @@
 //! What the fill engine counts for `/metrics` (hits and misses are the workers'): totals, bytes
 //! and bad pieces per source, and two latency histograms on the engine's millisecond clock.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
@@ -20,12 +21,15 @@ const LATENCY_MS_MAX: u64 = 3_600_000;
 pub struct LatencyHistogram {
     histogram: Histogram<u64>,
     sum_ms: u64,
+    /// The bucket counts at the last render and the sample count they were taken at: the fill
+    /// publishes its metrics every turn of its loop, and samples come far less often.
+    rendered: Cell<Option<(u64, [u64; LATENCY_BUCKETS_MS.len()])>>,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         let histogram = Histogram::new_with_bounds(1, LATENCY_MS_MAX, 3).expect("valid histogram bounds");
-        LatencyHistogram { histogram, sum_ms: 0 }
+        LatencyHistogram { histogram, sum_ms: 0, rendered: Cell::new(None) }
     }
 }
 
@@ -73,15 +77,40 @@ impl LatencyHistogram {
     pub fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let separator = if labels.is_empty() { "" } else { "," };
-        for (bound_ms, count) in LATENCY_BUCKETS_MS.iter().zip(self.cumulative()) {
-            let le = *bound_ms as f64 / 1000.0;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{separator}le=\"{le}\"}} {count}");
-        }
         let count = self.count();
+        let cumulative = match self.rendered.get() {
+            Some((at, cumulative)) if at == count => cumulative,
+            _ => {
+                let cumulative = self.cumulative();
+                self.rendered.set(Some((count, cumulative)));
+                cumulative
+            }
+        };
+        for (bound_ms, count) in LATENCY_BUCKETS_MS.iter().zip(cumulative) {
+            let _ = write!(out, "{name}_bucket{{{labels}{separator}le=\"");
+            write_seconds(out, *bound_ms);
+            let _ = writeln!(out, "\"}} {count}");
+        }
         let _ = writeln!(out, "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {count}");
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_ms as f64 / 1000.0);
-        let _ = writeln!(out, "{name}_count{braces} {count}");
+        let _ = write!(out, "{name}_sum{braces} ");
+        write_seconds(out, self.sum_ms);
+        let _ = writeln!(out, "\n{name}_count{braces} {count}");
+    }
+}
+
+/// Writes `ms` milliseconds as seconds, as `f64`'s `Display` writes `ms / 1000` (`0.025`, `1`,
+/// `2.5`), without the float formatting.
+fn write_seconds(out: &mut String, ms: u64) {
+    let (seconds, mut fraction) = (ms / 1000, ms % 1000);
+    let _ = write!(out, "{seconds}");
+    if fraction > 0 {
+        let mut digits = 3;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{fraction:0digits$}");
     }
 }
 
@@ -189,5 +218,30 @@ mod tests {
         assert!(text.contains("t_bucket{kind=\"parent\",le=\"+Inf\"} 1\n"), "{text}");
         assert!(text.contains("t_sum{kind=\"parent\"} 3600\n"), "a latency past the bound is capped: {text}");
         assert!(text.contains("t_count{kind=\"parent\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn seconds_are_written_as_the_float_would_be() {
+        for ms in (0..3_000).chain([9_999, 10_000, 60_000, 70_130, 3_600_000, 123_456_789]).chain(LATENCY_BUCKETS_MS) {
+            let mut text = String::new();
+            write_seconds(&mut text, ms);
+            assert_eq!(text, (ms as f64 / 1000.0).to_string(), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_render_after_new_samples_counts_them() {
+        let mut histogram = LatencyHistogram::default();
+        histogram.record(3);
+        let mut text = String::new();
+        histogram.render(&mut text, "t", "Test.", "");
+        assert_eq!(sample(&text, "t_bucket{le=\"0.005\"} "), "1");
+        histogram.record(4);
+        histogram.record(400);
+        text.clear();
+        histogram.render(&mut text, "t", "Test.", "");
+        assert_eq!(sample(&text, "t_bucket{le=\"0.005\"} "), "2", "{text}");
+        assert_eq!(sample(&text, "t_bucket{le=\"0.5\"} "), "3", "{text}");
+        assert_eq!(sample(&text, "t_sum "), "0.407");
     }
 }

@@ -395,7 +395,8 @@ impl Worker {
                     self.closed(index);
                 }
             }
-            Event::Sent { .. } | Event::Timer { .. } | Event::Woken => {}
+            // (No buffer is lent here, so nothing is filled.)
+            Event::Sent { .. } | Event::Timer { .. } | Event::Filled { .. } | Event::Woken => {}
         }
     }
 

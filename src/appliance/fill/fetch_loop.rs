@@ -16,7 +16,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::config::BackendChoice;
-use crate::download::piece_response::{BufferPool, End, Expect, PieceReceiver, Response};
+use crate::download::piece_response::{BufferPool, End, Expect, PieceReceiver, Response, Taken};
 use crate::download::transport::Transport;
 use crate::fill::{Fetch, FetchFailure, FetchId, SourceId, SourceKind};
 use crate::http::client::{ClientLimits, RequestSpec};
@@ -164,10 +164,21 @@ impl Fetches {
     pub fn poll(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let mut events = std::mem::take(&mut self.events);
         self.client.poll(&mut events, Some(timeout))?;
+        let mut touched = Vec::new();
         for event in events.drain(..) {
+            if let io_client::Event::Received { conn, .. } | io_client::Event::Filled { conn, .. } = event {
+                touched.push(conn);
+            }
             self.on_event(event);
         }
         self.events = events;
+        // With every event handled, the connections that received lend the body's buffer for
+        // their next receive: piece bytes go from the socket straight into the piece buffer.
+        for conn in touched {
+            if let Some(state) = self.conns.get_mut(&conn).filter(|state| !state.transport.is_tls()) {
+                state.rx.lend_to(&mut self.client, conn);
+            }
+        }
         Ok(())
     }
 
@@ -239,8 +250,12 @@ impl Fetches {
                 self.settle(conn, end, FetchFailure::Failed);
             }
             io_client::Event::Received { conn, bytes } => {
-                let end = self.receive(conn, &bytes);
+                let end = self.receive(conn, Taken::Copy(&bytes));
                 self.client.recycle(bytes);
+                self.settle(conn, end, FetchFailure::Failed);
+            }
+            io_client::Event::Filled { conn, buffer, start, bytes } => {
+                let end = self.receive(conn, Taken::Lent { buffer, start, bytes });
                 self.settle(conn, end, FetchFailure::Failed);
             }
             io_client::Event::Closed { conn, error } => {
@@ -281,10 +296,10 @@ impl Fetches {
     }
 
     /// Takes in received bytes: whole responses become outcomes.
-    fn receive(&mut self, conn: ConnId, bytes: &[u8]) -> End<FetchId> {
+    fn receive(&mut self, conn: ConnId, taken: Taken) -> End<FetchId> {
         let Some(state) = self.conns.get_mut(&conn) else { return End::Open };
         let mut landed = Vec::new();
-        let end = state.rx.receive(bytes, &expect_in(&self.asked), &mut self.pool, &mut landed);
+        let end = state.rx.take_in(taken, &expect_in(&self.asked), &mut self.pool, &mut landed);
         // Progress: the timer starts again; a body under way should keep coming.
         let timeout_ms = if state.rx.mid_body() {
             self.limits.stall_timeout_ms.min(self.limits.request_timeout_ms)

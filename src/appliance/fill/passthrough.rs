@@ -319,7 +319,8 @@ impl PassThroughs {
                     self.fail(conn, why);
                 }
             }
-            Event::Sent { .. } | Event::Woken => {}
+            // (No buffer is lent here, so nothing is filled.)
+            Event::Sent { .. } | Event::Filled { .. } | Event::Woken => {}
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Timers, Waker};
+use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Lent, Timers, Waker};
 use crate::io::slots::{SlotKey, Slots};
 
 const WAKE: Token = Token(usize::MAX);
@@ -28,6 +28,8 @@ struct Conn {
     writable: bool,
     /// Cleared by [`EpollLoop::set_receiving`]: readiness is kept, nothing is read.
     receiving: bool,
+    /// A caller's buffer for the next read ([`EpollLoop::receive_into`]).
+    lent: Option<Lent>,
     timer: Option<Instant>,
 }
 
@@ -87,6 +89,7 @@ impl EpollLoop {
                 readable: false,
                 writable: false,
                 receiving: true,
+                lent: None,
                 timer: None,
             })
             .expect("checked not full");
@@ -111,6 +114,20 @@ impl EpollLoop {
         check_send_room(conn, queued_bytes, bytes.len() as u64, limit_bytes)?;
         state.queued.push_back(bytes);
         self.dirty.push(conn.into());
+        Ok(())
+    }
+
+    /// See [`super::ClientLoop::receive_into`]: the next read of the connection goes into the
+    /// loan.
+    pub(super) fn receive_into(&mut self, conn: ConnId, lent: Lent) -> Result<(), Lent> {
+        let Ok(state) = self.live(conn) else { return Err(lent) };
+        if state.lent.is_some() {
+            return Err(lent);
+        }
+        state.lent = Some(lent);
+        if state.readable {
+            self.dirty.push(conn.into());
+        }
         Ok(())
     }
 
@@ -245,7 +262,8 @@ fn write_queued(conn: &mut Conn, key: SlotKey, events: &mut Vec<Event>) -> Optio
     None
 }
 
-/// Reads until the socket is drained (or the per-poll limit, then later polls go on).
+/// Reads until the socket is drained (or the per-poll limit, then later polls go on). A loan
+/// takes one read, and reading stops there for this poll: the caller lends the next place.
 fn read_some(
     conn: &mut Conn,
     key: SlotKey,
@@ -260,6 +278,27 @@ fn read_some(
     for _ in 0..READS_PER_POLL_MAX {
         if !conn.readable {
             return None;
+        }
+        if let Some(mut lent) = conn.lent.take() {
+            let place = &mut lent.buffer[lent.start..lent.start + lent.length];
+            match conn.stream.read(place) {
+                Ok(0) => return Some(None),
+                Ok(bytes) => {
+                    let (buffer, start) = (lent.buffer, lent.start);
+                    events.push(Event::Filled { conn: key.into(), buffer, start, bytes });
+                    // More may be waiting: a later poll reads it, once the caller has lent again
+                    // (or not).
+                    dirty.push(key);
+                    return None;
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    conn.lent = Some(lent);
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => conn.lent = Some(lent),
+                Err(error) => return Some(Some(error)),
+            }
+            continue;
         }
         match conn.stream.read(buffer) {
             Ok(0) => return Some(None),

@@ -71,6 +71,9 @@ pub enum Event {
     Connected { conn: ConnId },
     /// Bytes arrived.
     Received { conn: ConnId, bytes: Vec<u8> },
+    /// A receive into a lent buffer ([`ClientLoop::receive_into`]) took `bytes` bytes, written
+    /// at `buffer[start..]`; the buffer is the caller's again.
+    Filled { conn: ConnId, buffer: Vec<u8>, start: usize, bytes: usize },
     /// The kernel took this many more of the queued bytes.
     Sent { conn: ConnId, bytes: u64 },
     /// The connection's timer fired.
@@ -111,6 +114,15 @@ impl Spare {
             self.buffers.push(buffer);
         }
     }
+}
+
+/// A caller's buffer lent for one receive ([`ClientLoop::receive_into`]): at most `length`
+/// bytes go to `buffer[start..]`.
+#[derive(Debug)]
+pub struct Lent {
+    pub buffer: Vec<u8>,
+    pub start: usize,
+    pub length: usize,
 }
 
 /// Limits of a client loop.
@@ -243,6 +255,26 @@ impl ClientLoop {
             ClientLoop::Uring(inner) => inner.set_receiving(conn, receiving),
             ClientLoop::Epoll(inner) => inner.set_receiving(conn, receiving),
         }
+    }
+
+    /// Lends `buffer` for the connection's next receive: at most `length` bytes are written
+    /// straight into `buffer[start..]` (no copy through the loop's own buffer), and
+    /// [`Event::Filled`] hands it back. For a body of known length whose bytes have a place
+    /// waiting. Call it with every event of a poll handled: bytes already received go out as
+    /// [`Event::Received`] first, so a receive already in flight (io_uring) refuses the loan, as
+    /// does a closed connection or one with a loan pending; the buffer comes back as the error.
+    /// A connection that ends with the loan out drops the buffer.
+    pub fn receive_into(&mut self, conn: ConnId, buffer: Vec<u8>, start: usize, length: usize) -> Result<(), Vec<u8>> {
+        assert!(start.checked_add(length).is_some_and(|end| end <= buffer.len()), "a loan inside the buffer");
+        if length == 0 {
+            return Err(buffer);
+        }
+        let lent = Lent { buffer, start, length };
+        let refused = match self {
+            ClientLoop::Uring(inner) => inner.receive_into(conn, lent),
+            ClientLoop::Epoll(inner) => inner.receive_into(conn, lent),
+        };
+        refused.map_err(|lent| lent.buffer)
     }
 
     /// Sets the connection's one timer to fire `after` from now (replacing any earlier setting).

@@ -270,3 +270,100 @@ fn abort_resets_the_connection_where_close_ends_it_in_order() {
         );
     }
 }
+
+/// A listener whose one connection, once it reads `go`, writes `payload` and waits for the close.
+fn payload_server(payload: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut go = [0u8; 2];
+        if stream.read_exact(&mut go).is_err() || stream.write_all(&payload).is_err() {
+            return;
+        }
+        let _ = stream.read(&mut go);
+    });
+    address
+}
+
+#[test]
+fn lent_bytes_land_in_their_place_in_order_and_never_past_it() {
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    // The loans take all but the last 7 bytes, at offset 1,000 of a larger buffer; the 7 come
+    // the usual way once the place is full.
+    let loan_bytes = payload.len() - 7;
+    for choice in backends() {
+        let mut client = client(choice);
+        let conn = client.connect(payload_server(payload.clone())).unwrap();
+        let mut events = poll_until(&mut client, |events| events.iter().any(|e| matches!(e, Event::Connected { .. })));
+        // Right after the events of a poll, no receive is in flight: the loan is taken.
+        client.receive_into(conn, vec![0xEE; 1_000 + loan_bytes + 1_000], 1_000, loan_bytes).unwrap();
+        client.send(conn, b"go".to_vec()).unwrap();
+        let (mut buffer, mut filled, mut copied) = (None, 0usize, Vec::new());
+        for _ in 0..2_000 {
+            if filled + copied.len() == payload.len() {
+                break;
+            }
+            events.clear();
+            client.poll(&mut events, Some(Duration::from_millis(25))).unwrap();
+            for event in events.drain(..) {
+                match event {
+                    Event::Received { bytes, .. } => {
+                        assert_eq!(filled, loan_bytes, "{choice:?}: bytes copied while the place was not full");
+                        copied.extend_from_slice(&bytes);
+                    }
+                    Event::Filled { buffer: back, start, bytes, .. } => {
+                        assert_eq!(start, 1_000 + filled, "{choice:?}");
+                        assert!(bytes > 0 && filled + bytes <= loan_bytes, "{choice:?}: {bytes} bytes past the loan");
+                        filled += bytes;
+                        buffer = Some(back);
+                    }
+                    Event::Closed { error, .. } => panic!("{choice:?}: closed: {error:?}"),
+                    _ => {}
+                }
+            }
+            if filled < loan_bytes {
+                if let Some(lent) = buffer.take() {
+                    client.receive_into(conn, lent, 1_000 + filled, loan_bytes - filled).unwrap();
+                }
+            }
+        }
+        let buffer = buffer.expect("the loan came back");
+        assert_eq!((filled, copied.len()), (loan_bytes, 7), "{choice:?}");
+        assert!(buffer[..1_000].iter().chain(&buffer[1_000 + loan_bytes..]).all(|&b| b == 0xEE), "{choice:?}");
+        assert!(buffer[1_000..1_000 + loan_bytes] == payload[..loan_bytes], "{choice:?}: lent bytes differ");
+        assert_eq!(copied, payload[loan_bytes..], "{choice:?}");
+    }
+}
+
+#[test]
+fn a_loan_is_refused_while_a_receive_is_in_flight_on_io_uring() {
+    for choice in backends() {
+        let mut client = client(choice);
+        let conn = client.connect(payload_server(vec![7; 100])).unwrap();
+        let mut events = poll_until(&mut client, |events| events.iter().any(|e| matches!(e, Event::Connected { .. })));
+        // Nothing comes before `go`: this poll leaves a receive waiting in the kernel.
+        client.poll(&mut events, Some(Duration::from_millis(10))).unwrap();
+        let lent = client.receive_into(conn, vec![0; 200], 0, 200);
+        match choice {
+            BackendChoice::Uring => assert!(lent.is_err_and(|back| back.len() == 200), "{choice:?}"),
+            _ => assert!(lent.is_ok(), "{choice:?}: epoll reads only when told, so it takes the loan"),
+        }
+        client.send(conn, b"go".to_vec()).unwrap();
+        let events = poll_until(&mut client, |events| {
+            events
+                .iter()
+                .map(|e| match e {
+                    Event::Received { bytes, .. } => bytes.len(),
+                    Event::Filled { bytes, .. } => *bytes,
+                    _ => 0,
+                })
+                .sum::<usize>()
+                >= 100
+        });
+        let filled = events.iter().any(|e| matches!(e, Event::Filled { start: 0, .. }));
+        assert_eq!(filled, choice != BackendChoice::Uring, "{choice:?}: {events:?}");
+        client.close(conn);
+    }
+}

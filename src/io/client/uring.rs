@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use io_uring::cqueue;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Timers, Waker};
+use super::{check_send_room, ClientConfig, ClientError, ConnId, Event, Lent, Timers, Waker};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::uring::connect::ConnectOp;
 use crate::io::uring::op::{decode, encode, OpKind};
@@ -167,6 +167,15 @@ impl UringLoop {
         Ok(())
     }
 
+    /// See [`super::ClientLoop::receive_into`]: the loan is taken when no receive is in flight;
+    /// the next poll submits the receive into it.
+    pub(super) fn receive_into(&mut self, conn: ConnId, lent: Lent) -> Result<(), Lent> {
+        let Ok(state) = self.live(conn) else { return Err(lent) };
+        state.recv.lend(lent)?;
+        self.dirty.push(conn.into());
+        Ok(())
+    }
+
     /// See [`super::ClientLoop::set_timer`].
     pub fn set_timer(&mut self, conn: ConnId, after: Duration) -> Result<(), ClientError> {
         let state = self.live(conn)?;
@@ -238,7 +247,9 @@ impl UringLoop {
                 events.push(Event::Timer { conn });
             }
         }
-        self.advance_dirty();
+        // The next receives and sends are queued by the next poll, before it submits: a
+        // connection whose bytes are reported now has no receive in flight while the caller
+        // handles them, so it may lend a buffer for the next one (`receive_into`).
         Ok(())
     }
 
@@ -276,7 +287,11 @@ impl UringLoop {
                     events.push(Event::Received { conn, bytes });
                     None
                 }
-                Received::Bytes(_) => None,
+                Received::Filled(lent, bytes) if !state.closing => {
+                    events.push(Event::Filled { conn, buffer: lent.buffer, start: lent.start, bytes });
+                    None
+                }
+                Received::Bytes(_) | Received::Filled(..) => None,
                 Received::End => Some(None),
                 Received::Failed(errno) => Some(Some(std::io::Error::from_raw_os_error(errno))),
             },
