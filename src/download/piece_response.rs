@@ -429,4 +429,56 @@ mod tests {
         assert!(matches!(end, End::Closed(ref unanswered) if unanswered == &vec![1]), "{end:?}");
         assert!(matches!(landed.as_slice(), [(0, Response::Bad)]), "{landed:?}");
     }
+
+    fn bytes_of(landed: Vec<(u64, Response)>) -> Vec<(u64, Vec<u8>)> {
+        landed
+            .into_iter()
+            .map(|(piece, response)| match response {
+                Response::Bytes { buffer, length } => (piece, buffer[..length].to_vec()),
+                other => panic!("piece {piece}: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_body_lent_out_lands_whole_then_a_small_loan_waits_for_the_next_head() {
+        let mut receiver = receiver(2);
+        let mut pool = BufferPool::new(4, 4);
+        let mut landed = Vec::new();
+        // The head and one body byte come the usual way.
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\na";
+        assert!(matches!(receiver.receive(wire, &expect, &mut pool, &mut landed), End::Open));
+        // The rest of the body has its place: bytes 1..4 of the piece buffer, no more.
+        let (mut buffer, start, length) = receiver.lend().expect("a body with room");
+        assert_eq!((start, length), (1, 3));
+        assert!(receiver.lend().is_none(), "one loan at a time");
+        buffer[1..3].copy_from_slice(b"bc");
+        let end = receiver.take_in(Taken::Lent { buffer, start, bytes: 2 }, &expect, &mut pool, &mut landed);
+        assert!(matches!(end, End::Open) && landed.is_empty(), "a part of the body lands nothing");
+        let (mut buffer, start, length) = receiver.lend().expect("the body's last byte");
+        assert_eq!((start, length), (3, 1));
+        buffer[3] = b'd';
+        receiver.take_in(Taken::Lent { buffer, start, bytes: 1 }, &expect, &mut pool, &mut landed);
+        assert_eq!(bytes_of(std::mem::take(&mut landed)), vec![(0, b"abcd".to_vec())]);
+        // Piece 1's head is awaited: the loan is a small head buffer; the bytes go through framing.
+        let (mut head, start, length) = receiver.lend().expect("a head is awaited");
+        assert_eq!((start, length), (0, HEAD_RECEIVE_BYTES));
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwxyz";
+        head[..wire.len()].copy_from_slice(wire);
+        receiver.take_in(Taken::Lent { buffer: head, start: 0, bytes: wire.len() }, &expect, &mut pool, &mut landed);
+        assert_eq!(bytes_of(landed), vec![(1, b"wxyz".to_vec())]);
+        assert!(receiver.lend().is_none(), "nothing is awaited");
+    }
+
+    #[test]
+    fn a_refused_loan_leaves_the_receiver_as_it_was() {
+        let mut receiver = receiver(1);
+        let mut pool = BufferPool::new(4, 4);
+        let mut landed = Vec::new();
+        receiver.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", &expect, &mut pool, &mut landed);
+        let (buffer, _, _) = receiver.lend().unwrap();
+        receiver.unlend(buffer);
+        receiver.receive(b"cd", &expect, &mut pool, &mut landed);
+        assert_eq!(bytes_of(landed), vec![(0, b"abcd".to_vec())]);
+    }
 }
