@@ -322,6 +322,19 @@ fn simple_mode_without_any_http_source_says_so() {
 }
 
 #[test]
+fn no_peer_and_no_http_source_says_so_and_makes_no_file() {
+    let content = Content::new("unannounced", 65536);
+    let metadata = FakeMetadata::new(&content, vec![], vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&content, dir.path(), &[], vec![], config());
+    let error = run(&request, &metadata).unwrap_err();
+    assert!(matches!(error, GetError::NotFound { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("matched no peer") && text.contains("no HTTP source") && text.contains("--peer"), "{text}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+}
+
+#[test]
 fn a_rerun_skips_pieces_already_verified() {
     let content = Content::new("resume", 12 * 65536);
     let dir = tempfile::tempdir().unwrap();

@@ -145,6 +145,10 @@ pub fn get(
         }
     };
     sources.extend(http.into_iter().map(SourceSpec::Http));
+    if sources.is_empty() {
+        // Before any file is made: nothing could be asked.
+        return Err(GetError::NotFound { id: request.id.to_string(), detail: NO_SOURCE.into() });
+    }
     let piece_count = content_length.div_ceil(piece_size);
     let resume = match (hashes, &manifest) {
         (Some(hashes), Some(manifest)) => Some((
@@ -205,6 +209,12 @@ pub fn get(
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
 }
+
+/// Why a verified content cannot be downloaded from anywhere: no `--peer`, no peer matched, no
+/// HTTP source. The usual case is a box asked right after it filled the content, before its
+/// announce (within [`crate::appliance::announcer::TRIGGERED_GAP`]) reached the service.
+const NO_SOURCE: &str = "no source: the service matched no peer holding it and its manifest names no HTTP \
+     source; a box announces what it fills within seconds, so try again, or give --peer HOST:PORT or --source URL";
 
 /// What the download is doing, for the progress bar.
 #[derive(Debug, Clone)]
