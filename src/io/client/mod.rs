@@ -23,6 +23,8 @@
 //!     for event in events.drain(..) {
 //!         match event {
 //!             Event::Connected { .. } | Event::Sent { .. } | Event::Woken => {}
+//!             // Only after `client.receive_into(..)`: the lent buffer, back with its bytes.
+//!             Event::Filled { buffer, .. } => drop(buffer),
 //!             Event::Received { bytes, .. } => { /* feed the HTTP state machine */ }
 //!             Event::Timer { conn } => client.close(conn),
 //!             Event::Closed { error, .. } => return Ok(()),
