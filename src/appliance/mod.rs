@@ -100,8 +100,10 @@ impl Appliance {
             appliance.fill = Some(fill::start(config, upstream, store, link, misses, trigger.clone(), asked)?);
         }
         if config.store.verify_at_start {
-            appliance.store_check =
-                Some(StoreCheck::start(server.store().clone()).map_err(ApplianceError::StoreCheck)?);
+            appliance.store_check = Some(
+                StoreCheck::start(server.store().clone(), Catalog::new(config.catalog_dir()))
+                    .map_err(ApplianceError::StoreCheck)?,
+            );
         }
         appliance.server = Some(server);
         if config.service.enabled {

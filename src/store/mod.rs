@@ -486,14 +486,25 @@ impl Store {
 
     /// Checks every stored piece against its digest now, discarding bad ones; returns (good, bad).
     pub fn scrub(&self) -> (u64, u64) {
-        self.scrub_while(&|| true)
+        self.scrub_while(&[], &|| true)
     }
 
     /// As [`Store::scrub`], stopping early once `keep_going` says no (checked before each batch
-    /// of [`SCRUB_BATCH_PIECES`]).
-    pub fn scrub_while(&self, keep_going: &dyn Fn() -> bool) -> (u64, u64) {
+    /// of [`SCRUB_BATCH_PIECES`]). The held pieces among `first` are checked first, in that order,
+    /// then the others.
+    pub fn scrub_while(&self, first: &[Digest], keep_going: &dyn Fn() -> bool) -> (u64, u64) {
+        let held = self.digests();
+        let mut order = Vec::with_capacity(held.len());
+        {
+            let mut left: std::collections::HashSet<Digest> = held.iter().copied().collect();
+            for digest in first.iter().chain(&held) {
+                if left.remove(digest) {
+                    order.push(*digest);
+                }
+            }
+        }
         let (mut good, mut bad) = (0, 0);
-        for digests in self.digests().chunks(SCRUB_BATCH_PIECES) {
+        for digests in order.chunks(SCRUB_BATCH_PIECES) {
             if !keep_going() {
                 break;
             }

@@ -326,6 +326,30 @@ fn scrub_counts_good_and_discards_bad() {
 }
 
 #[test]
+fn a_check_goes_through_the_pieces_asked_first_then_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &config(64)).unwrap();
+        put(&store, 1, 0..40).unwrap();
+    }
+    let store = Store::open(dir.path(), &config(64)).unwrap();
+    let verified = |index| store.lookup(&digest(1, index)).unwrap().meta().verified.load(Ordering::Acquire);
+    // Last pieces first, and a digest the store does not hold, which is skipped.
+    let first: Vec<Digest> = std::iter::once(digest(9, 0)).chain((30..40).rev().map(|i| digest(1, i))).collect();
+    let batches = std::cell::Cell::new(0);
+    let one_batch = || {
+        batches.set(batches.get() + 1);
+        batches.get() == 1
+    };
+    assert_eq!(store.scrub_while(&first, &one_batch), (SCRUB_BATCH_PIECES.min(40) as u64, 0));
+    let checked: Vec<u64> = (0..40).filter(|&i| verified(i)).collect();
+    assert!((30..40).all(|i| checked.contains(&i)), "the pieces named first are checked first: {checked:?}");
+    assert_eq!(checked.len(), SCRUB_BATCH_PIECES.min(40), "one batch: {checked:?}");
+    assert_eq!(store.scrub_while(&first, &|| true), (40, 0), "then the rest (the checked ones count again)");
+    assert!((0..40).all(verified));
+}
+
+#[test]
 fn a_second_owner_is_refused_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
     let first = Store::open(dir.path(), &config(2)).unwrap();
