@@ -122,8 +122,11 @@ impl Spare {
 /// bytes go to `buffer[start..]`.
 #[derive(Debug)]
 pub struct Lent {
+    /// The caller's buffer; its bytes outside the place are never touched.
     pub buffer: Vec<u8>,
+    /// Where in `buffer` the received bytes go.
     pub start: usize,
+    /// Bytes the receive may write at most.
     pub length: usize,
 }
 
