@@ -145,8 +145,8 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
 
     /// Takes in plaintext received bytes, framing responses as they come; finished responses are
     /// pushed on `landed`. Plain body bytes the framing allows are copied straight into the piece
-    /// buffer, the rest goes through the HTTP input. Never called while the body's buffer is lent
-    /// (the client loop receives into a loan before any other receive).
+    /// buffer, the rest goes through the HTTP input. Never called while a buffer is lent (the
+    /// client loop receives into a loan before any other receive).
     pub(crate) fn receive(
         &mut self,
         bytes: &[u8],
