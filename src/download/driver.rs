@@ -324,19 +324,13 @@ impl Driver<'_> {
             }
             let timeout = self.next_timeout();
             self.client.poll(&mut events, Some(timeout)).map_err(client_error)?;
-            let mut touched = Vec::new();
             for event in events.drain(..) {
-                if let io_client::Event::Received { conn, .. } | io_client::Event::Filled { conn, .. } = event {
-                    touched.push(conn);
-                }
                 self.on_event(event);
             }
-            // With every event handled, the connections that received lend the body's buffer
-            // for their next receive: piece bytes go from the socket straight into it.
-            for token in touched {
-                if let Some(conn) = self.conns.get_mut(&token).filter(|conn| !conn.transport.is_tls()) {
-                    conn.rx.lend_to(&mut self.client, token);
-                }
+            // With every event handled, plain connections lend a buffer for their next receive:
+            // piece bytes go from the socket straight into the piece buffer.
+            for (token, conn) in self.conns.iter_mut().filter(|(_, conn)| !conn.transport.is_tls()) {
+                conn.rx.lend_to(&mut self.client, *token);
             }
             self.verify(output)?;
             self.expire();

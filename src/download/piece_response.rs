@@ -200,7 +200,8 @@ impl<T: Copy + PartialEq> PieceReceiver<T> {
     /// Lends a buffer to `client` for the connection's next receive ([`ClientLoop::receive_into`]):
     /// the body's, when the next body bytes have a place waiting there, so they skip the copy out
     /// of a receive buffer; or a small one while a head is awaited, so that few body bytes come
-    /// with it. Call it with every event of the loop's poll handled; the buffer comes back with
+    /// with it. Call it with every event of the loop's poll handled (a loan already out, or a
+    /// receive still in flight, leaves it as it is); the buffer comes back with
     /// [`crate::io::client::Event::Filled`]. Plaintext connections only.
     pub(crate) fn lend_to(&mut self, client: &mut ClientLoop, conn: ConnId) {
         let Some((buffer, start, length)) = self.lend() else { return };

@@ -164,20 +164,14 @@ impl Fetches {
     pub fn poll(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let mut events = std::mem::take(&mut self.events);
         self.client.poll(&mut events, Some(timeout))?;
-        let mut touched = Vec::new();
         for event in events.drain(..) {
-            if let io_client::Event::Received { conn, .. } | io_client::Event::Filled { conn, .. } = event {
-                touched.push(conn);
-            }
             self.on_event(event);
         }
         self.events = events;
-        // With every event handled, the connections that received lend the body's buffer for
-        // their next receive: piece bytes go from the socket straight into the piece buffer.
-        for conn in touched {
-            if let Some(state) = self.conns.get_mut(&conn).filter(|state| !state.transport.is_tls()) {
-                state.rx.lend_to(&mut self.client, conn);
-            }
+        // With every event handled, plain connections lend a buffer for their next receive:
+        // piece bytes go from the socket straight into the piece buffer.
+        for (conn, state) in self.conns.iter_mut().filter(|(_, state)| !state.transport.is_tls()) {
+            state.rx.lend_to(&mut self.client, *conn);
         }
         Ok(())
     }
