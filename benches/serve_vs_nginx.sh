@@ -6,7 +6,8 @@
 # Publishes 64 random 1 MiB pieces, writes the same bytes as files for nginx, then measures
 #   1. whole 1 MiB pieces (GB/s, p50, p99), 2. 64 KiB ranges at random offsets (req/s, p50, p99),
 #   3. whole 1 MiB pieces over MANY_CONNECTIONS connections (GB/s, p99, max: fairness),
-# for nginx (tcp_nopush on and off), tessera on io_uring (plain send and SendMsgZc) and tessera on epoll, and prints the
+# for nginx (tcp_nopush on and off), tessera on io_uring (sendfile, the default; copying sendmsg; SendMsgZc)
+# and tessera on epoll (sendfile), and prints the
 # iperf3 loopback single-stream rate as the ceiling. Servers run on CPU 0, wrk on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +93,7 @@ LUA
 cat "$WORK/done.lua" >> "$WORK/pieces.lua"
 cat "$WORK/done.lua" >> "$WORK/ranges.lua"
 
-start_tessera() { # backend zero_copy_bytes_min
+start_tessera() { # backend zero_copy_bytes_min [file_bytes_min]
     cat > "$WORK/tessera.toml" <<TOML
 data_dir = "$WORK/data"
 [serve]
@@ -100,6 +101,7 @@ listen = "127.0.0.1:$TESSERA_PORT"
 workers = 1
 backend = "$1"
 send_zc_bytes_min = $2
+send_file_bytes_min = ${3:-16384}
 connections_per_worker_max = 4096
 # The data plane alone: no embedded metadata service (its fixed port) and no announces.
 [service]
@@ -164,12 +166,16 @@ for nopush in on off; do
 done
 
 TESSERA_URL="http://127.0.0.1:$TESSERA_PORT"
-echo "== tessera uring (plain send, 1 worker)" >&2
+echo "== tessera uring (sendfile for stored slices, the default; 1 worker)" >&2
 start_tessera uring 0
 measure tessera-uring "$TESSERA_URL" /v1/content/bench/piece/ /v1/content/bench
 stop_tessera
+echo "== tessera uring (copying sendmsg for every body, 1 worker)" >&2
+start_tessera uring 0 0
+measure tessera-uring-copy "$TESSERA_URL" /v1/content/bench/piece/ /v1/content/bench
+stop_tessera
 echo "== tessera uring (SendMsgZc for every body, 1 worker)" >&2
-start_tessera uring 1
+start_tessera uring 1 0
 measure tessera-uring-zc "$TESSERA_URL" /v1/content/bench/piece/ /v1/content/bench
 stop_tessera
 echo "== tessera epoll (1 worker)" >&2
@@ -189,7 +195,7 @@ echo
 table() { # title, then the name of an associative array
     local -n rows=$2
     echo "$1          GB/s     req/s   p50 ms   p99 ms  errors"
-    for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-zc tessera-epoll; do
+    for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-copy tessera-uring-zc tessera-epoll; do
         # shellcheck disable=SC2086
         set -- ${rows[$name]}
         printf "%-18s %8s %9s %8s %8s %7s\n" "$name" "$1" "$2" "$3" "$4" "$5"
@@ -199,7 +205,7 @@ table() { # title, then the name of an associative array
 table "1 MiB pieces " PIECES
 table "64 KiB ranges" RANGES
 echo "1 MiB pieces, $MANY_CONNECTIONS connections    GB/s   p99 ms   max ms  errors  TCP RTOs  retransmits"
-for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-zc tessera-epoll; do
+for name in nginx-nopush-on nginx-nopush-off tessera-uring tessera-uring-copy tessera-uring-zc tessera-epoll; do
     # shellcheck disable=SC2086
     set -- ${MANY[$name]}
     printf "%-30s %6s %8s %8s %7s %9s %12s\n" "$name" "$1" "$4" "$6" "$5" "$7" "$8"

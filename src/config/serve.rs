@@ -82,6 +82,10 @@ pub struct ServeConfig {
     pub send_zc_bytes_min: u64,
     /// Zero-copy sends per connection still waiting for their notification; sending pauses past it.
     pub send_zc_pending_max: usize,
+    /// Stored slices of at least this many bytes go to the socket by `sendfile`, which hands it
+    /// the store file's pages instead of copying them; smaller ones (and every slice of a store
+    /// whose file system cannot punch holes) are copied. 0 disables it. See docs/performance.md.
+    pub send_file_bytes_min: u64,
     /// io_uring submission queue entries per worker (the completion queue is sized from the
     /// connection limit, at most 16,384; overflow is kept by the kernel, not lost).
     pub ring_entries: u32,
@@ -122,6 +126,7 @@ impl Default for ServeConfig {
             send_bytes_per_turn_max: 2 * 1024 * 1024,
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
+            send_file_bytes_min: 16384,
             ring_entries: 1024,
             listen_backlog: 1024,
             shutdown_grace_ms: 5_000,

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::ServeConfig;
-use crate::dataplane::response::{BodyPart, Outgoing, Reply};
+use crate::dataplane::response::{BodyPart, FileRange, Outgoing, Reply};
 use crate::http::{parse_request, Parsed, Request, RequestLimits};
 use crate::io::slots::SlotKey;
 use crate::io::uring::send::Part;
@@ -248,6 +248,9 @@ pub struct SendPlan {
     /// Sequence number of the last response the slices touch: release through it once the
     /// kernel is done with the bytes.
     pub through_seq: u64,
+    /// The slices stop before bytes that go by `sendfile` ([`Connection::front_file`] once these
+    /// are sent): send them with `MSG_MORE`.
+    pub file_follows: bool,
 }
 
 /// One HTTP/1.1 server connection, without its socket.
@@ -345,13 +348,24 @@ impl Connection {
         self.queue.len()
     }
 
-    /// Appends up to `count_max` unsent slices, in order, to `slices`.
-    pub fn fill_send<'a>(&'a self, slices: &mut Vec<&'a [u8]>, count_max: usize) -> SendPlan {
+    /// Appends up to `count_max` unsent slices, in order, to `slices`; they stop before the
+    /// first bytes that go by `sendfile` (segments of at least `file_bytes_min` bytes in a store
+    /// whose pages may go to sockets; `None`: none do).
+    pub fn fill_send<'a>(
+        &'a self,
+        slices: &mut Vec<&'a [u8]>,
+        count_max: usize,
+        file_bytes_min: Option<u64>,
+    ) -> SendPlan {
         let mut plan = SendPlan::default();
         let mut offset = self.front_sent_bytes;
         for queued in self.queue.iter().skip(self.sent_count) {
             let Some(outgoing) = &queued.outgoing else { break };
-            for slice in outgoing.slices_from(offset) {
+            for (slice, from_file) in outgoing.slices_marked_from(offset, file_bytes_min) {
+                if from_file {
+                    plan.file_follows = true;
+                    return plan;
+                }
                 if slices.len() >= count_max {
                     return plan;
                 }
@@ -366,6 +380,18 @@ impl Connection {
             }
         }
         plan
+    }
+
+    /// The next unsent bytes, when they go by `sendfile` (see [`Connection::fill_send`]): the
+    /// rest of their segment. `None` when the next bytes are in memory, or nothing can be sent.
+    pub fn front_file(&self, file_bytes_min: Option<u64>) -> Option<FileRange<'_>> {
+        file_bytes_min?;
+        let queued = self.queue.get(self.sent_count)?;
+        let outgoing = queued.outgoing.as_ref()?;
+        if outgoing.length() <= self.front_sent_bytes {
+            return None;
+        }
+        outgoing.file_from(self.front_sent_bytes, file_bytes_min)
     }
 
     /// The unsent responses, up to `count_max` of them, as parts a send operation keeps alive
@@ -813,7 +839,7 @@ mod tests {
     /// Sends everything queued (as a socket that takes all would) and releases it.
     fn drain(connection: &mut Connection, now: Instant) -> String {
         let mut slices = Vec::new();
-        let plan = connection.fill_send(&mut slices, 1024);
+        let plan = connection.fill_send(&mut slices, 1024, None);
         let bytes: Vec<u8> = slices.concat();
         assert_eq!(bytes.len() as u64, plan.bytes);
         connection.sent(plan.bytes, now);
@@ -846,7 +872,7 @@ mod tests {
         assert!(!c.wants_read());
         // Sent but not released (a zero-copy send awaiting its notification) still counts.
         let mut slices = Vec::new();
-        let plan = c.fill_send(&mut slices, 1024);
+        let plan = c.fill_send(&mut slices, 1024, None);
         drop(slices);
         c.sent(plan.bytes, now);
         assert!(!c.wants_read() && !c.has_unsent());
@@ -863,7 +889,7 @@ mod tests {
         let mut wire = Vec::new();
         loop {
             let mut slices = Vec::new();
-            let plan = c.fill_send(&mut slices, 2);
+            let plan = c.fill_send(&mut slices, 2, None);
             if plan.bytes == 0 {
                 break;
             }
@@ -883,7 +909,7 @@ mod tests {
         let mut c = Connection::new(limits(), KEY, now);
         c.receive(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", now, &mut Echo);
         let mut slices = Vec::new();
-        let first = c.fill_send(&mut slices, 2);
+        let first = c.fill_send(&mut slices, 2, None);
         assert_eq!(first.through_seq, 1);
         let first_length = slices.iter().map(|s| s.len() as u64).sum::<u64>();
         drop(slices);
@@ -1131,7 +1157,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(40);
         c.complete(ResponseToken { connection: KEY, seq: 1 }, text("late"), t1).unwrap();
         let mut slices = Vec::new();
-        let plan = c.fill_send(&mut slices, 1024);
+        let plan = c.fill_send(&mut slices, 1024, None);
         drop(slices);
         c.sent(plan.bytes, t1);
         assert!(timed.0.is_empty(), "sent is not released: the kernel may still read it");
@@ -1287,7 +1313,7 @@ mod tests {
         };
         // Sent but not released: the kernel may still read those parts, so they stay held.
         let mut slices = Vec::new();
-        let plan = c.fill_send(&mut slices, 16);
+        let plan = c.fill_send(&mut slices, 16, None);
         assert!(slices.concat().ends_with(b"aaabc"));
         drop(slices);
         c.sent(plan.bytes, now);

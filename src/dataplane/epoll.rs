@@ -1,24 +1,28 @@
 //! The mio/epoll driver: the fallback where io_uring is unavailable. Readiness in, plain
-//! `read`/`writev` calls, all decisions left to [`Connection`].
+//! `read`/`writev`/`sendfile` calls, all decisions left to [`Connection`].
 //!
-//! Bodies still leave from the mapping without a user-space copy: `writev` points the kernel at
-//! the pinned piece slices directly. Reads go into one per-worker buffer; a connection keeps only
+//! Bodies leave without a user-space copy: stored slices of `send_file_bytes_min` bytes or more
+//! go by `sendfile` (the socket takes the store file's pages, so the kernel copies nothing
+//! either); heads and smaller slices by `writev`, pointing the kernel at the pinned piece slices
+//! directly. Reads go into one per-worker buffer; a connection keeps only
 //! the bytes it has not parsed yet. At the connection limit the longest-idle connections are
 //! closed to make room ([`oldest_idle`]), and each connection hands the kernel at most
 //! `send_bytes_per_turn_max` bytes per turn, so one fast reader cannot starve the others.
 
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read};
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use socket2::SockRef;
 
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
+use crate::io::sys::send_file;
 
 const LISTENER: Token = Token(usize::MAX);
 /// A cache box's wake-up from its fill thread.
@@ -77,6 +81,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
         send_bytes_max: context.shared.config.send_bytes_per_turn_max.max(1),
+        file_bytes_min: context.file_bytes_min(),
         reclaim_batch: reclaim_batch(context.connections_max()),
         connections_max: context.connections_max(),
         watch: SettingsWatch::default(),
@@ -181,6 +186,8 @@ struct Worker {
     iovecs_max: usize,
     /// Bytes one connection may write per turn.
     send_bytes_max: usize,
+    /// Stored slices of at least this many bytes go by `sendfile` (`None`: none do).
+    file_bytes_min: Option<u64>,
     /// Idle connections reclaimed at once at the limit.
     reclaim_batch: usize,
     /// Open connections at most (a reload may lower it below the table's size).
@@ -275,19 +282,33 @@ impl Worker {
         let mut send_budget = self.send_bytes_max;
         loop {
             while socket.writable && socket.state.has_unsent() && !socket.state.should_close() && send_budget > 0 {
-                let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
-                socket.state.fill_send(&mut slices, self.iovecs_max);
-                trim_to(&mut slices, send_budget);
-                let iovecs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
-                let written = socket.stream.write_vectored(&iovecs);
-                drop(iovecs);
-                drop(slices);
+                let written = match socket.state.front_file(self.file_bytes_min) {
+                    Some(range) => {
+                        let length = range.length.min(send_budget as u64) as usize;
+                        let sent = send_file(&socket.stream, range.file, range.offset, length);
+                        if sent.is_ok() {
+                            self.counters.file_send();
+                        }
+                        sent
+                    }
+                    None => {
+                        let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
+                        let plan = socket.state.fill_send(&mut slices, self.iovecs_max, self.file_bytes_min);
+                        trim_to(&mut slices, send_budget);
+                        let iovecs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
+                        // A head followed by a file's pages: hold the head for them (`MSG_MORE`).
+                        let flags = if plan.file_follows { libc::MSG_MORE } else { 0 };
+                        SockRef::from(&socket.stream).send_vectored_with_flags(&iovecs, flags)
+                    }
+                };
                 match written {
+                    Ok(0) => socket.state.fail(),
                     Ok(bytes) => {
                         send_budget -= bytes.min(send_budget);
                         self.counters.sent(bytes as u64);
                         socket.state.sent(bytes as u64, now);
-                        // writev is done with the bytes when it returns.
+                        // writev and sendfile are done with user memory when they return (pages
+                        // handed over stay the socket's: the store never rewrites them in place).
                         socket.state.release_through(u64::MAX, now, handler);
                     }
                     Err(error) if error.kind() == ErrorKind::WouldBlock => socket.writable = false,

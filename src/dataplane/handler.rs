@@ -1330,7 +1330,7 @@ mod tests {
     /// the wire bytes.
     fn drain(connection: &mut Connection, handler: &mut Handler, now: Instant) -> Vec<u8> {
         let mut slices = Vec::new();
-        let plan = connection.fill_send(&mut slices, 1024);
+        let plan = connection.fill_send(&mut slices, 1024, None);
         let wire = slices.concat();
         connection.sent(plan.bytes, now);
         connection.release_through(plan.through_seq, now, handler);

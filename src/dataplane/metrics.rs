@@ -46,6 +46,7 @@ pub struct WorkerMetrics {
     connections_refused: AtomicU64,
     closed: [AtomicU64; CLOSE_REASONS.len()],
     zero_copy_sends: AtomicU64,
+    file_sends: AtomicU64,
     completion_overflows: AtomicU64,
     hits: AtomicU64,
     hit_bytes: AtomicU64,
@@ -97,6 +98,11 @@ impl WorkerMetrics {
     /// A zero-copy send was issued.
     pub fn zero_copy_send(&self) {
         bump(&self.zero_copy_sends, 1);
+    }
+
+    /// A `sendfile` call handed the socket store pages.
+    pub fn file_send(&self) {
+        bump(&self.file_sends, 1);
     }
 
     /// The completion queue overflowed into the kernel's backlog.
@@ -151,6 +157,11 @@ impl WorkerMetrics {
         self.zero_copy_sends.load(Ordering::Relaxed)
     }
 
+    /// `sendfile` calls that took bytes so far.
+    pub fn file_sends(&self) -> u64 {
+        self.file_sends.load(Ordering::Relaxed)
+    }
+
     /// Idle connections reclaimed at the connection limit so far.
     pub fn idle_reclaimed(&self) -> u64 {
         self.closed[RECLAIMED_AT].load(Ordering::Relaxed)
@@ -197,6 +208,11 @@ impl Metrics {
         self.workers.iter().map(WorkerMetrics::zero_copy_sends).sum()
     }
 
+    /// Sum over workers of `sendfile` calls that took bytes.
+    pub fn file_sends(&self) -> u64 {
+        self.workers.iter().map(WorkerMetrics::file_sends).sum()
+    }
+
     /// Sums over workers, for the status page.
     pub fn totals(&self) -> Totals {
         let sum = |field: Field| self.workers.iter().map(|w| field(w).load(Ordering::Relaxed)).sum::<u64>();
@@ -239,7 +255,7 @@ impl Metrics {
             }
         }
         self.render_durations(&mut out);
-        let simple: [(&str, &str, &str, Field); 7] = [
+        let simple: [(&str, &str, &str, Field); 8] = [
             ("tessera_http_sent_bytes_total", "counter", "Bytes handed to the kernel.", |m| &m.bytes_sent),
             ("tessera_connections_open", "gauge", "Open data-plane connections.", |m| &m.connections_open),
             ("tessera_connections_accepted_total", "counter", "Accepted connections.", |m| &m.connections_accepted),
@@ -256,6 +272,12 @@ impl Metrics {
                 |m| &m.closed[RECLAIMED_AT],
             ),
             ("tessera_zero_copy_sends_total", "counter", "io_uring SendMsgZc operations.", |m| &m.zero_copy_sends),
+            (
+                "tessera_file_sends_total",
+                "counter",
+                "sendfile calls that handed a socket store pages (no copy).",
+                |m| &m.file_sends,
+            ),
             (
                 "tessera_completion_overflows_total",
                 "counter",

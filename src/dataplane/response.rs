@@ -7,6 +7,7 @@
 //! bytes.
 
 use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use crate::http::{text_response, ResponseHead};
@@ -32,6 +33,20 @@ impl PieceSlice {
     pub fn bytes(&self) -> &[u8] {
         &self.guard.bytes()[self.start as usize..self.end as usize]
     }
+
+    /// The slab file and the offset of the slice's first byte in it, when the store lets its
+    /// pages go to sockets.
+    pub fn file_start(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        self.guard.file_range().map(|(file, offset)| (file, offset + u64::from(self.start)))
+    }
+}
+
+/// Bytes of a file to hand a socket with `sendfile`: the rest of one segment of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct FileRange<'a> {
+    pub file: BorrowedFd<'a>,
+    pub offset: u64,
+    pub length: u64,
 }
 
 /// One part of a body made of parts: a slice of a pinned piece, or owned bytes (a chunk a
@@ -101,6 +116,20 @@ impl Body {
                 Segment::Framing(span) => &framing[span.clone()],
                 Segment::Piece(slice) => slice.bytes(),
             },
+        }
+    }
+
+    fn segment_file(&self, at: usize) -> Option<(BorrowedFd<'_>, u64)> {
+        match self {
+            Body::Parts(parts) => match &parts[at] {
+                BodyPart::Piece(slice) => slice.file_start(),
+                BodyPart::Bytes(_) => None,
+            },
+            Body::Multipart { segments, .. } => match &segments[at] {
+                Segment::Piece(slice) => slice.file_start(),
+                Segment::Framing(_) => None,
+            },
+            Body::Empty | Body::Shared(_) => None,
         }
     }
 }
@@ -289,6 +318,34 @@ impl Outgoing {
         std::iter::once(head).chain(body).filter(|slice| !slice.is_empty())
     }
 
+    /// Like [`Outgoing::slices_from`], each slice with whether it is to go by `sendfile` (see
+    /// [`Segments::file_for_send`]).
+    pub fn slices_marked_from(&self, offset: u64, file_bytes_min: Option<u64>) -> impl Iterator<Item = (&[u8], bool)> {
+        let mut skip = self.segment_skip(offset);
+        (0..self.segment_count()).filter_map(move |at| {
+            let segment = self.segment(at);
+            let from = skip.min(segment.len() as u64);
+            skip -= from;
+            let slice = &segment[from as usize..];
+            (!slice.is_empty()).then(|| (slice, self.file_for_send(at, file_bytes_min).is_some()))
+        })
+    }
+
+    /// The file bytes from wire offset `offset` to the end of its segment, when that segment
+    /// goes by `sendfile` (see [`Segments::file_for_send`]).
+    pub fn file_from(&self, offset: u64, file_bytes_min: Option<u64>) -> Option<FileRange<'_>> {
+        let mut skip = self.segment_skip(offset);
+        for at in 0..self.segment_count() {
+            let length = self.segment(at).len() as u64;
+            if skip < length {
+                let (file, start) = self.file_for_send(at, file_bytes_min)?;
+                return Some(FileRange { file, offset: start + skip, length: length - skip });
+            }
+            skip -= length;
+        }
+        None
+    }
+
     /// The whole response copied out (tests only need this; drivers never copy).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.length as usize);
@@ -318,6 +375,14 @@ impl Segments for Outgoing {
             &self.head
         } else {
             self.body.segment(at - 1)
+        }
+    }
+
+    fn segment_file(&self, at: usize) -> Option<(BorrowedFd<'_>, u64)> {
+        if at == 0 {
+            None
+        } else {
+            self.body.segment_file(at - 1)
         }
     }
 }

@@ -9,6 +9,13 @@
 //! (at most 16,384 entries: idle connections post none), and the kernel's overflow backlog (`IORING_FEAT_NODROP`)
 //! is counted if it is ever used.
 //!
+//! Stored slices of `send_file_bytes_min` bytes or more leave by `sendfile`, called from the
+//! worker thread on the (non-blocking) socket: the socket takes the store file's pages and
+//! nothing is copied. io_uring has no sendfile, and its splice is always handed to a kernel
+//! worker thread. When the socket's buffer is full, a one-shot poll ([`WritableOp`]) says when
+//! to go on. Heads and smaller slices go by io_uring `sendmsg` (with `MSG_MORE` when a file's
+//! pages follow), one operation per connection at a time, never both kinds at once.
+//!
 //! Receives draw from the worker's provided-buffer ring ([`BufRing`]): a connection waiting for
 //! its next request holds no receive buffer, and the buffer a completion names goes back to the
 //! ring as soon as its bytes are taken in. At the connection limit the longest-idle connections
@@ -28,12 +35,14 @@ use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
 use crate::io::slots::{SlotKey, Slots};
+use crate::io::sys::send_file;
 use crate::io::uring::accept::{AcceptOp, Accepted};
 use crate::io::uring::buf_ring::{BufRing, Pooled, PooledRecvOp};
 use crate::io::uring::op::{decode, OpKind};
 use crate::io::uring::ring::{Completion, Ring};
 use crate::io::uring::send::{SendOp, SendResult};
 use crate::io::uring::wake::WakeOp;
+use crate::io::uring::writable::WritableOp;
 use crate::io::uring::{build_ring, describe_setup_error, detect};
 
 /// After the shutdown grace period, how long cut-off connections get for their last completions
@@ -54,13 +63,16 @@ struct Conn {
     state: Connection,
     recv: PooledRecvOp,
     send: SendOp,
+    /// Waits for room in the socket after a `sendfile` could not hand over all it was asked.
+    writable: WritableOp,
     closing: bool,
 }
 
 impl Conn {
-    /// Whether the kernel may still touch any of this connection's memory.
+    /// Whether the kernel may still touch any of this connection's memory, or post a completion
+    /// for its slot.
     fn owns_buffers(&self) -> bool {
-        self.recv.owns_buffer() || self.send.owns_buffers()
+        self.recv.owns_buffer() || self.send.owns_buffers() || self.writable.in_flight()
     }
 }
 
@@ -83,6 +95,8 @@ struct Worker {
     send_bytes_max: u64,
     zero_copy_bytes_min: Option<u64>,
     zero_copy_pending_max: usize,
+    /// Stored slices of at least this many bytes go by `sendfile` (`None`: none do).
+    file_bytes_min: Option<u64>,
     dirty: Vec<SlotKey>,
     stopping: bool,
     accept_retry_at: Option<Instant>,
@@ -174,6 +188,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         send_bytes_max: config.send_bytes_per_turn_max as u64,
         zero_copy_bytes_min,
         zero_copy_pending_max,
+        file_bytes_min: context.file_bytes_min(),
         dirty: Vec::new(),
         stopping: false,
         accept_retry_at: None,
@@ -289,6 +304,12 @@ impl Worker {
             OpKind::Accept => self.accepted(result, flags, now),
             OpKind::Cancel | OpKind::Connect | OpKind::Timeout => {}
             OpKind::Wake => self.woken(now),
+            OpKind::Writable => {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.writable.complete();
+                    self.dirty.push(key);
+                }
+            }
             OpKind::Recv => {
                 let Some(conn) = self.conns.get_mut(key) else {
                     if let Some(bid) = cqueue::buffer_select(flags) {
@@ -367,6 +388,10 @@ impl Worker {
                 {
                     self.counters.refused();
                     drop(stream);
+                } else if self.file_bytes_min.is_some() && stream.set_nonblocking(true).is_err() {
+                    // `sendfile` on a blocking socket would stall the worker: refuse instead.
+                    self.counters.refused();
+                    drop(stream);
                 } else {
                     let _ = stream.set_nodelay(true);
                     let peer = if self.handler.wants_peers() { stream.peer_addr().ok() } else { None };
@@ -378,6 +403,7 @@ impl Worker {
                             Box::new(Conn {
                                 recv: PooledRecvOp::new(socket.clone()),
                                 send: SendOp::new(socket.clone(), iovecs).with_bytes_max(send_bytes_max),
+                                writable: WritableOp::new(socket.clone()),
                                 socket,
                                 state: Connection::new(limits, key, now),
                                 closing: false,
@@ -470,13 +496,46 @@ impl Worker {
             return;
         }
         if conn.send.is_idle()
+            && conn.writable.is_idle()
             && conn.state.has_unsent()
             && conn.send.notifications_pending() < self.zero_copy_pending_max
         {
-            let parts = conn.state.unsent_parts(conn.send.iovecs_max());
-            let (_, zero_copy) = conn.send.submit(key, parts, self.zero_copy_bytes_min, &mut self.ring.queue);
-            if zero_copy {
-                self.counters.zero_copy_send();
+            if let Some(range) = conn.state.front_file(self.file_bytes_min) {
+                let length = range.length.min(self.send_bytes_max);
+                match send_file(&*conn.socket, range.file, range.offset, length as usize) {
+                    Ok(0) => conn.state.fail(),
+                    Ok(bytes) => {
+                        self.counters.file_send();
+                        self.counters.sent(bytes as u64);
+                        conn.state.sent(bytes as u64, now);
+                        // The socket took the pages themselves: the store never rewrites a
+                        // slot's pages in place, so the guards may go.
+                        conn.state.release_through(u64::MAX, now, &mut self.handler);
+                        if (bytes as u64) < length {
+                            conn.writable.arm(key, &mut self.ring.queue);
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        conn.writable.arm(key, &mut self.ring.queue)
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "sendfile failed");
+                        conn.state.fail();
+                    }
+                }
+                // More to send (the next turn: one send per connection per turn), or a failure
+                // to act on.
+                if conn.writable.is_idle() {
+                    self.dirty.push(key);
+                }
+            } else {
+                let parts = conn.state.unsent_parts(conn.send.iovecs_max());
+                let (_, zero_copy) =
+                    conn.send.submit(key, parts, self.zero_copy_bytes_min, self.file_bytes_min, &mut self.ring.queue);
+                if zero_copy {
+                    self.counters.zero_copy_send();
+                }
             }
         }
         if !conn.recv.owns_buffer() && conn.state.wants_read() {
@@ -493,6 +552,7 @@ impl Worker {
         self.handler.closed(key);
         conn.recv.abandon();
         conn.send.abandon();
+        conn.writable.abandon();
         // Queued bytes still go out before the FIN; a pending receive completes at once.
         let _ = SockRef::from(&*conn.socket).shutdown(Shutdown::Both);
         self.counters.closed(reason);

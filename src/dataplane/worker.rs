@@ -57,6 +57,12 @@ impl WorkerContext {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// Stored slices of at least this many bytes go to sockets by `sendfile`; `None`: none do
+    /// (`serve.send_file_bytes_min = 0`).
+    pub fn file_bytes_min(&self) -> Option<u64> {
+        Some(self.shared.config.send_file_bytes_min).filter(|&min| min > 0)
+    }
+
     /// Most connections this worker's tables are sized for (the limit it started with).
     pub fn connections_max(&self) -> usize {
         self.shared.config.connections_per_worker_max.clamp(1, (1 << 24) - 1)

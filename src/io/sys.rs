@@ -1,8 +1,9 @@
 //! Sockets and threads beyond std: owned `SO_REUSEPORT` listener groups (socket2), CPU pinning
-//! (nix).
+//! and `sendfile` (nix).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
 
@@ -96,6 +97,14 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("cpu {cpu} is beyond cpu_set_t")))?;
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+/// Hands `length` bytes of `file` from `offset` on to `socket` (non-blocking) without copying
+/// them: the socket references the file's pages. Returns how many bytes it took (0 never means
+/// "try again": that is `WouldBlock`).
+pub fn send_file(socket: impl AsFd, file: impl AsFd, offset: u64, length: usize) -> io::Result<usize> {
+    let mut offset = i64::try_from(offset).map_err(|_| io::Error::other("file offset past i64"))?;
+    nix::sys::sendfile::sendfile64(socket, file, Some(&mut offset), length).map_err(io::Error::from)
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`), or `None` when it cannot be read or

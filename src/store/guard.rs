@@ -1,6 +1,6 @@
 //! Read access to stored pieces: a cacheable reference and a pin that keeps the slot's bytes.
 
-use std::os::unix::io::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -59,8 +59,9 @@ impl PieceGuard {
         self.length
     }
 
-    /// The slab file descriptor and the piece's offset in it (for splice/sendfile senders).
-    pub fn file_range(&self) -> (RawFd, u64) {
+    /// The slab file and the piece's offset in it, for senders that hand the file's pages to a
+    /// socket (`sendfile`); `None` when the store's file system cannot punch holes.
+    pub fn file_range(&self) -> Option<(BorrowedFd<'_>, u64)> {
         self.slab.file_range(self.slot)
     }
 }

@@ -2,12 +2,20 @@
 //!
 //! Bytes go in with `pwrite` (the page cache keeps the shared mapping coherent) and come out
 //! as slices of the mapping, so serving a piece copies nothing in user space.
+//!
+//! They may also come out as the file's own pages (`sendfile`), which a socket then references
+//! after the call returns: until the peer has read them, on loopback; until they are
+//! acknowledged, on a network. Rewriting such pages in place would change bytes already "sent".
+//! So where the file system can punch holes, a slot's old pages are dropped from the file
+//! (`FALLOC_FL_PUNCH_HOLE`) before a new piece is written into it: sockets keep the old pages,
+//! the new piece gets fresh ones. Where it cannot, [`Slab::file_range`] says `None` and senders
+//! copy from the mapping instead.
 
 #![allow(unsafe_code)] // the one file of the store that maps memory; every block has a SAFETY line
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
@@ -40,6 +48,8 @@ pub struct Slab {
     path: PathBuf,
     file: File,
     map: Mmap,
+    /// Whether the file system punches holes: a slot's pages may then be handed to sockets.
+    file_sends: bool,
 }
 
 impl Slab {
@@ -68,7 +78,8 @@ impl Slab {
         // guard ever observes a write; other processes do not write tessera's slab files.
         let map = unsafe { MmapOptions::new().len(size_bytes as usize).map(&file)? };
         let slots = (0..slot_count).map(|_| SlotMeta::default()).collect();
-        Ok(Slab { number, slot_size_log2, slots, last_read: AtomicU64::new(0), path, file, map })
+        let file_sends = punches_holes(&file, size_bytes);
+        Ok(Slab { number, slot_size_log2, slots, last_read: AtomicU64::new(0), path, file, map, file_sends })
     }
 
     /// Slot size in bytes.
@@ -92,8 +103,14 @@ impl Slab {
     }
 
     /// Writes a piece into a slot that holds no visible piece and no pin.
+    ///
+    /// When pages may be handed to sockets, the slot's old pages are punched out first, so that
+    /// a socket still holding them keeps the old piece's bytes (see the module doc).
     pub fn write(&self, slot: u32, bytes: &[u8]) -> std::io::Result<()> {
         assert!(bytes.len() as u64 <= self.slot_size(), "piece larger than slot");
+        if self.file_sends {
+            punch_hole(&self.file, self.offset(slot), self.slot_size())?;
+        }
         self.file.write_all_at(bytes, self.offset(slot))
     }
 
@@ -102,9 +119,10 @@ impl Slab {
         self.file.sync_data()
     }
 
-    /// The file descriptor and byte offset of `slot`, for senders that splice from the file.
-    pub fn file_range(&self, slot: u32) -> (RawFd, u64) {
-        (self.file.as_raw_fd(), self.offset(slot))
+    /// The file and byte offset of `slot`, for senders that hand the file's pages to a socket
+    /// (`sendfile`); `None` where the file system cannot punch holes, so pages may not leave.
+    pub fn file_range(&self, slot: u32) -> Option<(BorrowedFd<'_>, u64)> {
+        self.file_sends.then(|| (self.file.as_fd(), self.offset(slot)))
     }
 
     /// Drops this process's page-table entries for the slab: resident memory falls, the page
@@ -120,5 +138,23 @@ impl Slab {
     /// Path of the slab file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+fn punch_hole(file: &File, offset: u64, length: u64) -> std::io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, flags, offset as i64, length as i64).map_err(std::io::Error::from)
+}
+
+/// Whether `file`'s file system punches holes: tried past its end (`size_bytes`), where it
+/// drops nothing.
+fn punches_holes(file: &File, size_bytes: u64) -> bool {
+    match punch_hole(file, size_bytes, 4096) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::info!(%error, "the store's file system cannot punch holes: pieces are sent by copy");
+            false
+        }
     }
 }

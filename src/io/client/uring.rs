@@ -353,7 +353,7 @@ impl UringLoop {
                     part
                 })
                 .collect();
-            conn.send.submit(key, parts, None, &mut self.ring.queue);
+            conn.send.submit(key, parts, None, None, &mut self.ring.queue);
         }
         if conn.receiving && !conn.recv.owns_buffer() {
             conn.recv.submit(key, &mut self.ring.queue);

@@ -13,6 +13,7 @@ pub mod send;
 pub mod send_zc;
 pub mod timeout;
 pub mod wake;
+pub mod writable;
 
 use io_uring::{opcode, IoUring, Probe};
 
@@ -36,6 +37,7 @@ pub fn detect(ring: &IoUring) -> Result<Support, String> {
         (opcode::Send::CODE, "send"),
         (opcode::Timeout::CODE, "timeout"),
         (opcode::Read::CODE, "read"),
+        (opcode::PollAdd::CODE, "poll_add"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("the kernel's io_uring lacks the {name} operation"));

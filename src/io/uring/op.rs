@@ -34,6 +34,7 @@ pub enum OpKind {
     Connect = 6,
     Timeout = 7,
     Wake = 8,
+    Writable = 9,
 }
 
 impl OpKind {
@@ -47,6 +48,7 @@ impl OpKind {
             6 => OpKind::Connect,
             7 => OpKind::Timeout,
             8 => OpKind::Wake,
+            9 => OpKind::Writable,
             _ => return None,
         })
     }
@@ -142,6 +144,7 @@ mod tests {
             OpKind::Connect,
             OpKind::Timeout,
             OpKind::Wake,
+            OpKind::Writable,
         ] {
             let key = SlotKey { index: 0xab_cdef, generation: u32::MAX - 3 };
             assert_eq!(decode(encode(kind, key)), Some((kind, key)));

@@ -3,7 +3,7 @@
 //! completion for a plain send, until the notification for a zero-copy one ([`super::send_zc`]).
 //! The owner may drop its own references to those buffers as soon as the bytes count as sent.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
@@ -19,6 +19,23 @@ pub trait Segments {
     fn segment_count(&self) -> usize;
     /// Segment `at`.
     fn segment(&self, at: usize) -> &[u8];
+    /// The file segment `at` lies in and its offset there, when its bytes may go to a socket
+    /// straight from the file's pages (`sendfile`); `None` for bytes only in memory.
+    fn segment_file(&self, _at: usize) -> Option<(BorrowedFd<'_>, u64)> {
+        None
+    }
+
+    /// Where segment `at` starts in its file, when it goes to the socket by `sendfile` rather
+    /// than by copy: it lies in a file whose pages may go to sockets, and has at least
+    /// `file_bytes_min` bytes (`None`: nothing goes by file). A segment goes one way whole, so
+    /// one half sent goes on the way it started.
+    fn file_for_send(&self, at: usize, file_bytes_min: Option<u64>) -> Option<(BorrowedFd<'_>, u64)> {
+        let min = file_bytes_min?;
+        if (self.segment(at).len() as u64) < min.max(1) {
+            return None;
+        }
+        self.segment_file(at)
+    }
 }
 
 impl Segments for Vec<u8> {
@@ -116,13 +133,16 @@ impl SendOp {
     }
 
     /// Sends `parts` (as many segments as fit the iovec array) for the connection at `key`,
-    /// with `SendMsgZc` when they add up to `zero_copy_bytes_min` or more. Returns the bytes
+    /// with `SendMsgZc` when they add up to `zero_copy_bytes_min` or more. The send stops before
+    /// a segment that goes by `sendfile` (see [`Segments::file_for_send`]; the caller sends it)
+    /// and then says `MSG_MORE`, so the bytes before it wait for its pages. Returns the bytes
     /// submitted and whether the send is zero-copy.
     pub fn submit(
         &mut self,
         key: SlotKey,
         parts: Vec<Part>,
         zero_copy_bytes_min: Option<u64>,
+        file_bytes_min: Option<u64>,
         queue: &mut Submissions,
     ) -> (u64, bool) {
         assert_eq!(self.state, OpState::Idle, "one send at a time");
@@ -132,6 +152,7 @@ impl SendOp {
         }
         let mut count = 0;
         let mut bytes = 0u64;
+        let mut file_follows = false;
         'parts: for part in &parts {
             let mut skip = part.skip_bytes;
             for at in 0..part.owner.segment_count() {
@@ -142,6 +163,10 @@ impl SendOp {
                 if skip >= segment.len() as u64 {
                     skip -= segment.len() as u64;
                     continue;
+                }
+                if part.owner.file_for_send(at, file_bytes_min).is_some() {
+                    file_follows = true;
+                    break 'parts;
                 }
                 let rest = &segment[skip as usize..];
                 let rest = &rest[..rest.len().min((self.bytes_max - bytes).try_into().unwrap_or(usize::MAX))];
@@ -163,8 +188,9 @@ impl SendOp {
         let entry = if zero_copy {
             send_zc::entry(fd, header).user_data(encode(OpKind::SendZc, key))
         } else {
+            let more = if file_follows { libc::MSG_MORE } else { 0 };
             opcode::SendMsg::new(types::Fd(fd), header)
-                .flags(libc::MSG_NOSIGNAL as u32)
+                .flags((libc::MSG_NOSIGNAL | more) as u32)
                 .build()
                 .user_data(encode(OpKind::Send, key))
         };
