@@ -2,7 +2,7 @@
 # tessera as a cache box vs nginx as a cache with lancache's settings, the same nginx origin and
 # the same curl clients in the same run.
 #
-#   bash benches/box_vs_nginx.sh         # SIZE_MIB=256 CLIENTS=32 RUNS=3 SCENARIOS="cold cold-32 warm"
+#   bash benches/box_vs_nginx.sh         # SIZE_MIB=256 CLIENTS=32 RUNS=3 SCENARIOS="cold cold-32 warm warm-32"
 #
 # The origin is nginx serving one file of SIZE_MIB random bytes (access log: bytes sent per
 # request). tessera's upstream metadata service is a second tessera holding the content's
@@ -12,7 +12,8 @@
 #
 # Three runs, each RUNS times with the two caches alternated, medians printed:
 #   cold: one client, empty cache;  cold-32: CLIENTS concurrent clients, empty cache;
-#   warm: one client, everything cached.
+#   warm: one client, everything cached;  warm-32: CLIENTS concurrent clients, everything cached
+#   (no goal: the least time cold-32 could take with these clients on this machine).
 # Each prints the time ratio (nginx time / tessera time: > 1 means tessera is faster) and the
 # origin bytes divided by the content size. The caches run on SERVER_CPU; the origin and the
 # clients on CLIENT_CPU.
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-256}
 CLIENTS=${CLIENTS:-32}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-cold cold-32 warm}
+SCENARIOS=${SCENARIOS:-cold cold-32 warm warm-32}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -139,13 +140,13 @@ run() { # cache scenario
     local cache=$1 scenario=$2 url offset seconds
     url=$(url_of "$cache")
     case $cache in tessera) start_box ;; nginx) start_nginx_cache ;; esac
-    if [ "$scenario" = warm ]; then
+    if [ "$scenario" = warm ] || [ "$scenario" = warm-32 ]; then
         fetch_all "$url" 1 >/dev/null
         # The warm copy must be the origin's bytes.
         curl -sf "$url" | cmp - "$WORK/www/content.bin"
     fi
     offset=$(origin_offset)
-    case $scenario in cold-32) seconds=$(fetch_all "$url" "$CLIENTS") ;; *) seconds=$(fetch_all "$url" 1) ;; esac
+    case $scenario in *-32) seconds=$(fetch_all "$url" "$CLIENTS") ;; *) seconds=$(fetch_all "$url" 1) ;; esac
     sleep 0.2 # the origin writes its access log after the response
     TIMES[$cache,$scenario]+="$seconds "
     EGRESS[$cache,$scenario]+="$(origin_ratio "$offset") "
@@ -173,7 +174,8 @@ for scenario in $SCENARIOS; do
     te=$(echo "${EGRESS[tessera,$scenario]}" | median)
     ne=$(echo "${EGRESS[nginx,$scenario]}" | median)
     ratio=$(awk -v a="$n" -v b="$t" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    case $scenario in cold) goal=2.0 ;; cold-32) goal=3.0 ;; warm) goal=1.35 ;; esac
-    printf "%-8s %12s %12s %7sx %14s %14s   (goal >= %sx, egress 1.0)\n" "$scenario" "$t" "$n" "$ratio" "$te" "$ne" "$goal"
+    case $scenario in cold) goal="goal >= 2.0x" ;; cold-32) goal="goal >= 3.0x" ;; warm) goal="goal >= 1.35x" ;;
+        warm-32) goal="no goal: the floor of cold-32 with these clients" ;; esac
+    printf "%-8s %12s %12s %7sx %14s %14s   (%s, egress 1.0)\n" "$scenario" "$t" "$n" "$ratio" "$te" "$ne" "$goal"
 done
 echo "all runs (s): $(for k in "${!TIMES[@]}"; do printf '%s=[%s] ' "$k" "${TIMES[$k]% }"; done)"

@@ -59,6 +59,8 @@ fn cold_box_fills_once_and_serves_exact_bytes(backend: &str) {
     let content = Content::new("cold", 12 * 65536 + 1234);
     let (seed, mut flags) = seed(dir.path(), &content);
     flags.extend(["--upstream-peer".to_string(), seed.data_plane.clone(), "--backend".to_string(), backend.into()]);
+    // Pieces go to the devices by `sendfile` at any load (by default only with many connections).
+    flags.extend(config_flags(dir.path(), "box.toml", "[serve]\nsend_file_connections_min = 0\n"));
     let cache = Serve::start(&dir.path().join("box"), 2, &flags);
     let id = content.id.as_str();
 
@@ -87,6 +89,7 @@ fn cold_box_fills_once_and_serves_exact_bytes(backend: &str) {
     assert_eq!(status, 206);
     assert_eq!(body, content.bytes[200_000..=330_000]);
     assert!(!cache.log().contains("banned"), "{}", cache.log());
+    assert!(metric(&cache.data_plane, "tessera_file_sends_total", "") > 0, "pieces went by sendfile");
 }
 
 #[test]
@@ -207,7 +210,9 @@ fn a_slow_fill_streams_past_the_pending_timeout(backend: &str) {
     let (_seed, mut flags) = seed(dir.path(), &content);
     let parent = Fake::start(&content, Behavior::Slow(PIECE_DELAY_MS));
     let config = dir.path().join("box.toml");
-    let text = "[serve]\npending_timeout_ms = 1000\n[upstream]\nconnections_per_source_max = 1\npipeline_depth = 1\n";
+    // Streamed pieces go by `sendfile` at any load (by default only with many connections).
+    let text = "[serve]\npending_timeout_ms = 1000\nsend_file_connections_min = 0\n\
+                [upstream]\nconnections_per_source_max = 1\npipeline_depth = 1\n";
     std::fs::write(&config, text).unwrap();
     flags.extend(["--upstream-peer".to_string(), parent.address.to_string(), "--backend".into(), backend.into()]);
     flags.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);

@@ -519,16 +519,21 @@ fn zero_copy_sends_deliver_the_same_bytes() {
     }
 }
 
-/// Stored slices at or above `send_file_bytes_min` go by `sendfile`, smaller ones by copy, and a
-/// client reading behind (socket buffers full) gets every byte in order either way.
+/// Stored slices at or above `send_file_bytes_min` go by `sendfile` (with at least
+/// `send_file_connections_min` connections open), smaller ones by copy, and a client reading
+/// behind (socket buffers full) gets every byte in order either way.
 #[test]
-fn file_sends_deliver_the_same_bytes_and_copies_stay_below_the_threshold() {
+fn file_sends_deliver_the_same_bytes_and_copies_stay_below_the_thresholds() {
     let published = published();
     let store = open_store(&published);
-    for (file_bytes_min, file_sends_expected) in [(SMALL_PIECE as u64 + 1, true), (0, false)] {
+    // (send_file_bytes_min, send_file_connections_min, whether sendfile is used with one client)
+    for (file_bytes_min, connections_min, file_sends_expected) in
+        [(SMALL_PIECE as u64 + 1, 0, true), (0, 0, false), (16384, 2, false)]
+    {
         for backend in backends() {
             let mut config = config_for(published.dir.path(), backend);
             config.serve.send_file_bytes_min = file_bytes_min;
+            config.serve.send_file_connections_min = connections_min;
             let server = Server::start_with_store(&config, store.clone()).unwrap();
             let mut client = Client::connect(server.local_addr());
             let mut batch = String::new();
@@ -540,7 +545,7 @@ fn file_sends_deliver_the_same_bytes_and_copies_stay_below_the_threshold() {
             batch.push_str("GET /v1/content/big HTTP/1.1\r\nRange: bytes=0-9,100-1048675\r\n\r\n");
             batch.push_str("HEAD /v1/content/big/piece/1 HTTP/1.1\r\n\r\n");
             client.send(&batch);
-            let case = format!("{backend:?}, send_file_bytes_min {file_bytes_min}");
+            let case = format!("{backend:?}, send_file_bytes_min {file_bytes_min}, connections_min {connections_min}");
             for index in 0..3 {
                 let response = client.read(false);
                 let start = index << 20;

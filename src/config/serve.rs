@@ -86,6 +86,10 @@ pub struct ServeConfig {
     /// the store file's pages instead of copying them; smaller ones (and every slice of a store
     /// whose file system cannot punch holes) are copied. 0 disables it. See docs/performance.md.
     pub send_file_bytes_min: u64,
+    /// ... and only while the worker has at least this many connections open (with few, the copy
+    /// costs little and on loopback it was measured faster; with many, the worker's CPU is the
+    /// limit). 0 or 1: whenever a slice is large enough.
+    pub send_file_connections_min: usize,
     /// io_uring submission queue entries per worker (the completion queue is sized from the
     /// connection limit, at most 16,384; overflow is kept by the kernel, not lost).
     pub ring_entries: u32,
@@ -127,6 +131,7 @@ impl Default for ServeConfig {
             send_zc_bytes_min: 0,
             send_zc_pending_max: 8,
             send_file_bytes_min: 16384,
+            send_file_connections_min: 128,
             ring_entries: 1024,
             listen_backlog: 1024,
             shutdown_grace_ms: 5_000,

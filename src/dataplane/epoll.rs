@@ -20,7 +20,9 @@ use socket2::SockRef;
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionEvent, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
-use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::worker::{
+    limits_of, reclaim_batch, tick_of, FileSends, WorkerContext, WorkerCounters, WorkerError,
+};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::sys::send_file;
 
@@ -81,7 +83,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         recv_buffer: vec![0; context.shared.config.recv_buffer_bytes.max(512)],
         iovecs_max: context.shared.config.send_iovecs_max.clamp(1, 1024),
         send_bytes_max: context.shared.config.send_bytes_per_turn_max.max(1),
-        file_bytes_min: context.file_bytes_min(),
+        file_sends: context.file_sends(),
         reclaim_batch: reclaim_batch(context.connections_max()),
         connections_max: context.connections_max(),
         watch: SettingsWatch::default(),
@@ -186,8 +188,8 @@ struct Worker {
     iovecs_max: usize,
     /// Bytes one connection may write per turn.
     send_bytes_max: usize,
-    /// Stored slices of at least this many bytes go by `sendfile` (`None`: none do).
-    file_bytes_min: Option<u64>,
+    /// When stored slices go by `sendfile`.
+    file_sends: FileSends,
     /// Idle connections reclaimed at once at the limit.
     reclaim_batch: usize,
     /// Open connections at most (a reload may lower it below the table's size).
@@ -276,13 +278,14 @@ impl Worker {
     /// if the connection is done. Returns whether it wants another turn: a budget ran out with
     /// bytes still readable or still to send, or a stream got parts after the last write.
     fn drive(&mut self, poll: &Poll, key: SlotKey, now: Instant) -> bool {
+        let file_bytes_min = self.file_sends.bytes_min_now(self.sockets.len());
         let Some(socket) = self.sockets.get_mut(key) else { return false };
         let handler = &mut self.handler;
         let mut reads = 0;
         let mut send_budget = self.send_bytes_max;
         loop {
             while socket.writable && socket.state.has_unsent() && !socket.state.should_close() && send_budget > 0 {
-                let written = match socket.state.front_file(self.file_bytes_min) {
+                let written = match socket.state.front_file(file_bytes_min) {
                     Some(range) => {
                         let length = range.length.min(send_budget as u64) as usize;
                         let sent = send_file(&socket.stream, range.file, range.offset, length);
@@ -293,7 +296,7 @@ impl Worker {
                     }
                     None => {
                         let mut slices = Vec::with_capacity(self.iovecs_max.min(16));
-                        let plan = socket.state.fill_send(&mut slices, self.iovecs_max, self.file_bytes_min);
+                        let plan = socket.state.fill_send(&mut slices, self.iovecs_max, file_bytes_min);
                         trim_to(&mut slices, send_budget);
                         let iovecs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
                         // A head followed by a file's pages: hold the head for them (`MSG_MORE`).

@@ -33,7 +33,9 @@ use socket2::SockRef;
 use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, ConnectionLimits};
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
-use crate::dataplane::worker::{limits_of, reclaim_batch, tick_of, WorkerContext, WorkerCounters, WorkerError};
+use crate::dataplane::worker::{
+    limits_of, reclaim_batch, tick_of, FileSends, WorkerContext, WorkerCounters, WorkerError,
+};
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::sys::send_file;
 use crate::io::uring::accept::{AcceptOp, Accepted};
@@ -95,8 +97,8 @@ struct Worker {
     send_bytes_max: u64,
     zero_copy_bytes_min: Option<u64>,
     zero_copy_pending_max: usize,
-    /// Stored slices of at least this many bytes go by `sendfile` (`None`: none do).
-    file_bytes_min: Option<u64>,
+    /// When stored slices go by `sendfile`.
+    file_sends: FileSends,
     dirty: Vec<SlotKey>,
     stopping: bool,
     accept_retry_at: Option<Instant>,
@@ -188,7 +190,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         send_bytes_max: config.send_bytes_per_turn_max as u64,
         zero_copy_bytes_min,
         zero_copy_pending_max,
-        file_bytes_min: context.file_bytes_min(),
+        file_sends: context.file_sends(),
         dirty: Vec::new(),
         stopping: false,
         accept_retry_at: None,
@@ -388,7 +390,7 @@ impl Worker {
                 {
                     self.counters.refused();
                     drop(stream);
-                } else if self.file_bytes_min.is_some() && stream.set_nonblocking(true).is_err() {
+                } else if self.file_sends.enabled() && stream.set_nonblocking(true).is_err() {
                     // `sendfile` on a blocking socket would stall the worker: refuse instead.
                     self.counters.refused();
                     drop(stream);
@@ -475,6 +477,7 @@ impl Worker {
 
     /// Starts the next send and receive a connection needs, or closes it.
     fn advance(&mut self, key: SlotKey, now: Instant) {
+        let open = self.conns.len() - self.closing_count;
         let Some(conn) = self.conns.get_mut(key) else { return };
         // Responses given up (release their fills) or with room again (append what waits).
         while let Some(event) = conn.state.poll_event() {
@@ -500,7 +503,8 @@ impl Worker {
             && conn.state.has_unsent()
             && conn.send.notifications_pending() < self.zero_copy_pending_max
         {
-            if let Some(range) = conn.state.front_file(self.file_bytes_min) {
+            let file_bytes_min = self.file_sends.bytes_min_now(open);
+            if let Some(range) = conn.state.front_file(file_bytes_min) {
                 let length = range.length.min(self.send_bytes_max);
                 match send_file(&*conn.socket, range.file, range.offset, length as usize) {
                     Ok(0) => conn.state.fail(),
@@ -532,7 +536,7 @@ impl Worker {
             } else {
                 let parts = conn.state.unsent_parts(conn.send.iovecs_max());
                 let (_, zero_copy) =
-                    conn.send.submit(key, parts, self.zero_copy_bytes_min, self.file_bytes_min, &mut self.ring.queue);
+                    conn.send.submit(key, parts, self.zero_copy_bytes_min, file_bytes_min, &mut self.ring.queue);
                 if zero_copy {
                     self.counters.zero_copy_send();
                 }

@@ -57,10 +57,14 @@ impl WorkerContext {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Stored slices of at least this many bytes go to sockets by `sendfile`; `None`: none do
-    /// (`serve.send_file_bytes_min = 0`).
-    pub fn file_bytes_min(&self) -> Option<u64> {
-        Some(self.shared.config.send_file_bytes_min).filter(|&min| min > 0)
+    /// When stored slices go to sockets by `sendfile` (`[serve] send_file_bytes_min` and
+    /// `send_file_connections_min`).
+    pub fn file_sends(&self) -> FileSends {
+        let config = &self.shared.config;
+        FileSends {
+            bytes_min: Some(config.send_file_bytes_min).filter(|&min| min > 0),
+            connections_min: config.send_file_connections_min,
+        }
     }
 
     /// Most connections this worker's tables are sized for (the limit it started with).
@@ -110,9 +114,49 @@ impl std::ops::Deref for WorkerCounters {
     }
 }
 
+/// When a worker hands sockets the store file's pages (`sendfile`) instead of copying a slice:
+/// the slice has at least `bytes_min` bytes and the worker has at least `connections_min`
+/// connections open. With few connections the copy costs the worker little, and on this
+/// project's loopback benchmarks it was faster (the reader finds the bytes in cache); with many,
+/// the worker's CPU is the limit and the copy its largest cost (docs/performance.md).
+#[derive(Debug, Clone, Copy)]
+pub struct FileSends {
+    /// `None`: never.
+    pub bytes_min: Option<u64>,
+    pub connections_min: usize,
+}
+
+impl FileSends {
+    /// The slice size from which slices go by `sendfile` now, with `open` connections open.
+    pub fn bytes_min_now(&self, open: usize) -> Option<u64> {
+        self.bytes_min.filter(|_| open >= self.connections_min)
+    }
+
+    /// Whether any slice may ever go by `sendfile` (sockets must then be non-blocking).
+    pub fn enabled(&self) -> bool {
+        self.bytes_min.is_some()
+    }
+}
+
 /// Why a worker stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("worker {index}: {what}: {source}")]
     Io { index: usize, what: &'static str, source: std::io::Error },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileSends;
+
+    #[test]
+    fn slices_go_by_file_only_when_large_enough_and_enough_connections_are_open() {
+        let sends = FileSends { bytes_min: Some(16384), connections_min: 128 };
+        assert_eq!(sends.bytes_min_now(127), None);
+        assert_eq!(sends.bytes_min_now(128), Some(16384));
+        let always = FileSends { bytes_min: Some(16384), connections_min: 0 };
+        assert_eq!(always.bytes_min_now(1), Some(16384));
+        let never = FileSends { bytes_min: None, connections_min: 0 };
+        assert!(!never.enabled() && never.bytes_min_now(1000).is_none());
+    }
 }
