@@ -21,7 +21,7 @@ use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, Connect
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{
-    limits_of, reclaim_batch, tick_of, FileSends, WorkerContext, WorkerCounters, WorkerError,
+    limits_of, reclaim_batch, tick_of, FileSends, TurnMarks, WorkerContext, WorkerCounters, WorkerError,
 };
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::sys::send_file;
@@ -96,6 +96,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
     let mut grace_deadline = None;
     let mut dirty: Vec<SlotKey> = Vec::new();
     let mut carry: Vec<SlotKey> = Vec::new();
+    let mut marks = TurnMarks::new(context.connections_max());
     loop {
         let busy = (accept_ready && worker.listener.is_some()) || !carry.is_empty();
         let wait = if busy { Some(std::time::Duration::ZERO) } else { Some(tick) };
@@ -155,10 +156,10 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
                 }
             }
         }
-        dirty.sort_unstable_by_key(|k| (k.index, k.generation));
-        dirty.dedup();
+        // Each connection once, in the order its events came (those carried over first).
+        marks.next_turn();
         for key in dirty.drain(..) {
-            if worker.drive(&poll, key, now) {
+            if marks.first_this_turn(key) && worker.drive(&poll, key, now) {
                 carry.push(key);
             }
         }

@@ -34,7 +34,7 @@ use crate::dataplane::connection::{oldest_idle, CloseReason, Connection, Connect
 use crate::dataplane::handler::Handler;
 use crate::dataplane::live::{Settings, SettingsWatch};
 use crate::dataplane::worker::{
-    limits_of, reclaim_batch, tick_of, FileSends, WorkerContext, WorkerCounters, WorkerError,
+    limits_of, reclaim_batch, tick_of, FileSends, TurnMarks, WorkerContext, WorkerCounters, WorkerError,
 };
 use crate::io::slots::{SlotKey, Slots};
 use crate::io::sys::send_file;
@@ -99,7 +99,10 @@ struct Worker {
     zero_copy_pending_max: usize,
     /// When stored slices go by `sendfile`.
     file_sends: FileSends,
+    /// Connections to advance this turn, in the order their completions came.
     dirty: Vec<SlotKey>,
+    /// Which of them this turn has advanced already.
+    advanced: TurnMarks,
     stopping: bool,
     accept_retry_at: Option<Instant>,
     /// A cache box's wake-up from its fill thread (answers to pending responses are waiting).
@@ -192,6 +195,7 @@ pub fn run(mut context: WorkerContext, ready: impl FnOnce(Result<(), String>)) -
         zero_copy_pending_max,
         file_sends: context.file_sends(),
         dirty: Vec::new(),
+        advanced: TurnMarks::new(connections_max + reclaim_batch),
         stopping: false,
         accept_retry_at: None,
         wake,
@@ -462,13 +466,15 @@ impl Worker {
         }
     }
 
+    /// Advances every connection named this turn, once each, in the order their events came.
     fn advance_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable_by_key(|k| (k.index, k.generation));
-        dirty.dedup();
+        self.advanced.next_turn();
         let now = Instant::now();
         for key in dirty.drain(..) {
-            self.advance(key, now);
+            if self.advanced.first_this_turn(key) {
+                self.advance(key, now);
+            }
         }
         if self.dirty.is_empty() {
             self.dirty = dirty;
@@ -613,13 +619,15 @@ mod tests {
     fn an_idle_connection_costs_under_1_kib() {
         // What an idle connection holds in user space: its boxed state, the send's message
         // header, the shared descriptor's `Rc` box, and its slot in the table (box pointer,
-        // generation, free-list entry). No receive buffer, iovecs, input or queue while idle.
+        // generation, free-list entry, its last-advanced mark). No receive buffer, iovecs, input
+        // or queue while idle.
         let boxed = |bytes: usize| (bytes + MALLOC_OVERHEAD_BYTES).next_multiple_of(16);
         let bytes = boxed(std::mem::size_of::<Conn>())
             + boxed(std::mem::size_of::<libc::msghdr>())
             + boxed(2 * std::mem::size_of::<usize>() + std::mem::size_of::<OwnedFd>())
             + std::mem::size_of::<Option<Box<Conn>>>()
-            + 2 * std::mem::size_of::<u32>();
+            + 2 * std::mem::size_of::<u32>()
+            + std::mem::size_of::<(u32, u64)>();
         assert!(bytes <= 1024, "an idle io_uring connection holds {bytes} bytes");
     }
 }

@@ -10,6 +10,7 @@ use crate::dataplane::handler::Handler;
 use crate::dataplane::live::Settings;
 use crate::dataplane::metrics::WorkerMetrics;
 use crate::dataplane::shared::Shared;
+use crate::io::slots::SlotKey;
 
 /// Idle connections a driver reclaims at once at a limit of `connections_max`: about 1/64th of
 /// it, within 1..=16 (amortises the scan for the oldest, as nginx's batch of 32 does); io_uring
@@ -138,6 +139,34 @@ impl FileSends {
     }
 }
 
+/// Which connections a turn of the loop has driven already: a connection named twice in one
+/// turn's list (a send and a receive completed) is driven once, and the list keeps the order
+/// its events came in. (Sorting the list by slot to drop the repeats would serve low slots first
+/// every turn, and high ones after them.)
+pub struct TurnMarks {
+    /// Per slot: the (generation, turn) it was last driven in.
+    marks: Vec<(u32, u64)>,
+    turn: u64,
+}
+
+impl TurnMarks {
+    /// Marks for a table of `slots` slots.
+    pub fn new(slots: usize) -> TurnMarks {
+        TurnMarks { marks: vec![(0, 0); slots], turn: 0 }
+    }
+
+    /// Starts a turn: every connection may be driven once more.
+    pub fn next_turn(&mut self) {
+        self.turn += 1;
+    }
+
+    /// Whether `key` has not been driven yet this turn; marks it driven.
+    pub fn first_this_turn(&mut self, key: SlotKey) -> bool {
+        let mark = (key.generation, self.turn);
+        self.marks.get_mut(key.index as usize).is_none_or(|last| std::mem::replace(last, mark) != mark)
+    }
+}
+
 /// Why a worker stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -147,7 +176,21 @@ pub enum WorkerError {
 
 #[cfg(test)]
 mod tests {
-    use super::FileSends;
+    use super::{FileSends, TurnMarks};
+    use crate::io::slots::SlotKey;
+
+    #[test]
+    fn a_connection_is_driven_once_per_turn_and_again_the_next() {
+        let mut marks = TurnMarks::new(4);
+        let (a, b) = (SlotKey { index: 1, generation: 7 }, SlotKey { index: 2, generation: 0 });
+        marks.next_turn();
+        assert!(marks.first_this_turn(a) && marks.first_this_turn(b));
+        assert!(!marks.first_this_turn(a) && !marks.first_this_turn(b));
+        // The slot reused by a new connection in the same turn is a different connection.
+        assert!(marks.first_this_turn(SlotKey { index: 1, generation: 8 }));
+        marks.next_turn();
+        assert!(marks.first_this_turn(b));
+    }
 
     #[test]
     fn slices_go_by_file_only_when_large_enough_and_enough_connections_are_open() {
