@@ -104,8 +104,8 @@ TOML
 }
 
 # Starts an empty cache box (data dir $WORK/box, one worker, on PIN_SERVER) on PORT whose upstream
-# is the metadata service of box_upstream_setup, plus BOX_UPSTREAM_EXTRA (lines of its
-# `[upstream]` section); sets BOX_PID and adds it to PIDS.
+# is the metadata service of box_upstream_setup, plus BOX_SERVE_EXTRA and BOX_UPSTREAM_EXTRA (lines
+# of its `[serve]` and `[upstream]` sections); sets BOX_PID and adds it to PIDS.
 box_start() { # port service_port
     rm -rf "$WORK/box"
     mkdir -p "$WORK/box"
@@ -114,6 +114,7 @@ data_dir = "$WORK/box"
 [serve]
 listen = "127.0.0.1:$1"
 workers = 1
+${BOX_SERVE_EXTRA:-}
 [service]
 enabled = false
 [announce]

@@ -6,9 +6,11 @@
 //! They may also come out as the file's own pages (`sendfile`), which a socket then references
 //! after the call returns: until the peer has read them, on loopback; until they are
 //! acknowledged, on a network. Rewriting such pages in place would change bytes already "sent".
-//! So where the file system can punch holes, a slot's old pages are dropped from the file
+//! So where the file system can punch holes, a slot whose pages were handed out (or that an
+//! earlier process wrote: its sockets may outlive it) has them dropped from the file
 //! (`FALLOC_FL_PUNCH_HOLE`) before a new piece is written into it: sockets keep the old pages,
-//! the new piece gets fresh ones. Where it cannot, [`Slab::file_range`] says `None` and senders
+//! the new piece gets fresh ones. Slots never handed out are rewritten in place, without the
+//! punch (a file system transaction each). Where it cannot, [`Slab::file_range`] says `None` and senders
 //! copy from the mapping instead.
 
 #![allow(unsafe_code)] // the one file of the store that maps memory; every block has a SAFETY line
@@ -17,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 
@@ -32,6 +34,9 @@ pub struct SlotMeta {
     pub last_access: AtomicU64,
     /// Whether the bytes were checked against the digest since this process opened the store.
     pub verified: AtomicBool,
+    /// Whether a socket may still hold the slot's pages (they were handed out for `sendfile`,
+    /// or by a process before this one): the slot is punched out before it is rewritten.
+    pub lent: AtomicBool,
 }
 
 /// One slab file and its mapping.
@@ -70,14 +75,17 @@ impl Slab {
         let path = dir.join(Self::file_name(slot_size_log2, number));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         let size_bytes = u64::from(slot_count) << slot_size_log2;
-        if file.metadata()?.len() != size_bytes {
+        let length_before = file.metadata()?.len();
+        if length_before != size_bytes {
             file.set_len(size_bytes)?;
         }
         // SAFETY: the mapping is read-only and shared. Bytes of a slot change (through pwrite)
         // only while the slot holds no visible piece and no pin, so no slice handed out by a
         // guard ever observes a write; other processes do not write tessera's slab files.
         let map = unsafe { MmapOptions::new().len(size_bytes as usize).map(&file)? };
-        let slots = (0..slot_count).map(|_| SlotMeta::default()).collect();
+        // The sockets of an earlier process may outlive it for a while, still sending its pages.
+        let lent = length_before > 0;
+        let slots = (0..slot_count).map(|_| SlotMeta { lent: AtomicBool::new(lent), ..SlotMeta::default() }).collect();
         let file_sends = punches_holes(&file, size_bytes);
         Ok(Slab { number, slot_size_log2, slots, last_read: AtomicU64::new(0), path, file, map, file_sends })
     }
@@ -104,11 +112,11 @@ impl Slab {
 
     /// Writes a piece into a slot that holds no visible piece and no pin.
     ///
-    /// When pages may be handed to sockets, the slot's old pages are punched out first, so that
-    /// a socket still holding them keeps the old piece's bytes (see the module doc).
+    /// When its pages may have gone to a socket, the slot's old pages are punched out first, so
+    /// that a socket still holding them keeps the old piece's bytes (see the module doc).
     pub fn write(&self, slot: u32, bytes: &[u8]) -> std::io::Result<()> {
         assert!(bytes.len() as u64 <= self.slot_size(), "piece larger than slot");
-        if self.file_sends {
+        if self.file_sends && self.slots[slot as usize].lent.swap(false, Ordering::AcqRel) {
             punch_hole(&self.file, self.offset(slot), self.slot_size())?;
         }
         self.file.write_all_at(bytes, self.offset(slot))
@@ -121,8 +129,14 @@ impl Slab {
 
     /// The file and byte offset of `slot`, for senders that hand the file's pages to a socket
     /// (`sendfile`); `None` where the file system cannot punch holes, so pages may not leave.
+    /// Marks the slot lent: its next write punches its pages out first.
     pub fn file_range(&self, slot: u32) -> Option<(BorrowedFd<'_>, u64)> {
-        self.file_sends.then(|| (self.file.as_fd(), self.offset(slot)))
+        if !self.file_sends {
+            return None;
+        }
+        // Before the caller can hand the pages out; the writer sees it once the pin is dropped.
+        self.slots[slot as usize].lent.store(true, Ordering::Release);
+        Some((self.file.as_fd(), self.offset(slot)))
     }
 
     /// Drops this process's page-table entries for the slab: resident memory falls, the page
