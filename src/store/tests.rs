@@ -405,34 +405,65 @@ fn a_newer_or_foreign_store_is_refused_with_what_to_do() {
     assert_eq!(std::fs::read(&log).unwrap(), foreign, "a refused log is left as it was");
 }
 
+/// A loopback pair; the piece `digest` is handed to the sending side by `sendfile` and left
+/// unread. Returns the receiving side (the sender stays open with it) and the piece's offset in
+/// its slab file.
+fn sent_unread(store: &Store, digest: &Digest) -> ((std::net::TcpStream, std::net::TcpStream), u64) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (receiver, _) = listener.accept().unwrap();
+    let guard = store.get(digest).unwrap();
+    let (file, offset) = guard.file_range().expect("the test directory's file system punches holes");
+    let length = guard.length() as usize;
+    let mut sent = 0;
+    while sent < length {
+        sent += crate::io::sys::send_file(&sender, file, offset + sent as u64, length - sent).unwrap();
+    }
+    ((receiver, sender), offset)
+}
+
+/// Reads one small piece from `receiver`.
+fn read_piece(receiver: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut received = vec![0; SMALL as usize];
+    receiver.read_exact(&mut received).unwrap();
+    received
+}
+
 /// A socket given a piece's pages by `sendfile` keeps that piece's bytes, even when the slot is
 /// rewritten with another piece before the peer reads: the old pages are punched out, not
 /// overwritten in place.
 #[test]
 fn a_slot_rewritten_after_sendfile_leaves_the_bytes_already_sent_alone() {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &config(1)).unwrap();
     put(&store, 1, 0..1).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut receiver, _) = listener.accept().unwrap();
-    let offset = {
-        let guard = store.get(&digest(1, 0)).unwrap();
-        let (file, offset) = guard.file_range().expect("the test directory's file system punches holes");
-        let mut sent = 0;
-        while sent < SMALL as usize {
-            sent += crate::io::sys::send_file(&sender, file, offset + sent as u64, SMALL as usize - sent).unwrap();
-        }
-        offset
-    };
+    let ((mut receiver, _sender), offset) = sent_unread(&store, &digest(1, 0));
     // Nothing read yet: the socket still references the pages. The one slot takes a new piece.
     assert_eq!(store.remove(&[digest(1, 0)]).unwrap(), 1);
     put(&store, 2, 0..1).unwrap();
     let guard = store.get(&digest(2, 0)).unwrap();
     assert_eq!(guard.file_range().unwrap().1, offset, "the new piece is in the same slot");
     assert_eq!(guard.bytes(), piece_bytes(2, 0, SMALL as usize));
-    let mut received = vec![0; SMALL as usize];
-    receiver.read_exact(&mut received).unwrap();
+    let received = read_piece(&mut receiver);
+    assert!(received == piece_bytes(1, 0, SMALL as usize), "the peer got the bytes sent, not the slot's new ones");
+}
+
+/// The sockets of a process may outlive it, still holding pages it handed them: after a reopen,
+/// every slot that was already in the file counts as lent, so rewriting it leaves their bytes
+/// alone too.
+#[test]
+fn after_a_reopen_a_rewritten_slot_leaves_bytes_sent_before_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ((mut receiver, _sender), _) = {
+        let store = Store::open(dir.path(), &config(1)).unwrap();
+        put(&store, 1, 0..1).unwrap();
+        sent_unread(&store, &digest(1, 0))
+    };
+    let store = Store::open(dir.path(), &config(1)).unwrap();
+    assert_eq!(store.remove(&[digest(1, 0)]).unwrap(), 1);
+    put(&store, 2, 0..1).unwrap();
+    assert_piece(&store, 2, 0);
+    let received = read_piece(&mut receiver);
     assert!(received == piece_bytes(1, 0, SMALL as usize), "the peer got the bytes sent, not the slot's new ones");
 }
