@@ -10,8 +10,8 @@
 //! earlier process wrote: its sockets may outlive it) has them dropped from the file
 //! (`FALLOC_FL_PUNCH_HOLE`) before a new piece is written into it: sockets keep the old pages,
 //! the new piece gets fresh ones. Slots never handed out are rewritten in place, without the
-//! punch (a file system transaction each). Where it cannot, [`Slab::file_range`] says `None` and senders
-//! copy from the mapping instead.
+//! punch (a file system transaction each). Where the file system cannot punch holes,
+//! [`Slab::file_range`] says `None` and senders copy from the mapping instead.
 
 #![allow(unsafe_code)] // the one file of the store that maps memory; every block has a SAFETY line
 
