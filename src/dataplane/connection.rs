@@ -386,11 +386,7 @@ impl Connection {
     /// rest of their segment. `None` when the next bytes are in memory, or nothing can be sent.
     pub fn front_file(&self, file_bytes_min: Option<u64>) -> Option<FileRange<'_>> {
         file_bytes_min?;
-        let queued = self.queue.get(self.sent_count)?;
-        let outgoing = queued.outgoing.as_ref()?;
-        if outgoing.length() <= self.front_sent_bytes {
-            return None;
-        }
+        let outgoing = self.queue.get(self.sent_count)?.outgoing.as_ref()?;
         outgoing.file_from(self.front_sent_bytes, file_bytes_min)
     }
 

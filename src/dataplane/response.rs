@@ -305,17 +305,7 @@ impl Outgoing {
     /// The present bytes from wire offset `offset` on, as non-empty slices in order (`offset`
     /// never before the end of what [`Outgoing::trim_sent`] dropped).
     pub fn slices_from(&self, offset: u64) -> impl Iterator<Item = &[u8]> {
-        let head_length = self.head.len() as u64;
-        let body_start = head_length + self.trimmed_bytes;
-        assert!(self.trimmed_bytes == 0 || offset >= body_start, "offset {offset} inside trimmed parts");
-        let head = &self.head[offset.min(head_length) as usize..];
-        let mut skip = offset.saturating_sub(body_start);
-        let body = (0..self.body.segment_count()).map(|at| self.body.segment(at)).map(move |segment| {
-            let from = skip.min(segment.len() as u64);
-            skip -= from;
-            &segment[from as usize..]
-        });
-        std::iter::once(head).chain(body).filter(|slice| !slice.is_empty())
+        self.slices_marked_from(offset, None).map(|(slice, _)| slice)
     }
 
     /// Like [`Outgoing::slices_from`], each slice with whether it is to go by `sendfile` (see
