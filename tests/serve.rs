@@ -574,6 +574,29 @@ fn file_sends_deliver_the_same_bytes_and_copies_stay_below_the_thresholds() {
     }
 }
 
+/// While slices go by `sendfile`, a connection hands the kernel at most
+/// `send_file_bytes_per_turn_max` per turn: a 1 MiB piece with a 4 KiB share takes at least 256
+/// calls, and arrives whole.
+#[test]
+fn file_sends_hand_the_kernel_one_share_per_turn() {
+    let published = published();
+    let store = open_store(&published);
+    for backend in backends() {
+        let mut config = config_for(published.dir.path(), backend);
+        config.serve.send_file_bytes_min = 16384;
+        config.serve.send_file_connections_min = 0;
+        config.serve.send_file_bytes_per_turn_max = 4096;
+        let server = Server::start_with_store(&config, store.clone()).unwrap();
+        let mut client = Client::connect(server.local_addr());
+        client.send("GET /v1/content/big/piece/0 HTTP/1.1\r\n\r\n");
+        let response = client.read(false);
+        assert!(response.status == 200 && response.body == published.big[..1 << 20], "{backend:?}: piece 0");
+        let calls = server.metrics().file_sends();
+        assert!(calls >= (1 << 20) / 4096, "{backend:?}: {calls} sendfile calls for 1 MiB in 4 KiB shares");
+        server.shutdown().unwrap();
+    }
+}
+
 /// After a restart, `serve` checks the store in the background: a piece corrupted on disk is
 /// discarded before anyone asks for it, and is never served.
 #[test]

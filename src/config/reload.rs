@@ -27,6 +27,7 @@ const LIVE: &[&str] = &[
     "serve.stream_queued_parts_max",
     "serve.stream_queued_bytes_max",
     "serve.send_bytes_per_turn_max",
+    "serve.send_file_bytes_per_turn_max",
     "serve.shutdown_grace_ms",
     "serve.ranges_per_request_max",
     "announce",

@@ -90,6 +90,10 @@ pub struct ServeConfig {
     /// costs little and on loopback it was measured faster; with many, the worker's CPU is the
     /// limit). 0 or 1: whenever a slice is large enough.
     pub send_file_connections_min: usize,
+    /// While slices go by `sendfile` (many connections), bytes one connection hands the kernel
+    /// per turn: a loopback segment's worth, so hundreds of readers each get theirs every turn
+    /// and the slowest response stays near the rest. See docs/performance.md.
+    pub send_file_bytes_per_turn_max: usize,
     /// io_uring submission queue entries per worker (the completion queue is sized from the
     /// connection limit, at most 16,384; overflow is kept by the kernel, not lost).
     pub ring_entries: u32,
@@ -132,6 +136,7 @@ impl Default for ServeConfig {
             send_zc_pending_max: 8,
             send_file_bytes_min: 16384,
             send_file_connections_min: 128,
+            send_file_bytes_per_turn_max: 64 * 1024,
             ring_entries: 1024,
             listen_backlog: 1024,
             shutdown_grace_ms: 5_000,

@@ -189,6 +189,7 @@ impl Config {
             ("stream_queued_parts_max", as_u64(serve.stream_queued_parts_max)),
             ("stream_queued_bytes_max", serve.stream_queued_bytes_max),
             ("send_bytes_per_turn_max", as_u64(serve.send_bytes_per_turn_max)),
+            ("send_file_bytes_per_turn_max", as_u64(serve.send_file_bytes_per_turn_max)),
             ("send_zc_pending_max", as_u64(serve.send_zc_pending_max)),
             ("listen_backlog", serve.listen_backlog.into()),
             ("catalog_cache_entries_max", as_u64(serve.catalog_cache_entries_max)),

@@ -251,6 +251,7 @@ impl Worker {
     fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
         self.limits = limits_of(&settings);
         self.send_bytes_max = settings.serve.send_bytes_per_turn_max.max(1);
+        self.file_sends.bytes_per_turn_max = settings.serve.send_file_bytes_per_turn_max as u64;
         self.connections_max = context.connections_live_max(&settings);
         self.handler.apply(settings);
         let wants_peers = self.handler.wants_peers();
@@ -283,7 +284,7 @@ impl Worker {
         let Some(socket) = self.sockets.get_mut(key) else { return false };
         let handler = &mut self.handler;
         let mut reads = 0;
-        let mut send_budget = self.send_bytes_max;
+        let mut send_budget = self.file_sends.bytes_per_turn(self.send_bytes_max as u64, file_bytes_min) as usize;
         loop {
             while socket.writable && socket.state.has_unsent() && !socket.state.should_close() && send_budget > 0 {
                 let written = match socket.state.front_file(file_bytes_min) {

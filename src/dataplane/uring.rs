@@ -441,6 +441,7 @@ impl Worker {
     fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
         self.limits = limits_of(&settings);
         self.send_bytes_max = settings.serve.send_bytes_per_turn_max as u64;
+        self.file_sends.bytes_per_turn_max = settings.serve.send_file_bytes_per_turn_max as u64;
         self.connections_max = context.connections_live_max(&settings);
         self.handler.apply(settings);
         let wants_peers = self.handler.wants_peers();
@@ -511,7 +512,7 @@ impl Worker {
         {
             let file_bytes_min = self.file_sends.bytes_min_now(open);
             if let Some(range) = conn.state.front_file(file_bytes_min) {
-                let length = range.length.min(self.send_bytes_max);
+                let length = range.length.min(self.file_sends.bytes_per_turn(self.send_bytes_max, file_bytes_min));
                 match send_file(&*conn.socket, range.file, range.offset, length as usize) {
                     Ok(0) => conn.state.fail(),
                     Ok(bytes) => {

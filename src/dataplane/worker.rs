@@ -65,6 +65,7 @@ impl WorkerContext {
         FileSends {
             bytes_min: Some(config.send_file_bytes_min).filter(|&min| min > 0),
             connections_min: config.send_file_connections_min,
+            bytes_per_turn_max: config.send_file_bytes_per_turn_max as u64,
         }
     }
 
@@ -120,17 +121,30 @@ impl std::ops::Deref for WorkerCounters {
 /// connections open. With few connections the copy costs the worker little, and on this
 /// project's loopback benchmarks it was faster (the reader finds the bytes in cache); with many,
 /// the worker's CPU is the limit and the copy its largest cost (docs/performance.md).
+/// While it does, a connection hands the kernel at most `bytes_per_turn_max` per turn: with
+/// hundreds of readers, whole pieces per turn left the slowest response far behind the rest.
 #[derive(Debug, Clone, Copy)]
 pub struct FileSends {
     /// `None`: never.
     pub bytes_min: Option<u64>,
     pub connections_min: usize,
+    pub bytes_per_turn_max: u64,
 }
 
 impl FileSends {
     /// The slice size from which slices go by `sendfile` now, with `open` connections open.
     pub fn bytes_min_now(&self, open: usize) -> Option<u64> {
         self.bytes_min.filter(|_| open >= self.connections_min)
+    }
+
+    /// Bytes one connection may hand the kernel this turn, given the driver's `bytes_max` and
+    /// the `sendfile` threshold in force now (`bytes_min_now`).
+    pub fn bytes_per_turn(&self, bytes_max: u64, file_bytes_min: Option<u64>) -> u64 {
+        match file_bytes_min {
+            Some(_) => bytes_max.min(self.bytes_per_turn_max),
+            None => bytes_max,
+        }
+        .max(1)
     }
 
     /// Whether any slice may ever go by `sendfile` (sockets must then be non-blocking).
@@ -194,12 +208,16 @@ mod tests {
 
     #[test]
     fn slices_go_by_file_only_when_large_enough_and_enough_connections_are_open() {
-        let sends = FileSends { bytes_min: Some(16384), connections_min: 128 };
+        let sends = FileSends { bytes_min: Some(16384), connections_min: 128, bytes_per_turn_max: 65536 };
         assert_eq!(sends.bytes_min_now(127), None);
         assert_eq!(sends.bytes_min_now(128), Some(16384));
-        let always = FileSends { bytes_min: Some(16384), connections_min: 0 };
+        // Copying: the driver's own bound; sending files: the smaller share.
+        assert_eq!(sends.bytes_per_turn(2 << 20, sends.bytes_min_now(127)), 2 << 20);
+        assert_eq!(sends.bytes_per_turn(2 << 20, sends.bytes_min_now(128)), 65536);
+        assert_eq!(sends.bytes_per_turn(4096, sends.bytes_min_now(128)), 4096);
+        let always = FileSends { bytes_min: Some(16384), connections_min: 0, bytes_per_turn_max: 65536 };
         assert_eq!(always.bytes_min_now(1), Some(16384));
-        let never = FileSends { bytes_min: None, connections_min: 0 };
+        let never = FileSends { bytes_min: None, connections_min: 0, bytes_per_turn_max: 65536 };
         assert!(!never.enabled() && never.bytes_min_now(1000).is_none());
     }
 }
