@@ -140,6 +140,9 @@ tcp_counter() { nstat -az "$1" | awk -v name="$1" '$1 == name { print $2 }'; }
 
 declare -A PIECES RANGES MANY
 measure() { # name base_url pieces_prefix range_path
+    # An unmeasured second of load first: in some runs a row's ranges came out at about half the
+    # rate the same code had in the next row (docs/performance.md, stops 20 and 21).
+    DURATION=1s run_wrk "$WORK/ranges.lua" "$2" BENCH_PATH="$4" >/dev/null
     PIECES[$1]=$(run_wrk "$WORK/pieces.lua" "$2" BENCH_PREFIX="$3")
     RANGES[$1]=$(run_wrk "$WORK/ranges.lua" "$2" BENCH_PATH="$4")
     # A response that lost a segment waits for the retransmission timeout (200 ms and doubling on

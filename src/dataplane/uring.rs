@@ -401,14 +401,14 @@ impl Worker {
                 } else {
                     let _ = stream.set_nodelay(true);
                     let peer = if self.handler.wants_peers() { stream.peer_addr().ok() } else { None };
-                    let (limits, iovecs, send_bytes_max) = (self.limits, self.iovecs_max, self.send_bytes_max);
+                    let (limits, iovecs) = (self.limits, self.iovecs_max);
                     let socket = Rc::new(OwnedFd::from(stream));
                     let key = self
                         .conns
                         .insert_with(|key| {
                             Box::new(Conn {
                                 recv: PooledRecvOp::new(socket.clone()),
-                                send: SendOp::new(socket.clone(), iovecs).with_bytes_max(send_bytes_max),
+                                send: SendOp::new(socket.clone(), iovecs),
                                 writable: WritableOp::new(socket.clone()),
                                 socket,
                                 state: Connection::new(limits, key, now),
@@ -436,8 +436,8 @@ impl Worker {
         }
     }
 
-    /// Takes on reloaded settings: open connections get the new limits too (a send already
-    /// set up keeps its per-turn bound; new connections get the new one).
+    /// Takes on reloaded settings: open connections get the new limits too (a send in flight
+    /// keeps the per-turn bound it was submitted with).
     fn apply(&mut self, context: &WorkerContext, settings: Arc<Settings>) {
         self.limits = limits_of(&settings);
         self.send_bytes_max = settings.serve.send_bytes_per_turn_max as u64;
@@ -511,8 +511,9 @@ impl Worker {
             && conn.send.notifications_pending() < self.zero_copy_pending_max
         {
             let file_bytes_min = self.file_sends.bytes_min_now(open);
+            let bytes_max = self.file_sends.bytes_per_turn(self.send_bytes_max, file_bytes_min);
             if let Some(range) = conn.state.front_file(file_bytes_min) {
-                let length = range.length.min(self.file_sends.bytes_per_turn(self.send_bytes_max, file_bytes_min));
+                let length = range.length.min(bytes_max);
                 match send_file(&*conn.socket, range.file, range.offset, length as usize) {
                     Ok(0) => conn.state.fail(),
                     Ok(bytes) => {
@@ -542,6 +543,7 @@ impl Worker {
                 }
             } else {
                 let parts = conn.state.unsent_parts(conn.send.iovecs_max());
+                conn.send.set_bytes_max(bytes_max);
                 let (_, zero_copy) =
                     conn.send.submit(key, parts, self.zero_copy_bytes_min, file_bytes_min, &mut self.ring.queue);
                 if zero_copy {

@@ -104,11 +104,10 @@ impl SendOp {
         }
     }
 
-    /// Caps the bytes one send hands the kernel at `bytes_max` (at least 1); the rest goes in
-    /// later sends.
-    pub fn with_bytes_max(mut self, bytes_max: u64) -> SendOp {
+    /// Caps the bytes each send submitted from now on hands the kernel at `bytes_max` (at
+    /// least 1); the rest goes in later sends. Unbounded until set.
+    pub fn set_bytes_max(&mut self, bytes_max: u64) {
         self.bytes_max = bytes_max.max(1);
-        self
     }
 
     /// Most slices one send takes.
