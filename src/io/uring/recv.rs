@@ -12,6 +12,10 @@ use crate::io::client::Lent;
 use crate::io::slots::SlotKey;
 use crate::io::uring::op::{encode, leak_in_flight, OpKind, OpState, Submissions};
 
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19, as the provided-buffer rings `detect` requires):
+/// wait for readiness before the first attempt.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
 /// What a receive completion brought.
 pub enum Received<'a> {
     /// Bytes arrived: the buffer's content until the next submit.
@@ -34,13 +38,28 @@ pub struct RecvOp {
     lent: Option<Lent>,
     size_bytes: usize,
     state: OpState,
+    /// The length of the receive in flight.
+    submitted: usize,
+    /// The last receive took less than it asked for (or none was made yet): the socket was
+    /// empty then, so the next one waits for readiness before it tries. Otherwise io_uring tries
+    /// at once, fails, arms a poll and tries again: two passes through the socket for every
+    /// response a client waits for.
+    drained: bool,
 }
 
 impl RecvOp {
     /// A receive operation on `socket` with a buffer of `size_bytes`.
     pub fn new(socket: Rc<OwnedFd>, size_bytes: usize) -> RecvOp {
         let size_bytes = size_bytes.max(512);
-        RecvOp { socket, buffer: Vec::with_capacity(size_bytes), lent: None, size_bytes, state: OpState::Idle }
+        RecvOp {
+            socket,
+            buffer: Vec::with_capacity(size_bytes),
+            lent: None,
+            size_bytes,
+            state: OpState::Idle,
+            submitted: 0,
+            drained: true,
+        }
     }
 
     /// Whether the kernel may still write into the buffer.
@@ -73,8 +92,10 @@ impl RecvOp {
             }
         };
         let length = length.min(u32::MAX as usize) as u32;
+        self.submitted = length as usize;
         let fd = types::Fd(self.socket.as_raw_fd());
-        let entry = opcode::Recv::new(fd, place, length).build();
+        let ioprio = if self.drained { RECVSEND_POLL_FIRST } else { 0 };
+        let entry = opcode::Recv::new(fd, place, length).ioprio(ioprio).build();
         // SAFETY: the place is `length` writable bytes of a heap allocation (the op's buffer, read
         // only after `complete` sets the length the kernel reported, or the lent buffer, handed
         // back only by `complete`), and the descriptor an `Rc` this op owns; neither is moved
@@ -98,6 +119,7 @@ impl RecvOp {
         // A loan is only taken while idle, so a loan here is the one this receive wrote into;
         // it goes back with the bytes, or is dropped with the connection.
         let lent = self.lent.take();
+        self.drained = result < 0 || (result as usize) < self.submitted;
         match result {
             _ if abandoned => Received::End,
             0 => Received::End,
