@@ -575,8 +575,8 @@ fn file_sends_deliver_the_same_bytes_and_copies_stay_below_the_thresholds() {
 }
 
 /// While slices go by `sendfile`, a connection hands the kernel at most
-/// `send_file_bytes_per_turn_max` per turn: a 1 MiB piece with a 4 KiB share takes at least 256
-/// calls, and arrives whole.
+/// `send_file_bytes_per_turn_max` per turn: with a 4 KiB share, a 1 MiB piece takes at least
+/// 256 calls, and pieces arrive whole.
 #[test]
 fn file_sends_hand_the_kernel_one_share_per_turn() {
     let published = published();

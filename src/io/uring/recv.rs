@@ -38,8 +38,6 @@ pub struct RecvOp {
     lent: Option<Lent>,
     size_bytes: usize,
     state: OpState,
-    /// The length of the receive in flight.
-    submitted: usize,
     /// The last receive took less than it asked for (or none was made yet): the socket was
     /// empty then, so the next one waits for readiness before it tries. Otherwise io_uring tries
     /// at once, fails, arms a poll and tries again: two passes through the socket for every
@@ -57,7 +55,6 @@ impl RecvOp {
             lent: None,
             size_bytes,
             state: OpState::Idle,
-            submitted: 0,
             drained: true,
         }
     }
@@ -92,7 +89,6 @@ impl RecvOp {
             }
         };
         let length = length.min(u32::MAX as usize) as u32;
-        self.submitted = length as usize;
         let fd = types::Fd(self.socket.as_raw_fd());
         let ioprio = if self.drained { RECVSEND_POLL_FIRST } else { 0 };
         let entry = opcode::Recv::new(fd, place, length).ioprio(ioprio).build();
@@ -119,7 +115,9 @@ impl RecvOp {
         // A loan is only taken while idle, so a loan here is the one this receive wrote into;
         // it goes back with the bytes, or is dropped with the connection.
         let lent = self.lent.take();
-        self.drained = result < 0 || (result as usize) < self.submitted;
+        // What the receive asked for: the loan's length, or the buffer's capacity (`submit`).
+        let asked = lent.as_ref().map_or(self.buffer.capacity(), |lent| lent.length).min(u32::MAX as usize);
+        self.drained = result < 0 || (result as usize) < asked;
         match result {
             _ if abandoned => Received::End,
             0 => Received::End,
